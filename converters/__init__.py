@@ -1,0 +1,132 @@
+"""Build time: a notebook model in, a verified and versioned ONNX artifact out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from converters._registry import FRAMEWORKS, Framework, get_converter
+from converters.errors import ConversionError
+from converters.loading import load_model
+from converters.onnx_info import onnx_info, signature
+from converters.parity import check_parity
+from converters.schema import reference_stats, synthesise
+from gateway.manifest import Manifest, Source
+from gateway.repository import Repository, RepositoryError, check_name, check_version, sha256_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["FRAMEWORKS", "ConversionError", "convert", "load_sample"]
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+SYNTHESISED_ROWS = 256
+
+
+def load_sample(path: Path) -> pd.DataFrame:
+    """Sample rows for schema, parity and drift reference: CSV, Parquet, JSON or .npy."""
+    import numpy as np
+    import pandas as pd
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such sample file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix in (".json", ".jsonl"):
+            frame = pd.read_json(path, lines=suffix == ".jsonl")
+        elif suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            frame = pd.DataFrame(np.atleast_2d(array))
+        else:
+            raise ConversionError(f"{path}: sample must be .csv, .parquet, .json, .jsonl or .npy")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise ConversionError(f"{path}: cannot read the sample: {exc}") from exc
+    if frame.empty:
+        raise ConversionError(f"{path}: the sample has no rows")
+    return frame
+
+
+def _output_specs(converted: Any, onnx_model: Any) -> tuple[list[Any], list[Any]]:
+    inputs, outputs = signature(onnx_model)
+    role_of = {name: role for role, name in converted.roles.items()}
+    return inputs, [msgspec.structs.replace(o, role=role_of.get(o.name, "other")) for o in outputs]
+
+
+def convert(
+    model_path: Path,
+    *,
+    name: str,
+    version: str,
+    repo: Path,
+    sample: pd.DataFrame | None = None,
+    framework: Framework | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    metadata: dict[str, Any] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Manifest:
+    """Convert, verify parity, and publish `<repo>/<name>/<version>`; nothing is written on failure."""
+    started = time.perf_counter()
+    check_name(name)
+    check_version(version)
+    repository = Repository(repo)
+    if repository.version_dir(name, version).exists():
+        raise ConversionError(
+            f"{name}:{version} already exists in {repo}; versions are immutable, choose a new --version"
+        )
+    progress(f"loading {model_path}")
+    model, detected = load_model(model_path, framework)
+    converter = get_converter(detected)
+    progress(f"converting {type(model).__name__} ({detected}) to ONNX")
+    converted = converter.convert(model, sample)
+    model_bytes = converted.onnx_model.SerializeToString()
+    inputs, outputs = _output_specs(converted, converted.onnx_model)
+    manifest = Manifest(
+        name=name, version=version,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        task=converted.task, layout=converted.layout,
+        source=Source(
+            framework=detected, framework_version=converted.framework_version,
+            estimator=converted.estimator, file_name=model_path.name,
+            file_sha256=sha256_file(model_path),
+        ),
+        onnx=onnx_info(converted.onnx_model, model_bytes),
+        inputs=inputs, outputs=outputs, features=converted.features,
+        classes=converted.classes, metadata=metadata or {},
+    )
+    if converted.layout == "tensors":
+        progress("ONNX pass-through: checked with onnx.checker; no tabular parity to run")
+        table = None
+    else:
+        synthesised = sample is None
+        table = synthesise(converted.features, SYNTHESISED_ROWS) if sample is None else sample[
+            [f.name for f in converted.features]
+        ]
+        progress(f"checking parity on {len(table)} {'synthesised' if synthesised else 'sample'} rows")
+        parity, original = check_parity(
+            converted, manifest, model_bytes, table, atol, rtol, synthesised
+        )
+        prediction = original.label if original.label is not None else original.value
+        manifest = msgspec.structs.replace(
+            manifest, parity=parity,
+            reference=reference_stats(
+                converted.features, table, prediction, original.label is not None
+            ) if not synthesised else None,
+        )
+    progress(f"writing {repo}/{name}/{version}")
+    try:
+        repository.publish(manifest, model_bytes)
+    except (RepositoryError, OSError) as exc:
+        raise ConversionError(f"cannot write {name}:{version} to {repo}: {exc}") from exc
+    progress(f"done in {time.perf_counter() - started:.1f}s")
+    return manifest

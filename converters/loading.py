@@ -1,0 +1,138 @@
+"""Open a model file and say which framework made it, with errors a data scientist can act on.
+
+Unpickling happens here, at build time only: the serving side never sees a pickle.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from converters._registry import FRAMEWORKS, Framework
+from converters.errors import ConversionError
+
+_PICKLE_SUFFIXES = {".joblib", ".pkl", ".pickle", ".sav"}
+_TORCH_SUFFIXES = {".pt", ".pth"}
+_XGBOOST_SUFFIXES = {".ubj", ".json"}
+_LIGHTGBM_SUFFIXES = {".txt", ".lgb"}
+_ROOT_MODULES: dict[str, Framework] = {
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "torch": "torch",
+    "sklearn": "sklearn",
+    "onnx": "onnx",
+}
+
+
+def detect_framework(model: Any) -> Framework:
+    """The framework whose package defines the model's class.
+
+    An XGBoost or LightGBM estimator subclasses scikit-learn's base classes, so the
+    first known package in the MRO (the most specific class) decides.
+    """
+    for cls in type(model).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in _ROOT_MODULES:
+            return _ROOT_MODULES[root]
+    raise ConversionError(
+        f"{type(model).__module__}.{type(model).__qualname__} is not a model this "
+        f"converter knows; supported frameworks: {', '.join(FRAMEWORKS)}"
+    )
+
+
+def load_model(path: Path, framework: Framework | None = None) -> tuple[Any, Framework]:
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if framework == "onnx" or (framework is None and suffix == ".onnx"):
+        return _load_onnx(path), "onnx"
+    if framework == "torch" or (framework is None and suffix in _TORCH_SUFFIXES):
+        return _load_torch(path), "torch"
+    if framework == "xgboost" and suffix in _XGBOOST_SUFFIXES:
+        return _load_xgboost_booster(path), "xgboost"
+    if framework == "lightgbm" and suffix in _LIGHTGBM_SUFFIXES:
+        return _load_lightgbm_booster(path), "lightgbm"
+    if framework is None and suffix in _XGBOOST_SUFFIXES | _LIGHTGBM_SUFFIXES:
+        raise ConversionError(
+            f"{path}: a {suffix} file may be an XGBoost or a LightGBM model; "
+            "say which with --framework xgboost|lightgbm"
+        )
+    model = _unpickle(path)
+    detected = detect_framework(model)
+    if framework is not None and framework != detected:
+        raise ConversionError(f"{path}: --framework {framework}, but the file holds a {detected} model")
+    return model, detected
+
+
+def _unpickle(path: Path) -> Any:
+    import joblib
+
+    try:
+        return joblib.load(path)
+    except ModuleNotFoundError as exc:
+        raise ConversionError(
+            f"{path}: the pickle needs the module {exc.name!r}, which is not installed here; "
+            "install the package that provides it (the same version the model was trained "
+            "with) and convert again"
+        ) from exc
+    except AttributeError as exc:
+        # pickle's own wording: "Can't get attribute 'X' on <module 'm' ...>"
+        raise ConversionError(
+            f"{path}: the pickle needs a class that cannot be imported ({exc}). A class "
+            "defined in a notebook lives in __main__ and is lost with it: move it into a "
+            "module on PYTHONPATH, import it from there, retrain or re-pickle, then convert"
+        ) from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ConversionError(
+            f"{path}: not a model file this converter can read (expected a joblib or pickle "
+            f"file, an .onnx file, a PyTorch .pt file, or an XGBoost/LightGBM model file): {exc}"
+        ) from exc
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx
+
+    try:
+        model = onnx.load_model(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises several unrelated types for a bad file
+        raise ConversionError(f"{path}: not a valid ONNX model: {exc}") from exc
+    return model
+
+
+def _load_torch(path: Path) -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ConversionError("converting a PyTorch model needs torch installed") from exc
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        # A whole pickled nn.Module needs weights_only=False: this runs the pickle, which
+        # is acceptable at build time on the data scientist's own file, never at serving.
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ConversionError(f"{path}: not a PyTorch module torch can load: {exc}") from exc
+
+
+def _load_xgboost_booster(path: Path) -> Any:
+    import xgboost
+
+    booster = xgboost.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgboost.core.XGBoostError as exc:
+        raise ConversionError(f"{path}: not an XGBoost model: {exc}") from exc
+    return booster
+
+
+def _load_lightgbm_booster(path: Path) -> Any:
+    import lightgbm
+
+    try:
+        return lightgbm.Booster(model_file=str(path))
+    except lightgbm.basic.LightGBMError as exc:
+        raise ConversionError(f"{path}: not a LightGBM model: {exc}") from exc

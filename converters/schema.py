@@ -1,0 +1,158 @@
+"""Infer the input schema and drift reference from the model and its sample rows.
+
+pandas 3 reads text columns as the `str` dtype, not `object`: we ask pandas whether a
+column is numeric instead of comparing dtypes, so categories are never taken for numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from converters.errors import ConversionError
+from gateway.manifest import Feature, FeatureReference, Reference
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+QUANTILE_BINS = 10
+
+
+def is_text_column(column: pd.Series) -> bool:
+    import pandas as pd
+
+    return not (
+        pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
+    )
+
+
+def feature_names(model_names: Sequence[str] | None, n_features: int | None,
+                  sample: pd.DataFrame | None) -> list[str]:
+    if model_names is not None:
+        return [str(n) for n in model_names]
+    if sample is not None and not _is_positional(sample):
+        return [str(c) for c in sample.columns]
+    if n_features is None:
+        if sample is None:
+            raise ConversionError("cannot tell how many features the model takes: pass --sample")
+        n_features = sample.shape[1]
+    return [f"f{i}" for i in range(n_features)]
+
+
+def _is_positional(sample: pd.DataFrame) -> bool:
+    return [str(c) for c in sample.columns] == [str(i) for i in range(sample.shape[1])]
+
+
+def align_sample(sample: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """The sample's columns in the model's order; a mismatch is the user's to fix."""
+    if _is_positional(sample) and sample.shape[1] == len(names):
+        sample = sample.set_axis(names, axis=1)
+    columns = [str(c) for c in sample.columns]
+    missing = [n for n in names if n not in columns]
+    extra = [c for c in columns if c not in names]
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:10]}")
+        if extra:
+            detail.append(f"not model features {extra[:10]} (drop the target column?)")
+        raise ConversionError(
+            f"the sample's columns do not match the model's {len(names)} features: "
+            + "; ".join(detail)
+        )
+    return sample.set_axis(columns, axis=1)[names]
+
+
+def infer_features(
+    names: list[str],
+    sample: pd.DataFrame | None,
+    known_categories: Mapping[str, list[str]],
+    handles_missing: bool,
+) -> list[Feature]:
+    features = []
+    for name in names:
+        column = sample[name] if sample is not None else None
+        categories = known_categories.get(name)
+        if categories is not None or (column is not None and is_text_column(column)):
+            if categories is None and column is not None:
+                categories = sorted({str(v) for v in column.dropna()})
+            features.append(Feature(
+                name=name, dtype="string", categories=categories,
+                nullable=bool(column is not None and column.isna().any()),
+            ))
+            continue
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan) if column is not None else None
+        finite = values[np.isfinite(values)] if values is not None else np.empty(0)
+        features.append(Feature(
+            name=name,
+            dtype="float32",
+            min=float(finite.min()) if finite.size else None,
+            max=float(finite.max()) if finite.size else None,
+            nullable=handles_missing or bool(values is not None and np.isnan(values).any()),
+        ))
+    return features
+
+
+def synthesise(features: list[Feature], rows: int = 256, seed: int = 0) -> pd.DataFrame:
+    """Rows drawn from the schema, for the parity check when no sample is given."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    data: dict[str, object] = {}
+    for f in features:
+        if f.dtype == "string":
+            cats = f.categories or ["a"]
+            data[f.name] = pd.Series([cats[i % len(cats)] for i in range(rows)], dtype=object)
+        elif f.min is not None and f.max is not None:
+            data[f.name] = rng.uniform(f.min, f.max, rows)
+        else:
+            data[f.name] = rng.normal(0.0, 1.0, rows)
+    return pd.DataFrame(data)
+
+
+def _numeric_reference(values: np.ndarray) -> FeatureReference | None:
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return None
+    qs = np.quantile(values, np.linspace(0, 1, QUANTILE_BINS + 1)[1:-1])
+    edges = np.unique(qs)
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=edges.size + 1)
+    return FeatureReference(
+        edges=[float(e) for e in edges], fractions=[float(c) for c in counts / values.size]
+    )
+
+
+def _categorical_reference(values: Sequence[object]) -> FeatureReference | None:
+    labels = [str(v) for v in values if v is not None and v == v]
+    if not labels:
+        return None
+    cats, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
+    return FeatureReference(
+        categories=[str(c) for c in cats], fractions=[float(c) for c in counts / len(labels)]
+    )
+
+
+def reference_stats(
+    features: list[Feature], sample: pd.DataFrame, prediction: np.ndarray | None,
+    categorical_prediction: bool,
+) -> Reference:
+    refs: dict[str, FeatureReference] = {}
+    for f in features:
+        column = sample[f.name]
+        ref = (
+            _categorical_reference(column.tolist())
+            if f.dtype == "string"
+            else _numeric_reference(column.to_numpy(dtype=np.float64, na_value=np.nan))
+        )
+        if ref is not None:
+            refs[f.name] = ref
+    pred_ref = None
+    if prediction is not None:
+        pred_ref = (
+            _categorical_reference(prediction.ravel().tolist())
+            if categorical_prediction
+            else _numeric_reference(np.asarray(prediction, dtype=np.float64).ravel())
+        )
+    return Reference(rows=len(sample), features=refs, prediction=pred_ref)

@@ -1,0 +1,68 @@
+"""The few ASGI primitives the hot path needs, without Starlette's per-request objects."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.errors import BadRequest, TooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+MSGPACK = b"application/msgpack"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body arrived; there is no one to answer."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refusing (413) before reading past `limit` bytes."""
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise BadRequest("Content-Length is not an integer") from None
+        if length > limit:
+            raise TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_response(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+def media_type(scope: Scope) -> bytes:
+    value = header(scope, b"content-type")
+    return value.split(b";", 1)[0].strip().lower() if value else JSON

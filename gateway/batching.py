@@ -1,0 +1,263 @@
+"""The micro-batcher: one queue and one dispatcher per loaded model version.
+
+Policy: when a lane is free, dispatch whatever is waiting at once (no added latency at low
+load); while every lane is busy, arrivals accumulate and the next batch takes them all, up
+to `max_batch_rows` rows. Rows are counted, not requests; a request larger than a batch is
+split and reassembled. The queue is bounded in rows and refuses at once when full. Each
+item carries its own future and a monotonic deadline; expired or cancelled items never
+reach the model. If a batch fails, its items are retried one by one so that one bad
+request cannot fail its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from gateway.errors import DeadlineExceeded, GatewayError, InferenceFailed, Overloaded, Unavailable
+from gateway.runtime import Runtime
+
+Arrays = dict[str, np.ndarray]
+DispatchReason = Literal["idle", "full", "delay", "drain"]
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    feeds: Arrays
+    rows: int
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[Arrays]
+    context: object = None  # the caller's span context, for batch span links
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one dispatched batch did, for metrics and traces."""
+
+    rows: int
+    requests: int
+    queue_waits: list[float]
+    seconds: float
+    reason: DispatchReason
+    failed: bool
+    contexts: list[object] = field(default_factory=list)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        max_batch_rows: int = 256,
+        max_delay: float = 0.0,
+        lanes: int = 1,
+        max_queue_rows: int = 8192,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch_rows < 1 or lanes < 1 or max_queue_rows < 1 or max_delay < 0:
+            raise ValueError("batch rows, lanes and queue rows must be >= 1, delay >= 0")
+        self.runtime = runtime
+        self.max_batch_rows = max_batch_rows
+        self.max_delay = max_delay
+        self.max_queue_rows = max_queue_rows
+        self.on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._lanes = asyncio.Semaphore(lanes)
+        self._executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=f"infer-{name}")
+        self._running: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    async def submit(
+        self, feeds: Arrays, rows: int, deadline: float, context: object = None
+    ) -> Arrays:
+        """Queue `rows` rows (arrays sharing a first axis) and wait for their outputs."""
+        if self._closing or self._dispatcher is None:
+            raise Unavailable("the server is shutting down")
+        if self._queued_rows + rows > self.max_queue_rows:
+            raise Overloaded(
+                f"queue full ({self._queued_rows} rows waiting, limit {self.max_queue_rows}); "
+                "retry after the Retry-After interval"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [
+            _Item({k: v[start:start + self.max_batch_rows] for k, v in feeds.items()},
+                  min(self.max_batch_rows, rows - start), deadline, now, loop.create_future(),
+                  context)
+            for start in range(0, rows, self.max_batch_rows)
+        ]
+        self._queue.extend(items)
+        self._queued_rows += rows
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout_at(_loop_deadline(loop, deadline)):
+                results = [await item.future for item in items]
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed before it was answered") from None
+        finally:
+            for item in items:
+                item.future.cancel()  # no-op once done; tells the dispatcher to skip it
+        if len(results) == 1:
+            return results[0]
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._lanes.acquire()
+            while not self._queue:
+                if self._closing:
+                    self._lanes.release()
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            reason = await self._fill()
+            batch = self._take()
+            if not batch:
+                self._lanes.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(batch, reason))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _fill(self) -> DispatchReason:
+        """Wait up to max_delay after the oldest arrival for a fuller batch."""
+        if self._closing:
+            return "drain"
+        if self._queued_rows >= self.max_batch_rows:
+            return "full"
+        if self.max_delay <= 0:
+            return "idle"
+        until = self._queue[0].enqueued + self.max_delay
+        while self._queued_rows < self.max_batch_rows and not self._closing:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return "delay"
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+        return "full" if self._queued_rows >= self.max_batch_rows else "drain"
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue and rows + self._queue[0].rows <= self.max_batch_rows:
+            item = self._queue.popleft()
+            self._queued_rows -= item.rows
+            if item.future.done():
+                continue  # cancelled by its caller (deadline, disconnect)
+            if item.deadline <= now:
+                item.future.set_exception(
+                    DeadlineExceeded("the request's deadline passed while it was queued")
+                )
+                continue
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    async def _run(self, batch: list[_Item], reason: DispatchReason) -> None:
+        started = time.monotonic()
+        failed = False
+        try:
+            try:
+                outputs = await self._infer([item.feeds for item in batch])
+            except Exception as exc:
+                failed = True
+                if len(batch) == 1:
+                    _fail(batch[0], exc)
+                else:
+                    await self._isolate(batch)
+            else:
+                offset = 0
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_result(
+                            {k: v[offset:offset + item.rows] for k, v in outputs.items()}
+                        )
+                    offset += item.rows
+        finally:
+            self._lanes.release()
+            self._wakeup.set()
+        if self.on_batch is not None:
+            self.on_batch(BatchReport(
+                rows=sum(i.rows for i in batch), requests=len(batch),
+                queue_waits=[started - i.enqueued for i in batch],
+                seconds=time.monotonic() - started, reason=reason, failed=failed,
+                contexts=[i.context for i in batch if i.context is not None],
+            ))
+
+    async def _infer(self, parts: list[Arrays]) -> Arrays:
+        feeds = parts[0] if len(parts) == 1 else {
+            k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+        }
+        rows = next(iter(feeds.values())).shape[0]
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self.runtime.run, feeds)
+        for name, value in outputs.items():
+            if value.shape[:1] != (rows,):
+                raise InferenceFailed(f"output {name!r} has {value.shape[:1]} rows for {rows} inputs")
+        return outputs
+
+    async def _isolate(self, batch: list[_Item]) -> None:
+        """Run a failed batch's items one by one: only the guilty ones fail."""
+        for item in batch:
+            if item.future.done():
+                continue
+            try:
+                result = await self._infer([item.feeds])
+            except Exception as exc:
+                _fail(item, exc)
+            else:
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    async def close(self) -> None:
+        """Stop taking requests, answer every queued and running one, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._dispatcher is not None:
+            await self._dispatcher
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+
+def _fail(item: _Item, exc: Exception) -> None:
+    if item.future.done():
+        return
+    error = exc if isinstance(exc, GatewayError) else InferenceFailed(
+        f"inference failed: {type(exc).__name__}: {_first_line(exc)}"
+    )
+    item.future.set_exception(error)
+
+
+def _first_line(exc: Exception) -> str:
+    # ONNX Runtime messages can embed file paths after the first line; keep the reason only.
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
+
+
+def _loop_deadline(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """A time.monotonic() deadline on the loop's own clock (they may differ)."""
+    return loop.time() + (deadline - time.monotonic())

@@ -1,0 +1,177 @@
+"""The `gateway` command: convert, models, demo, serve.
+
+Conversion imports the `converters` package (scikit-learn and friends) only when asked,
+so `gateway serve` runs in an image without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.repository import Repository, RepositoryError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _progress(message: str) -> None:
+    print(f"[convert] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        from converters import ConversionError, convert, load_sample
+    except ImportError as exc:
+        return _fail(f"conversion needs the convert extra ({exc.name}): pip install 'onnx-gateway[convert]'")
+    try:
+        sample = load_sample(Path(args.sample)) if args.sample else None
+        manifest = convert(
+            Path(args.model), name=args.name, version=args.version, repo=Path(args.repo),
+            sample=sample, framework=None if args.framework == "auto" else args.framework,
+            atol=args.tolerance, rtol=args.rtol, progress=_progress,
+        )
+    except (ConversionError, RepositoryError) as exc:
+        return _fail(str(exc))
+    parity = manifest.parity
+    print(
+        f"{manifest.name}:{manifest.version} written to {args.repo} "
+        f"({manifest.onnx.size} bytes, sha256 {manifest.onnx.sha256[:12]}…"
+        + (f", parity max diff {parity.max_abs_diff:.2g} on {parity.rows} rows" if parity else "")
+        + ")"
+    )
+    return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    repo = Repository(args.repo)
+    rows = [["NAME", "VERSION", "LIVE", "CREATED", "SIZE", "PARITY"]]
+    try:
+        for name in repo.models():
+            live = repo.live_version(name) if repo.versions(name) else ""
+            for version in repo.versions(name):
+                m = repo.manifest(name, version)
+                parity = f"{m.parity.max_abs_diff:.1e}/{m.parity.rows}" if m.parity else "-"
+                rows.append([name, version, "*" if version == live else "", m.created_at,
+                             f"{m.onnx.size / 1024:.1f}K", parity])
+    except RepositoryError as exc:
+        return _fail(str(exc))
+    print(_table(rows) if len(rows) > 1 else f"no models in {args.repo}")
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    import msgspec
+
+    repo = Repository(args.repo)
+    name, _, version = args.model.partition(":")
+    try:
+        manifest = repo.manifest(name, version or repo.live_version(name))
+    except RepositoryError as exc:
+        return _fail(str(exc))
+    print(msgspec.json.format(msgspec.json.encode(manifest), indent=2).decode())
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    try:
+        state = Repository(args.repo).set_live(args.name, args.version)
+    except RepositoryError as exc:
+        return _fail(str(exc))
+    print(f"{args.name}: live {state.live} (previous {state.previous})")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    try:
+        state = Repository(args.repo).rollback(args.name)
+    except RepositoryError as exc:
+        return _fail(str(exc))
+    print(f"{args.name}: live {state.live} (previous {state.previous})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from converters import ConversionError
+        from converters.demo import build_demo_repository
+    except ImportError as exc:
+        return _fail(f"the demo trains models and needs the convert extra ({exc.name})")
+    try:
+        build_demo_repository(Path(args.repo), progress=_progress)
+    except ConversionError as exc:
+        return _fail(str(exc))
+    if args.no_serve:
+        return cmd_models_list(args)
+    from gateway.serve import serve_from_args
+
+    return serve_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.settings import add_serve_arguments
+
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a trained model into a verified ONNX artifact")
+    p.add_argument("model", help="model file: .joblib/.pkl, .onnx, .pt, XGBoost .json/.ubj, LightGBM .txt")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", required=True, help="a positive integer or semver; never reused")
+    p.add_argument("--repo", required=True, help="model repository directory")
+    p.add_argument("--sample", help="sample rows (.csv, .parquet, .json, .npy) for parity and schema")
+    p.add_argument("--framework", default="auto",
+                   choices=["auto", "sklearn", "xgboost", "lightgbm", "torch", "onnx"])
+    p.add_argument("--tolerance", type=float, default=1e-4, help="absolute parity tolerance")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative parity tolerance")
+    p.set_defaults(func=cmd_convert)
+
+    models = sub.add_parser("models", help="list, show, promote and roll back model versions")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    for cmd, func, helptext in (
+        ("list", cmd_models_list, "every model and version"),
+        ("show", cmd_models_show, "one manifest: NAME or NAME:VERSION"),
+        ("promote", cmd_models_promote, "make VERSION live"),
+        ("rollback", cmd_models_rollback, "make the previous version live again"),
+    ):
+        mp = msub.add_parser(cmd, help=helptext)
+        mp.add_argument("--repo", required=True)
+        if cmd == "show":
+            mp.add_argument("model")
+        elif cmd in ("promote", "rollback"):
+            mp.add_argument("name")
+            if cmd == "promote":
+                mp.add_argument("version")
+        mp.set_defaults(func=func)
+
+    d = sub.add_parser("demo", help="train the demo models, convert them and serve them")
+    d.add_argument("--no-serve", action="store_true", help="build the demo repository and stop")
+    add_serve_arguments(d, repo_default="demo-repo")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="serve a model repository over HTTP")
+    add_serve_arguments(s, repo_default=None)
+    s.set_defaults(func=lambda a: __import__("gateway.serve", fromlist=["x"]).serve_from_args(a))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: Any = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Error types the request path raises, each with its status code, and their JSON body.
+
+Bodies are `{"error": message, "detail": [{"loc": [...], "msg": ...}]}`: never a stack
+trace, never a file path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    headers: dict[str, str] = {}  # noqa: RUF012 -- read-only per class
+
+    def __init__(self, message: str, detail: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def body(self) -> bytes:
+        payload: dict[str, Any] = {"error": self.message}
+        if self.detail:
+            payload["detail"] = self.detail
+        return orjson.dumps(payload)
+
+
+class BadRequest(GatewayError):
+    status = 400
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    headers = {"www-authenticate": "Bearer"}  # noqa: RUF012
+
+
+class Forbidden(GatewayError):
+    status = 403
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+
+
+class TooLarge(GatewayError):
+    status = 413
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+
+
+class Unprocessable(GatewayError):
+    status = 422
+
+
+class InferenceFailed(GatewayError):
+    status = 500
+
+
+class Overloaded(GatewayError):
+    """Load shed on purpose: the queue is full. Clients should back off and retry."""
+
+    status = 503
+    headers = {"retry-after": "1"}  # noqa: RUF012
+
+
+class Unavailable(GatewayError):
+    status = 503
+    headers = {"retry-after": "5"}  # noqa: RUF012
+
+
+class DeadlineExceeded(GatewayError):
+    status = 504
+
+
+_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def validation_detail(message: str, root: str = "body") -> list[dict[str, Any]]:
+    """msgspec's 'Expected `int`, got `str` - at `$.a[0].b`' as a loc list and a reason."""
+    match = _PATH.match(message)
+    msg, path = (match.group("msg"), match.group("path")) if match else (message, None)
+    loc: list[str | int] = [root]
+    for name, index in _SEGMENT.findall(path.removeprefix("$") if path else ""):
+        loc.append(int(index) if index else name)
+    return [{"loc": loc, "msg": msg}]

@@ -1,0 +1,125 @@
+"""The artifact's contract: what a converted model expects and produces.
+
+Written once by `gateway convert`, read by every server that loads the model.
+Unknown fields are refused so that a manifest from a newer schema fails loudly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+FeatureDType = Literal["float32", "float64", "int64", "string", "bool"]
+RangePolicy = Literal["allow", "clip", "reject"]
+# Open Inference Protocol datatypes (KServe V2).
+V2DType = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]
+OutputRole = Literal["label", "probabilities", "value", "other"]
+Layout = Literal["matrix", "columns", "tensors"]
+Task = Literal["classification", "regression", "other"]
+
+
+class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class Feature(_Struct):
+    """One named input of a tabular model, as a records request spells it."""
+
+    name: str
+    dtype: FeatureDType
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    nullable: bool = False
+    policy: RangePolicy = "allow"
+
+
+class TensorSpec(_Struct):
+    """One ONNX graph input or output; -1 marks a variable dimension."""
+
+    name: str
+    datatype: V2DType
+    shape: list[int]
+    role: OutputRole | None = None
+
+
+class Source(_Struct):
+    framework: str
+    framework_version: str
+    estimator: str
+    file_name: str
+    file_sha256: str
+
+
+class OnnxInfo(_Struct):
+    sha256: str
+    size: int
+    opset: dict[str, int]
+    producer: str
+    ir_version: int
+
+
+class Parity(_Struct):
+    rows: int
+    tolerance: float
+    max_abs_diff: float
+    label_agreement: float | None = None
+    sample: Literal["given", "synthesised"] = "given"
+
+
+class FeatureReference(_Struct):
+    """Quantile bin edges of one feature (numeric) or category frequencies (string)."""
+
+    edges: list[float] | None = None
+    fractions: list[float] | None = None
+    categories: list[str] | None = None
+
+
+class Reference(_Struct):
+    rows: int
+    features: dict[str, FeatureReference]
+    prediction: FeatureReference | None = None
+
+
+class Manifest(_Struct):
+    name: str
+    version: str
+    created_at: str
+    task: Task
+    layout: Layout
+    source: Source
+    onnx: OnnxInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    features: list[Feature] = []
+    classes: list[str | int] | None = None
+    parity: Parity | None = None
+    reference: Reference | None = None
+    metadata: dict[str, Any] = {}
+    schema_version: int = SCHEMA_VERSION
+
+    def output(self, role: OutputRole) -> TensorSpec | None:
+        return next((o for o in self.outputs if o.role == role), None)
+
+
+_decoder = msgspec.json.Decoder(Manifest)
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    manifest = _decoder.decode(data)
+    if manifest.schema_version > SCHEMA_VERSION:
+        raise ValueError(
+            f"manifest schema {manifest.schema_version} is newer than this gateway "
+            f"understands ({SCHEMA_VERSION}); upgrade onnx-gateway"
+        )
+    return manifest
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"

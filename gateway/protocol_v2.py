@@ -1,0 +1,257 @@
+"""Open Inference Protocol (KServe V2) tensors: JSON and the binary tensor extension.
+
+Inputs are checked against the ONNX signature (names, datatypes, ranks, fixed dimensions,
+element counts) before they are queued.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+
+from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
+from gateway.manifest import Manifest, TensorSpec
+from gateway.tabular import NUMPY_DTYPES
+
+Arrays = dict[str, np.ndarray]
+BINARY_HEADER = "inference-header-content-length"
+
+
+class _Tensor(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class _RequestedOutput(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(msgspec.Struct, forbid_unknown_fields=True):
+    inputs: list[_Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[_RequestedOutput] | None = None
+
+
+_json_request = msgspec.json.Decoder(InferRequest)
+_msgpack_request = msgspec.msgpack.Decoder(InferRequest)
+
+
+@dataclass(frozen=True)
+class DecodedInfer:
+    feeds: Arrays
+    rows: int
+    request: InferRequest
+
+
+def parse_request(body: bytes, header_length: str | None, msgpack: bool = False) -> tuple[InferRequest, bytes]:
+    """The JSON (or msgpack) header and the binary tail that follows it, if any."""
+    tail = b""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise BadRequest(f"{BINARY_HEADER} must be an integer") from None
+        if not 0 <= n <= len(body):
+            raise BadRequest(f"{BINARY_HEADER} {n} is outside the body's {len(body)} bytes")
+        body, tail = body[:n], body[n:]
+    try:
+        request = (_msgpack_request if msgpack else _json_request).decode(body)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable("invalid inference request", validation_detail(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed body: {exc}") from None
+    return request, tail
+
+
+def _bytes_elements(raw: bytes, count: int, loc: list[Any]) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(raw):
+            raise Unprocessable("truncated BYTES tensor", [{"loc": loc, "msg": "too few elements"}])
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise Unprocessable("truncated BYTES tensor", [{"loc": loc, "msg": "element overruns"}])
+        out[i] = raw[pos:pos + size].decode("utf-8", errors="replace")
+        pos += size
+    if pos != len(raw):
+        raise Unprocessable("BYTES tensor has trailing bytes", [{"loc": loc, "msg": "size mismatch"}])
+    return out
+
+
+def _tensor_array(tensor: _Tensor, spec: TensorSpec, tail: bytes, offset: int, index: int) -> tuple[np.ndarray, int]:
+    loc: list[Any] = ["body", "inputs", index]
+    if tensor.datatype != spec.datatype:
+        raise Unprocessable(
+            f"input {tensor.name!r} must be {spec.datatype}",
+            [{"loc": [*loc, "datatype"], "msg": f"expected {spec.datatype}, got {tensor.datatype}"}],
+        )
+    if len(tensor.shape) != len(spec.shape) or any(
+        d < 0 or (want >= 0 and d != want) for d, want in zip(tensor.shape, spec.shape, strict=False)
+    ):
+        raise Unprocessable(
+            f"input {tensor.name!r} has shape {tensor.shape}; the model takes {spec.shape} "
+            "(-1: any size)",
+            [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
+        )
+    count = math.prod(tensor.shape)
+    dtype = NUMPY_DTYPES[spec.datatype]
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            raise Unprocessable("binary_data_size overruns the body", [
+                {"loc": [*loc, "parameters", "binary_data_size"], "msg": "outside the binary part"}
+            ])
+        raw = tail[offset:offset + size]
+        offset += size
+        if spec.datatype == "BYTES":
+            array = _bytes_elements(raw, count, loc)
+        else:
+            if size != count * dtype.itemsize:
+                raise Unprocessable("binary tensor size does not match its shape", [
+                    {"loc": [*loc, "parameters", "binary_data_size"],
+                     "msg": f"expected {count * dtype.itemsize} bytes for shape {tensor.shape}"}
+                ])
+            array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+    else:
+        if tensor.data is None:
+            raise Unprocessable("input has no data", [{"loc": [*loc, "data"], "msg": "missing"}])
+        try:
+            array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
+        except (ValueError, TypeError):
+            raise Unprocessable(
+                f"input {tensor.name!r}: data is not a regular {spec.datatype} array",
+                [{"loc": [*loc, "data"], "msg": f"expected {spec.datatype} values"}],
+            ) from None
+        if spec.datatype == "BYTES":
+            array = np.array([str(v) for v in tensor.data], dtype=object) if all(
+                isinstance(v, str) for v in tensor.data
+            ) else array
+        if array.size != count:
+            raise Unprocessable("element count does not match shape", [
+                {"loc": [*loc, "data"], "msg": f"{array.size} elements for shape {tensor.shape}"}
+            ])
+    array = array.reshape(tensor.shape)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise Unprocessable("non-finite number", [
+            {"loc": [*loc, "data"], "msg": "NaN and Infinity are not accepted"}
+        ])
+    return array, offset
+
+
+def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_rows: int) -> DecodedInfer:
+    specs = {s.name: s for s in manifest.inputs}
+    names = [t.name for t in request.inputs]
+    missing = sorted(set(specs) - set(names))
+    unknown = sorted(set(names) - set(specs))
+    if missing or unknown or len(names) != len(set(names)):
+        raise Unprocessable("inputs do not match the model", [
+            {"loc": ["body", "inputs"],
+             "msg": f"model inputs are {sorted(specs)}; missing {missing}, unknown {unknown}"}
+        ])
+    feeds: Arrays = {}
+    offset = 0
+    for index, tensor in enumerate(request.inputs):
+        feeds[tensor.name], offset = _tensor_array(tensor, specs[tensor.name], tail, offset, index)
+    if offset != len(tail):
+        raise BadRequest(f"{len(tail) - offset} unclaimed bytes after the binary tensors")
+    rows_by_input = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
+    if len(rows_by_input) != 1:
+        raise Unprocessable("inputs disagree on the batch size", [
+            {"loc": ["body", "inputs"], "msg": "every input's first dimension must match"}
+        ])
+    rows = rows_by_input.pop()
+    if rows > max_rows:
+        raise TooLarge(f"{rows} rows in one request; the limit is {max_rows}")
+    if rows == 0:
+        raise Unprocessable("empty batch", [{"loc": ["body", "inputs"], "msg": "no rows"}])
+    if request.outputs is not None:
+        known = {o.name for o in manifest.outputs}
+        for i, out in enumerate(request.outputs):
+            if out.name not in known:
+                raise NotFound(f"model has no output {out.name!r}; it has {sorted(known)}", [
+                    {"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}
+                ])
+    return DecodedInfer(feeds, rows, request)
+
+
+def _wants_binary(request: InferRequest, name: str) -> bool:
+    default = bool((request.parameters or {}).get("binary_data_output", False))
+    for out in request.outputs or []:
+        if out.name == name and out.parameters and "binary_data" in out.parameters:
+            return bool(out.parameters["binary_data"])
+    return default
+
+
+def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for value in array.reshape(-1):
+            data = value if isinstance(value, bytes) else str(value).encode()
+            parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _json_data(array: np.ndarray) -> Any:
+    flat = array.reshape(-1)
+    if flat.dtype == object:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+    if flat.dtype == np.float16:
+        return flat.astype(np.float32)
+    return flat  # orjson writes numpy arrays natively
+
+
+def encode_infer(
+    manifest: Manifest, request: InferRequest, outputs: Arrays
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and any headers it needs (binary extension)."""
+    wanted = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
+    datatypes = {o.name: o.datatype for o in manifest.outputs}
+    tensors: list[dict[str, Any]] = []
+    binary: list[bytes] = []
+    for name in wanted:
+        array = outputs[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatypes[name], "shape": list(array.shape)}
+        if _wants_binary(request, name):
+            raw = _to_bytes(array, datatypes[name])
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+        else:
+            entry["data"] = _json_data(array)
+        tensors.append(entry)
+    payload: dict[str, Any] = {
+        "model_name": manifest.name, "model_version": manifest.version, "outputs": tensors,
+    }
+    if request.id is not None:
+        payload["id"] = request.id
+    header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(binary), {
+        "content-type": "application/octet-stream",
+        BINARY_HEADER: str(len(header)),
+    }
+
+
+def model_metadata(manifest: Manifest, versions: list[str], provider: str) -> dict[str, Any]:
+    return {
+        "name": manifest.name,
+        "versions": versions,
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": s.name, "datatype": s.datatype, "shape": s.shape} for s in manifest.inputs],
+        "outputs": [{"name": s.name, "datatype": s.datatype, "shape": s.shape} for s in manifest.outputs],
+        "parameters": {"provider": provider, "version": manifest.version, "task": manifest.task},
+    }

@@ -1,0 +1,240 @@
+"""The model repository on disk: `<repo>/<name>/<version>/{model.onnx, manifest.json}`.
+
+Version directories are immutable; `serving.json` names the live version. Every write is
+atomic (temp file or directory, fsync, rename) so a crash never leaves half an artifact.
+Names and versions are checked against strict patterns before they touch a path, so a
+request can never walk out of the repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from gateway.manifest import Manifest, decode_manifest, encode_manifest
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+SERVING_FILE = "serving.json"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_INT_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?")
+
+
+class RepositoryError(Exception):
+    """A repository operation was refused; the message says why and what to do."""
+
+
+class IntegrityError(RepositoryError):
+    """An artifact's bytes do not match the sha256 its manifest records."""
+
+
+class ServingState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    live: str
+    previous: str | None = None
+
+
+def is_valid_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None and ".." not in name
+
+
+def is_valid_version(version: str) -> bool:
+    return _INT_VERSION.fullmatch(version) is not None or _SEMVER.fullmatch(version) is not None
+
+
+def check_name(name: str) -> str:
+    if not is_valid_name(name):
+        raise RepositoryError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    if not is_valid_version(version):
+        raise RepositoryError(
+            f"invalid version {version!r}: use a positive integer (3) or semver (1.2.0)"
+        )
+    return version
+
+
+def version_key(version: str) -> tuple[int, int, int, int, str]:
+    """Order integers numerically and semver by precedence (pre-releases first)."""
+    if _INT_VERSION.fullmatch(version):
+        return (int(version), 0, 0, 1, "")
+    match = _SEMVER.fullmatch(version)
+    if match is None:
+        raise RepositoryError(f"invalid version {version!r}")
+    major, minor, patch, pre = match.groups()
+    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Repository:
+    """A local model repository. Cheap to construct; every call reads the disk afresh."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name)
+        )
+
+    def versions(self, name: str) -> list[str]:
+        base = self.root / check_name(name)
+        if not base.is_dir():
+            return []
+        found = [
+            p.name
+            for p in base.iterdir()
+            if p.is_dir() and is_valid_version(p.name) and (p / MANIFEST_FILE).is_file()
+        ]
+        return sorted(found, key=version_key)
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / check_name(name) / check_version(version)
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        path = self.version_dir(name, version) / MANIFEST_FILE
+        try:
+            return decode_manifest(path.read_bytes())
+        except FileNotFoundError:
+            raise RepositoryError(f"model {name!r} has no version {version!r}") from None
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise RepositoryError(f"{path}: unreadable manifest: {exc}") from exc
+
+    def load_verified(self, name: str, version: str) -> tuple[Manifest, bytes]:
+        """Read the artifact and refuse it unless its sha256 matches the manifest."""
+        manifest = self.manifest(name, version)
+        path = self.version_dir(name, version) / MODEL_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"{name}:{version}: {MODEL_FILE} is missing") from None
+        actual = sha256_bytes(data)
+        if actual != manifest.onnx.sha256:
+            raise IntegrityError(
+                f"{name}:{version}: {MODEL_FILE} sha256 {actual[:12]}… does not match the "
+                f"manifest's {manifest.onnx.sha256[:12]}…; refusing to load it"
+            )
+        return manifest, data
+
+    def serving(self, name: str) -> ServingState | None:
+        path = self.root / check_name(name) / SERVING_FILE
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=ServingState)
+        except FileNotFoundError:
+            return None
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise RepositoryError(f"{path}: unreadable: {exc}") from exc
+
+    def live_version(self, name: str) -> str:
+        """The version `serving.json` names, or the newest one when there is none."""
+        state = self.serving(name)
+        if state is not None:
+            return state.live
+        versions = self.versions(name)
+        if not versions:
+            raise RepositoryError(f"model {name!r} has no versions in {self.root}")
+        return versions[-1]
+
+    def set_live(self, name: str, version: str) -> ServingState:
+        """Make `version` live, remembering the one it replaces for rollback."""
+        if version not in self.versions(name):
+            raise RepositoryError(f"model {name!r} has no version {version!r}")
+        current = self.serving(name)
+        previous = current.live if current is not None else None
+        if previous == version:
+            previous = current.previous if current is not None else None
+        state = ServingState(live=version, previous=previous)
+        self._write_serving(name, state)
+        return state
+
+    def rollback(self, name: str) -> ServingState:
+        current = self.serving(name)
+        if current is None or current.previous is None:
+            raise RepositoryError(f"model {name!r} has no previous version to roll back to")
+        state = ServingState(live=current.previous, previous=current.live)
+        self._write_serving(name, state)
+        return state
+
+    def _write_serving(self, name: str, state: ServingState) -> None:
+        atomic_write(self.root / name / SERVING_FILE, msgspec.json.encode(state) + b"\n")
+
+    def publish(self, manifest: Manifest, model: bytes) -> Path:
+        """Write a new immutable version; it appears whole or not at all."""
+        target = self.version_dir(manifest.name, manifest.version)
+        if target.exists():
+            raise RepositoryError(
+                f"{manifest.name}:{manifest.version} already exists in {self.root}; versions "
+                "are immutable, choose a new --version"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{manifest.version}."))
+        try:
+            for file_name, data in ((MODEL_FILE, model), (MANIFEST_FILE, encode_manifest(manifest))):
+                with (staging / file_name).open("wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            _fsync_dir(staging)
+            # rename() onto an existing directory fails, so a concurrent publish of the
+            # same version cannot overwrite this one.
+            os.rename(staging, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def iter_manifests(self) -> Iterator[Manifest]:
+        for name in self.models():
+            for version in self.versions(name):
+                yield self.manifest(name, version)

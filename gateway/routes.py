@@ -1,0 +1,261 @@
+"""Endpoints. The two inference endpoints are plain ASGI callables (Starlette routes them
+but builds no Request object); the rest are small Starlette handlers off the hot path.
+
+The inference path, top to bottom: find the model, read the body within its limit, decode
+and validate, queue on the model's batcher with a deadline, encode the outputs, answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import protocol_v2
+from gateway.asgi import (
+    JSON,
+    MSGPACK,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    media_type,
+    read_body,
+    send_response,
+)
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from gateway.registry import LoadedModel, ModelRegistry
+from gateway.schemas import encode_predictions
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.access")
+
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass
+class Outcome:
+    """What one inference request did, for the access log and metrics."""
+
+    route: str
+    request_id: str
+    status: int
+    seconds: float
+    model: str | None = None
+    version: str | None = None
+    rows: int = 0
+    error: str | None = None
+
+
+RequestObserver = Callable[[Outcome], None]
+
+
+def _request_id(scope: Scope) -> str:
+    given = header(scope, b"x-request-id")
+    if given and len(given) <= 128 and given.isascii():
+        return given.decode()
+    return os.urandom(8).hex()
+
+
+def deadline_from(scope: Scope, settings: Settings, timeout_us: object = None) -> float:
+    """Monotonic deadline: V2 `timeout` parameter (µs), X-Request-Timeout (ms), or the default."""
+    seconds = settings.timeout_ms / 1000
+    raw = header(scope, b"x-request-timeout")
+    try:
+        if timeout_us is not None:
+            if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float):
+                raise ValueError
+            seconds = float(timeout_us) / 1e6
+        elif raw is not None:
+            seconds = float(raw) / 1000
+    except ValueError:
+        raise BadRequest("timeout must be a number (X-Request-Timeout in ms, V2 timeout in µs)") from None
+    if not 0 < seconds < 86_400:
+        raise BadRequest("timeout must be positive and under a day")
+    return time.monotonic() + seconds
+
+
+class InferenceEndpoint:
+    """Shared request handling: ids, limits, error mapping, the access log."""
+
+    route = "inference"
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, observe: RequestObserver) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        outcome = Outcome(self.route, _request_id(scope), 200, 0.0)
+        headers: list[tuple[bytes, bytes]] = [(b"x-request-id", outcome.request_id.encode())]
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
+            params = scope["path_params"]
+            model = self.registry.get(params["name"], params.get("version"))
+            outcome.model, outcome.version = model.name, model.version
+            headers.append((b"x-model-version", model.version.encode()))
+            body, extra = await self.handle(scope, receive, model, outcome)
+            headers += extra
+        except ClientDisconnected:
+            outcome.status, outcome.error = 499, "client disconnected"
+            self._finish(outcome, started)
+            return
+        except GatewayError as exc:
+            outcome.status, outcome.error, body = exc.status, exc.message, exc.body()
+            headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+            headers.append((b"content-type", JSON))
+        except Exception as exc:  # a bug must still answer, and never leak its traceback
+            log.exception("unhandled error", extra={"request_id": outcome.request_id})
+            outcome.status, outcome.error = 500, type(exc).__name__
+            body = orjson.dumps({"error": "internal error", "request_id": outcome.request_id})
+            headers.append((b"content-type", JSON))
+        await send_response(send, outcome.status, body, headers)
+        self._finish(outcome, started)
+
+    def _finish(self, outcome: Outcome, started: float) -> None:
+        outcome.seconds = time.perf_counter() - started
+        self.observe(outcome)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, model: LoadedModel, outcome: Outcome
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        raise NotImplementedError
+
+    async def _body(self, scope: Scope, receive: Receive, allowed: tuple[bytes, ...]) -> tuple[bytes, bool]:
+        kind = media_type(scope)
+        if kind not in allowed:
+            raise UnsupportedMediaType(
+                f"Content-Type {kind.decode(errors='replace')!r} is not accepted; use "
+                + " or ".join(a.decode() for a in allowed)
+            )
+        return await read_body(scope, receive, self.settings.max_body_bytes), kind == MSGPACK
+
+
+class PredictEndpoint(InferenceEndpoint):
+    """`/v1/models/{name}[/versions/{version}]/predict`: named-feature records."""
+
+    route = "predict"
+
+    async def handle(
+        self, scope: Scope, receive: Receive, model: LoadedModel, outcome: Outcome
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        if model.records is None:
+            raise NotFound(f"model {model.name!r} takes tensors, not records: use /v2/models/{model.name}/infer")
+        body, msgpack = await self._body(scope, receive, (JSON, MSGPACK))
+        records, single = model.records.decode(body, msgpack)
+        feeds, rows = model.records.to_feeds(records, single)
+        outcome.rows = rows
+        outputs = await model.batcher.submit(feeds, rows, deadline_from(scope, self.settings))
+        payload = {
+            "model": model.name, "version": model.version,
+            "predictions": encode_predictions(model.manifest, outputs),
+        }
+        if header(scope, b"accept") == MSGPACK:
+            return _msgpack_encoder.encode(payload), [(b"content-type", MSGPACK)]
+        return orjson.dumps(payload), [(b"content-type", JSON)]
+
+
+class InferV2Endpoint(InferenceEndpoint):
+    """`/v2/models/{name}[/versions/{version}]/infer`: Open Inference Protocol tensors."""
+
+    route = "infer"
+
+    async def handle(
+        self, scope: Scope, receive: Receive, model: LoadedModel, outcome: Outcome
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        binary_length = header(scope, protocol_v2.BINARY_HEADER.encode())
+        allowed = (JSON, MSGPACK, b"application/octet-stream")
+        body, msgpack = await self._body(scope, receive, allowed)
+        request, tail = protocol_v2.parse_request(
+            body, binary_length.decode() if binary_length is not None else None, msgpack
+        )
+        decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
+        outcome.rows = decoded.rows
+        timeout = (request.parameters or {}).get("timeout")
+        outputs = await model.batcher.submit(
+            decoded.feeds, decoded.rows, deadline_from(scope, self.settings, timeout)
+        )
+        body, extra = protocol_v2.encode_infer(model.manifest, request, outputs)
+        return body, [(k.encode(), v.encode()) for k, v in extra.items()]
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status, headers, media_type="application/json")
+
+
+def error_response(exc: GatewayError) -> Response:
+    return Response(exc.body(), exc.status, exc.headers, media_type="application/json")
+
+
+class Endpoints:
+    """Health, readiness and metadata: small Starlette handlers."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def readyz(self, request: Request) -> Response:
+        ready = self.registry.all_ready()
+        body: dict[str, Any] = {"ready": ready, "models": self.registry.live}
+        if self.registry.failures:
+            body["failures"] = self.registry.failures
+        return json_response(body, 200 if ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        from gateway import __version__
+
+        return json_response({
+            "name": "onnx-gateway", "version": __version__,
+            "extensions": ["binary_tensor_data", "model_repository", "schedule_policy"],
+        })
+
+    def _model(self, request: Request) -> LoadedModel:
+        return self.registry.get(request.path_params["name"], request.path_params.get("version"))
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            model = self._model(request)
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response(protocol_v2.model_metadata(
+            model.manifest, self.registry.versions(model.name), model.runtime.provider
+        ))
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            model = self._model(request)
+        except NotFound as exc:
+            return error_response(exc)
+        except GatewayError:
+            return json_response({"name": request.path_params["name"], "ready": False}, 503)
+        return json_response({"name": model.name, "version": model.version, "ready": model.ready})
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        return error_response(NotFound(f"no route for {request.method} {request.url.path}"))
+
+    async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+
+    async def unprocessable(self, request: Request, exc: Exception) -> Response:
+        return error_response(Unprocessable(str(exc)))

@@ -1,0 +1,184 @@
+"""Records API codec, generated per model from its manifest at load time.
+
+The decoder is a msgspec Struct with one typed field per feature (categories become
+Literal enums, nullable features accept null), built once. Checks that are cheaper on
+whole columns (finiteness, ranges) run vectorised after decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+
+from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
+from gateway.manifest import Feature, Manifest, RangePolicy
+from gateway.tabular import feeds_from_columns
+
+Arrays = dict[str, np.ndarray]
+
+
+def _field_type(feature: Feature) -> Any:
+    base: Any
+    if feature.dtype == "string":
+        base = Literal[tuple(feature.categories)] if feature.categories else str  # type: ignore[valid-type]
+    elif feature.dtype == "int64":
+        base = int
+    elif feature.dtype == "bool":
+        base = bool
+    else:
+        base = float
+    return base | None if feature.nullable else base
+
+
+@dataclass(frozen=True)
+class RangeCheck:
+    index: int
+    name: str
+    low: float
+    high: float
+    policy: RangePolicy
+
+
+class RecordCodec:
+    """Decode `{...}` or `{"instances": [{...}, ...]}` into the model's input tensors."""
+
+    def __init__(self, manifest: Manifest, max_rows: int, policy_override: str = "manifest") -> None:
+        if not manifest.features:
+            raise ValueError("model has no named features")
+        self.manifest = manifest
+        self.max_rows = max_rows
+        row = msgspec.defstruct(
+            f"{manifest.name}_record",
+            [(f.name, _field_type(f)) for f in manifest.features],
+            forbid_unknown_fields=True, gc=False,
+        )
+        self.row_type = row
+        self._json = (msgspec.json.Decoder(row), msgspec.json.Decoder(list[row]))  # type: ignore[valid-type]
+        self._msgpack = (msgspec.msgpack.Decoder(row), msgspec.msgpack.Decoder(list[row]))  # type: ignore[valid-type]
+        self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
+        self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+        self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
+        self._nullable = np.array([manifest.features[i].nullable for i in self._numeric])
+        self._ranges = [
+            RangeCheck(i, f.name, f.min, f.max, f.policy if policy_override == "manifest" else policy_override)  # type: ignore[arg-type]
+            for i, f in enumerate(manifest.features)
+            if f.dtype != "string" and f.min is not None and f.max is not None
+        ]
+        self.all_numeric = len(self._numeric) == len(manifest.features)
+
+    def decode(self, body: bytes, msgpack: bool = False) -> tuple[list[Any], bool]:
+        """The records and whether the body was a single record."""
+        envelope = self._envelope_msgpack if msgpack else self._envelope_json
+        one, many = self._msgpack if msgpack else self._json
+        try:
+            top = envelope.decode(body)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
+        except msgspec.ValidationError:
+            raise Unprocessable(
+                "the body must be an object: one record or {\"instances\": [...]}",
+                [{"loc": ["body"], "msg": "expected an object"}],
+            ) from None
+        single = "instances" not in top or "instances" in self.row_type.__struct_fields__
+        if not single and len(top) != 1:
+            raise Unprocessable("unknown top-level fields", [
+                {"loc": ["body", k], "msg": "unknown field"} for k in sorted(top) if k != "instances"
+            ])
+        try:
+            records = [one.decode(body)] if single else many.decode(top["instances"])
+        except msgspec.ValidationError as exc:
+            detail = validation_detail(str(exc))
+            if not single:
+                detail[0]["loc"][1:1] = ["instances"]
+            raise Unprocessable("invalid record", detail) from None
+        if not records:
+            raise Unprocessable("no instances", [{"loc": ["body", "instances"], "msg": "empty list"}])
+        if len(records) > self.max_rows:
+            raise TooLarge(f"{len(records)} instances in one request; the limit is {self.max_rows}")
+        return records, single
+
+    def to_feeds(self, records: list[Any], single: bool) -> tuple[Arrays, int]:
+        """Columns from records, checked for finiteness and range, as model tensors."""
+        tuples = [msgspec.structs.astuple(r) for r in records]
+        names = [f.name for f in self.manifest.features]
+        if self.all_numeric:
+            matrix = np.array(tuples, dtype=np.float64)
+            matrix = self._check_numeric(matrix, single)
+            columns = {name: matrix[:, i] for i, name in enumerate(names)}
+        else:
+            raw = list(zip(*tuples, strict=True))
+            columns = {}
+            numeric = np.array([raw[i] for i in self._numeric], dtype=np.float64).T
+            numeric = self._check_numeric(numeric.reshape(len(records), len(self._numeric)), single)
+            for j, i in enumerate(self._numeric):
+                columns[names[i]] = numeric[:, j]
+            for i, f in enumerate(self.manifest.features):
+                if f.dtype == "string":
+                    column = np.array(raw[i], dtype=object)
+                    column[column == None] = ""  # noqa: E711 -- elementwise; null is "missing"
+                    columns[f.name] = column
+        return feeds_from_columns(self.manifest, columns), len(records)
+
+    def _check_numeric(self, matrix: np.ndarray, single: bool) -> np.ndarray:
+        if matrix.size == 0:
+            return matrix
+        bad = ~np.isfinite(matrix) & ~(np.isnan(matrix) & self._nullable)
+        if bad.any():
+            row, col = (int(v) for v in np.argwhere(bad)[0])
+            name = self.manifest.features[self._numeric[col]].name
+            raise Unprocessable("non-finite number", [
+                {"loc": self._loc(single, row, name), "msg": "NaN and Infinity are not accepted"}
+            ])
+        for check in self._ranges:
+            col = self._numeric.index(check.index)
+            values = matrix[:, col]
+            if check.policy == "clip":
+                matrix[:, col] = np.clip(values, check.low, check.high)
+            elif check.policy == "reject":
+                outside = (values < check.low) | (values > check.high)
+                if outside.any():
+                    row = int(np.argmax(outside))
+                    raise Unprocessable("value out of range", [{
+                        "loc": self._loc(single, row, check.name),
+                        "msg": f"{values[row]} is outside the trained range [{check.low}, {check.high}]",
+                    }])
+        return matrix
+
+    @staticmethod
+    def _loc(single: bool, row: int, name: str) -> list[str | int]:
+        return ["body", name] if single else ["body", "instances", row, name]
+
+
+def encode_predictions(manifest: Manifest, outputs: Arrays) -> list[dict[str, Any]]:
+    """Per-row predictions: label and class probabilities, or a value."""
+    label_spec = manifest.output("label")
+    proba_spec = manifest.output("probabilities")
+    value_spec = manifest.output("value")
+    if proba_spec is not None:
+        proba = outputs[proba_spec.name].tolist()
+        classes = [str(c) for c in manifest.classes] if manifest.classes else [
+            str(i) for i in range(len(proba[0]) if proba else 0)
+        ]
+        labels = (
+            outputs[label_spec.name].tolist() if label_spec is not None
+            else [manifest.classes[int(np.argmax(p))] if manifest.classes else int(np.argmax(p)) for p in proba]
+        )
+        return [
+            {"label": _plain(label), "probabilities": dict(zip(classes, p, strict=True))}
+            for label, p in zip(labels, proba, strict=True)
+        ]
+    if label_spec is not None:
+        return [{"label": _plain(v)} for v in outputs[label_spec.name].tolist()]
+    spec = value_spec or manifest.outputs[0]
+    values = outputs[spec.name]
+    flat = values.reshape(values.shape[0], -1)
+    if flat.shape[1] == 1:
+        return [{"value": v} for v in flat[:, 0].tolist()]
+    return [{"value": v} for v in flat.tolist()]
+
+
+def _plain(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

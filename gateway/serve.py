@@ -1,0 +1,64 @@
+"""`gateway serve`: settings in, uvicorn (uvloop + httptools) out.
+
+With several workers, uvicorn starts each as a process that builds its own app from the
+settings passed in the environment: every worker owns its sessions and batchers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import msgspec
+import uvicorn
+from starlette.applications import Starlette
+
+from gateway import logging as gateway_logging
+from gateway.app import create_app
+from gateway.settings import Settings, SettingsError, build_settings
+
+SETTINGS_ENV = "GATEWAY_RESOLVED_SETTINGS"
+
+
+def app_factory() -> Starlette:
+    """Entry point for worker processes: rebuild the app from the parent's settings."""
+    settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
+    gateway_logging.configure(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(settings: Settings) -> None:
+    gateway_logging.configure(settings.log_level, settings.log_format)
+    common = {
+        "host": settings.host, "port": settings.port, "loop": _loop(), "http": "httptools",
+        "lifespan": "on", "access_log": False, "log_level": settings.log_level,
+        "timeout_graceful_shutdown": int(settings.drain_seconds) or None,
+        "timeout_keep_alive": 30,
+    }
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
+        uvicorn.run("gateway.serve:app_factory", factory=True, workers=settings.workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    try:
+        settings = build_settings(vars(args))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(settings.repo):
+        print(f"error: model repository {settings.repo!r} is not a directory", file=sys.stderr)
+        return 2
+    run(settings)
+    return 0

@@ -1,0 +1,123 @@
+"""Server settings: a frozen value built once from CLI flags, then `GATEWAY_*` environment
+variables, then an optional TOML file, then defaults. A bad value stops start-up with a
+message naming the setting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Provider = Literal["auto", "cpu", "cuda"]
+LogFormat = Literal["json", "text"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+RangePolicyOverride = Literal["manifest", "allow", "clip", "reject"]
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+ENV_PREFIX = "GATEWAY_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot start with."""
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    repo: str
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    workers: Positive = 1
+    provider: Provider = "auto"
+    device_id: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_batch_rows: Positive = 256
+    max_delay_ms: NonNegative = 0.0
+    lanes: Positive = 1
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: cores // lanes
+    max_queue_rows: Positive = 8192
+    max_request_rows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: 16 × max_batch_rows
+    timeout_ms: NonNegative = 10_000.0
+    max_body_bytes: Positive = 16 * 1024 * 1024
+    range_policy: RangePolicyOverride = "manifest"
+    admin_token: str | None = None
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "json"
+    log_inputs: bool = False
+    drain_seconds: NonNegative = 30.0
+
+    @property
+    def request_rows_limit(self) -> int:
+        return self.max_request_rows or 16 * self.max_batch_rows
+
+    def threads_per_lane(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // self.lanes)
+
+
+_FIELDS = Settings.__struct_fields__
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    return {
+        f: environ[ENV_PREFIX + f.upper()] for f in _FIELDS if ENV_PREFIX + f.upper() in environ
+    }
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"config file {path}: {exc}") from exc
+    table = data.get("gateway", data)
+    unknown = sorted(set(table) - set(_FIELDS))
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown settings {unknown}")
+    return {k: v for k, v in table.items()}
+
+
+def build_settings(
+    cli: dict[str, Any], environ: dict[str, str] | None = None
+) -> Settings:
+    """Merge sources, highest first: CLI flags, GATEWAY_* variables, the TOML file."""
+    environ = dict(os.environ) if environ is None else environ
+    env = _from_env(environ)
+    config = cli.get("config") or env.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    merged = _from_toml(config) if config else {}
+    merged.update(env)
+    merged.update({k: v for k, v in cli.items() if k in _FIELDS and v is not None})
+    if "repo" not in merged:
+        raise SettingsError("no model repository: pass --repo DIR or set GATEWAY_REPO")
+    try:
+        # strict=False lets "8" from the environment become 8, "true" become True.
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid setting: {exc}") from exc
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | None) -> None:
+    """Flags for every setting; unset flags stay None so lower sources can fill them."""
+    parser.add_argument("--repo", default=repo_default, help="model repository directory")
+    parser.add_argument("--config", help="TOML settings file ([gateway] table)")
+    parser.add_argument("--host")
+    parser.add_argument("--port")
+    parser.add_argument("--workers", help="worker processes sharing the port")
+    parser.add_argument("--provider", help="auto | cpu | cuda")
+    parser.add_argument("--device-id", dest="device_id")
+    parser.add_argument("--max-batch-rows", dest="max_batch_rows")
+    parser.add_argument("--max-delay-ms", dest="max_delay_ms", help="wait this long to fill a batch")
+    parser.add_argument("--lanes", help="batches that may run at once per model")
+    parser.add_argument("--intra-op-threads", dest="intra_op_threads")
+    parser.add_argument("--max-queue-rows", dest="max_queue_rows", help="shed load beyond this")
+    parser.add_argument("--max-request-rows", dest="max_request_rows")
+    parser.add_argument("--timeout-ms", dest="timeout_ms", help="default request deadline")
+    parser.add_argument("--max-body-bytes", dest="max_body_bytes")
+    parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
+    parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument("--log-format", dest="log_format", help="json | text")

@@ -1,0 +1,46 @@
+"""Named features to ONNX tensors: the one mapping shared by the converter's parity
+check and the records API, so what is verified at build time is what serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from gateway.manifest import Manifest, V2DType
+
+NUMPY_DTYPES: dict[V2DType, np.dtype[np.generic]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+
+
+def feeds_from_columns(
+    manifest: Manifest, columns: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Arrange 1-D feature columns (all of one length) as the model's input tensors."""
+    if manifest.layout == "matrix":
+        spec = manifest.inputs[0]
+        matrix = np.column_stack([np.asarray(columns[f.name]) for f in manifest.features])
+        return {spec.name: np.ascontiguousarray(matrix, dtype=NUMPY_DTYPES[spec.datatype])}
+    if manifest.layout == "columns":
+        feeds: dict[str, np.ndarray] = {}
+        for spec in manifest.inputs:
+            column = np.asarray(columns[spec.name]).reshape(-1, 1)
+            if spec.datatype == "BYTES":
+                column = column.astype(str).astype(object)
+            feeds[spec.name] = column.astype(NUMPY_DTYPES[spec.datatype], copy=False)
+        return feeds
+    raise ValueError(f"model {manifest.name!r} has no tabular features; use the V2 API")

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from gateway.manifest import Manifest, OnnxInfo, Source, TensorSpec
+from gateway.repository import (
+    IntegrityError,
+    Repository,
+    RepositoryError,
+    is_valid_name,
+    is_valid_version,
+    sha256_bytes,
+    version_key,
+)
+
+
+def manifest(name: str = "m", version: str = "1", data: bytes = b"onnx") -> Manifest:
+    return Manifest(
+        name=name, version=version, created_at="2026-01-01T00:00:00+00:00",
+        task="regression", layout="matrix",
+        source=Source(framework="sklearn", framework_version="1", estimator="X",
+                      file_name="m.joblib", file_sha256="0" * 64),
+        onnx=OnnxInfo(sha256=sha256_bytes(data), size=len(data), opset={"ai.onnx": 17},
+                      producer="test", ir_version=8),
+        inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 2])],
+        outputs=[TensorSpec(name="variable", datatype="FP32", shape=[-1, 1], role="value")],
+    )
+
+
+def test_publish_then_refuse_same_version(tmp_path):
+    repo = Repository(tmp_path)
+    repo.publish(manifest(), b"onnx")
+    assert repo.versions("m") == ["1"]
+    with pytest.raises(RepositoryError, match="already exists"):
+        repo.publish(manifest(), b"other")
+    assert (tmp_path / "m" / "1" / "model.onnx").read_bytes() == b"onnx"
+
+
+def test_failed_publish_leaves_no_version(tmp_path, monkeypatch):
+    repo = Repository(tmp_path)
+
+    def broken_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("gateway.repository.os.rename", broken_rename)
+    with pytest.raises(OSError, match="No space"):
+        repo.publish(manifest(), b"onnx")
+    assert repo.versions("m") == []
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_load_verified_rejects_tampered_artifact(tmp_path):
+    repo = Repository(tmp_path)
+    repo.publish(manifest(), b"onnx")
+    (tmp_path / "m" / "1" / "model.onnx").write_bytes(b"evil")
+    with pytest.raises(IntegrityError, match="sha256"):
+        repo.load_verified("m", "1")
+
+
+def test_versions_sort_numerically_and_by_semver():
+    versions = ["10", "2", "1"]
+    assert sorted(versions, key=version_key) == ["1", "2", "10"]
+    semver = ["1.10.0", "1.2.0", "1.2.0-rc.1", "0.9.1"]
+    assert sorted(semver, key=version_key) == ["0.9.1", "1.2.0-rc.1", "1.2.0", "1.10.0"]
+
+
+@pytest.mark.parametrize("name", ["..", "../etc", "a/b", "", ".hidden", "a" * 65, "a b"])
+def test_unsafe_names_are_refused(name):
+    assert not is_valid_name(name)
+
+
+@pytest.mark.parametrize("version", ["0", "-1", "..", "1/2", "v1", "01", "1.2"])
+def test_bad_versions_are_refused(version):
+    assert not is_valid_version(version)
+
+
+def test_live_version_promote_and_rollback(tmp_path):
+    repo = Repository(tmp_path)
+    for v in ("1", "2", "3"):
+        repo.publish(manifest(version=v), b"onnx")
+    assert repo.live_version("m") == "3"  # newest when there is no serving.json
+    repo.set_live("m", "2")
+    assert repo.live_version("m") == "2"
+    state = repo.set_live("m", "3")
+    assert (state.live, state.previous) == ("3", "2")
+    state = repo.rollback("m")
+    assert (state.live, state.previous) == ("2", "3")
+    on_disk = msgspec.json.decode((tmp_path / "m" / "serving.json").read_bytes())
+    assert on_disk == {"live": "2", "previous": "3"}
+    with pytest.raises(RepositoryError, match="no version"):
+        repo.set_live("m", "9")
