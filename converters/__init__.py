@@ -92,36 +92,44 @@ def convert(
     model_bytes = converted.onnx_model.SerializeToString()
     inputs, outputs = _output_specs(converted, converted.onnx_model)
     manifest = Manifest(
-        name=name, version=version,
+        name=name,
+        version=version,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        task=converted.task, layout=converted.layout,
+        task=converted.task,
+        layout=converted.layout,
         source=Source(
-            framework=detected, framework_version=converted.framework_version,
-            estimator=converted.estimator, file_name=model_path.name,
+            framework=detected,
+            framework_version=converted.framework_version,
+            estimator=converted.estimator,
+            file_name=model_path.name,
             file_sha256=sha256_file(model_path),
         ),
         onnx=onnx_info(converted.onnx_model, model_bytes),
-        inputs=inputs, outputs=outputs, features=converted.features,
-        classes=converted.classes, metadata=metadata or {},
+        inputs=inputs,
+        outputs=outputs,
+        features=converted.features,
+        classes=converted.classes,
+        metadata=metadata or {},
     )
     if converted.layout == "tensors":
         progress("ONNX pass-through: checked with onnx.checker; no tabular parity to run")
         table = None
     else:
         synthesised = sample is None
-        table = synthesise(converted.features, SYNTHESISED_ROWS) if sample is None else sample[
-            [f.name for f in converted.features]
-        ]
-        progress(f"checking parity on {len(table)} {'synthesised' if synthesised else 'sample'} rows")
-        parity, original = check_parity(
-            converted, manifest, model_bytes, table, atol, rtol, synthesised
+        table = (
+            synthesise(converted.features, SYNTHESISED_ROWS)
+            if sample is None
+            else sample[[f.name for f in converted.features]]
         )
+        progress(f"checking parity on {len(table)} {'synthesised' if synthesised else 'sample'} rows")
+        parity, original = check_parity(converted, manifest, model_bytes, table, atol, rtol, synthesised)
         prediction = original.label if original.label is not None else original.value
         manifest = msgspec.structs.replace(
-            manifest, parity=parity,
-            reference=reference_stats(
-                converted.features, table, prediction, original.label is not None
-            ) if not synthesised else None,
+            manifest,
+            parity=parity,
+            reference=reference_stats(converted.features, table, prediction, original.label is not None)
+            if not synthesised
+            else None,
         )
     progress(f"writing {repo}/{name}/{version}")
     try:

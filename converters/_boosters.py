@@ -35,16 +35,17 @@ def numeric_features(
 
 
 def finish(
-    model: Any, onnx_model: Any, features: list[Feature], classifier: bool,
-    framework_version: str, classes: list[Any] | None,
+    model: Any,
+    onnx_model: Any,
+    features: list[Feature],
+    classifier: bool,
+    framework_version: str,
+    classes: list[Any] | None,
     predict_raw: Callable[[np.ndarray], np.ndarray],
 ) -> Converted:
     """Wrap a converted booster; predict_raw returns probabilities or values for a matrix."""
     outputs = [o.name for o in onnx_model.graph.output]
-    roles = (
-        {"label": outputs[0], "probabilities": outputs[1]} if classifier
-        else {"value": outputs[0]}
-    )
+    roles = {"label": outputs[0], "probabilities": outputs[1]} if classifier else {"value": outputs[0]}
     labels = np.asarray(classes) if classes is not None else None
 
     def predict(table: pd.DataFrame) -> Predictions:
@@ -58,9 +59,13 @@ def finish(
         return Predictions(label=labels[proba.argmax(axis=1)], probabilities=proba)
 
     return Converted(
-        onnx_model=onnx_model, layout="matrix",
-        task="classification" if classifier else "regression", features=features,
-        estimator=type(model).__name__, framework_version=framework_version,
+        onnx_model=onnx_model,
+        layout="matrix",
+        task="classification" if classifier else "regression",
+        features=features,
+        estimator=type(model).__name__,
+        framework_version=framework_version,
         classes=[c.item() if hasattr(c, "item") else c for c in classes] if classes else None,
-        predict=predict, roles=roles,
+        predict=predict,
+        roles=roles,
     )

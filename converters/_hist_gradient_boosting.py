@@ -99,21 +99,32 @@ def _raw_scores(scope: Any, operator: Any, container: Any, output_index: int) ->
     model = operator.raw_operator
     as_double = scope.get_unique_variable_name("x_double")
     container.add_node(
-        "Cast", operator.inputs[0].full_name, as_double, to=TensorProto.DOUBLE,
+        "Cast",
+        operator.inputs[0].full_name,
+        as_double,
+        to=TensorProto.DOUBLE,
         name=scope.get_unique_operator_name("Cast"),
     )
     raw = scope.get_unique_variable_name("raw_scores")
     container.add_node(
-        "TreeEnsembleRegressor", as_double, raw, op_domain="ai.onnx.ml", op_version=ML_OPSET,
-        name=scope.get_unique_operator_name("TreeEnsembleRegressor"), **_tree_attributes(model),
+        "TreeEnsembleRegressor",
+        as_double,
+        raw,
+        op_domain="ai.onnx.ml",
+        op_version=ML_OPSET,
+        name=scope.get_unique_operator_name("TreeEnsembleRegressor"),
+        **_tree_attributes(model),
     )
     # ONNX Runtime sums in double for double thresholds; the declared output may be float.
     typed = scope.get_unique_variable_name("raw_typed")
     container.add_node(
-        "Cast", raw, typed, to=guess_proto_type(operator.outputs[output_index].type),
+        "Cast",
+        raw,
+        typed,
+        to=guess_proto_type(operator.outputs[output_index].type),
         name=scope.get_unique_operator_name("Cast"),
     )
-    return typed
+    return str(typed)
 
 
 def _convert_classifier(scope: Any, operator: Any, container: Any) -> None:
@@ -128,13 +139,14 @@ def _convert_classifier(scope: Any, operator: Any, container: Any) -> None:
         negative = scope.get_unique_variable_name("negative")
         container.add_node("Sub", [one, positive], negative, name=scope.get_unique_operator_name("Sub"))
         container.add_node(
-            "Concat", [negative, positive], proba_out, axis=1,
+            "Concat",
+            [negative, positive],
+            proba_out,
+            axis=1,
             name=scope.get_unique_operator_name("Concat"),
         )
     else:
-        container.add_node(
-            "Softmax", raw, proba_out, axis=1, name=scope.get_unique_operator_name("Softmax")
-        )
+        container.add_node("Softmax", raw, proba_out, axis=1, name=scope.get_unique_operator_name("Softmax"))
     index = scope.get_unique_variable_name("argmax")
     container.add_node(
         "ArgMax", proba_out, index, axis=1, keepdims=0, name=scope.get_unique_operator_name("ArgMax")
@@ -147,7 +159,9 @@ def _convert_classifier(scope: Any, operator: Any, container: Any) -> None:
         container.add_initializer(
             classes, TensorProto.STRING, [len(labels)], [str(c).encode() for c in labels]
         )
-    container.add_node("Gather", [classes, index], label_out, axis=0, name=scope.get_unique_operator_name("Gather"))
+    container.add_node(
+        "Gather", [classes, index], label_out, axis=0, name=scope.get_unique_operator_name("Gather")
+    )
 
 
 def _convert_regressor(scope: Any, operator: Any, container: Any) -> None:
@@ -165,12 +179,17 @@ def _convert_regressor(scope: Any, operator: Any, container: Any) -> None:
 
 def register() -> None:
     update_registered_converter(
-        HistGradientBoostingClassifier, "SklearnHistGradientBoostingClassifier",
-        calculate_linear_classifier_output_shapes, _convert_classifier,
+        HistGradientBoostingClassifier,
+        "SklearnHistGradientBoostingClassifier",
+        calculate_linear_classifier_output_shapes,
+        _convert_classifier,
         options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
         overwrite=True,
     )
     update_registered_converter(
-        HistGradientBoostingRegressor, "SklearnHistGradientBoostingRegressor",
-        calculate_linear_regressor_output_shapes, _convert_regressor, overwrite=True,
+        HistGradientBoostingRegressor,
+        "SklearnHistGradientBoostingRegressor",
+        calculate_linear_regressor_output_shapes,
+        _convert_regressor,
+        overwrite=True,
     )

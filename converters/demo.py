@@ -38,7 +38,14 @@ def build_demo_repository(repo: Path, progress: Callable[[str], None] = print) -
                 continue
             path = Path(tmp) / f"{name}.joblib"
             joblib.dump(model, path)
-            convert(path, name=name, version="1", repo=repo, sample=sample, progress=progress,
-                    metadata={"dataset": f"sklearn.datasets.load_{name}"})
+            convert(
+                path,
+                name=name,
+                version="1",
+                repo=repo,
+                sample=sample,
+                progress=progress,
+                metadata={"dataset": f"sklearn.datasets.load_{name}"},
+            )
             built.append(name)
     return built

@@ -36,13 +36,16 @@ class LightGBMConverter:
             ("binary", "multiclass")
         )
         onnx_model = convert_lightgbm(
-            model, initial_types=[("input", FloatTensorType([None, len(features)]))],
-            zipmap=False, target_opset=TARGET_OPSET,
+            model,
+            initial_types=[("input", FloatTensorType([None, len(features)]))],
+            zipmap=False,
+            target_opset=TARGET_OPSET,
         )
         classes = None
         if classifier:
             classes = (
-                model.classes_.tolist() if hasattr(model, "classes_")
+                model.classes_.tolist()
+                if hasattr(model, "classes_")
                 else list(range(max(2, booster.num_model_per_iteration())))
             )
 
@@ -54,9 +57,7 @@ class LightGBMConverter:
                 import pandas as pd
 
                 frame_or_x = pd.DataFrame(x, columns=names)
-            return np.asarray(
-                model.predict_proba(frame_or_x) if classifier else model.predict(frame_or_x)
-            )
+            return np.asarray(model.predict_proba(frame_or_x) if classifier else model.predict(frame_or_x))
 
         return finish(model, onnx_model, features, classifier, lightgbm.__version__, classes, predict_raw)
 

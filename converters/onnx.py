@@ -27,7 +27,9 @@ class OnnxConverter:
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
         inputs, outputs = signature(model)
         tabular = (
-            len(inputs) == 1 and len(inputs[0].shape) == 2 and inputs[0].shape[1] > 0
+            len(inputs) == 1
+            and len(inputs[0].shape) == 2
+            and inputs[0].shape[1] > 0
             and inputs[0].datatype in ("FP32", "FP64")
         )
         features: list[Feature] = []
@@ -50,15 +52,21 @@ class OnnxConverter:
 
         def predict(table: pd.DataFrame) -> Predictions:
             dtype = np.float32 if inputs[0].datatype == "FP32" else np.float64
-            result = dict(zip(names_out, session.run(None, {inputs[0].name: table.to_numpy(dtype=dtype)}),
-                              strict=True))
+            result = dict(
+                zip(names_out, session.run(None, {inputs[0].name: table.to_numpy(dtype=dtype)}), strict=True)
+            )
             return Predictions(**{role: result[name] for role, name in roles.items()})
 
         return Converted(
-            onnx_model=model, layout=layout,
+            onnx_model=model,
+            layout=layout,
             task="classification" if "probabilities" in roles else "other",
-            features=features, estimator=model.graph.name or "onnx graph",
-            framework_version=onnx.__version__, classes=None, predict=predict, roles=roles,
+            features=features,
+            estimator=model.graph.name or "onnx graph",
+            framework_version=onnx.__version__,
+            classes=None,
+            predict=predict,
+            roles=roles,
         )
 
 

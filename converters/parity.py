@@ -65,7 +65,9 @@ def _compare(name: str, expected: np.ndarray, got: np.ndarray, atol: float, rtol
 
 
 def _label_agreement(
-    expected_labels: np.ndarray, got_labels: np.ndarray, probabilities: np.ndarray | None,
+    expected_labels: np.ndarray,
+    got_labels: np.ndarray,
+    probabilities: np.ndarray | None,
     atol: float,
 ) -> float:
     expected = np.asarray(expected_labels).ravel()
@@ -86,8 +88,13 @@ def _label_agreement(
 
 
 def check_parity(
-    converted: Converted, manifest: Manifest, model_bytes: bytes, table: pd.DataFrame,
-    atol: float, rtol: float, synthesised: bool,
+    converted: Converted,
+    manifest: Manifest,
+    model_bytes: bytes,
+    table: pd.DataFrame,
+    atol: float,
+    rtol: float,
+    synthesised: bool,
 ) -> tuple[Parity, Predictions]:
     original = converted.predict(table)
     got = onnx_predict(model_bytes, manifest, table)
@@ -102,7 +109,10 @@ def check_parity(
         elif e is not None:
             raise ConversionError(f"parity: the ONNX model has no {name} output")
     parity = Parity(
-        rows=len(table), tolerance=atol, max_abs_diff=max_diff, label_agreement=agreement,
+        rows=len(table),
+        tolerance=atol,
+        max_abs_diff=max_diff,
+        label_agreement=agreement,
         sample="synthesised" if synthesised else "given",
     )
     return parity, original

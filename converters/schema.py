@@ -23,13 +23,12 @@ QUANTILE_BINS = 10
 def is_text_column(column: pd.Series) -> bool:
     import pandas as pd
 
-    return not (
-        pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
-    )
+    return not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column))
 
 
-def feature_names(model_names: Sequence[str] | None, n_features: int | None,
-                  sample: pd.DataFrame | None) -> list[str]:
+def feature_names(
+    model_names: Sequence[str] | None, n_features: int | None, sample: pd.DataFrame | None
+) -> list[str]:
     if model_names is not None:
         return [str(n) for n in model_names]
     if sample is not None and not _is_positional(sample):
@@ -59,8 +58,7 @@ def align_sample(sample: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         if extra:
             detail.append(f"not model features {extra[:10]} (drop the target column?)")
         raise ConversionError(
-            f"the sample's columns do not match the model's {len(names)} features: "
-            + "; ".join(detail)
+            f"the sample's columns do not match the model's {len(names)} features: " + "; ".join(detail)
         )
     return sample.set_axis(columns, axis=1)[names]
 
@@ -78,20 +76,26 @@ def infer_features(
         if categories is not None or (column is not None and is_text_column(column)):
             if categories is None and column is not None:
                 categories = sorted({str(v) for v in column.dropna()})
-            features.append(Feature(
-                name=name, dtype="string", categories=categories,
-                nullable=bool(column is not None and column.isna().any()),
-            ))
+            features.append(
+                Feature(
+                    name=name,
+                    dtype="string",
+                    categories=categories,
+                    nullable=bool(column is not None and column.isna().any()),
+                )
+            )
             continue
         values = column.to_numpy(dtype=np.float64, na_value=np.nan) if column is not None else None
         finite = values[np.isfinite(values)] if values is not None else np.empty(0)
-        features.append(Feature(
-            name=name,
-            dtype="float32",
-            min=float(finite.min()) if finite.size else None,
-            max=float(finite.max()) if finite.size else None,
-            nullable=handles_missing or bool(values is not None and np.isnan(values).any()),
-        ))
+        features.append(
+            Feature(
+                name=name,
+                dtype="float32",
+                min=float(finite.min()) if finite.size else None,
+                max=float(finite.max()) if finite.size else None,
+                nullable=handles_missing or bool(values is not None and np.isnan(values).any()),
+            )
+        )
     return features
 
 
@@ -124,8 +128,12 @@ def _numeric_reference(values: np.ndarray) -> FeatureReference | None:
     )
 
 
+def is_nan(value: object) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
 def _categorical_reference(values: Sequence[object]) -> FeatureReference | None:
-    labels = [str(v) for v in values if v is not None and v == v]
+    labels = [str(v) for v in values if v is not None and not is_nan(v)]
     if not labels:
         return None
     cats, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
@@ -135,7 +143,9 @@ def _categorical_reference(values: Sequence[object]) -> FeatureReference | None:
 
 
 def reference_stats(
-    features: list[Feature], sample: pd.DataFrame, prediction: np.ndarray | None,
+    features: list[Feature],
+    sample: pd.DataFrame,
+    prediction: np.ndarray | None,
     categorical_prediction: bool,
 ) -> Reference:
     refs: dict[str, FeatureReference] = {}

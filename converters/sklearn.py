@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 import sklearn
+from skl2onnx import convert_sklearn, supported_converters
+from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -15,13 +18,10 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 from sklearn.utils.validation import check_is_fitted
-from skl2onnx import convert_sklearn, supported_converters
-from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
-from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 
 from converters import _hist_gradient_boosting
 from converters.errors import ConversionError
-from converters.schema import align_sample, feature_names, infer_features
+from converters.schema import align_sample, feature_names, infer_features, is_nan
 from converters.types import Converted, Predictions
 from gateway.manifest import Feature, Layout
 
@@ -55,14 +55,12 @@ def _known_categories(model: Any) -> dict[str, list[str]]:
         if not isinstance(part, ColumnTransformer):
             continue
         for _, transformer, columns in part.transformers_:
-            encoders = [
-                e for e in _walk(transformer) if isinstance(e, OneHotEncoder | OrdinalEncoder)
-            ]
+            encoders = [e for e in _walk(transformer) if isinstance(e, OneHotEncoder | OrdinalEncoder)]
             if not encoders or not all(isinstance(c, str) for c in np.atleast_1d(columns)):
                 continue
             for column, cats in zip(np.atleast_1d(columns), encoders[0].categories_, strict=False):
                 if not np.issubdtype(np.asarray(cats).dtype, np.number):
-                    known[str(column)] = [str(c) for c in cats if c == c]
+                    known[str(column)] = [str(c) for c in cats if c is not None and not is_nan(c)]
     return known
 
 
@@ -82,36 +80,33 @@ class SklearnConverter:
         except NotFittedError as exc:
             raise ConversionError(f"{type(model).__name__} is not fitted: {exc}") from exc
         names = feature_names(
-            getattr(model, "feature_names_in_", None), getattr(model, "n_features_in_", None),
+            getattr(model, "feature_names_in_", None),
+            getattr(model, "n_features_in_", None),
             sample,
         )
         if sample is not None:
             sample = align_sample(sample, names)
         parts = _walk(model)
         features = infer_features(
-            names, sample, _known_categories(model),
+            names,
+            sample,
+            _known_categories(model),
             handles_missing=any(isinstance(p, SimpleImputer) for p in parts)
             or isinstance(_final(model), _HGB),
         )
         uses_names = any(isinstance(p, ColumnTransformer) for p in parts)
-        layout: Layout = (
-            "columns" if uses_names or any(f.dtype == "string" for f in features) else "matrix"
-        )
+        layout: Layout = "columns" if uses_names or any(f.dtype == "string" for f in features) else "matrix"
         classifier = is_classifier(model)
         # HistGradientBoosting thresholds are often data values themselves (quantile bins):
         # rounding an input to float32 moves it across them, so those models take float64.
         precise = any(isinstance(p, _HGB) for p in parts)
         if precise:
             features = [
-                msgspec.structs.replace(f, dtype="float64") if f.dtype == "float32" else f
-                for f in features
+                msgspec.structs.replace(f, dtype="float64") if f.dtype == "float32" else f for f in features
             ]
         onnx_model = self._to_onnx(model, features, layout, classifier, precise)
         outputs = [o.name for o in onnx_model.graph.output]
-        roles = (
-            {"label": outputs[0], "probabilities": outputs[1]} if classifier
-            else {"value": outputs[0]}
-        )
+        roles = {"label": outputs[0], "probabilities": outputs[1]} if classifier else {"value": outputs[0]}
         takes_frame = hasattr(model, "feature_names_in_")
 
         def predict(table: pd.DataFrame) -> Predictions:
@@ -122,16 +117,19 @@ class SklearnConverter:
 
         classes = model.classes_.tolist() if classifier else None
         return Converted(
-            onnx_model=onnx_model, layout=layout,
+            onnx_model=onnx_model,
+            layout=layout,
             task="classification" if classifier else "regression",
-            features=features, estimator=_describe(model), framework_version=sklearn.__version__,
-            classes=classes, predict=predict, roles=roles,
+            features=features,
+            estimator=_describe(model),
+            framework_version=sklearn.__version__,
+            classes=classes,
+            predict=predict,
+            roles=roles,
         )
 
     @staticmethod
-    def _to_onnx(
-        model: Any, features: list[Feature], layout: Layout, classifier: bool, precise: bool
-    ) -> Any:
+    def _to_onnx(model: Any, features: list[Feature], layout: Layout, classifier: bool, precise: bool) -> Any:
         number = DoubleTensorType if precise else FloatTensorType
         if layout == "matrix":
             initial_types: list[tuple[str, Any]] = [("input", number([None, len(features)]))]
@@ -150,9 +148,7 @@ class SklearnConverter:
                 (type(p).__name__ for p in _walk(model) if type(p).__name__ in str(exc)),
                 type(_final(model)).__name__,
             )
-            supported = sorted(
-                n.removeprefix("Sklearn") for n in supported_converters(from_sklearn=True)
-            )
+            supported = sorted(n.removeprefix("Sklearn") for n in supported_converters(from_sklearn=True))
             raise ConversionError(
                 f"unsupported estimator {unsupported}; supported scikit-learn estimators: "
                 + ", ".join(supported)

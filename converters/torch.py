@@ -46,9 +46,14 @@ class TorchConverter:
         buffer = io.BytesIO()
         try:
             torch.onnx.export(
-                model, (example,), buffer, input_names=["input"], output_names=["output"],
+                model,
+                (example,),
+                buffer,
+                input_names=["input"],
+                output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                opset_version=OPSET, dynamo=False,
+                opset_version=OPSET,
+                dynamo=False,
             )
         except Exception as exc:  # torch raises many types for an unexportable module
             raise ConversionError(f"torch.onnx.export failed: {exc}") from exc
@@ -60,9 +65,15 @@ class TorchConverter:
                 return Predictions(value=model(x).numpy().reshape(len(table), -1))
 
         return Converted(
-            onnx_model=onnx_model, layout="matrix", task="regression", features=features,
-            estimator=type(model).__name__, framework_version=torch.__version__, classes=None,
-            predict=predict, roles={"value": "output"},
+            onnx_model=onnx_model,
+            layout="matrix",
+            task="regression",
+            features=features,
+            estimator=type(model).__name__,
+            framework_version=torch.__version__,
+            classes=None,
+            predict=predict,
+            roles={"value": "output"},
         )
 
 

@@ -29,11 +29,14 @@ class XGBoostConverter:
 
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
         booster = model if isinstance(model, xgboost.Booster) else model.get_booster()
-        features, _ = numeric_features(booster.feature_names, booster.num_features(), sample)
+        names = list(booster.feature_names) if booster.feature_names else None
+        features, _ = numeric_features(names, booster.num_features(), sample)
         objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
         classifier = objective.startswith(("binary:", "multi:"))
-        if isinstance(model, xgboost.Booster) and classifier and not objective.endswith(
-            ("logistic", "softprob")
+        if (
+            isinstance(model, xgboost.Booster)
+            and classifier
+            and not objective.endswith(("logistic", "softprob"))
         ):
             raise ConversionError(f"XGBoost objective {objective} is not supported")
         # onnxmltools reads split features as f0, f1, ...: convert a copy without names.
@@ -42,14 +45,26 @@ class XGBoostConverter:
         inner.feature_names = None
         inner.feature_types = None
         onnx_model = convert_xgboost(
-            unnamed, initial_types=[("input", FloatTensorType([None, len(features)]))],
+            unnamed,
+            initial_types=[("input", FloatTensorType([None, len(features)]))],
             target_opset=TARGET_OPSET,
         )
         if classifier:
             classes = (
-                model.classes_.tolist() if hasattr(model, "classes_")
-                else list(range(max(2, int(json.loads(booster.save_config())["learner"]
-                                                ["learner_model_param"]["num_class"]))))
+                model.classes_.tolist()
+                if hasattr(model, "classes_")
+                else list(
+                    range(
+                        max(
+                            2,
+                            int(
+                                json.loads(booster.save_config())["learner"]["learner_model_param"][
+                                    "num_class"
+                                ]
+                            ),
+                        )
+                    )
+                )
             )
         else:
             classes = None
@@ -62,9 +77,7 @@ class XGBoostConverter:
                 import pandas as pd
 
                 frame_or_x = pd.DataFrame(x, columns=booster.feature_names)
-            return np.asarray(
-                model.predict_proba(frame_or_x) if classifier else model.predict(frame_or_x)
-            )
+            return np.asarray(model.predict_proba(frame_or_x) if classifier else model.predict(frame_or_x))
 
         return finish(model, onnx_model, features, classifier, xgboost.__version__, classes, predict_raw)
 

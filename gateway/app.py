@@ -19,16 +19,25 @@ from gateway.routes import Endpoints, InferV2Endpoint, Outcome, PredictEndpoint,
 from gateway.settings import Settings
 
 access_log = logging.getLogger("gateway.access")
+lifecycle_log = logging.getLogger("gateway.lifecycle")
 
 
 def log_outcome(outcome: Outcome) -> None:
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info("request", extra={
-            "event": "request", "request_id": outcome.request_id, "route": outcome.route,
-            "model": outcome.model, "version": outcome.version, "status": outcome.status,
-            "latency_ms": round(outcome.seconds * 1000, 3), "rows": outcome.rows,
-            **({"error": outcome.error} if outcome.error else {}),
-        })
+        access_log.info(
+            "request",
+            extra={
+                "event": "request",
+                "request_id": outcome.request_id,
+                "route": outcome.route,
+                "model": outcome.model,
+                "version": outcome.version,
+                "status": outcome.status,
+                "latency_ms": round(outcome.seconds * 1000, 3),
+                "rows": outcome.rows,
+                **({"error": outcome.error} if outcome.error else {}),
+            },
+        )
 
 
 def create_app(settings: Settings, runtime_factory: RuntimeFactory = ort_runtime) -> Starlette:
@@ -55,6 +64,8 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = ort_runtime
         Route("/v2/models/{name}/versions/{version}", endpoints.model_metadata),
         Route("/v2/models/{name}/ready", endpoints.model_ready),
         Route("/v2/models/{name}/versions/{version}/ready", endpoints.model_ready),
+        Route("/v2/models/{name}/stats", endpoints.model_stats),
+        Route("/v2/models/{name}/versions/{version}/stats", endpoints.model_stats),
         Route("/healthz", endpoints.healthz),
         Route("/readyz", endpoints.readyz),
         Route("/openapi.json", openapi),
@@ -64,8 +75,14 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = ort_runtime
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await registry.load_repository()
+        lifecycle_log.info(
+            "serving", extra={"event": "startup", "models": registry.live, "failures": registry.failures}
+        )
         yield
+        # The server has stopped accepting and finished its open requests; drain the rest.
+        lifecycle_log.info("draining", extra={"event": "shutdown"})
         await registry.close()
+        lifecycle_log.info("shutdown complete", extra={"event": "shutdown_complete"})
 
     app = Starlette(
         routes=routes,

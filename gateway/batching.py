@@ -88,9 +88,7 @@ class MicroBatcher:
         if self._dispatcher is None:
             self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
-    async def submit(
-        self, feeds: Arrays, rows: int, deadline: float, context: object = None
-    ) -> Arrays:
+    async def submit(self, feeds: Arrays, rows: int, deadline: float, context: object = None) -> Arrays:
         """Queue `rows` rows (arrays sharing a first axis) and wait for their outputs."""
         if self._closing or self._dispatcher is None:
             raise Unavailable("the server is shutting down")
@@ -102,9 +100,14 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [
-            _Item({k: v[start:start + self.max_batch_rows] for k, v in feeds.items()},
-                  min(self.max_batch_rows, rows - start), deadline, now, loop.create_future(),
-                  context)
+            _Item(
+                {k: v[start : start + self.max_batch_rows] for k, v in feeds.items()},
+                min(self.max_batch_rows, rows - start),
+                deadline,
+                now,
+                loop.create_future(),
+                context,
+            )
             for start in range(0, rows, self.max_batch_rows)
         ]
         self._queue.extend(items)
@@ -194,24 +197,27 @@ class MicroBatcher:
                 for item in batch:
                     if not item.future.done():
                         item.future.set_result(
-                            {k: v[offset:offset + item.rows] for k, v in outputs.items()}
+                            {k: v[offset : offset + item.rows] for k, v in outputs.items()}
                         )
                     offset += item.rows
         finally:
             self._lanes.release()
             self._wakeup.set()
         if self.on_batch is not None:
-            self.on_batch(BatchReport(
-                rows=sum(i.rows for i in batch), requests=len(batch),
-                queue_waits=[started - i.enqueued for i in batch],
-                seconds=time.monotonic() - started, reason=reason, failed=failed,
-                contexts=[i.context for i in batch if i.context is not None],
-            ))
+            self.on_batch(
+                BatchReport(
+                    rows=sum(i.rows for i in batch),
+                    requests=len(batch),
+                    queue_waits=[started - i.enqueued for i in batch],
+                    seconds=time.monotonic() - started,
+                    reason=reason,
+                    failed=failed,
+                    contexts=[i.context for i in batch if i.context is not None],
+                )
+            )
 
     async def _infer(self, parts: list[Arrays]) -> Arrays:
-        feeds = parts[0] if len(parts) == 1 else {
-            k: np.concatenate([p[k] for p in parts]) for k in parts[0]
-        }
+        feeds = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         rows = next(iter(feeds.values())).shape[0]
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._executor, self.runtime.run, feeds)
@@ -247,8 +253,10 @@ class MicroBatcher:
 def _fail(item: _Item, exc: Exception) -> None:
     if item.future.done():
         return
-    error = exc if isinstance(exc, GatewayError) else InferenceFailed(
-        f"inference failed: {type(exc).__name__}: {_first_line(exc)}"
+    error = (
+        exc
+        if isinstance(exc, GatewayError)
+        else InferenceFailed(f"inference failed: {type(exc).__name__}: {_first_line(exc)}")
     )
     item.future.set_exception(error)
 

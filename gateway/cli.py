@@ -34,9 +34,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         sample = load_sample(Path(args.sample)) if args.sample else None
         manifest = convert(
-            Path(args.model), name=args.name, version=args.version, repo=Path(args.repo),
-            sample=sample, framework=None if args.framework == "auto" else args.framework,
-            atol=args.tolerance, rtol=args.rtol, progress=_progress,
+            Path(args.model),
+            name=args.name,
+            version=args.version,
+            repo=Path(args.repo),
+            sample=sample,
+            framework=None if args.framework == "auto" else args.framework,
+            atol=args.tolerance,
+            rtol=args.rtol,
+            progress=_progress,
         )
     except (ConversionError, RepositoryError) as exc:
         return _fail(str(exc))
@@ -64,8 +70,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             for version in repo.versions(name):
                 m = repo.manifest(name, version)
                 parity = f"{m.parity.max_abs_diff:.1e}/{m.parity.rows}" if m.parity else "-"
-                rows.append([name, version, "*" if version == live else "", m.created_at,
-                             f"{m.onnx.size / 1024:.1f}K", parity])
+                rows.append(
+                    [
+                        name,
+                        version,
+                        "*" if version == live else "",
+                        m.created_at,
+                        f"{m.onnx.size / 1024:.1f}K",
+                        parity,
+                    ]
+                )
     except RepositoryError as exc:
         return _fail(str(exc))
     print(_table(rows) if len(rows) > 1 else f"no models in {args.repo}")
@@ -132,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True, help="a positive integer or semver; never reused")
     p.add_argument("--repo", required=True, help="model repository directory")
     p.add_argument("--sample", help="sample rows (.csv, .parquet, .json, .npy) for parity and schema")
-    p.add_argument("--framework", default="auto",
-                   choices=["auto", "sklearn", "xgboost", "lightgbm", "torch", "onnx"])
+    p.add_argument(
+        "--framework", default="auto", choices=["auto", "sklearn", "xgboost", "lightgbm", "torch", "onnx"]
+    )
     p.add_argument("--tolerance", type=float, default=1e-4, help="absolute parity tolerance")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative parity tolerance")
     p.set_defaults(func=cmd_convert)

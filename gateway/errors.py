@@ -83,6 +83,8 @@ class DeadlineExceeded(GatewayError):
 
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+# msgspec names the offending field in the message, not the path: move it to the path.
+_FIELD_MSG = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]*)`$")
 
 
 def validation_detail(message: str, root: str = "body") -> list[dict[str, Any]]:
@@ -92,4 +94,7 @@ def validation_detail(message: str, root: str = "body") -> list[dict[str, Any]]:
     loc: list[str | int] = [root]
     for name, index in _SEGMENT.findall(path.removeprefix("$") if path else ""):
         loc.append(int(index) if index else name)
+    field = _FIELD_MSG.match(msg)
+    if field:
+        loc.append(field.group(1))
     return [{"loc": loc, "msg": msg}]

@@ -16,8 +16,19 @@ FeatureDType = Literal["float32", "float64", "int64", "string", "bool"]
 RangePolicy = Literal["allow", "clip", "reject"]
 # Open Inference Protocol datatypes (KServe V2).
 V2DType = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
 ]
 OutputRole = Literal["label", "probabilities", "value", "other"]
 Layout = Literal["matrix", "columns", "tensors"]
@@ -28,7 +39,7 @@ class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     pass
 
 
-class Feature(_Struct):
+class Feature(_Struct, frozen=True):
     """One named input of a tabular model, as a records request spells it."""
 
     name: str
@@ -40,7 +51,7 @@ class Feature(_Struct):
     policy: RangePolicy = "allow"
 
 
-class TensorSpec(_Struct):
+class TensorSpec(_Struct, frozen=True):
     """One ONNX graph input or output; -1 marks a variable dimension."""
 
     name: str
@@ -49,7 +60,7 @@ class TensorSpec(_Struct):
     role: OutputRole | None = None
 
 
-class Source(_Struct):
+class Source(_Struct, frozen=True):
     framework: str
     framework_version: str
     estimator: str
@@ -57,7 +68,7 @@ class Source(_Struct):
     file_sha256: str
 
 
-class OnnxInfo(_Struct):
+class OnnxInfo(_Struct, frozen=True):
     sha256: str
     size: int
     opset: dict[str, int]
@@ -65,7 +76,7 @@ class OnnxInfo(_Struct):
     ir_version: int
 
 
-class Parity(_Struct):
+class Parity(_Struct, frozen=True):
     rows: int
     tolerance: float
     max_abs_diff: float
@@ -73,7 +84,7 @@ class Parity(_Struct):
     sample: Literal["given", "synthesised"] = "given"
 
 
-class FeatureReference(_Struct):
+class FeatureReference(_Struct, frozen=True):
     """Quantile bin edges of one feature (numeric) or category frequencies (string)."""
 
     edges: list[float] | None = None
@@ -81,13 +92,13 @@ class FeatureReference(_Struct):
     categories: list[str] | None = None
 
 
-class Reference(_Struct):
+class Reference(_Struct, frozen=True):
     rows: int
     features: dict[str, FeatureReference]
     prediction: FeatureReference | None = None
 
 
-class Manifest(_Struct):
+class Manifest(_Struct, frozen=True):
     name: str
     version: str
     created_at: str

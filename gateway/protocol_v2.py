@@ -54,7 +54,9 @@ class DecodedInfer:
     request: InferRequest
 
 
-def parse_request(body: bytes, header_length: str | None, msgpack: bool = False) -> tuple[InferRequest, bytes]:
+def parse_request(
+    body: bytes, header_length: str | None, msgpack: bool = False
+) -> tuple[InferRequest, bytes]:
     """The JSON (or msgpack) header and the binary tail that follows it, if any."""
     tail = b""
     if header_length is not None:
@@ -69,7 +71,7 @@ def parse_request(body: bytes, header_length: str | None, msgpack: bool = False)
         request = (_msgpack_request if msgpack else _json_request).decode(body)
     except msgspec.ValidationError as exc:
         raise Unprocessable("invalid inference request", validation_detail(str(exc))) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed body: {exc}") from None
     return request, tail
 
@@ -84,14 +86,16 @@ def _bytes_elements(raw: bytes, count: int, loc: list[Any]) -> np.ndarray:
         pos += 4
         if pos + size > len(raw):
             raise Unprocessable("truncated BYTES tensor", [{"loc": loc, "msg": "element overruns"}])
-        out[i] = raw[pos:pos + size].decode("utf-8", errors="replace")
+        out[i] = raw[pos : pos + size].decode("utf-8", errors="replace")
         pos += size
     if pos != len(raw):
         raise Unprocessable("BYTES tensor has trailing bytes", [{"loc": loc, "msg": "size mismatch"}])
     return out
 
 
-def _tensor_array(tensor: _Tensor, spec: TensorSpec, tail: bytes, offset: int, index: int) -> tuple[np.ndarray, int]:
+def _tensor_array(
+    tensor: _Tensor, spec: TensorSpec, tail: bytes, offset: int, index: int
+) -> tuple[np.ndarray, int]:
     loc: list[Any] = ["body", "inputs", index]
     if tensor.datatype != spec.datatype:
         raise Unprocessable(
@@ -102,8 +106,7 @@ def _tensor_array(tensor: _Tensor, spec: TensorSpec, tail: bytes, offset: int, i
         d < 0 or (want >= 0 and d != want) for d, want in zip(tensor.shape, spec.shape, strict=False)
     ):
         raise Unprocessable(
-            f"input {tensor.name!r} has shape {tensor.shape}; the model takes {spec.shape} "
-            "(-1: any size)",
+            f"input {tensor.name!r} has shape {tensor.shape}; the model takes {spec.shape} (-1: any size)",
             [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
         )
     count = math.prod(tensor.shape)
@@ -111,19 +114,25 @@ def _tensor_array(tensor: _Tensor, spec: TensorSpec, tail: bytes, offset: int, i
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(tail):
-            raise Unprocessable("binary_data_size overruns the body", [
-                {"loc": [*loc, "parameters", "binary_data_size"], "msg": "outside the binary part"}
-            ])
-        raw = tail[offset:offset + size]
+            raise Unprocessable(
+                "binary_data_size overruns the body",
+                [{"loc": [*loc, "parameters", "binary_data_size"], "msg": "outside the binary part"}],
+            )
+        raw = tail[offset : offset + size]
         offset += size
         if spec.datatype == "BYTES":
             array = _bytes_elements(raw, count, loc)
         else:
             if size != count * dtype.itemsize:
-                raise Unprocessable("binary tensor size does not match its shape", [
-                    {"loc": [*loc, "parameters", "binary_data_size"],
-                     "msg": f"expected {count * dtype.itemsize} bytes for shape {tensor.shape}"}
-                ])
+                raise Unprocessable(
+                    "binary tensor size does not match its shape",
+                    [
+                        {
+                            "loc": [*loc, "parameters", "binary_data_size"],
+                            "msg": f"expected {count * dtype.itemsize} bytes for shape {tensor.shape}",
+                        }
+                    ],
+                )
             array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     else:
         if tensor.data is None:
@@ -136,18 +145,21 @@ def _tensor_array(tensor: _Tensor, spec: TensorSpec, tail: bytes, offset: int, i
                 [{"loc": [*loc, "data"], "msg": f"expected {spec.datatype} values"}],
             ) from None
         if spec.datatype == "BYTES":
-            array = np.array([str(v) for v in tensor.data], dtype=object) if all(
-                isinstance(v, str) for v in tensor.data
-            ) else array
+            array = (
+                np.array([str(v) for v in tensor.data], dtype=object)
+                if all(isinstance(v, str) for v in tensor.data)
+                else array
+            )
         if array.size != count:
-            raise Unprocessable("element count does not match shape", [
-                {"loc": [*loc, "data"], "msg": f"{array.size} elements for shape {tensor.shape}"}
-            ])
+            raise Unprocessable(
+                "element count does not match shape",
+                [{"loc": [*loc, "data"], "msg": f"{array.size} elements for shape {tensor.shape}"}],
+            )
     array = array.reshape(tensor.shape)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise Unprocessable("non-finite number", [
-            {"loc": [*loc, "data"], "msg": "NaN and Infinity are not accepted"}
-        ])
+        raise Unprocessable(
+            "non-finite number", [{"loc": [*loc, "data"], "msg": "NaN and Infinity are not accepted"}]
+        )
     return array, offset
 
 
@@ -157,10 +169,15 @@ def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_row
     missing = sorted(set(specs) - set(names))
     unknown = sorted(set(names) - set(specs))
     if missing or unknown or len(names) != len(set(names)):
-        raise Unprocessable("inputs do not match the model", [
-            {"loc": ["body", "inputs"],
-             "msg": f"model inputs are {sorted(specs)}; missing {missing}, unknown {unknown}"}
-        ])
+        raise Unprocessable(
+            "inputs do not match the model",
+            [
+                {
+                    "loc": ["body", "inputs"],
+                    "msg": f"model inputs are {sorted(specs)}; missing {missing}, unknown {unknown}",
+                }
+            ],
+        )
     feeds: Arrays = {}
     offset = 0
     for index, tensor in enumerate(request.inputs):
@@ -169,9 +186,10 @@ def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_row
         raise BadRequest(f"{len(tail) - offset} unclaimed bytes after the binary tensors")
     rows_by_input = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
     if len(rows_by_input) != 1:
-        raise Unprocessable("inputs disagree on the batch size", [
-            {"loc": ["body", "inputs"], "msg": "every input's first dimension must match"}
-        ])
+        raise Unprocessable(
+            "inputs disagree on the batch size",
+            [{"loc": ["body", "inputs"], "msg": "every input's first dimension must match"}],
+        )
     rows = rows_by_input.pop()
     if rows > max_rows:
         raise TooLarge(f"{rows} rows in one request; the limit is {max_rows}")
@@ -181,9 +199,10 @@ def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_row
         known = {o.name for o in manifest.outputs}
         for i, out in enumerate(request.outputs):
             if out.name not in known:
-                raise NotFound(f"model has no output {out.name!r}; it has {sorted(known)}", [
-                    {"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}
-                ])
+                raise NotFound(
+                    f"model has no output {out.name!r}; it has {sorted(known)}",
+                    [{"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}],
+                )
     return DecodedInfer(feeds, rows, request)
 
 
@@ -214,9 +233,7 @@ def _json_data(array: np.ndarray) -> Any:
     return flat  # orjson writes numpy arrays natively
 
 
-def encode_infer(
-    manifest: Manifest, request: InferRequest, outputs: Arrays
-) -> tuple[bytes, dict[str, str]]:
+def encode_infer(manifest: Manifest, request: InferRequest, outputs: Arrays) -> tuple[bytes, dict[str, str]]:
     """The response body and any headers it needs (binary extension)."""
     wanted = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
     datatypes = {o.name: o.datatype for o in manifest.outputs}
@@ -233,7 +250,9 @@ def encode_infer(
             entry["data"] = _json_data(array)
         tensors.append(entry)
     payload: dict[str, Any] = {
-        "model_name": manifest.name, "model_version": manifest.version, "outputs": tensors,
+        "model_name": manifest.name,
+        "model_version": manifest.version,
+        "outputs": tensors,
     }
     if request.id is not None:
         payload["id"] = request.id

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -32,8 +32,11 @@ BatchObserver = Callable[["LoadedModel", BatchReport], None]
 
 def ort_runtime(model: bytes, manifest: Manifest, settings: Settings) -> Runtime:
     return OrtRuntime(
-        model, provider=settings.provider, threads=settings.threads_per_lane(),
-        device_id=settings.device_id, name=manifest.name,
+        model,
+        provider=settings.provider,
+        threads=settings.threads_per_lane(),
+        device_id=settings.device_id,
+        name=manifest.name,
     )
 
 
@@ -45,6 +48,7 @@ class LoadedModel:
     records: RecordCodec | None
     ready: bool = False
     batches: int = 0
+    rows: int = 0
     largest_batch: int = 0
     loaded_at: float = field(default_factory=time.time)
 
@@ -72,7 +76,7 @@ def warmup_feeds(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
     for spec in manifest.inputs:
         shape = [rows if i == 0 else max(d, 1) for i, d in enumerate(spec.shape)]
         dtype = NUMPY_DTYPES[spec.datatype]
-        feeds[spec.name] = np.full(shape, "", dtype=object) if dtype == object else np.zeros(shape, dtype)
+        feeds[spec.name] = np.full(shape, "", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)
     return feeds
 
 
@@ -83,7 +87,9 @@ def warmup_sizes(max_batch_rows: int) -> list[int]:
 
 class ModelRegistry:
     def __init__(
-        self, settings: Settings, repository: Repository,
+        self,
+        settings: Settings,
+        repository: Repository,
         runtime_factory: RuntimeFactory = ort_runtime,
         on_batch: BatchObserver | None = None,
     ) -> None:
@@ -132,7 +138,8 @@ class ModelRegistry:
             runtime.run(warmup_feeds(manifest, rows))
         records = (
             RecordCodec(manifest, self.settings.request_rows_limit, self.settings.range_policy)
-            if manifest.features else None
+            if manifest.features
+            else None
         )
         batcher = MicroBatcher(
             runtime,
@@ -148,6 +155,7 @@ class ModelRegistry:
 
     def _observe(self, model: LoadedModel, report: BatchReport) -> None:
         model.batches += 1
+        model.rows += report.rows
         model.largest_batch = max(model.largest_batch, report.rows)
         if self._on_batch is not None:
             self._on_batch(model, report)
@@ -162,8 +170,11 @@ class ModelRegistry:
         model.ready = True
         self._models[(name, version)] = model
         log.info(
-            "model ready", extra={
-                "event": "ready", "model": name, "version": version,
+            "model ready",
+            extra={
+                "event": "ready",
+                "model": name,
+                "version": version,
                 "provider": model.runtime.provider,
                 "seconds": round(time.perf_counter() - started, 3),
             },
@@ -185,7 +196,9 @@ class ModelRegistry:
                 self.failures.pop(name, None)
             except (RepositoryError, OSError, RuntimeError, ValueError) as exc:
                 self.failures[name] = str(exc)
-                log.error("model failed to load", extra={"event": "load_failed", "model": name, "error": str(exc)})
+                log.error(
+                    "model failed to load", extra={"event": "load_failed", "model": name, "error": str(exc)}
+                )
 
     async def unload(self, name: str, version: str) -> None:
         model = self._models.pop((name, version), None)

@@ -62,9 +62,7 @@ def check_name(name: str) -> str:
 
 def check_version(version: str) -> str:
     if not is_valid_version(version):
-        raise RepositoryError(
-            f"invalid version {version!r}: use a positive integer (3) or semver (1.2.0)"
-        )
+        raise RepositoryError(f"invalid version {version!r}: use a positive integer (3) or semver (1.2.0)")
     return version
 
 
@@ -123,9 +121,7 @@ class Repository:
     def models(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name)
-        )
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
 
     def versions(self, name: str) -> list[str]:
         base = self.root / check_name(name)

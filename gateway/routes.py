@@ -158,14 +158,17 @@ class PredictEndpoint(InferenceEndpoint):
         self, scope: Scope, receive: Receive, model: LoadedModel, outcome: Outcome
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         if model.records is None:
-            raise NotFound(f"model {model.name!r} takes tensors, not records: use /v2/models/{model.name}/infer")
+            raise NotFound(
+                f"model {model.name!r} takes tensors, not records: use /v2/models/{model.name}/infer"
+            )
         body, msgpack = await self._body(scope, receive, (JSON, MSGPACK))
         records, single = model.records.decode(body, msgpack)
         feeds, rows = model.records.to_feeds(records, single)
         outcome.rows = rows
         outputs = await model.batcher.submit(feeds, rows, deadline_from(scope, self.settings))
         payload = {
-            "model": model.name, "version": model.version,
+            "model": model.name,
+            "version": model.version,
             "predictions": encode_predictions(model.manifest, outputs),
         }
         if header(scope, b"accept") == MSGPACK:
@@ -225,10 +228,13 @@ class Endpoints:
     async def server_metadata(self, request: Request) -> Response:
         from gateway import __version__
 
-        return json_response({
-            "name": "onnx-gateway", "version": __version__,
-            "extensions": ["binary_tensor_data", "model_repository", "schedule_policy"],
-        })
+        return json_response(
+            {
+                "name": "onnx-gateway",
+                "version": __version__,
+                "extensions": ["binary_tensor_data", "schedule_policy", "statistics"],
+            }
+        )
 
     def _model(self, request: Request) -> LoadedModel:
         return self.registry.get(request.path_params["name"], request.path_params.get("version"))
@@ -238,9 +244,11 @@ class Endpoints:
             model = self._model(request)
         except GatewayError as exc:
             return error_response(exc)
-        return json_response(protocol_v2.model_metadata(
-            model.manifest, self.registry.versions(model.name), model.runtime.provider
-        ))
+        return json_response(
+            protocol_v2.model_metadata(
+                model.manifest, self.registry.versions(model.name), model.runtime.provider
+            )
+        )
 
     async def model_ready(self, request: Request) -> Response:
         try:
@@ -250,6 +258,27 @@ class Endpoints:
         except GatewayError:
             return json_response({"name": request.path_params["name"], "ready": False}, 503)
         return json_response({"name": model.name, "version": model.version, "ready": model.ready})
+
+    async def model_stats(self, request: Request) -> Response:
+        """Triton's statistics extension, reduced to what the batcher knows."""
+        try:
+            model = self._model(request)
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response(
+            {
+                "model_stats": [
+                    {
+                        "name": model.name,
+                        "version": model.version,
+                        "inference_count": model.rows,
+                        "execution_count": model.batches,
+                        "largest_batch_rows": model.largest_batch,
+                        "queued_rows": model.batcher.queued_rows,
+                    }
+                ]
+            }
+        )
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return error_response(NotFound(f"no route for {request.method} {request.url.path}"))

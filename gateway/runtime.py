@@ -46,7 +46,8 @@ def choose_provider(requested: Provider, available: Sequence[str]) -> ProviderCh
         return ProviderChoice([CUDA, CPU], "cuda")
     if requested == "cuda":
         return ProviderChoice(
-            [CPU], "cpu",
+            [CPU],
+            "cpu",
             "CUDA was requested but onnxruntime has no CUDAExecutionProvider here "
             "(install onnx-gateway[gpu] on a machine with an NVIDIA driver); serving on CPU",
         )
@@ -55,7 +56,12 @@ def choose_provider(requested: Provider, available: Sequence[str]) -> ProviderCh
 
 class OrtRuntime:
     def __init__(
-        self, model: bytes, *, provider: Provider = "auto", threads: int = 1, device_id: int = 0,
+        self,
+        model: bytes,
+        *,
+        provider: Provider = "auto",
+        threads: int = 1,
+        device_id: int = 0,
         name: str = "model",
     ) -> None:
         import onnxruntime as ort
@@ -72,7 +78,9 @@ class OrtRuntime:
             {"device_id": device_id} if p == CUDA else {} for p in choice.providers
         ]
         session = ort.InferenceSession(
-            model, sess_options=options, providers=choice.providers,
+            model,
+            sess_options=options,
+            providers=choice.providers,
             provider_options=provider_options,
         )
         active = session.get_providers()

@@ -15,6 +15,7 @@ import numpy as np
 
 from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Feature, Manifest, RangePolicy
+from gateway.settings import RangePolicyOverride
 from gateway.tabular import feeds_from_columns
 
 Arrays = dict[str, np.ndarray]
@@ -23,7 +24,7 @@ Arrays = dict[str, np.ndarray]
 def _field_type(feature: Feature) -> Any:
     base: Any
     if feature.dtype == "string":
-        base = Literal[tuple(feature.categories)] if feature.categories else str  # type: ignore[valid-type]
+        base = Literal[tuple(feature.categories)] if feature.categories else str
     elif feature.dtype == "int64":
         base = int
     elif feature.dtype == "bool":
@@ -31,6 +32,10 @@ def _field_type(feature: Feature) -> Any:
     else:
         base = float
     return base | None if feature.nullable else base
+
+
+def _policy(feature: Feature, override: RangePolicyOverride) -> RangePolicy:
+    return feature.policy if override == "manifest" else override
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,9 @@ class RangeCheck:
 class RecordCodec:
     """Decode `{...}` or `{"instances": [{...}, ...]}` into the model's input tensors."""
 
-    def __init__(self, manifest: Manifest, max_rows: int, policy_override: str = "manifest") -> None:
+    def __init__(
+        self, manifest: Manifest, max_rows: int, policy_override: RangePolicyOverride = "manifest"
+    ) -> None:
         if not manifest.features:
             raise ValueError("model has no named features")
         self.manifest = manifest
@@ -53,7 +60,8 @@ class RecordCodec:
         row = msgspec.defstruct(
             f"{manifest.name}_record",
             [(f.name, _field_type(f)) for f in manifest.features],
-            forbid_unknown_fields=True, gc=False,
+            forbid_unknown_fields=True,
+            gc=False,
         )
         self.row_type = row
         self._json = (msgspec.json.Decoder(row), msgspec.json.Decoder(list[row]))  # type: ignore[valid-type]
@@ -63,7 +71,7 @@ class RecordCodec:
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
         self._nullable = np.array([manifest.features[i].nullable for i in self._numeric])
         self._ranges = [
-            RangeCheck(i, f.name, f.min, f.max, f.policy if policy_override == "manifest" else policy_override)  # type: ignore[arg-type]
+            RangeCheck(i, f.name, f.min, f.max, _policy(f, policy_override))
             for i, f in enumerate(manifest.features)
             if f.dtype != "string" and f.min is not None and f.max is not None
         ]
@@ -75,18 +83,19 @@ class RecordCodec:
         one, many = self._msgpack if msgpack else self._json
         try:
             top = envelope.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"malformed body: {exc}") from None
-        except msgspec.ValidationError:
+        except msgspec.ValidationError:  # before DecodeError: it is a subclass
             raise Unprocessable(
-                "the body must be an object: one record or {\"instances\": [...]}",
+                'the body must be an object: one record or {"instances": [...]}',
                 [{"loc": ["body"], "msg": "expected an object"}],
             ) from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
         single = "instances" not in top or "instances" in self.row_type.__struct_fields__
         if not single and len(top) != 1:
-            raise Unprocessable("unknown top-level fields", [
-                {"loc": ["body", k], "msg": "unknown field"} for k in sorted(top) if k != "instances"
-            ])
+            raise Unprocessable(
+                "unknown top-level fields",
+                [{"loc": ["body", k], "msg": "unknown field"} for k in sorted(top) if k != "instances"],
+            )
         try:
             records = [one.decode(body)] if single else many.decode(top["instances"])
         except msgspec.ValidationError as exc:
@@ -94,6 +103,8 @@ class RecordCodec:
             if not single:
                 detail[0]["loc"][1:1] = ["instances"]
             raise Unprocessable("invalid record", detail) from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
         if not records:
             raise Unprocessable("no instances", [{"loc": ["body", "instances"], "msg": "empty list"}])
         if len(records) > self.max_rows:
@@ -129,9 +140,10 @@ class RecordCodec:
         if bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])
             name = self.manifest.features[self._numeric[col]].name
-            raise Unprocessable("non-finite number", [
-                {"loc": self._loc(single, row, name), "msg": "NaN and Infinity are not accepted"}
-            ])
+            raise Unprocessable(
+                "non-finite number",
+                [{"loc": self._loc(single, row, name), "msg": "NaN and Infinity are not accepted"}],
+            )
         for check in self._ranges:
             col = self._numeric.index(check.index)
             values = matrix[:, col]
@@ -141,10 +153,16 @@ class RecordCodec:
                 outside = (values < check.low) | (values > check.high)
                 if outside.any():
                     row = int(np.argmax(outside))
-                    raise Unprocessable("value out of range", [{
-                        "loc": self._loc(single, row, check.name),
-                        "msg": f"{values[row]} is outside the trained range [{check.low}, {check.high}]",
-                    }])
+                    raise Unprocessable(
+                        "value out of range",
+                        [
+                            {
+                                "loc": self._loc(single, row, check.name),
+                                "msg": f"{values[row]} is outside the trained range "
+                                f"[{check.low}, {check.high}]",
+                            }
+                        ],
+                    )
         return matrix
 
     @staticmethod
@@ -159,12 +177,17 @@ def encode_predictions(manifest: Manifest, outputs: Arrays) -> list[dict[str, An
     value_spec = manifest.output("value")
     if proba_spec is not None:
         proba = outputs[proba_spec.name].tolist()
-        classes = [str(c) for c in manifest.classes] if manifest.classes else [
-            str(i) for i in range(len(proba[0]) if proba else 0)
-        ]
+        classes = (
+            [str(c) for c in manifest.classes]
+            if manifest.classes
+            else [str(i) for i in range(len(proba[0]) if proba else 0)]
+        )
         labels = (
-            outputs[label_spec.name].tolist() if label_spec is not None
-            else [manifest.classes[int(np.argmax(p))] if manifest.classes else int(np.argmax(p)) for p in proba]
+            outputs[label_spec.name].tolist()
+            if label_spec is not None
+            else [
+                manifest.classes[int(np.argmax(p))] if manifest.classes else int(np.argmax(p)) for p in proba
+            ]
         )
         return [
             {"label": _plain(label), "probabilities": dict(zip(classes, p, strict=True))}

@@ -38,17 +38,26 @@ def _loop() -> str:
 
 def run(settings: Settings) -> None:
     gateway_logging.configure(settings.log_level, settings.log_format)
-    common = {
-        "host": settings.host, "port": settings.port, "loop": _loop(), "http": "httptools",
-        "lifespan": "on", "access_log": False, "log_level": settings.log_level,
-        "timeout_graceful_shutdown": int(settings.drain_seconds) or None,
-        "timeout_keep_alive": 30,
-    }
+    target: str | Starlette
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
-        uvicorn.run("gateway.serve:app_factory", factory=True, workers=settings.workers, **common)
+        target = "gateway.serve:app_factory"
     else:
-        uvicorn.run(create_app(settings), **common)
+        target = create_app(settings)
+    uvicorn.run(
+        target,
+        factory=isinstance(target, str),
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        loop=_loop(),
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+        timeout_keep_alive=30,
+    )
 
 
 def serve_from_args(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     lanes: Positive = 1
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: cores // lanes
     max_queue_rows: Positive = 8192
-    max_request_rows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: 16 × max_batch_rows
+    max_request_rows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: 16 * max_batch_rows
     timeout_ms: NonNegative = 10_000.0
     max_body_bytes: Positive = 16 * 1024 * 1024
     range_policy: RangePolicyOverride = "manifest"
@@ -65,9 +65,7 @@ _FIELDS = Settings.__struct_fields__
 
 
 def _from_env(environ: dict[str, str]) -> dict[str, Any]:
-    return {
-        f: environ[ENV_PREFIX + f.upper()] for f in _FIELDS if ENV_PREFIX + f.upper() in environ
-    }
+    return {f: environ[ENV_PREFIX + f.upper()] for f in _FIELDS if ENV_PREFIX + f.upper() in environ}
 
 
 def _from_toml(path: str) -> dict[str, Any]:
@@ -82,9 +80,7 @@ def _from_toml(path: str) -> dict[str, Any]:
     return {k: v for k, v in table.items()}
 
 
-def build_settings(
-    cli: dict[str, Any], environ: dict[str, str] | None = None
-) -> Settings:
+def build_settings(cli: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
     """Merge sources, highest first: CLI flags, GATEWAY_* variables, the TOML file."""
     environ = dict(os.environ) if environ is None else environ
     env = _from_env(environ)

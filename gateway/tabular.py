@@ -27,9 +27,7 @@ NUMPY_DTYPES: dict[V2DType, np.dtype[np.generic]] = {
 }
 
 
-def feeds_from_columns(
-    manifest: Manifest, columns: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
+def feeds_from_columns(manifest: Manifest, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Arrange 1-D feature columns (all of one length) as the model's input tensors."""
     if manifest.layout == "matrix":
         spec = manifest.inputs[0]

@@ -42,17 +42,37 @@ class Server:
         return self.process.returncode
 
 
-def start_server(repo: Path, tmp: Path, *args: str, env: dict[str, str] | None = None,
-                 ready_timeout: float = 60, wait_ready: bool = True) -> Server:
+def start_server(
+    repo: Path,
+    tmp: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60,
+    wait_ready: bool = True,
+) -> Server:
     """`gateway serve` as a real process on a loopback port, ready when /readyz says so."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--repo", str(repo),
-             "--host", "127.0.0.1", "--port", str(port), *args],
-            stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--repo",
+                str(repo),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     if not wait_ready:

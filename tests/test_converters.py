@@ -59,13 +59,19 @@ def _serve_predict(tmp_path, manifest, frame):
 
 
 CLASSIFIERS = [
-    pytest.param(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), id="scaler+logreg"),
+    pytest.param(
+        lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), id="scaler+logreg"
+    ),
     pytest.param(lambda: DecisionTreeClassifier(max_depth=6, random_state=0), id="tree"),
     pytest.param(lambda: RandomForestClassifier(n_estimators=30, random_state=0), id="forest"),
     pytest.param(lambda: ExtraTreesClassifier(n_estimators=30, random_state=0), id="extra-trees"),
     pytest.param(lambda: GradientBoostingClassifier(n_estimators=30, random_state=0), id="gradient-boosting"),
-    pytest.param(lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0), id="hist-gradient-boosting"),
-    pytest.param(lambda: make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=300, random_state=0)), id="mlp"),
+    pytest.param(
+        lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0), id="hist-gradient-boosting"
+    ),
+    pytest.param(
+        lambda: make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=300, random_state=0)), id="mlp"
+    ),
 ]
 
 
@@ -92,8 +98,12 @@ REGRESSORS = [
     pytest.param(lambda: make_pipeline(StandardScaler(), Ridge()), id="scaler+ridge"),
     pytest.param(lambda: RandomForestRegressor(n_estimators=30, random_state=0), id="forest"),
     pytest.param(lambda: GradientBoostingRegressor(n_estimators=50, random_state=0), id="gradient-boosting"),
-    pytest.param(lambda: HistGradientBoostingRegressor(max_iter=80, random_state=0), id="hist-gradient-boosting"),
-    pytest.param(lambda: HistGradientBoostingRegressor(loss="poisson", max_iter=40, random_state=0), id="hgb-poisson"),
+    pytest.param(
+        lambda: HistGradientBoostingRegressor(max_iter=80, random_state=0), id="hist-gradient-boosting"
+    ),
+    pytest.param(
+        lambda: HistGradientBoostingRegressor(loss="poisson", max_iter=40, random_state=0), id="hgb-poisson"
+    ),
 ]
 
 
@@ -104,7 +114,9 @@ def test_regressors_match_onnx(tmp_path, factory):
     manifest = _convert(tmp_path, model, x)
     assert manifest.task == "regression"
     out = _serve_predict(tmp_path, manifest, x)
-    np.testing.assert_allclose(out[manifest.output("value").name].ravel(), model.predict(x), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        out[manifest.output("value").name].ravel(), model.predict(x), rtol=1e-4, atol=1e-3
+    )
 
 
 def test_hist_gradient_boosting_is_exact_where_skl2onnx_is_not(tmp_path):
@@ -137,10 +149,12 @@ def _mixed_frame():
 def test_column_transformer_with_categories_and_imputer(tmp_path):
     x, y = _mixed_frame()
     assert str(x["region"].dtype) != "object" or True  # pandas 3 gives `str`; both must work
-    pre = ColumnTransformer([
-        ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "bmi", "bp", "s5"]),
-        ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex", "region"]),
-    ])
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "bmi", "bp", "s5"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex", "region"]),
+        ]
+    )
     model = Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=1000))]).fit(x, y)
     manifest = _convert(tmp_path, model, x)
     assert manifest.layout == "columns"
@@ -284,9 +298,22 @@ def test_cli_exit_code_2_and_message(tmp_path):
     path = tmp_path / "bad.joblib"
     path.write_bytes(b"\x00garbage")
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "convert", str(path), "--name", "m",
-         "--version", "1", "--repo", str(tmp_path / "repo")],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "convert",
+            str(path),
+            "--name",
+            "m",
+            "--version",
+            "1",
+            "--repo",
+            str(tmp_path / "repo"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
@@ -300,10 +327,24 @@ def test_cli_convert_demo_pipeline_under_10s_and_list(tmp_path):
     x.to_csv(tmp_path / "sample.csv", index=False)
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "convert", str(tmp_path / "demo.joblib"),
-         "--name", "demo", "--version", "1", "--repo", str(tmp_path / "repo"),
-         "--sample", str(tmp_path / "sample.csv")],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "convert",
+            str(tmp_path / "demo.joblib"),
+            "--name",
+            "demo",
+            "--version",
+            "1",
+            "--repo",
+            str(tmp_path / "repo"),
+            "--sample",
+            str(tmp_path / "sample.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
@@ -311,7 +352,10 @@ def test_cli_convert_demo_pipeline_under_10s_and_list(tmp_path):
     assert elapsed < 10, f"conversion took {elapsed:.1f}s"
     listing = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "models", "list", "--repo", str(tmp_path / "repo")],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     ).stdout
     assert listing.splitlines()[0].split() == ["NAME", "VERSION", "LIVE", "CREATED", "SIZE", "PARITY"]
     assert listing.splitlines()[1].split()[:3] == ["demo", "1", "*"]

@@ -17,12 +17,21 @@ from gateway.repository import (
 
 def manifest(name: str = "m", version: str = "1", data: bytes = b"onnx") -> Manifest:
     return Manifest(
-        name=name, version=version, created_at="2026-01-01T00:00:00+00:00",
-        task="regression", layout="matrix",
-        source=Source(framework="sklearn", framework_version="1", estimator="X",
-                      file_name="m.joblib", file_sha256="0" * 64),
-        onnx=OnnxInfo(sha256=sha256_bytes(data), size=len(data), opset={"ai.onnx": 17},
-                      producer="test", ir_version=8),
+        name=name,
+        version=version,
+        created_at="2026-01-01T00:00:00+00:00",
+        task="regression",
+        layout="matrix",
+        source=Source(
+            framework="sklearn",
+            framework_version="1",
+            estimator="X",
+            file_name="m.joblib",
+            file_sha256="0" * 64,
+        ),
+        onnx=OnnxInfo(
+            sha256=sha256_bytes(data), size=len(data), opset={"ai.onnx": 17}, producer="test", ir_version=8
+        ),
         inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 2])],
         outputs=[TensorSpec(name="variable", datatype="FP32", shape=[-1, 1], role="value")],
     )

@@ -1,0 +1,251 @@
+"""The batcher against a fake runtime, no HTTP: sizes, splitting, deadlines, isolation,
+cancellation, shedding and shutdown drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.batching import BatchReport, MicroBatcher
+from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
+from gateway.testing import FakeRuntime
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"x": np.array(values, dtype=np.float32).reshape(-1, 1)}
+
+
+def later(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+@pytest.mark.asyncio
+async def test_idle_request_dispatches_at_once():
+    runtime = FakeRuntime()
+    batcher = MicroBatcher(runtime, max_batch_rows=8)
+    batcher.start()
+    started = time.monotonic()
+    out = await batcher.submit(rows(1, 2), 2, later())
+    assert time.monotonic() - started < 0.05
+    np.testing.assert_array_equal(out["y"].ravel(), [2, 4])
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_waiting_requests_share_one_batch_up_to_max_rows():
+    runtime = FakeRuntime()
+    runtime.gate.clear()  # hold the first batch so the rest accumulate
+    reports: list[BatchReport] = []
+    batcher = MicroBatcher(runtime, max_batch_rows=4, on_batch=reports.append)
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(rows(0), 1, later()))]
+    await asyncio.sleep(0.02)  # the first is dispatched alone: the batcher was idle
+    tasks += [asyncio.create_task(batcher.submit(rows(i), 1, later())) for i in range(1, 9)]
+    await asyncio.sleep(0.02)
+    runtime.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(9)]
+    assert runtime.batches == [1, 4, 4]
+    assert max(runtime.batches) <= 4
+    assert [r.reason for r in reports] == ["idle", "full", "full"]
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_large_request_is_split_and_reassembled_in_order():
+    runtime = FakeRuntime()
+    batcher = MicroBatcher(runtime, max_batch_rows=3)
+    batcher.start()
+    values = list(range(10))
+    out = await batcher.submit(rows(*values), 10, later())
+    np.testing.assert_array_equal(out["y"].ravel(), np.array(values) * 2)
+    assert sorted(runtime.batches) == [1, 3, 3, 3]
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_max_delay_waits_for_a_fuller_batch():
+    runtime = FakeRuntime()
+    batcher = MicroBatcher(runtime, max_batch_rows=64, max_delay=0.05)
+    batcher.start()
+    started = time.monotonic()
+    first = asyncio.create_task(batcher.submit(rows(1), 1, later()))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(batcher.submit(rows(2), 1, later()))
+    await asyncio.gather(first, second)
+    elapsed = time.monotonic() - started
+    assert runtime.batches == [2]
+    assert 0.04 <= elapsed < 0.5
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_full_batch_does_not_wait_for_max_delay():
+    runtime = FakeRuntime()
+    batcher = MicroBatcher(runtime, max_batch_rows=4, max_delay=5.0)
+    batcher.start()
+    started = time.monotonic()
+    await batcher.submit(rows(1, 2, 3, 4), 4, later())
+    assert time.monotonic() - started < 1.0
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_expired_request_never_reaches_the_model():
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = MicroBatcher(runtime, max_batch_rows=4)
+    batcher.start()
+    blocker = asyncio.create_task(batcher.submit(rows(1), 1, later()))
+    await asyncio.sleep(0.02)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(rows(99), 1, time.monotonic() + 0.05)
+    assert time.monotonic() - started < 0.5  # answered at its deadline, not after the batch
+    runtime.gate.set()
+    await blocker
+    await batcher.submit(rows(3), 1, later())
+    assert runtime.batches == [1, 1]  # the expired row was never run
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_already_expired_deadline_is_refused():
+    batcher = MicroBatcher(FakeRuntime(), max_batch_rows=4)
+    batcher.start()
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(rows(1), 1, time.monotonic() - 1)
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_one_bad_request_does_not_fail_its_batch_mates():
+    runtime = FakeRuntime(poison=-1.0)
+    runtime.gate.clear()
+    batcher = MicroBatcher(runtime, max_batch_rows=16)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(rows(0), 1, later()))
+    await asyncio.sleep(0.02)
+    good = [asyncio.create_task(batcher.submit(rows(i, i), 2, later())) for i in (1, 2, 3)]
+    bad = asyncio.create_task(batcher.submit(rows(-1.0), 1, later()))
+    await asyncio.sleep(0.02)
+    runtime.gate.set()
+    await first
+    for i, task in zip((1, 2, 3), good, strict=True):
+        np.testing.assert_array_equal((await task)["y"].ravel(), [2 * i, 2 * i])
+    with pytest.raises(InferenceFailed, match="poisoned"):
+        await bad
+    assert 7 in runtime.batches  # they did share a batch before isolation
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_cancelled_request_is_skipped():
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = MicroBatcher(runtime, max_batch_rows=4)
+    batcher.start()
+    blocker = asyncio.create_task(batcher.submit(rows(1), 1, later()))
+    await asyncio.sleep(0.02)
+    doomed = asyncio.create_task(batcher.submit(rows(5, 5, 5), 3, later()))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    kept = asyncio.create_task(batcher.submit(rows(7), 1, later()))
+    await asyncio.sleep(0.01)
+    runtime.gate.set()
+    await blocker
+    np.testing.assert_array_equal((await kept)["y"].ravel(), [14])
+    assert runtime.batches == [1, 1]
+    assert batcher.queued_rows == 0
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_full_queue_sheds_at_once():
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = MicroBatcher(runtime, max_batch_rows=2, max_queue_rows=4)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(rows(1), 1, later()))
+    await asyncio.sleep(0.02)  # running, out of the queue
+    queued = [asyncio.create_task(batcher.submit(rows(i, i), 2, later())) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as err:
+        await batcher.submit(rows(9), 1, later())
+    assert time.monotonic() - started < 0.01
+    assert err.value.status == 503 and "retry-after" in err.value.headers
+    runtime.gate.set()
+    await asyncio.gather(first, *queued)
+    await batcher.submit(rows(9), 1, later())  # capacity is back
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_lanes_run_batches_concurrently():
+    runtime = FakeRuntime(delay=0.05)
+    batcher = MicroBatcher(runtime, max_batch_rows=1, lanes=3)
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(rows(i), 1, later()) for i in range(6)))
+    assert runtime.max_concurrent == 3
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_close_drains_queued_and_running_then_refuses():
+    runtime = FakeRuntime(delay=0.02)
+    batcher = MicroBatcher(runtime, max_batch_rows=2)
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(rows(i), 1, later())) for i in range(7)]
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert all(t.done() for t in tasks)
+    assert [float(t.result()["y"][0, 0]) for t in tasks] == [2.0 * i for i in range(7)]
+    with pytest.raises(Unavailable):
+        await batcher.submit(rows(1), 1, later())
+
+
+@pytest.mark.asyncio
+async def test_wrong_output_rows_fail_cleanly():
+    class Broken(FakeRuntime):
+        def run(self, feeds):
+            return {"y": np.zeros((1, 1))}
+
+    batcher = MicroBatcher(Broken(), max_batch_rows=8)
+    batcher.start()
+    with pytest.raises(InferenceFailed, match="rows"):
+        await batcher.submit(rows(1, 2, 3), 3, later())
+    await batcher.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=12),
+    max_rows=st.integers(1, 8),
+    lanes=st.integers(1, 3),
+    delays=st.lists(st.floats(0, 0.003), min_size=12, max_size=12),
+)
+def test_any_interleaving_matches_one_by_one(sizes, max_rows, lanes, delays):
+    """MLServer #1306/#514: batching must never mix up or drop responses."""
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(FakeRuntime(), max_batch_rows=max_rows, lanes=lanes)
+        batcher.start()
+        counter = iter(range(10_000))
+
+        async def client(n: int, pause: float) -> tuple[np.ndarray, np.ndarray]:
+            await asyncio.sleep(pause)
+            x = np.array([next(counter) for _ in range(n)], dtype=np.float32).reshape(-1, 1)
+            return x, (await batcher.submit({"x": x}, n, later()))["y"]
+
+        results = await asyncio.gather(*(client(n, d) for n, d in zip(sizes, delays, strict=False)))
+        for x, y in results:
+            np.testing.assert_array_equal(y, x * 2)
+        await batcher.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,144 @@
+"""Shutdown, overload and provider fallback against real server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import RandomForestClassifier
+
+from converters import convert
+from tests.conftest import start_server
+
+
+@pytest.fixture(scope="module")
+def forest_repo(tmp_path_factory):
+    """A 300-tree forest: slow enough per row that queues really form."""
+    tmp = tmp_path_factory.mktemp("forest")
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    x.columns = [c.replace(" ", "_") for c in x.columns]
+    model = RandomForestClassifier(n_estimators=300, random_state=0, n_jobs=1).fit(x, y)
+    joblib.dump(model, tmp / "forest.joblib")
+    convert(tmp / "forest.joblib", name="forest", version="1", repo=tmp / "repo", sample=x)
+    return tmp / "repo", x
+
+
+def _rows(x, n):
+    return {"instances": x.sample(n, replace=True, random_state=1).to_dict(orient="records")}
+
+
+def _burst_in_thread(url: str, body: dict, count: int, results: list) -> threading.Thread:
+    async def run() -> None:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=count), timeout=60) as client:
+
+            async def one() -> tuple[int, dict, float]:
+                started = time.perf_counter()
+                r = await client.post(url, json=body)
+                return r.status_code, dict(r.headers), time.perf_counter() - started
+
+            results.extend(await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True))
+
+    thread = threading.Thread(target=lambda: asyncio.run(run()))
+    thread.start()
+    return thread
+
+
+def test_sigterm_with_requests_in_flight_loses_none(forest_repo, tmp_path):
+    repo, x = forest_repo
+    srv = start_server(repo, tmp_path, "--max-batch-rows", "256", "--max-queue-rows", "200000")
+    body = _rows(x, 2048)
+    results: list = []
+    thread = _burst_in_thread(f"{srv.url}/v1/models/forest/predict", body, 24, results)
+    deadline = time.monotonic() + 30
+    queued = 0
+    while time.monotonic() < deadline and queued < 2048 * 16:
+        queued = httpx.get(f"{srv.url}/v2/models/forest/stats").json()["model_stats"][0]["queued_rows"]
+        time.sleep(0.005)
+    assert queued >= 2048 * 16, "the burst never queued up; the test proves nothing"
+    srv.process.send_signal(signal.SIGTERM)
+    thread.join(60)
+    rc = srv.process.wait(30)
+    statuses = [r[0] if isinstance(r, tuple) else repr(r) for r in results]
+    assert statuses == [200] * 24, statuses
+    assert rc in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    assert "shutdown complete" in srv.log()
+
+
+def test_overload_sheds_fast_with_retry_after_and_recovers(forest_repo, tmp_path):
+    repo, x = forest_repo
+    srv = start_server(
+        repo, tmp_path, "--max-batch-rows", "256", "--max-queue-rows", "512", "--log-level", "warning"
+    )
+    try:
+        results: list = []
+        _burst_in_thread(f"{srv.url}/v1/models/forest/predict", _rows(x, 256), 48, results).join(120)
+        statuses = [r[0] for r in results]
+        assert set(statuses) <= {200, 503}, statuses
+        shed = [r for r in results if r[0] == 503]
+        assert shed, "a 3x oversubscribed queue never shed"
+        assert all(r[1].get("retry-after") for r in shed)
+        assert statuses.count(200) >= 2
+        # refusals are immediate: far quicker than the accepted requests that waited
+        assert np.median([r[2] for r in shed]) < np.median([r[2] for r in results if r[0] == 200])
+        ok = httpx.post(f"{srv.url}/v1/models/forest/predict", json=_rows(x, 8))
+        assert ok.status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_corrupt_artifact_is_not_loaded_and_server_stays_up(demo_repo, tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(demo_repo, repo)
+    (repo / "diabetes" / "1" / "model.onnx").write_bytes(b"not the model that was verified")
+    srv = start_server(repo, tmp_path, wait_ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{srv.url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        ready = httpx.get(f"{srv.url}/readyz")
+        assert ready.status_code == 200
+        assert "sha256" in ready.json()["failures"]["diabetes"]
+        assert httpx.post(f"{srv.url}/v1/models/diabetes/predict", json={}).status_code == 404
+        good = httpx.post(
+            f"{srv.url}/v1/models/breast_cancer/predict", json=dict.fromkeys(_bc_features(repo), 0.0)
+        )
+        assert good.status_code == 200
+        assert "load_failed" in srv.log()
+    finally:
+        srv.stop()
+
+
+def _bc_features(repo):
+    from gateway.repository import Repository
+
+    return [f.name for f in Repository(repo).manifest("breast_cancer", "1").features]
+
+
+def test_bad_setting_is_a_clear_startup_error(demo_repo, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--repo", str(demo_repo), "--max-batch-rows", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "max_batch_rows" in result.stderr and ">= 1" in result.stderr
