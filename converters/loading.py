@@ -6,6 +6,7 @@ Unpickling happens here, at build time only: the serving side never sees a pickl
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,10 @@ def _load_torch(path: Path) -> Any:
     except ImportError as exc:
         raise ConversionError("converting a PyTorch model needs torch installed") from exc
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream, but users still hold scripted files.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError):
         pass
     try:

@@ -7,6 +7,7 @@ when a PyTorch model is converted.
 from __future__ import annotations
 
 import io
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,9 +25,10 @@ OPSET = 17
 
 
 def _input_width(module: Any) -> int | None:
+    # A TorchScript module's layers are RecursiveScriptModules that keep the original name.
     for layer in module.modules():
-        if isinstance(layer, torch.nn.Linear):
-            return int(layer.in_features)
+        if getattr(layer, "original_name", type(layer).__name__) == "Linear":
+            return int(layer.weight.shape[1])
     return None
 
 
@@ -45,23 +47,27 @@ class TorchConverter:
         example = torch.zeros((2, width), dtype=torch.float32)
         buffer = io.BytesIO()
         try:
-            torch.onnx.export(
-                model,
-                (example,),
-                buffer,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+            with warnings.catch_warnings():
+                # torch's exporter warns about its own internals (deprecations, ScriptMethod
+                # signatures): nothing the user can act on.
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    buffer,
+                    input_names=["input"],
+                    output_names=["output"],
+                    dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
         except Exception as exc:  # torch raises many types for an unexportable module
             raise ConversionError(f"torch.onnx.export failed: {exc}") from exc
         onnx_model = onnx.load_model_from_string(buffer.getvalue())
 
         def predict(table: pd.DataFrame) -> Predictions:
             with torch.no_grad():
-                x = torch.from_numpy(table.to_numpy(dtype=np.float32, na_value=np.nan))
+                x = torch.from_numpy(np.array(table.to_numpy(dtype=np.float32, na_value=np.nan)))
                 return Predictions(value=model(x).numpy().reshape(len(table), -1))
 
         return Converted(
@@ -70,7 +76,7 @@ class TorchConverter:
             task="regression",
             features=features,
             estimator=type(model).__name__,
-            framework_version=torch.__version__,
+            framework_version=str(torch.__version__),
             classes=None,
             predict=predict,
             roles={"value": "output"},

@@ -359,3 +359,35 @@ def test_cli_convert_demo_pipeline_under_10s_and_list(tmp_path):
     ).stdout
     assert listing.splitlines()[0].split() == ["NAME", "VERSION", "LIVE", "CREATED", "SIZE", "PARITY"]
     assert listing.splitlines()[1].split()[:3] == ["demo", "1", "*"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torch_module_pickled_and_scripted(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is optional: .ci/run installs the CPU build")
+    torch.manual_seed(0)
+    x, _ = _frame(load_diabetes)
+    module = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    torch.save(module, tmp_path / "mlp.pt")
+    m = convert(tmp_path / "mlp.pt", name="mlp", version="1", repo=tmp_path / "repo", sample=x)
+    assert m.source.framework == "torch" and m.inputs[0].shape == [-1, 10]
+    assert m.parity.max_abs_diff < 1e-4 and m.outputs[0].shape == [-1, 2]
+    torch.jit.script(module).save(str(tmp_path / "scripted.pt"))
+    m = convert(tmp_path / "scripted.pt", name="scripted", version="1", repo=tmp_path / "repo")
+    assert m.parity.sample == "synthesised"
+    out = _serve_predict(tmp_path, m, x.set_axis([f"f{i}" for i in range(10)], axis=1))
+    with torch.no_grad():
+        expected = module(torch.from_numpy(np.array(x.to_numpy(np.float32)))).numpy()
+    np.testing.assert_allclose(out["output"], expected, atol=1e-5)
+
+
+def test_models_show_prints_the_manifest(tmp_path):
+    x, y = _frame(load_iris)
+    _convert(tmp_path, LogisticRegression(max_iter=500).fit(x, y), x, name="iris")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "models", "show", "iris:1", "--repo", str(tmp_path / "repo")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert '"name": "iris"' in result.stdout and '"parity"' in result.stdout
