@@ -24,7 +24,7 @@ def numeric_features(
     if sample is not None:
         sample = align_sample(sample, names)
     # Tree boosters route missing values themselves, so null is always allowed.
-    features = infer_features(names, sample, {}, handles_missing=True)
+    features = infer_features(names, sample, {}, handles_missing=set(names))
     text = [f.name for f in features if f.dtype == "string"]
     if text:
         raise ConversionError(

@@ -38,7 +38,7 @@ class OnnxConverter:
             names = feature_names(None, inputs[0].shape[1], sample)
             if sample is not None:
                 sample = align_sample(sample, names)
-            features = infer_features(names, sample, {}, handles_missing=False)
+            features = infer_features(names, sample, {}, handles_missing=set())
             layout = "matrix"
         elif sample is not None:
             raise ConversionError(

@@ -6,7 +6,7 @@ column is numeric instead of comparing dtypes, so categories are never taken for
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,8 +67,10 @@ def infer_features(
     names: list[str],
     sample: pd.DataFrame | None,
     known_categories: Mapping[str, list[str]],
-    handles_missing: bool,
+    handles_missing: Collection[str],
 ) -> list[Feature]:
+    """Features with dtype, range and categories; `handles_missing` names the columns the
+    model fills in itself, which may be null in a request."""
     features = []
     for name in names:
         column = sample[name] if sample is not None else None
@@ -93,7 +95,7 @@ def infer_features(
                 dtype="float32",
                 min=float(finite.min()) if finite.size else None,
                 max=float(finite.max()) if finite.size else None,
-                nullable=handles_missing or bool(values is not None and np.isnan(values).any()),
+                nullable=name in handles_missing or bool(values is not None and np.isnan(values).any()),
             )
         )
     return features

@@ -64,6 +64,23 @@ def _known_categories(model: Any) -> dict[str, list[str]]:
     return known
 
 
+def _imputed(model: Any, names: list[str]) -> set[str]:
+    """Columns the model fills in when missing: all of them behind a top-level imputer or
+    a model that routes NaN itself, else those a ColumnTransformer sends to an imputer."""
+    top = model.steps if isinstance(model, Pipeline) else [("", model)]
+    for _, step in top:
+        if isinstance(step, (SimpleImputer, *_HGB)):
+            return set(names)
+        if isinstance(step, ColumnTransformer):
+            imputed: set[str] = set()
+            for _, transformer, columns in step.transformers_:
+                cols = [str(c) for c in np.atleast_1d(columns)]
+                if any(isinstance(p, SimpleImputer) for p in _walk(transformer)):
+                    imputed.update(c for c in cols if c in names)
+            return imputed
+    return set()
+
+
 def _final(model: Any) -> Any:
     return model.steps[-1][1] if isinstance(model, Pipeline) else model
 
@@ -87,13 +104,7 @@ class SklearnConverter:
         if sample is not None:
             sample = align_sample(sample, names)
         parts = _walk(model)
-        features = infer_features(
-            names,
-            sample,
-            _known_categories(model),
-            handles_missing=any(isinstance(p, SimpleImputer) for p in parts)
-            or isinstance(_final(model), _HGB),
-        )
+        features = infer_features(names, sample, _known_categories(model), _imputed(model, names))
         uses_names = any(isinstance(p, ColumnTransformer) for p in parts)
         layout: Layout = "columns" if uses_names or any(f.dtype == "string" for f in features) else "matrix"
         classifier = is_classifier(model)

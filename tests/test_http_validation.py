@@ -1,0 +1,164 @@
+"""Validation generated from a manifest with categories, nulls and ranges, over real HTTP;
+several workers sharing one port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.datasets import load_diabetes
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from converters import convert
+from tests.conftest import start_server
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A pipeline over numeric columns (one with gaps) and two text categories."""
+    tmp = tmp_path_factory.mktemp("mixed")
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    frame = x[["age", "bmi", "bp"]].copy()
+    frame["sex"] = np.where(x["sex"] > 0, "male", "female")
+    frame["region"] = np.array(["north", "south", "east"])[np.arange(len(x)) % 3]
+    frame.loc[::13, "bmi"] = np.nan
+    target = (y > y.median()).astype(int)
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "bmi", "bp"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex", "region"]),
+        ]
+    )
+    model = Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=1000))]).fit(frame, target)
+    joblib.dump(model, tmp / "mixed.joblib")
+    convert(tmp / "mixed.joblib", name="mixed", version="1", repo=tmp / "repo", sample=frame)
+    return tmp / "repo", frame, model
+
+
+@pytest.fixture(scope="module")
+def mixed_server(mixed, tmp_path_factory):
+    srv = start_server(mixed[0], tmp_path_factory.mktemp("mixed-srv"), "--log-level", "warning")
+    yield srv
+    srv.stop()
+
+
+def _record(**overrides):
+    base = {"age": 0.01, "bmi": 0.02, "bp": -0.01, "sex": "male", "region": "north"}
+    return {**base, **overrides}
+
+
+def test_mixed_records_match_the_original_model(mixed, mixed_server):
+    _, frame, model = mixed
+    rows = frame.iloc[:25]
+    records = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in rows.to_dict(orient="records")
+    ]
+    r = httpx.post(f"{mixed_server.url}/v1/models/mixed/predict", json={"instances": records})
+    assert r.status_code == 200, r.text
+    got = np.array([[p["probabilities"]["0"], p["probabilities"]["1"]] for p in r.json()["predictions"]])
+    np.testing.assert_allclose(got, model.predict_proba(rows), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("record", "loc", "fragment"),
+    [
+        (_record(region="mars"), ["body", "region"], "Invalid enum value 'mars'"),
+        (_record(sex=3), ["body", "sex"], "Expected"),
+        (_record(sex=None), ["body", "sex"], "got `null`"),
+        ({k: v for k, v in _record().items() if k != "bp"}, ["body", "bp"], "missing required field"),
+    ],
+)
+def test_schema_violations_name_the_field(mixed_server, record, loc, fragment):
+    r = httpx.post(f"{mixed_server.url}/v1/models/mixed/predict", json=record)
+    assert r.status_code == 422
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == loc and fragment in detail["msg"], detail
+
+
+def test_null_is_accepted_where_the_model_imputes(mixed_server):
+    r = httpx.post(f"{mixed_server.url}/v1/models/mixed/predict", json=_record(bmi=None))
+    assert r.status_code == 200, r.text
+
+
+def test_range_policy_reject_and_clip(mixed, tmp_path):
+    repo, frame, model = mixed
+    too_old = float(frame["age"].max()) + 1.0
+    srv = start_server(repo, tmp_path, "--range-policy", "reject", "--log-level", "warning")
+    try:
+        r = httpx.post(
+            f"{srv.url}/v1/models/mixed/predict", json={"instances": [_record(), _record(age=too_old)]}
+        )
+        assert r.status_code == 422
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "instances", 1, "age"] and "trained range" in detail["msg"]
+    finally:
+        srv.stop()
+    srv = start_server(repo, tmp_path, "--range-policy", "clip", "--log-level", "warning")
+    try:
+        r = httpx.post(f"{srv.url}/v1/models/mixed/predict", json=_record(age=too_old))
+        assert r.status_code == 200
+        clipped = pd.DataFrame([_record(age=float(frame["age"].max()))])
+        expected = model.predict_proba(clipped)[0, 1]
+        assert r.json()["predictions"][0]["probabilities"]["1"] == pytest.approx(expected, abs=1e-5)
+    finally:
+        srv.stop()
+
+
+def _workers(pid: int) -> list[int]:
+    """uvicorn's worker processes (multiprocessing spawn children, not its resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(p) for p in path.read_text().split()] if path.exists() else []
+    found = []
+    for child in children:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def test_several_workers_share_the_port_and_a_killed_one_is_replaced(demo_repo, tmp_path):
+    srv = start_server(demo_repo, tmp_path, "--workers", "2", "--log-level", "warning")
+    try:
+        features = httpx.get(f"{srv.url}/openapi.json").json()["components"]["schemas"]["diabetes_record"][
+            "required"
+        ]
+        record = dict.fromkeys(features, 0.01)
+        workers = _workers(srv.process.pid)
+        assert len(workers) == 2, workers
+        with httpx.Client() as client:
+            assert all(
+                client.post(f"{srv.url}/v1/models/diabetes/predict", json=record).status_code == 200
+                for _ in range(20)
+            )
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        answered = 0
+        while time.monotonic() < deadline and answered < 20:
+            try:
+                with httpx.Client() as client:  # fresh connections: the dead worker's are gone
+                    if client.post(f"{srv.url}/v1/models/diabetes/predict", json=record).status_code == 200:
+                        answered += 1
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert answered == 20
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(set(_workers(srv.process.pid)) - {workers[0]}) < 2:
+            time.sleep(0.1)
+        alive = set(_workers(srv.process.pid))
+        assert workers[0] not in alive and workers[1] in alive and len(alive) == 2, alive
+    finally:
+        srv.stop()
