@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,38 +16,33 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.openapi import build_openapi, docs_page
-from gateway.registry import ModelRegistry, RuntimeFactory, ort_runtime
+from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
 from gateway.repository import Repository
-from gateway.routes import Endpoints, InferV2Endpoint, Outcome, PredictEndpoint, json_response
+from gateway.routes import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
 from gateway.settings import Settings
+from gateway.telemetry import Telemetry
 
-access_log = logging.getLogger("gateway.access")
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 lifecycle_log = logging.getLogger("gateway.lifecycle")
+SNAPSHOT_SECONDS = 1.0
 
 
-def log_outcome(outcome: Outcome) -> None:
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "request",
-            extra={
-                "event": "request",
-                "request_id": outcome.request_id,
-                "route": outcome.route,
-                "model": outcome.model,
-                "version": outcome.version,
-                "status": outcome.status,
-                "latency_ms": round(outcome.seconds * 1000, 3),
-                "rows": outcome.rows,
-                **({"error": outcome.error} if outcome.error else {}),
-            },
-        )
-
-
-def create_app(settings: Settings, runtime_factory: RuntimeFactory = ort_runtime) -> Starlette:
-    registry = ModelRegistry(settings, Repository(settings.repo), runtime_factory)
+def create_app(
+    settings: Settings,
+    runtime_factory: RuntimeFactory = ort_runtime,
+    span_exporter: SpanExporter | None = None,
+) -> Starlette:
+    telemetry = Telemetry(settings.metrics_dir, span_exporter)
+    registry = ModelRegistry(settings, Repository(settings.repo), runtime_factory, telemetry)
     endpoints = Endpoints(settings, registry)
-    predict = PredictEndpoint(settings, registry, log_outcome)
-    infer = InferV2Endpoint(settings, registry, log_outcome)
+    telemetry.registry.collect_hooks.append(lambda: telemetry.ready.set((), float(registry.all_ready())))
+    predict = PredictEndpoint(settings, registry, telemetry)
+    infer = InferV2Endpoint(settings, registry, telemetry)
+
+    async def metrics(request: Request) -> Response:
+        return Response(telemetry.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi(request: Request) -> Response:
         return json_response(build_openapi(_live_models(registry), __version__))
@@ -68,6 +66,7 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = ort_runtime
         Route("/v2/models/{name}/versions/{version}/stats", endpoints.model_stats),
         Route("/healthz", endpoints.healthz),
         Route("/readyz", endpoints.readyz),
+        Route("/metrics", metrics),
         Route("/openapi.json", openapi),
         Route("/docs", docs),
     ]
@@ -78,10 +77,16 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = ort_runtime
         lifecycle_log.info(
             "serving", extra={"event": "startup", "models": registry.live, "failures": registry.failures}
         )
+        publisher = asyncio.create_task(_publish_metrics(telemetry)) if settings.metrics_dir else None
         yield
         # The server has stopped accepting and finished its open requests; drain the rest.
         lifecycle_log.info("draining", extra={"event": "shutdown"})
         await registry.close()
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            telemetry.registry.remove_snapshot()
         lifecycle_log.info("shutdown complete", extra={"event": "shutdown_complete"})
 
     app = Starlette(
@@ -90,9 +95,17 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = ort_runtime
         exception_handlers={404: endpoints.not_found, 405: endpoints.method_not_allowed},
     )
     app.state.registry = registry
+    app.state.telemetry = telemetry
     return app
 
 
-def _live_models(registry: ModelRegistry) -> list:  # type: ignore[type-arg]
+async def _publish_metrics(telemetry: Telemetry) -> None:
+    """With several workers, each publishes its metrics so any one can answer /metrics."""
+    while True:
+        telemetry.registry.write_snapshot()
+        await asyncio.sleep(SNAPSHOT_SECONDS)
+
+
+def _live_models(registry: ModelRegistry) -> list[LoadedModel]:
     live = registry.live
     return [m for m in registry.loaded() if live.get(m.name) == m.version]

@@ -41,15 +41,22 @@ class _Item:
 
 @dataclass(frozen=True, slots=True)
 class BatchReport:
-    """What one dispatched batch did, for metrics and traces."""
+    """What one dispatched batch did, for metrics and traces. Times are time.monotonic()."""
 
     rows: int
     requests: int
-    queue_waits: list[float]
-    seconds: float
+    enqueued: list[float]
+    started: float
+    finished: float
     reason: DispatchReason
     failed: bool
-    contexts: list[object] = field(default_factory=list)
+    contexts: list[object] = field(default_factory=list)  # callers' span contexts, by request
+    feeds: Arrays | None = None
+    outputs: Arrays | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
 
 
 class MicroBatcher:
@@ -183,9 +190,11 @@ class MicroBatcher:
     async def _run(self, batch: list[_Item], reason: DispatchReason) -> None:
         started = time.monotonic()
         failed = False
+        feeds = outputs = None
         try:
             try:
-                outputs = await self._infer([item.feeds for item in batch])
+                feeds = _concat([item.feeds for item in batch])
+                outputs = await self._infer(feeds)
             except Exception as exc:
                 failed = True
                 if len(batch) == 1:
@@ -208,16 +217,18 @@ class MicroBatcher:
                 BatchReport(
                     rows=sum(i.rows for i in batch),
                     requests=len(batch),
-                    queue_waits=[started - i.enqueued for i in batch],
-                    seconds=time.monotonic() - started,
+                    enqueued=[i.enqueued for i in batch],
+                    started=started,
+                    finished=time.monotonic(),
                     reason=reason,
                     failed=failed,
-                    contexts=[i.context for i in batch if i.context is not None],
+                    contexts=[i.context for i in batch],
+                    feeds=feeds,
+                    outputs=outputs,
                 )
             )
 
-    async def _infer(self, parts: list[Arrays]) -> Arrays:
-        feeds = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    async def _infer(self, feeds: Arrays) -> Arrays:
         rows = next(iter(feeds.values())).shape[0]
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._executor, self.runtime.run, feeds)
@@ -232,7 +243,7 @@ class MicroBatcher:
             if item.future.done():
                 continue
             try:
-                result = await self._infer([item.feeds])
+                result = await self._infer(item.feeds)
             except Exception as exc:
                 _fail(item, exc)
             else:
@@ -248,6 +259,13 @@ class MicroBatcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
+
+
+def _concat(parts: list[Arrays]) -> Arrays:
+    """One contiguous array per input; a lone request's arrays are used as they are."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _fail(item: _Item, exc: Exception) -> None:

@@ -23,11 +23,11 @@ from gateway.runtime import OrtRuntime, Runtime
 from gateway.schemas import RecordCodec
 from gateway.settings import Settings
 from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
+from gateway.telemetry import Telemetry
 
 log = logging.getLogger("gateway.registry")
 
 RuntimeFactory = Callable[[bytes, Manifest, Settings], Runtime]
-BatchObserver = Callable[["LoadedModel", BatchReport], None]
 
 
 def ort_runtime(model: bytes, manifest: Manifest, settings: Settings) -> Runtime:
@@ -91,12 +91,12 @@ class ModelRegistry:
         settings: Settings,
         repository: Repository,
         runtime_factory: RuntimeFactory = ort_runtime,
-        on_batch: BatchObserver | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
         self._runtime_factory = runtime_factory
-        self._on_batch = on_batch
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._live: dict[str, str] = {}
         self.failures: dict[str, str] = {}
@@ -157,8 +157,7 @@ class ModelRegistry:
         model.batches += 1
         model.rows += report.rows
         model.largest_batch = max(model.largest_batch, report.rows)
-        if self._on_batch is not None:
-            self._on_batch(model, report)
+        self.telemetry.observe_batch(model, report)
 
     async def load(self, name: str, version: str) -> LoadedModel:
         existing = self._models.get((name, version))
@@ -169,6 +168,7 @@ class ModelRegistry:
         model.batcher.start()
         model.ready = True
         self._models[(name, version)] = model
+        self.telemetry.model_loaded(model, live=False)
         log.info(
             "model ready",
             extra={
@@ -185,6 +185,9 @@ class ModelRegistry:
         if (name, version) not in self._models:
             raise NotFound(f"model {name}:{version} is not loaded")
         self._live[name] = version
+        for (n, _), model in self._models.items():
+            if n == name:
+                self.telemetry.model_loaded(model, live=model.version == version)
 
     async def load_repository(self) -> None:
         """Load every model's live version; one broken model does not stop the others."""
@@ -207,6 +210,7 @@ class ModelRegistry:
         if model is not None:
             model.ready = False
             await model.batcher.close()
+            self.telemetry.model_unloaded(model)
 
     async def close(self) -> None:
         """Drain every batcher: queued and running requests are answered first."""

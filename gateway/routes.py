@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,15 +43,20 @@ from gateway.errors import (
 from gateway.registry import LoadedModel, ModelRegistry
 from gateway.schemas import encode_predictions
 from gateway.settings import Settings
+from gateway.telemetry import Telemetry, input_digest, summarize
 
-log = logging.getLogger("gateway.access")
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+log = logging.getLogger("gateway.errors")
+access_log = logging.getLogger("gateway.access")
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
 
 @dataclass
 class Outcome:
-    """What one inference request did, for the access log and metrics."""
+    """What one inference request did, for the access log, metrics and its span."""
 
     route: str
     request_id: str
@@ -61,9 +66,20 @@ class Outcome:
     version: str | None = None
     rows: int = 0
     error: str | None = None
+    input_sha256: str | None = None
+    prediction: dict[str, Any] | None = None
+    inputs: str | None = None
+    trace_id: str | None = None
 
 
-RequestObserver = Callable[[Outcome], None]
+@dataclass
+class Decoded:
+    """A validated request, ready for the batcher."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    deadline: float
+    request: Any = None  # protocol state the encoder needs (V2: the requested outputs)
 
 
 def _request_id(scope: Scope) -> str:
@@ -92,19 +108,21 @@ def deadline_from(scope: Scope, settings: Settings, timeout_us: object = None) -
 
 
 class InferenceEndpoint:
-    """Shared request handling: ids, limits, error mapping, the access log."""
+    """The inference request path; subclasses supply the protocol's decode and encode."""
 
     route = "inference"
+    media_types: tuple[bytes, ...] = (JSON, MSGPACK)
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, observe: RequestObserver) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
         self.settings = settings
         self.registry = registry
-        self.observe = observe
+        self.telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         outcome = Outcome(self.route, _request_id(scope), 200, 0.0)
         headers: list[tuple[bytes, bytes]] = [(b"x-request-id", outcome.request_id.encode())]
+        span = self.telemetry.start_span(f"POST {self.route}", _text_headers(scope))
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
@@ -112,11 +130,21 @@ class InferenceEndpoint:
             model = self.registry.get(params["name"], params.get("version"))
             outcome.model, outcome.version = model.name, model.version
             headers.append((b"x-model-version", model.version.encode()))
-            body, extra = await self.handle(scope, receive, model, outcome)
+            raw = await self._body(scope, receive)
+            decoded = self.decode(model, scope, raw)
+            outcome.rows = decoded.rows
+            context = span.get_span_context() if span is not None else None
+            outputs = await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
+            body, extra = self.encode(model, scope, decoded, outputs)
             headers += extra
+            if access_log.isEnabledFor(logging.INFO):
+                outcome.input_sha256 = input_digest(raw)
+                outcome.prediction = summarize(model, outputs)
+                if self.settings.log_inputs:
+                    outcome.inputs = raw[:4096].decode(errors="replace")
         except ClientDisconnected:
             outcome.status, outcome.error = 499, "client disconnected"
-            self._finish(outcome, started)
+            self._finish(outcome, started, span)
             return
         except GatewayError as exc:
             outcome.status, outcome.error, body = exc.status, exc.message, exc.body()
@@ -128,25 +156,49 @@ class InferenceEndpoint:
             body = orjson.dumps({"error": "internal error", "request_id": outcome.request_id})
             headers.append((b"content-type", JSON))
         await send_response(send, outcome.status, body, headers)
-        self._finish(outcome, started)
+        self._finish(outcome, started, span)
 
-    def _finish(self, outcome: Outcome, started: float) -> None:
+    def _finish(self, outcome: Outcome, started: float, span: Span | None) -> None:
         outcome.seconds = time.perf_counter() - started
-        self.observe(outcome)
+        if span is not None:
+            _end_span(span, outcome)
+        self.telemetry.observe_request(outcome)
 
-    async def handle(
-        self, scope: Scope, receive: Receive, model: LoadedModel, outcome: Outcome
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        kind = media_type(scope)
+        if kind not in self.media_types:
+            raise UnsupportedMediaType(
+                f"Content-Type {kind.decode(errors='replace')!r} is not accepted; use "
+                + " or ".join(a.decode() for a in self.media_types)
+            )
+        return await read_body(scope, receive, self.settings.max_body_bytes)
+
+    def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
+        raise NotImplementedError
+
+    def encode(
+        self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         raise NotImplementedError
 
-    async def _body(self, scope: Scope, receive: Receive, allowed: tuple[bytes, ...]) -> tuple[bytes, bool]:
-        kind = media_type(scope)
-        if kind not in allowed:
-            raise UnsupportedMediaType(
-                f"Content-Type {kind.decode(errors='replace')!r} is not accepted; use "
-                + " or ".join(a.decode() for a in allowed)
-            )
-        return await read_body(scope, receive, self.settings.max_body_bytes), kind == MSGPACK
+
+def _text_headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _end_span(span: Span, outcome: Outcome) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    outcome.trace_id = format(span.get_span_context().trace_id, "032x")
+    span.set_attributes({
+        "http.request.method": "POST", "http.route": outcome.route,
+        "http.response.status_code": outcome.status, "gateway.request_id": outcome.request_id,
+        "model.name": outcome.model or "", "model.version": outcome.version or "",
+        "gateway.rows": outcome.rows,
+    })  # fmt: skip
+    if outcome.status >= 500:
+        span.set_status(Status(StatusCode.ERROR, outcome.error))
+    span.end()
 
 
 class PredictEndpoint(InferenceEndpoint):
@@ -154,18 +206,18 @@ class PredictEndpoint(InferenceEndpoint):
 
     route = "predict"
 
-    async def handle(
-        self, scope: Scope, receive: Receive, model: LoadedModel, outcome: Outcome
-    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
         if model.records is None:
             raise NotFound(
                 f"model {model.name!r} takes tensors, not records: use /v2/models/{model.name}/infer"
             )
-        body, msgpack = await self._body(scope, receive, (JSON, MSGPACK))
-        records, single = model.records.decode(body, msgpack)
+        records, single = model.records.decode(body, media_type(scope) == MSGPACK)
         feeds, rows = model.records.to_feeds(records, single)
-        outcome.rows = rows
-        outputs = await model.batcher.submit(feeds, rows, deadline_from(scope, self.settings))
+        return Decoded(feeds, rows, deadline_from(scope, self.settings))
+
+    def encode(
+        self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         payload = {
             "model": model.name,
             "version": model.version,
@@ -180,23 +232,21 @@ class InferV2Endpoint(InferenceEndpoint):
     """`/v2/models/{name}[/versions/{version}]/infer`: Open Inference Protocol tensors."""
 
     route = "infer"
+    media_types = (JSON, MSGPACK, b"application/octet-stream")
 
-    async def handle(
-        self, scope: Scope, receive: Receive, model: LoadedModel, outcome: Outcome
-    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
         binary_length = header(scope, protocol_v2.BINARY_HEADER.encode())
-        allowed = (JSON, MSGPACK, b"application/octet-stream")
-        body, msgpack = await self._body(scope, receive, allowed)
         request, tail = protocol_v2.parse_request(
-            body, binary_length.decode() if binary_length is not None else None, msgpack
+            body, binary_length.decode() if binary_length is not None else None, media_type(scope) == MSGPACK
         )
         decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
-        outcome.rows = decoded.rows
         timeout = (request.parameters or {}).get("timeout")
-        outputs = await model.batcher.submit(
-            decoded.feeds, decoded.rows, deadline_from(scope, self.settings, timeout)
-        )
-        body, extra = protocol_v2.encode_infer(model.manifest, request, outputs)
+        return Decoded(decoded.feeds, decoded.rows, deadline_from(scope, self.settings, timeout), request)
+
+    def encode(
+        self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        body, extra = protocol_v2.encode_infer(model.manifest, decoded.request, outputs)
         return body, [(k.encode(), v.encode()) for k, v in extra.items()]
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 import msgspec
 import uvicorn
@@ -40,24 +42,30 @@ def run(settings: Settings) -> None:
     gateway_logging.configure(settings.log_level, settings.log_format)
     target: str | Starlette
     if settings.workers > 1:
+        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        settings = msgspec.structs.replace(settings, metrics_dir=metrics_dir)
         os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
         target = "gateway.serve:app_factory"
     else:
         target = create_app(settings)
-    uvicorn.run(
-        target,
-        factory=isinstance(target, str),
-        workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        loop=_loop(),
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_seconds) or None,
-        timeout_keep_alive=30,
-    )
+    try:
+        uvicorn.run(
+            target,
+            factory=isinstance(target, str),
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            loop=_loop(),
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+            timeout_keep_alive=30,
+        )
+    finally:
+        if settings.metrics_dir:
+            shutil.rmtree(settings.metrics_dir, ignore_errors=True)
 
 
 def serve_from_args(args: argparse.Namespace) -> int:

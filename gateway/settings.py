@@ -49,6 +49,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     log_format: LogFormat = "json"
     log_inputs: bool = False
     drain_seconds: NonNegative = 30.0
+    # Set by `serve` for several workers: where each publishes its metrics for the others.
+    metrics_dir: str | None = None
 
     @property
     def request_rows_limit(self) -> int:
@@ -117,3 +119,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
     parser.add_argument("--log-level", dest="log_level")
     parser.add_argument("--log-format", dest="log_format", help="json | text")
+    parser.add_argument(
+        "--log-inputs",
+        dest="log_inputs",
+        action="store_const",
+        const=True,
+        help="log raw request bodies (default: only their hash)",
+    )

@@ -42,3 +42,13 @@ def feeds_from_columns(manifest: Manifest, columns: Mapping[str, np.ndarray]) ->
             feeds[spec.name] = column.astype(NUMPY_DTYPES[spec.datatype], copy=False)
         return feeds
     raise ValueError(f"model {manifest.name!r} has no tabular features; use the V2 API")
+
+
+def columns_from_feeds(manifest: Manifest, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of `feeds_from_columns`: feature name to 1-D column (views, no copies)."""
+    if manifest.layout == "matrix":
+        matrix = feeds[manifest.inputs[0].name]
+        return {f.name: matrix[:, i] for i, f in enumerate(manifest.features)}
+    if manifest.layout == "columns":
+        return {spec.name: feeds[spec.name].reshape(-1) for spec in manifest.inputs}
+    return {}

@@ -1,0 +1,367 @@
+"""Metrics, traces and request logs: instruments defined once, fed from two places.
+
+- `observe_request`: once per HTTP inference request (latency, status, the access log).
+- `observe_batch`: once per batch (queue wait, inference time, batch rows, predictions,
+  feature ranges, drift, and the batch span linked to the requests it served).
+
+Tracing is off, and costs nothing, unless an OTLP endpoint is configured through the
+standard `OTEL_*` variables (or a span exporter is handed in by a test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gateway.drift import DriftMonitor
+from gateway.metrics import LATENCY_BUCKETS, ROW_BUCKETS, Counter, Gauge, Histogram, Registry
+from gateway.tabular import columns_from_feeds
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer
+
+    from gateway.batching import BatchReport
+    from gateway.registry import LoadedModel
+    from gateway.routes import Outcome
+
+access_log = logging.getLogger("gateway.access")
+lifecycle_log = logging.getLogger("gateway.lifecycle")
+
+PREDICTION_BUCKETS = (
+    -1e4,
+    -1e3,
+    -100.0,
+    -10.0,
+    -1.0,
+    0.0,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    1.0,
+    10.0,
+    100.0,
+    1e3,
+    1e4,
+)
+_REJECTIONS = {
+    413: "too_large",
+    415: "media_type",
+    422: "invalid",
+    400: "malformed",
+    503: "overloaded",
+    504: "deadline",
+}
+SHED_LOG_INTERVAL = 1.0
+
+
+def _tracing_configured() -> bool:
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    if exporter == "none":
+        return False
+    return bool(
+        exporter == "otlp"
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def _make_tracer(exporter: SpanExporter | None) -> Tracer | None:
+    if exporter is None and not _tracing_configured():
+        return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    # The SDK reads OTEL_TRACES_SAMPLER(_ARG) itself (parent-based, always on by default).
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "onnx-gateway")})
+    )
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            lifecycle_log.warning(
+                "an OTLP endpoint is configured but its exporter is not installed: "
+                "pip install 'onnx-gateway[otlp]'",
+                extra={"event": "tracing_disabled"},
+            )
+            return None
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider.get_tracer("onnx-gateway")
+
+
+def epoch_ns(monotonic: float) -> int:
+    return time.time_ns() - int((time.monotonic() - monotonic) * 1e9)
+
+
+class Telemetry:
+    def __init__(self, shared_dir: str | None = None, span_exporter: SpanExporter | None = None) -> None:
+        self.registry = Registry(shared_dir)
+        add = self.registry.add
+        self.request_duration: Histogram = add(
+            Histogram(
+                "gateway_request_duration_seconds",
+                "Inference request latency, receipt to response.",
+                ("model", "version", "route", "code"),
+                LATENCY_BUCKETS,
+            )
+        )
+        self.requests: Counter = add(
+            Counter(
+                "gateway_requests_total",
+                "Inference requests answered.",
+                ("model", "version", "route", "code"),
+            )
+        )
+        self.rejected: Counter = add(
+            Counter(
+                "gateway_rejected_total",
+                "Requests refused before inference, by reason.",
+                ("model", "version", "reason"),
+            )
+        )
+        self.queue_wait: Histogram = add(
+            Histogram(
+                "gateway_queue_wait_seconds",
+                "Time a request waited in its model's queue.",
+                ("model", "version"),
+                LATENCY_BUCKETS,
+            )
+        )
+        self.inference: Histogram = add(
+            Histogram(
+                "gateway_inference_duration_seconds",
+                "ONNX Runtime time per batch.",
+                ("model", "version", "provider"),
+                LATENCY_BUCKETS,
+            )
+        )
+        self.batch_rows: Histogram = add(
+            Histogram(
+                "gateway_batch_rows",
+                "Rows per dispatched batch, by dispatch reason.",
+                ("model", "version", "reason"),
+                ROW_BUCKETS,
+            )
+        )
+        self.prediction: Histogram = add(
+            Histogram(
+                "gateway_prediction",
+                "Predicted class probabilities and values.",
+                ("model", "version", "output", "class"),
+                PREDICTION_BUCKETS,
+            )
+        )
+        self.out_of_range: Counter = add(
+            Counter(
+                "gateway_feature_out_of_range_total",
+                "Feature values outside the trained range.",
+                ("model", "version", "feature"),
+            )
+        )
+        self.drift: Gauge = add(
+            Gauge(
+                "gateway_feature_drift_psi",
+                "Population stability index of recent traffic vs the reference.",
+                ("model", "version", "feature"),
+            )
+        )
+        self.model_info: Gauge = add(
+            Gauge(
+                "gateway_model_info",
+                "Loaded model versions (1 = live).",
+                ("model", "version", "sha256", "provider"),
+            )
+        )
+        self.ready: Gauge = add(
+            Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
+        )
+        self.registry.collect_hooks.append(self._collect_drift)
+        self._drift: dict[tuple[str, str], DriftMonitor] = {}
+        self.tracer = _make_tracer(span_exporter)
+        self._shed_count = 0
+        self._shed_logged = 0.0
+
+    # -- models ---------------------------------------------------------------------------
+
+    def model_loaded(self, model: LoadedModel, live: bool) -> None:
+        m = model.manifest
+        self.model_info.set((m.name, m.version, m.onnx.sha256, model.runtime.provider), 1.0 if live else 0.0)
+        if (m.name, m.version) not in self._drift:
+            monitor = DriftMonitor(m)
+            if monitor.enabled:
+                self._drift[(m.name, m.version)] = monitor
+
+    def model_unloaded(self, model: LoadedModel) -> None:
+        m = model.manifest
+        self.model_info.remove((m.name, m.version, m.onnx.sha256, model.runtime.provider))
+        self._drift.pop((m.name, m.version), None)
+
+    def _collect_drift(self) -> None:
+        for (name, version), monitor in self._drift.items():
+            for feature, value in monitor.values().items():
+                self.drift.set((name, version, feature), value)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def start_span(self, name: str, headers: Mapping[str, str]) -> Span | None:
+        if self.tracer is None:
+            return None
+        from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind
+
+        return self.tracer.start_span(name, context=extract(headers), kind=SpanKind.SERVER)
+
+    def observe_request(self, outcome: Outcome) -> None:
+        model, version = outcome.model or "", outcome.version or ""
+        code = str(outcome.status)
+        key = (model, version, outcome.route, code)
+        self.request_duration.observe(key, outcome.seconds)
+        self.requests.inc(key)
+        reason = _REJECTIONS.get(outcome.status)
+        if reason is not None:
+            self.rejected.inc((model, version, reason))
+            if outcome.status == 503:
+                self._log_shed(outcome)
+        if access_log.isEnabledFor(logging.INFO):
+            entry: dict[str, Any] = {
+                "event": "request",
+                "request_id": outcome.request_id,
+                "route": outcome.route,
+                "model": outcome.model,
+                "version": outcome.version,
+                "status": outcome.status,
+                "latency_ms": round(outcome.seconds * 1000, 3),
+                "rows": outcome.rows,
+            }
+            for name in ("input_sha256", "prediction", "inputs", "error", "trace_id"):
+                value = getattr(outcome, name)
+                if value is not None:
+                    entry[name] = value
+            access_log.info("request", extra=entry)
+
+    def _log_shed(self, outcome: Outcome) -> None:
+        # Shedding comes in floods: one line a second with the count, not one per request.
+        self._shed_count += 1
+        now = time.monotonic()
+        if now - self._shed_logged >= SHED_LOG_INTERVAL:
+            lifecycle_log.warning(
+                "load shed", extra={"event": "shed", "model": outcome.model, "count": self._shed_count}
+            )
+            self._shed_count = 0
+            self._shed_logged = now
+
+    # -- batches --------------------------------------------------------------------------
+
+    def observe_batch(self, model: LoadedModel, report: BatchReport) -> None:
+        m = model.manifest
+        mv = (m.name, m.version)
+        for enqueued in report.enqueued:
+            self.queue_wait.observe(mv, report.started - enqueued)
+        self.inference.observe((*mv, model.runtime.provider), report.seconds)
+        self.batch_rows.observe((*mv, report.reason), report.rows)
+        if report.outputs is not None:
+            self._observe_predictions(model, report.outputs)
+        if report.feeds is not None and m.features:
+            columns = columns_from_feeds(m, report.feeds)
+            self._observe_ranges(model, columns)
+            monitor = self._drift.get(mv)
+            if monitor is not None:
+                monitor.update(columns)
+        if self.tracer is not None:
+            self._trace_batch(self.tracer, model, report)
+
+    def _observe_predictions(self, model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> None:
+        m = model.manifest
+        proba = m.output("probabilities")
+        if proba is not None:
+            values = outputs[proba.name]
+            classes = [str(c) for c in m.classes] if m.classes else [str(i) for i in range(values.shape[1])]
+            for i, cls in enumerate(classes):
+                self.prediction.observe_many((m.name, m.version, proba.name, cls), values[:, i])
+            return
+        value = m.output("value") or m.outputs[0]
+        if value.datatype != "BYTES":
+            self.prediction.observe_many((m.name, m.version, value.name, ""), outputs[value.name])
+
+    def _observe_ranges(self, model: LoadedModel, columns: Mapping[str, np.ndarray]) -> None:
+        m = model.manifest
+        for feature in m.features:
+            if feature.min is None or feature.max is None or feature.dtype == "string":
+                continue
+            column = columns[feature.name]
+            outside = int(np.count_nonzero((column < feature.min) | (column > feature.max)))
+            if outside:
+                self.out_of_range.inc((m.name, m.version, feature.name), outside)
+
+    def _trace_batch(self, tracer: Tracer, model: LoadedModel, report: BatchReport) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
+
+        sampled = [
+            (c, enq)
+            for c, enq in zip(report.contexts, report.enqueued, strict=True)
+            if isinstance(c, SpanContext) and c.trace_flags.sampled
+        ]
+        if not sampled:
+            return
+        started, finished = epoch_ns(report.started), epoch_ns(report.finished)
+        for context, enqueued in sampled:
+            parent = trace.set_span_in_context(NonRecordingSpan(context))
+            tracer.start_span("queue_wait", context=parent, start_time=epoch_ns(enqueued)).end(
+                end_time=started
+            )
+        # The batch is a child of its first sampled request and linked to all of them, so a
+        # parent-based sampler keeps it exactly when it keeps one of its requests.
+        batch = tracer.start_span(
+            "batch",
+            context=trace.set_span_in_context(NonRecordingSpan(sampled[0][0])),
+            links=[Link(c) for c, _ in sampled],
+            start_time=started,
+            attributes={
+                "batch.rows": report.rows,
+                "batch.requests": report.requests,
+                "batch.dispatch_reason": report.reason,
+                "batch.failed": report.failed,
+                "model.name": model.name,
+                "model.version": model.version,
+                "inference.provider": model.runtime.provider,
+            },
+        )
+        batch.end(end_time=finished)
+
+
+def summarize(model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A few numbers that describe a response, for the access log."""
+    m = model.manifest
+    label = m.output("label")
+    if label is not None:
+        values, counts = np.unique(outputs[label.name], return_counts=True)
+        return {"labels": {str(v): int(n) for v, n in zip(values[:10], counts[:10], strict=False)}}
+    spec = m.output("value") or m.outputs[0]
+    data = outputs[spec.name]
+    if data.dtype.kind not in "fiub" or data.size == 0:
+        return {}
+    return {"mean": float(data.mean()), "min": float(data.min()), "max": float(data.max())}
+
+
+def input_digest(body: bytes) -> str:
+    """Logs carry this hash, not the inputs, unless raw input logging is switched on."""
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
