@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from gateway import __version__
+from gateway.admin import Admin
 from gateway.openapi import build_openapi, docs_page
 from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
 from gateway.repository import Repository
@@ -66,6 +67,7 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}/stats", endpoints.model_stats),
         Route("/healthz", endpoints.healthz),
         Route("/readyz", endpoints.readyz),
+        *Admin(settings, registry).routes(),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi),
         Route("/docs", docs),
@@ -77,16 +79,20 @@ def create_app(
         lifecycle_log.info(
             "serving", extra={"event": "startup", "models": registry.live, "failures": registry.failures}
         )
-        publisher = asyncio.create_task(_publish_metrics(telemetry)) if settings.metrics_dir else None
+        background = []
+        if settings.metrics_dir:
+            background.append(asyncio.create_task(_publish_metrics(telemetry)))
+        if settings.poll_seconds > 0:
+            background.append(asyncio.create_task(registry.follow(settings.poll_seconds)))
         yield
         # The server has stopped accepting and finished its open requests; drain the rest.
         lifecycle_log.info("draining", extra={"event": "shutdown"})
-        await registry.close()
-        if publisher is not None:
-            publisher.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await publisher
-            telemetry.registry.remove_snapshot()
+                await task
+        await registry.close()
+        telemetry.registry.remove_snapshot()
         lifecycle_log.info("shutdown complete", extra={"event": "shutdown_complete"})
 
     app = Starlette(

@@ -49,6 +49,10 @@ class MethodNotAllowed(GatewayError):
     status = 405
 
 
+class Conflict(GatewayError):
+    status = 409
+
+
 class TooLarge(GatewayError):
     status = 413
 

@@ -28,6 +28,8 @@ from gateway.telemetry import Telemetry
 log = logging.getLogger("gateway.registry")
 
 RuntimeFactory = Callable[[bytes, Manifest, Settings], Runtime]
+# What a bad artifact raises on its way in: unreadable, sha256 mismatch, ORT refusing it.
+LOAD_ERRORS = (RepositoryError, OSError, RuntimeError, ValueError)
 
 
 def ort_runtime(model: bytes, manifest: Manifest, settings: Settings) -> Runtime:
@@ -99,6 +101,10 @@ class ModelRegistry:
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._live: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pinned: set[tuple[str, str]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._refused: dict[str, str | None] = {}  # model -> serving.json target that failed
         self.failures: dict[str, str] = {}
 
     @property
@@ -189,29 +195,110 @@ class ModelRegistry:
             if n == name:
                 self.telemetry.model_loaded(model, live=model.version == version)
 
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def switch(
+        self, name: str, version: str, persist: Callable[[], object] | None = None, source: str = "repository"
+    ) -> tuple[str, str | None]:
+        """Make `version` live without a failed request.
+
+        Load, verify and warm it beside the live version; then `persist` (write
+        serving.json), switch the route atomically, and let the old version drain its
+        queue before it is unloaded. If anything before the switch fails, the old version
+        keeps serving and the error propagates.
+        """
+        async with self._lock(name):
+            previous = self._live.get(name)
+            try:
+                await self.load(name, version)
+            except LOAD_ERRORS as exc:
+                self.failures[name] = f"{version}: {exc}"
+                self.telemetry.switches.inc((name, version, "failed"))
+                log.error(
+                    "switch refused; the live version keeps serving",
+                    extra={"event": "switch_failed", "model": name, "version": version,
+                           "live": previous, "source": source, "error": str(exc)},
+                )  # fmt: skip
+                raise
+            if persist is not None:
+                persist()
+            self.set_live(name, version)
+            self.failures.pop(name, None)
+            self.telemetry.switches.inc((name, version, "ok"))
+            log.info(
+                "switched", extra={"event": "switch", "model": name, "version": version,
+                                   "previous": previous, "source": source},
+            )  # fmt: skip
+            if previous is not None and previous != version and (name, previous) not in self._pinned:
+                self._retire(name, previous)
+        return version, previous
+
+    def _retire(self, name: str, version: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.unload(name, version))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def load_pinned(self, name: str, version: str) -> LoadedModel:
+        """Load a version beside the live one and keep it: its version path reaches it,
+        and it stays loaded when it stops being live, until it is unloaded."""
+        async with self._lock(name):
+            model = await self.load(name, version)
+            self._pinned.add((name, version))
+            return model
+
+    def is_pinned(self, name: str, version: str) -> bool:
+        return (name, version) in self._pinned
+
     async def load_repository(self) -> None:
         """Load every model's live version; one broken model does not stop the others."""
         for name in self.repository.models():
             try:
                 version = self.repository.live_version(name)
-                await self.load(name, version)
-                self.set_live(name, version)
-                self.failures.pop(name, None)
-            except (RepositoryError, OSError, RuntimeError, ValueError) as exc:
+                await self.switch(name, version, source="startup")
+            except LOAD_ERRORS as exc:
                 self.failures[name] = str(exc)
+                self._refused[name] = self._target_key(name)
                 log.error(
                     "model failed to load", extra={"event": "load_failed", "model": name, "error": str(exc)}
                 )
+
+    def _target_key(self, name: str) -> str | None:
+        state = self.repository.serving(name)
+        return state.live if state is not None else None
+
+    async def follow(self, interval: float) -> None:
+        """Poll serving.json and apply what it says; a refused version is retried only
+        when serving.json names another."""
+        while True:
+            await asyncio.sleep(interval)
+            for name in self.repository.models():
+                try:
+                    target = self.repository.live_version(name)
+                except RepositoryError:
+                    continue
+                if target == self._live.get(name) or self._refused.get(name) == target:
+                    continue
+                try:
+                    await self.switch(name, target, source="serving.json")
+                    self._refused.pop(name, None)
+                except LOAD_ERRORS:
+                    self._refused[name] = target
 
     async def unload(self, name: str, version: str) -> None:
         model = self._models.pop((name, version), None)
         if self._live.get(name) == version:
             del self._live[name]
+        self._pinned.discard((name, version))
         if model is not None:
-            model.ready = False
+            # Lookups can no longer find it; requests already queued are answered first.
             await model.batcher.close()
+            model.ready = False
             self.telemetry.model_unloaded(model)
+            log.info("unloaded", extra={"event": "unload", "model": name, "version": version})
 
     async def close(self) -> None:
         """Drain every batcher: queued and running requests are answered first."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         await asyncio.gather(*(m.batcher.close() for m in self._models.values()))

@@ -126,11 +126,13 @@ class InferenceEndpoint:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
+            raw = await self._body(scope, receive)
+            # No await from here to submit(): a version switch cannot retire the model
+            # between the lookup and the queueing, so no request fails during a switch.
             params = scope["path_params"]
             model = self.registry.get(params["name"], params.get("version"))
             outcome.model, outcome.version = model.name, model.version
             headers.append((b"x-model-version", model.version.encode()))
-            raw = await self._body(scope, receive)
             decoded = self.decode(model, scope, raw)
             outcome.rows = decoded.rows
             context = span.get_span_context() if span is not None else None

@@ -15,6 +15,7 @@ import tempfile
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.supervisors import Multiprocess
 
 from gateway import logging as gateway_logging
 from gateway.app import create_app
@@ -38,7 +39,7 @@ def _loop() -> str:
     return "uvloop"
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings) -> int:
     gateway_logging.configure(settings.log_level, settings.log_format)
     target: str | Starlette
     if settings.workers > 1:
@@ -48,21 +49,32 @@ def run(settings: Settings) -> None:
         target = "gateway.serve:app_factory"
     else:
         target = create_app(settings)
+    config = uvicorn.Config(
+        target,
+        factory=isinstance(target, str),
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        loop=_loop(),
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+        timeout_keep_alive=30,
+    )
+    # One server on one or two sockets; the admin routes check which port a call came in on.
+    sockets = [config.bind_socket()]
+    if settings.admin_port is not None:
+        sockets.append(uvicorn.Config(target, host=settings.host, port=settings.admin_port).bind_socket())
     try:
-        uvicorn.run(
-            target,
-            factory=isinstance(target, str),
-            workers=settings.workers,
-            host=settings.host,
-            port=settings.port,
-            loop=_loop(),
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=int(settings.drain_seconds) or None,
-            timeout_keep_alive=30,
-        )
+        if settings.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+            return 0
+        config.load_app()
+        server = uvicorn.Server(config)
+        server.run(sockets=sockets)
+        return 0 if server.started else 3
     finally:
         if settings.metrics_dir:
             shutil.rmtree(settings.metrics_dir, ignore_errors=True)
@@ -77,5 +89,10 @@ def serve_from_args(args: argparse.Namespace) -> int:
     if not os.path.isdir(settings.repo):
         print(f"error: model repository {settings.repo!r} is not a directory", file=sys.stderr)
         return 2
-    run(settings)
-    return 0
+    if settings.admin_port is not None and settings.admin_token is None:
+        print(
+            "error: --admin-port needs GATEWAY_ADMIN_TOKEN (the admin API is off without one)",
+            file=sys.stderr,
+        )
+        return 2
+    return run(settings)

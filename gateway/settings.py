@@ -44,7 +44,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     timeout_ms: NonNegative = 10_000.0
     max_body_bytes: Positive = 16 * 1024 * 1024
     range_policy: RangePolicyOverride = "manifest"
-    admin_token: str | None = None
+    admin_token: str | None = None  # GATEWAY_ADMIN_TOKEN or the config file, never a flag
+    admin_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    poll_seconds: NonNegative = 2.0  # how often to re-read serving.json; 0: never
     log_level: LogLevel = "info"
     log_format: LogFormat = "json"
     log_inputs: bool = False
@@ -117,6 +119,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--timeout-ms", dest="timeout_ms", help="default request deadline")
     parser.add_argument("--max-body-bytes", dest="max_body_bytes")
     parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
+    parser.add_argument("--admin-port", dest="admin_port", help="serve /admin on this port only")
+    parser.add_argument(
+        "--poll-seconds", dest="poll_seconds", help="re-read serving.json this often (0: off)"
+    )
     parser.add_argument("--log-level", dest="log_level")
     parser.add_argument("--log-format", dest="log_format", help="json | text")
     parser.add_argument(

@@ -190,6 +190,13 @@ class Telemetry:
                 ("model", "version", "sha256", "provider"),
             )
         )
+        self.switches: Counter = add(
+            Counter(
+                "gateway_model_switches_total",
+                "Live-version switches, by result.",
+                ("model", "version", "result"),
+            )
+        )
         self.ready: Gauge = add(
             Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
         )

@@ -1,0 +1,189 @@
+"""The admin API: promote, roll back, load and unload model versions while serving.
+
+Off unless a token is configured (GATEWAY_ADMIN_TOKEN); every call needs
+`Authorization: Bearer <token>`, compared in constant time. With --admin-port, these
+routes answer only on that port. Changes are written to serving.json, the source of
+truth that every worker (and every restart) follows.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+    validation_detail,
+)
+from gateway.registry import LOAD_ERRORS, ModelRegistry
+from gateway.repository import RepositoryError, is_valid_name, is_valid_version
+from gateway.routes import error_response, json_response
+from gateway.settings import Settings
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class VersionBody(msgspec.Struct, forbid_unknown_fields=True):
+    version: str
+
+
+_version_body = msgspec.json.Decoder(VersionBody)
+
+
+class Admin:
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.repository = registry.repository
+
+    def _authorize(self, request: Request) -> None:
+        token = self.settings.admin_token
+        if token is None or (
+            self.settings.admin_port is not None and request.scope["server"][1] != self.settings.admin_port
+        ):
+            raise NotFound(f"no route for {request.method} {request.url.path}")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("admin calls need Authorization: Bearer <token>")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Forbidden("invalid admin token")
+
+    def guarded(self, handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                self._authorize(request)
+                return await handler(request)
+            except GatewayError as exc:
+                return error_response(exc)
+
+        return endpoint
+
+    @staticmethod
+    def _name(request: Request) -> str:
+        name: str = request.path_params["name"]
+        if not is_valid_name(name):
+            raise NotFound(f"no model {name!r}")
+        return name
+
+    async def _version(self, request: Request, name: str) -> str:
+        try:
+            version = _version_body.decode(await request.body()).version
+        except msgspec.ValidationError as exc:
+            raise Unprocessable('body must be {"version": "<v>"}', validation_detail(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
+        if not is_valid_version(version) or version not in self.repository.versions(name):
+            raise NotFound(f"model {name!r} has no version {version!r} in the repository")
+        return version
+
+    async def _switch(self, name: str, version: str, persist: Callable[[], object]) -> Response:
+        try:
+            live, previous = await self.registry.switch(name, version, persist=persist, source="admin")
+        except LOAD_ERRORS as exc:
+            raise Unprocessable(
+                f"{name}:{version} was not made live: {exc}; {self.registry.live.get(name)} keeps serving"
+            ) from None
+        return json_response({"model": name, "version": live, "previous": previous})
+
+    async def promote(self, request: Request) -> Response:
+        name = self._name(request)
+        version = await self._version(request, name)
+        return await self._switch(name, version, lambda: self.repository.set_live(name, version))
+
+    async def rollback(self, request: Request) -> Response:
+        name = self._name(request)
+        state = self.repository.serving(name) if name in self.repository.models() else None
+        if state is None or state.previous is None:
+            raise Conflict(f"model {name!r} has no previous version to roll back to")
+        return await self._switch(name, state.previous, lambda: self.repository.rollback(name))
+
+    async def load(self, request: Request) -> Response:
+        name = self._name(request)
+        version = await self._version(request, name)
+        try:
+            await self.registry.load_pinned(name, version)
+        except LOAD_ERRORS as exc:
+            raise Unprocessable(f"{name}:{version} did not load: {exc}") from None
+        return json_response({"model": name, "version": version, "loaded": True})
+
+    async def unload(self, request: Request) -> Response:
+        name = self._name(request)
+        version = await self._version(request, name)
+        if self.registry.live.get(name) == version:
+            raise Conflict(f"{name}:{version} is live; promote another version first")
+        await self.registry.unload(name, version)
+        return json_response({"model": name, "version": version, "loaded": False})
+
+    async def models(self, request: Request) -> Response:
+        out: list[dict[str, Any]] = []
+        live = self.registry.live
+        for name in sorted(set(self.repository.models()) | set(live)):
+            try:
+                state = self.repository.serving(name)
+                versions = self.repository.versions(name)
+            except RepositoryError as exc:
+                state, versions = None, [f"unreadable: {exc}"]
+            loaded = [
+                {"version": m.version, "ready": m.ready, "provider": m.runtime.provider,
+                 "queued_rows": m.batcher.queued_rows, "pinned": self.registry.is_pinned(name, m.version)}
+                for m in self.registry.loaded() if m.name == name
+            ]  # fmt: skip
+            out.append({
+                "name": name, "live": live.get(name), "previous": state.previous if state else None,
+                "versions": versions, "loaded": loaded, "failure": self.registry.failures.get(name),
+            })  # fmt: skip
+        return json_response({"models": out})
+
+    # Triton's model repository extension, for clients that already speak it.
+
+    async def repository_index(self, request: Request) -> Response:
+        live = self.registry.live
+        index = []
+        for name in self.repository.models():
+            for version in self.repository.versions(name):
+                loaded = any(
+                    m.name == name and m.version == version and m.ready for m in self.registry.loaded()
+                )
+                entry = {"name": name, "version": version, "state": "READY" if loaded else "UNAVAILABLE"}
+                if name in self.registry.failures and live.get(name) != version:
+                    entry["reason"] = self.registry.failures[name]
+                index.append(entry)
+        return json_response(index)
+
+    async def repository_load(self, request: Request) -> Response:
+        name = self._name(request)
+        if name not in self.repository.models():
+            raise NotFound(f"no model {name!r} in the repository")
+        version = self.repository.live_version(name)
+        return await self._switch(name, version, lambda: None)
+
+    async def repository_unload(self, request: Request) -> Response:
+        name = self._name(request)
+        for model in [m for m in self.registry.loaded() if m.name == name]:
+            await self.registry.unload(name, model.version)
+        return json_response({})
+
+    def routes(self) -> list[Route]:
+        g = self.guarded
+        return [
+            Route("/admin/models", g(self.models), methods=["GET"]),
+            Route("/admin/models/{name}/promote", g(self.promote), methods=["POST"]),
+            Route("/admin/models/{name}/rollback", g(self.rollback), methods=["POST"]),
+            Route("/admin/models/{name}/load", g(self.load), methods=["POST"]),
+            Route("/admin/models/{name}/unload", g(self.unload), methods=["POST"]),
+            Route("/v2/repository/index", g(self.repository_index), methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", g(self.repository_load), methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", g(self.repository_unload), methods=["POST"]),
+        ]
