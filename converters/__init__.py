@@ -17,7 +17,8 @@ from converters.onnx_info import onnx_info, signature
 from converters.parity import check_parity
 from converters.schema import reference_stats, synthesise
 from gateway.manifest import Manifest, Source
-from gateway.repository import Repository, RepositoryError, check_name, check_version, sha256_file
+from gateway.remote import open_repository
+from gateway.repository import RepositoryError, check_name, check_version, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,7 +68,7 @@ def convert(
     *,
     name: str,
     version: str,
-    repo: Path,
+    repo: Path | str,
     sample: pd.DataFrame | None = None,
     framework: Framework | None = None,
     atol: float = DEFAULT_ATOL,
@@ -79,7 +80,10 @@ def convert(
     started = time.perf_counter()
     check_name(name)
     check_version(version)
-    repository = Repository(repo)
+    try:
+        repository = open_repository(repo)
+    except RepositoryError as exc:
+        raise ConversionError(str(exc)) from exc
     if repository.version_dir(name, version).exists():
         raise ConversionError(
             f"{name}:{version} already exists in {repo}; versions are immutable, choose a new --version"

@@ -8,6 +8,7 @@ truth that every worker (and every restart) follows.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -84,7 +85,11 @@ class Admin:
             raise Unprocessable('body must be {"version": "<v>"}', validation_detail(str(exc))) from None
         except msgspec.DecodeError as exc:
             raise BadRequest(f"malformed body: {exc}") from None
-        if not is_valid_version(version) or version not in self.repository.versions(name):
+        if not is_valid_version(version):
+            raise NotFound(f"invalid version {version!r}")
+        if version not in self.repository.versions(name):
+            await asyncio.to_thread(self.repository.refresh)  # a remote may have it by now
+        if version not in self.repository.versions(name):
             raise NotFound(f"model {name!r} has no version {version!r} in the repository")
         return version
 

@@ -18,7 +18,7 @@ from gateway import __version__
 from gateway.admin import Admin
 from gateway.openapi import build_openapi, docs_page
 from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
-from gateway.repository import Repository
+from gateway.remote import open_repository
 from gateway.routes import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
@@ -36,7 +36,9 @@ def create_app(
     span_exporter: SpanExporter | None = None,
 ) -> Starlette:
     telemetry = Telemetry(settings.metrics_dir, span_exporter)
-    registry = ModelRegistry(settings, Repository(settings.repo), runtime_factory, telemetry)
+    registry = ModelRegistry(
+        settings, open_repository(settings.repo, settings.cache_dir), runtime_factory, telemetry
+    )
     endpoints = Endpoints(settings, registry)
     telemetry.registry.collect_hooks.append(lambda: telemetry.ready.set((), float(registry.all_ready())))
     predict = PredictEndpoint(settings, registry, telemetry)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.repository import Repository, RepositoryError
+from gateway.remote import open_repository
+from gateway.repository import RepositoryError
 
 EXIT_USAGE = 2
 
@@ -62,7 +63,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    repo = Repository(args.repo)
+    repo = open_repository(args.repo)
     rows = [["NAME", "VERSION", "LIVE", "CREATED", "SIZE", "PARITY"]]
     try:
         for name in repo.models():
@@ -89,7 +90,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_show(args: argparse.Namespace) -> int:
     import msgspec
 
-    repo = Repository(args.repo)
+    repo = open_repository(args.repo)
     name, _, version = args.model.partition(":")
     try:
         manifest = repo.manifest(name, version or repo.live_version(name))
@@ -101,7 +102,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
     try:
-        state = Repository(args.repo).set_live(args.name, args.version)
+        state = open_repository(args.repo).set_live(args.name, args.version)
     except RepositoryError as exc:
         return _fail(str(exc))
     print(f"{args.name}: live {state.live} (previous {state.previous})")
@@ -110,7 +111,7 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     try:
-        state = Repository(args.repo).rollback(args.name)
+        state = open_repository(args.repo).rollback(args.name)
     except RepositoryError as exc:
         return _fail(str(exc))
     print(f"{args.name}: live {state.live} (previous {state.previous})")

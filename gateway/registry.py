@@ -252,6 +252,7 @@ class ModelRegistry:
 
     async def load_repository(self) -> None:
         """Load every model's live version; one broken model does not stop the others."""
+        await asyncio.to_thread(self.repository.refresh)
         for name in self.repository.models():
             try:
                 version = self.repository.live_version(name)
@@ -272,6 +273,11 @@ class ModelRegistry:
         when serving.json names another."""
         while True:
             await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.repository.refresh)
+            except (OSError, RepositoryError) as exc:
+                log.warning("repository unreachable", extra={"event": "refresh_failed", "error": str(exc)})
+                continue
             for name in self.repository.models():
                 try:
                     target = self.repository.live_version(name)

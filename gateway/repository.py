@@ -118,6 +118,9 @@ class Repository:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
+    def refresh(self) -> None:
+        """Bring the local view up to date; a local repository always is."""
+
     def models(self) -> list[str]:
         if not self.root.is_dir():
             return []

@@ -86,7 +86,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not os.path.isdir(settings.repo):
+    if "://" not in settings.repo and not os.path.isdir(settings.repo):
         print(f"error: model repository {settings.repo!r} is not a directory", file=sys.stderr)
         return 2
     if settings.admin_port is not None and settings.admin_token is None:

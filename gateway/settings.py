@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     log_format: LogFormat = "json"
     log_inputs: bool = False
     drain_seconds: NonNegative = 30.0
+    cache_dir: str | None = None  # remote repositories' local mirror and model cache
     # Set by `serve` for several workers: where each publishes its metrics for the others.
     metrics_dir: str | None = None
 
@@ -103,7 +104,10 @@ def build_settings(cli: dict[str, Any], environ: dict[str, str] | None = None) -
 
 def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | None) -> None:
     """Flags for every setting; unset flags stay None so lower sources can fill them."""
-    parser.add_argument("--repo", default=repo_default, help="model repository directory")
+    parser.add_argument(
+        "--repo", default=repo_default, help="model repository: a directory, or s3://, gs://... (fsspec)"
+    )
+    parser.add_argument("--cache-dir", dest="cache_dir", help="local cache for a remote repository")
     parser.add_argument("--config", help="TOML settings file ([gateway] table)")
     parser.add_argument("--host")
     parser.add_argument("--port")
