@@ -35,7 +35,7 @@ def create_app(
     runtime_factory: RuntimeFactory = ort_runtime,
     span_exporter: SpanExporter | None = None,
 ) -> Starlette:
-    telemetry = Telemetry(settings.metrics_dir, span_exporter)
+    telemetry = Telemetry(settings.metrics_dir, span_exporter, enabled=settings.metrics)
     registry = ModelRegistry(
         settings, open_repository(settings.repo, settings.cache_dir), runtime_factory, telemetry
     )

@@ -70,6 +70,7 @@ class MicroBatcher:
         max_queue_rows: int = 8192,
         on_batch: Callable[[BatchReport], None] | None = None,
         name: str = "model",
+        inline_rows: int = 0,
     ) -> None:
         if max_batch_rows < 1 or lanes < 1 or max_queue_rows < 1 or max_delay < 0:
             raise ValueError("batch rows, lanes and queue rows must be >= 1, delay >= 0")
@@ -78,6 +79,9 @@ class MicroBatcher:
         self.max_delay = max_delay
         self.max_queue_rows = max_queue_rows
         self.on_batch = on_batch
+        # Batches of at most this many rows run on the event loop itself: for a model that
+        # answers in microseconds, a thread hand-off costs more than the inference.
+        self.inline_rows = inline_rows
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
@@ -120,12 +124,12 @@ class MicroBatcher:
         self._queue.extend(items)
         self._queued_rows += rows
         self._wakeup.set()
+        # A bare timer is a fraction of asyncio.timeout()'s cost on the hot path.
+        timer = loop.call_at(_loop_deadline(loop, deadline), _expire, items)
         try:
-            async with asyncio.timeout_at(_loop_deadline(loop, deadline)):
-                results = [await item.future for item in items]
-        except TimeoutError:
-            raise DeadlineExceeded("the request's deadline passed before it was answered") from None
+            results = [await item.future for item in items]
         finally:
+            timer.cancel()
             for item in items:
                 item.future.cancel()  # no-op once done; tells the dispatcher to skip it
         if len(results) == 1:
@@ -145,6 +149,9 @@ class MicroBatcher:
             batch = self._take()
             if not batch:
                 self._lanes.release()
+                continue
+            if sum(i.rows for i in batch) <= self.inline_rows:
+                self._finish(batch, reason, time.monotonic(), *self._run_inline(batch))
                 continue
             task = asyncio.get_running_loop().create_task(self._run(batch, reason))
             self._running.add(task)
@@ -187,6 +194,32 @@ class MicroBatcher:
             rows += item.rows
         return batch
 
+    def _run_inline(self, batch: list[_Item]) -> tuple[Arrays | None, Arrays | None, bool]:
+        feeds = _concat([item.feeds for item in batch])
+        try:
+            outputs = self.runtime.run(feeds)
+            _check_rows(feeds, outputs)
+        except Exception as exc:
+            for item in batch:  # isolate: only the guilty fail
+                try:
+                    single = self.runtime.run(item.feeds)
+                    _check_rows(item.feeds, single)
+                except Exception as item_exc:
+                    _fail(item, item_exc if len(batch) > 1 else exc)
+                else:
+                    _resolve(item, single)
+            return feeds, None, True
+        _deliver(batch, outputs)
+        return feeds, outputs, False
+
+    def _finish(
+        self, batch: list[_Item], reason: DispatchReason, started: float,
+        feeds: Arrays | None, outputs: Arrays | None, failed: bool,
+    ) -> None:  # fmt: skip
+        self._lanes.release()
+        self._wakeup.set()
+        self._report(batch, reason, started, feeds, outputs, failed)
+
     async def _run(self, batch: list[_Item], reason: DispatchReason) -> None:
         started = time.monotonic()
         failed = False
@@ -202,16 +235,16 @@ class MicroBatcher:
                 else:
                     await self._isolate(batch)
             else:
-                offset = 0
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_result(
-                            {k: v[offset : offset + item.rows] for k, v in outputs.items()}
-                        )
-                    offset += item.rows
+                _deliver(batch, outputs)
         finally:
             self._lanes.release()
             self._wakeup.set()
+        self._report(batch, reason, started, feeds, outputs, failed)
+
+    def _report(
+        self, batch: list[_Item], reason: DispatchReason, started: float,
+        feeds: Arrays | None, outputs: Arrays | None, failed: bool,
+    ) -> None:  # fmt: skip
         if self.on_batch is not None:
             self.on_batch(
                 BatchReport(
@@ -229,12 +262,9 @@ class MicroBatcher:
             )
 
     async def _infer(self, feeds: Arrays) -> Arrays:
-        rows = next(iter(feeds.values())).shape[0]
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._executor, self.runtime.run, feeds)
-        for name, value in outputs.items():
-            if value.shape[:1] != (rows,):
-                raise InferenceFailed(f"output {name!r} has {value.shape[:1]} rows for {rows} inputs")
+        _check_rows(feeds, outputs)
         return outputs
 
     async def _isolate(self, batch: list[_Item]) -> None:
@@ -247,8 +277,7 @@ class MicroBatcher:
             except Exception as exc:
                 _fail(item, exc)
             else:
-                if not item.future.done():
-                    item.future.set_result(result)
+                _resolve(item, result)
 
     async def close(self) -> None:
         """Stop taking requests, answer every queued and running one, then stop."""
@@ -259,6 +288,34 @@ class MicroBatcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
+
+
+def _check_rows(feeds: Arrays, outputs: Arrays) -> None:
+    rows = next(iter(feeds.values())).shape[0]
+    for name, value in outputs.items():
+        if value.shape[:1] != (rows,):
+            raise InferenceFailed(f"output {name!r} has {value.shape[:1]} rows for {rows} inputs")
+
+
+def _resolve(item: _Item, outputs: Arrays) -> None:
+    if not item.future.done():
+        item.future.set_result(outputs)
+
+
+def _deliver(batch: list[_Item], outputs: Arrays) -> None:
+    """Slice each item's rows back out of the batch outputs (views, no copies)."""
+    offset = 0
+    for item in batch:
+        _resolve(item, {k: v[offset : offset + item.rows] for k, v in outputs.items()})
+        offset += item.rows
+
+
+def _expire(items: list[_Item]) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(
+                DeadlineExceeded("the request's deadline passed before it was answered")
+            )
 
 
 def _concat(parts: list[Arrays]) -> Arrays:

@@ -8,7 +8,7 @@ and validate, queue on the model's batcher with a deadline, encode the outputs, 
 from __future__ import annotations
 
 import logging
-import os
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -86,7 +86,8 @@ def _request_id(scope: Scope) -> str:
     given = header(scope, b"x-request-id")
     if given and len(given) <= 128 and given.isascii():
         return given.decode()
-    return os.urandom(8).hex()
+    # Not a secret, just unique enough: getrandbits is ~50x cheaper than os.urandom here.
+    return f"{random.getrandbits(64):016x}"
 
 
 def deadline_from(scope: Scope, settings: Settings, timeout_us: object = None) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
-from gateway.tabular import feeds_from_columns
+from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
 
 Arrays = dict[str, np.ndarray]
 
@@ -40,7 +40,7 @@ def _policy(feature: Feature, override: RangePolicyOverride) -> RangePolicy:
 
 @dataclass(frozen=True)
 class RangeCheck:
-    index: int
+    column: int  # in the numeric matrix
     name: str
     low: float
     high: float
@@ -71,9 +71,9 @@ class RecordCodec:
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
         self._nullable = np.array([manifest.features[i].nullable for i in self._numeric])
         self._ranges = [
-            RangeCheck(i, f.name, f.min, f.max, _policy(f, policy_override))
-            for i, f in enumerate(manifest.features)
-            if f.dtype != "string" and f.min is not None and f.max is not None
+            RangeCheck(column, f.name, f.min, f.max, _policy(f, policy_override))
+            for column, f in enumerate(manifest.features[i] for i in self._numeric)
+            if f.min is not None and f.max is not None
         ]
         self.all_numeric = len(self._numeric) == len(manifest.features)
 
@@ -116,8 +116,10 @@ class RecordCodec:
         tuples = [msgspec.structs.astuple(r) for r in records]
         names = [f.name for f in self.manifest.features]
         if self.all_numeric:
-            matrix = np.array(tuples, dtype=np.float64)
-            matrix = self._check_numeric(matrix, single)
+            matrix = self._check_numeric(np.array(tuples, dtype=np.float64), single)
+            if self.manifest.layout == "matrix":  # the rows already are the input tensor
+                spec = self.manifest.inputs[0]
+                return {spec.name: matrix.astype(NUMPY_DTYPES[spec.datatype], copy=False)}, len(records)
             columns = {name: matrix[:, i] for i, name in enumerate(names)}
         else:
             raw = list(zip(*tuples, strict=True))
@@ -145,10 +147,9 @@ class RecordCodec:
                 [{"loc": self._loc(single, row, name), "msg": "NaN and Infinity are not accepted"}],
             )
         for check in self._ranges:
-            col = self._numeric.index(check.index)
-            values = matrix[:, col]
+            values = matrix[:, check.column]
             if check.policy == "clip":
-                matrix[:, col] = np.clip(values, check.low, check.high)
+                matrix[:, check.column] = np.clip(values, check.low, check.high)
             elif check.policy == "reject":
                 outside = (values < check.low) | (values > check.high)
                 if outside.any():

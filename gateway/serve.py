@@ -62,6 +62,7 @@ def run(settings: Settings) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         timeout_keep_alive=30,
+        proxy_headers=False,  # no client addresses are used; skip the per-request middleware
     )
     # One server on one or two sockets; the admin routes check which port a call came in on.
     sockets = [config.bind_socket()]

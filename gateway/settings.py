@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     lanes: Positive = 1
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: cores // lanes
     max_queue_rows: Positive = 8192
+    # Batches whose warm-up inference took under this run on the event loop, not a thread.
+    inline_budget_us: NonNegative = 250.0
     max_request_rows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: 16 * max_batch_rows
     timeout_ms: NonNegative = 10_000.0
     max_body_bytes: Positive = 16 * 1024 * 1024
@@ -50,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     log_level: LogLevel = "info"
     log_format: LogFormat = "json"
     log_inputs: bool = False
+    metrics: bool = True
     drain_seconds: NonNegative = 30.0
     cache_dir: str | None = None  # remote repositories' local mirror and model cache
     # Set by `serve` for several workers: where each publishes its metrics for the others.
@@ -119,6 +122,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--lanes", help="batches that may run at once per model")
     parser.add_argument("--intra-op-threads", dest="intra_op_threads")
     parser.add_argument("--max-queue-rows", dest="max_queue_rows", help="shed load beyond this")
+    parser.add_argument(
+        "--inline-budget-us",
+        dest="inline_budget_us",
+        help="run batches inline on the event loop when warm-up inference took less (0: never)",
+    )
     parser.add_argument("--max-request-rows", dest="max_request_rows")
     parser.add_argument("--timeout-ms", dest="timeout_ms", help="default request deadline")
     parser.add_argument("--max-body-bytes", dest="max_body_bytes")
@@ -129,6 +137,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     )
     parser.add_argument("--log-level", dest="log_level")
     parser.add_argument("--log-format", dest="log_format", help="json | text")
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_const",
+        const=False,
+        help="skip metric collection (for measuring what observability costs)",
+    )
     parser.add_argument(
         "--log-inputs",
         dest="log_inputs",

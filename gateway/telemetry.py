@@ -112,7 +112,10 @@ def epoch_ns(monotonic: float) -> int:
 
 
 class Telemetry:
-    def __init__(self, shared_dir: str | None = None, span_exporter: SpanExporter | None = None) -> None:
+    def __init__(
+        self, shared_dir: str | None = None, span_exporter: SpanExporter | None = None, enabled: bool = True
+    ) -> None:
+        self.enabled = enabled
         self.registry = Registry(shared_dir)
         add = self.registry.add
         self.request_duration: Histogram = add(
@@ -237,6 +240,12 @@ class Telemetry:
         return self.tracer.start_span(name, context=extract(headers), kind=SpanKind.SERVER)
 
     def observe_request(self, outcome: Outcome) -> None:
+        if self.enabled:
+            self._count_request(outcome)
+        if access_log.isEnabledFor(logging.INFO):
+            self._log_request(outcome)
+
+    def _count_request(self, outcome: Outcome) -> None:
         model, version = outcome.model or "", outcome.version or ""
         code = str(outcome.status)
         key = (model, version, outcome.route, code)
@@ -247,22 +256,23 @@ class Telemetry:
             self.rejected.inc((model, version, reason))
             if outcome.status == 503:
                 self._log_shed(outcome)
-        if access_log.isEnabledFor(logging.INFO):
-            entry: dict[str, Any] = {
-                "event": "request",
-                "request_id": outcome.request_id,
-                "route": outcome.route,
-                "model": outcome.model,
-                "version": outcome.version,
-                "status": outcome.status,
-                "latency_ms": round(outcome.seconds * 1000, 3),
-                "rows": outcome.rows,
-            }
-            for name in ("input_sha256", "prediction", "inputs", "error", "trace_id"):
-                value = getattr(outcome, name)
-                if value is not None:
-                    entry[name] = value
-            access_log.info("request", extra=entry)
+
+    def _log_request(self, outcome: Outcome) -> None:
+        entry: dict[str, Any] = {
+            "event": "request",
+            "request_id": outcome.request_id,
+            "route": outcome.route,
+            "model": outcome.model,
+            "version": outcome.version,
+            "status": outcome.status,
+            "latency_ms": round(outcome.seconds * 1000, 3),
+            "rows": outcome.rows,
+        }
+        for name in ("input_sha256", "prediction", "inputs", "error", "trace_id"):
+            value = getattr(outcome, name)
+            if value is not None:
+                entry[name] = value
+        access_log.info("request", extra=entry)
 
     def _log_shed(self, outcome: Outcome) -> None:
         # Shedding comes in floods: one line a second with the count, not one per request.
@@ -278,6 +288,8 @@ class Telemetry:
     # -- batches --------------------------------------------------------------------------
 
     def observe_batch(self, model: LoadedModel, report: BatchReport) -> None:
+        if not self.enabled:
+            return
         m = model.manifest
         mv = (m.name, m.version)
         for enqueued in report.enqueued:

@@ -249,3 +249,33 @@ def test_any_interleaving_matches_one_by_one(sizes, max_rows, lanes, delays):
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.asyncio
+async def test_inline_batches_skip_the_thread_and_still_batch():
+    runtime = FakeRuntime()
+    reports: list[BatchReport] = []
+    batcher = MicroBatcher(runtime, max_batch_rows=8, inline_rows=4, on_batch=reports.append)
+    batcher.start()
+    small = [asyncio.create_task(batcher.submit(rows(i), 1, later())) for i in range(3)]
+    big = asyncio.create_task(batcher.submit(rows(5, 6, 7, 8, 9, 10), 6, later()))
+    results = await asyncio.gather(*small)
+    assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0]
+    np.testing.assert_array_equal((await big)["y"].ravel(), [10, 12, 14, 16, 18, 20])
+    assert runtime.max_concurrent == 1
+    assert [r.rows for r in reports] == [3, 6]  # three singles shared an inline batch
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_inline_failure_is_isolated_too():
+    runtime = FakeRuntime(poison=-1.0)
+    batcher = MicroBatcher(runtime, max_batch_rows=8, inline_rows=8)
+    batcher.start()
+    good = [asyncio.create_task(batcher.submit(rows(i), 1, later())) for i in (1, 2)]
+    bad = asyncio.create_task(batcher.submit(rows(-1.0), 1, later()))
+    assert [float((await t)["y"][0, 0]) for t in good] == [2.0, 4.0]
+    with pytest.raises(InferenceFailed, match="poisoned"):
+        await bad
+    assert runtime.batches[0] == 3  # they shared a batch, then were run one by one
+    await batcher.close()

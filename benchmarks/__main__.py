@@ -1,0 +1,202 @@
+"""`python -m benchmarks run [--quick]`: every server on the same machine in one run.
+
+Servers: the gateway (records and V2 APIs), the seed recipe (FastAPI + pydantic + the
+pickled model), the HTTP ceilings (a plain ASGI no-op and a Starlette no-op on the same
+uvicorn), and ONNX Runtime in-process (the compute ceiling). The server runs on CPU 0 and
+the load generators on CPU 1 where the machine has two; ratios between servers measured in
+the same run are what count, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from benchmarks import inprocess, load, models, report, servers
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parent / ".work"
+
+
+def _environment() -> dict[str, Any]:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import onnxruntime
+
+    return {
+        "host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__, "pinned": servers.can_pin(),
+        "load_generator": "wrk (closed loop) + asyncio open loop" if shutil.which("wrk") else "asyncio",
+    }  # fmt: skip
+
+
+def _progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    started = dt.datetime.now(dt.UTC)
+    servers.pin_self()
+    seconds = 2.0 if quick else 6.0
+    sweep_seconds = 1.5 if quick else 4.0
+    conns = [16] if quick else [1, 16, 64]
+    batch_sizes = [1, 32, 256] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    WORK.mkdir(exist_ok=True)
+    _progress("training and converting the benchmark models")
+    repo, bench = models.build(WORK, ("pipeline", "forest", "mlp"))
+    forest = bench["forest"].sample
+    record = forest.iloc[0].to_dict()
+    record_json = msgspec.json.encode(record)
+    row = forest.iloc[:1].to_numpy(np.float32)
+    v2_json = msgspec.json.encode({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                                               "data": row.ravel().tolist()}]})  # fmt: skip
+    results: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"), "mode": "quick" if quick else "full",
+        "environment": _environment(), "batch_sizes": batch_sizes, "single_row": {}, "open_loop": {},
+        "scenarios": {}, "in_process": {},
+    }  # fmt: skip
+
+    _progress("compute ceiling: ONNX Runtime in-process")
+    for name in bench:
+        by_batch = inprocess.rows_per_second(repo, name, batch_sizes, 0.3 if quick else 1.0)
+        results["in_process"][name] = {str(k): v for k, v in by_batch.items()}
+
+    gw = servers.gateway(repo)
+    trace_sink = servers.TraceSink()
+    observed_env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": trace_sink.endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.01",
+    }  # fmt: skip
+    single = {
+        "gateway records": (gw + ["--no-metrics"], "/readyz", "/v1/models/forest/predict", record_json, {}),
+        "gateway records +obs": (servers.gateway(repo, "--log-level", "info"), "/readyz",
+                                 "/v1/models/forest/predict", record_json, observed_env),
+        "gateway v2": (gw + ["--no-metrics"], "/readyz", "/v2/models/forest/infer", v2_json, {}),
+        "seed fastapi": (servers.uvicorn_app("benchmarks.baselines.seed_fastapi:app"), "/health", "/predict",
+                         record_json, {"SEED_MODEL": str(bench["forest"].joblib_path)}),
+        "ceiling asgi": (servers.uvicorn_app("benchmarks.baselines.ceilings:asgi_app"), "/health", "/predict",
+                         record_json, {}),
+        "ceiling starlette": (servers.uvicorn_app("benchmarks.baselines.ceilings:starlette_app"), "/health",
+                              "/predict", record_json, {}),
+    }  # fmt: skip
+    log = WORK / "servers.log"
+    for label, (argv, health, path, body, env) in single.items():
+        _progress(f"single-row closed loop + open-loop sweep: {label}")
+        with servers.running(argv, health, env, log) as url:
+            target = load.Target(url + path, body)
+            load.closed_loop(target, 8, 1.0, servers.LOAD_CPU)  # warm the server and its caches
+            results["single_row"][label] = {
+                str(c): load.closed_loop(target, c, seconds, servers.LOAD_CPU).as_dict() for c in conns
+            }
+            if label.startswith("seed"):
+                rates = [25.0, 50, 100, 200] if quick else [25.0, 50, 100, 150, 200, 300, 400]
+            else:
+                rates = [500.0, 2000, 4000] if quick else [500.0, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000]
+            results["open_loop"][label] = load.sweep(target, rates, sweep_seconds, [10.0, 50.0])
+    trace_sink.close()
+
+    _progress("heavy model under concurrency: batching on vs --max-batch-rows 1")
+    mlp_record = msgspec.json.encode(bench["mlp"].sample.iloc[0].to_dict())
+    heavy = {}
+    for label, flags in (("batched", []), ("unbatched", ["--max-batch-rows", "1"])):
+        with servers.running(servers.gateway(repo, "--no-metrics", *flags), "/readyz", None, log) as url:
+            target = load.Target(url + "/v1/models/mlp/predict", mlp_record)
+            load.closed_loop(target, 8, 1.0, servers.LOAD_CPU)
+            heavy[label] = load.closed_loop(target, 64, seconds, servers.LOAD_CPU).as_dict()
+    results["heavy_mlp_c64"] = heavy
+
+    _progress("256-row requests: V2 binary and records JSON vs in-process")
+    rows256 = forest.sample(256, replace=True, random_state=0)
+    matrix = np.ascontiguousarray(rows256.to_numpy(np.float32))
+    header = msgspec.json.encode({"inputs": [{"name": "input", "shape": [256, 30], "datatype": "FP32",
+                                              "parameters": {"binary_data_size": matrix.nbytes}}],
+                                  "parameters": {"binary_data_output": True}})  # fmt: skip
+    big = {}
+    with servers.running(gw + ["--no-metrics"], "/readyz", None, log) as url:
+        for label, target in (
+            ("v2 binary", load.Target(url + "/v2/models/forest/infer", header + matrix.tobytes(),
+                                      "application/octet-stream",
+                                      (("Inference-Header-Content-Length", str(len(header))),))),
+            ("records json", load.Target(url + "/v1/models/forest/predict",
+                                         msgspec.json.encode({"instances": rows256.to_dict(orient="records")}))),
+        ):  # fmt: skip
+            load.closed_loop(target, 4, 1.0, servers.LOAD_CPU)
+            r = load.closed_loop(target, 4, seconds, servers.LOAD_CPU).as_dict()
+            r["rows_per_s"] = round(r["rps"] * 256, 1)  # type: ignore[operator]
+            big[label] = r
+    results["batch256_forest_c4"] = big
+
+    _summarize(results)
+    stem = f"{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
+    for path in report.write(results, out, stem):
+        _progress(f"wrote {path}")
+    return results
+
+
+def _summarize(results: dict[str, Any]) -> None:
+    s, o, scen = results["single_row"], results["open_loop"], results["scenarios"]
+
+    def best(label: str) -> dict[str, Any]:
+        runs: dict[str, dict[str, Any]] = s[label]
+        return max(runs.values(), key=lambda r: float(r["rps"]))
+
+    gw, seed, ceiling, obs = best("gateway records"), best("seed fastapi"), best("ceiling asgi"), best("gateway records +obs")
+    scen["gateway / seed throughput (single row, forest)"] = gw["rps"] / max(seed["rps"], 1e-9)
+    scen["gateway p99 / seed p99 (ms ratio)"] = gw["p99_ms"] / max(seed["p99_ms"], 1e-9)
+    scen["gateway / HTTP ceiling throughput"] = gw["rps"] / ceiling["rps"]
+    scen["gateway p99 / ceiling p99"] = gw["p99_ms"] / max(ceiling["p99_ms"], 1e-9)
+    scen["gateway +obs (metrics, logs, 1% traces) / HTTP ceiling"] = obs["rps"] / ceiling["rps"]
+    scen["gateway +obs / gateway"] = obs["rps"] / gw["rps"]
+    heavy = results["heavy_mlp_c64"]
+    scen["heavy MLP: batched / unbatched throughput"] = heavy["batched"]["rps"] / max(heavy["unbatched"]["rps"], 1e-9)
+    inproc256 = float(results["in_process"]["forest"]["256"])
+    big = results["batch256_forest_c4"]
+    scen["256-row V2 binary rows/s / in-process ORT at 256"] = big["v2 binary"]["rows_per_s"] / inproc256
+    scen["256-row records JSON rows/s / in-process ORT at 256"] = big["records json"]["rows_per_s"] / inproc256
+    for label, sweep in o.items():
+        scen[f"open loop max req/s at p99 <= 10 ms: {label}"] = sweep["max_rps_p99_le_10ms"]
+    results["targets"] = [
+        {"name": "gateway/seed throughput", "value": scen["gateway / seed throughput (single row, forest)"],
+         "goal": ">= 50", "met": scen["gateway / seed throughput (single row, forest)"] >= 50
+         and gw["p99_ms"] < seed["p99_ms"]},
+        {"name": "gateway/HTTP ceiling", "value": scen["gateway / HTTP ceiling throughput"], "goal": ">= 0.90",
+         "met": scen["gateway / HTTP ceiling throughput"] >= 0.9 and scen["gateway p99 / ceiling p99"] <= 1.5},
+        {"name": "gateway+obs/HTTP ceiling", "value": scen["gateway +obs (metrics, logs, 1% traces) / HTTP ceiling"],
+         "goal": ">= 0.85", "met": scen["gateway +obs (metrics, logs, 1% traces) / HTTP ceiling"] >= 0.85},
+        {"name": "heavy batched/unbatched", "value": scen["heavy MLP: batched / unbatched throughput"],
+         "goal": ">= 5", "met": scen["heavy MLP: batched / unbatched throughput"] >= 5},
+        {"name": "256-row V2 / in-process", "value": scen["256-row V2 binary rows/s / in-process ORT at 256"],
+         "goal": ">= 0.40", "met": scen["256-row V2 binary rows/s / in-process ORT at 256"] >= 0.4},
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run every server and write benchmarks/results/")
+    r.add_argument("--quick", action="store_true", help="short runs (about 3 minutes): a smoke test")
+    r.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    results = run(args.quick, args.out)
+    print(report.markdown(results))
+    print(json.dumps({t["name"]: round(t["value"], 3) for t in results["targets"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

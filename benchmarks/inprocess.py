@@ -1,0 +1,36 @@
+"""The compute ceiling: ONNX Runtime in-process, rows/s at each batch size, on one thread
+(the gateway's session on one core gets the same)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.repository import Repository
+from gateway.tabular import feeds_from_columns
+
+
+def rows_per_second(repo: Path, name: str, batch_sizes: list[int], seconds: float,
+                    provider: str = "CPUExecutionProvider") -> dict[int, float]:  # fmt: skip
+    manifest, data = Repository(repo).load_verified(name, "1")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, sess_options=options, providers=[provider])
+    rng = np.random.default_rng(0)
+    out = {}
+    for batch in batch_sizes:
+        columns = {
+            f.name: rng.uniform(f.min or 0, f.max or 1, batch) for f in manifest.features
+        }
+        feeds = feeds_from_columns(manifest, columns)
+        session.run(None, feeds)
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            session.run(None, feeds)
+            runs += 1
+        out[batch] = runs * batch / (time.perf_counter() - started)
+    return out
