@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.admin import Admin
+from gateway.hotpath import HotPathRouter
 from gateway.openapi import build_openapi, docs_page
 from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
 from gateway.remote import open_repository
@@ -34,8 +35,10 @@ def create_app(
     settings: Settings,
     runtime_factory: RuntimeFactory = ort_runtime,
     span_exporter: SpanExporter | None = None,
-) -> Starlette:
-    telemetry = Telemetry(settings.metrics_dir, span_exporter, enabled=settings.metrics)
+) -> HotPathRouter:
+    telemetry = Telemetry(
+        settings.metrics_dir, span_exporter, enabled=settings.metrics, log_format=settings.log_format
+    )
     registry = ModelRegistry(
         settings, open_repository(settings.repo, settings.cache_dir), runtime_factory, telemetry
     )
@@ -95,6 +98,7 @@ def create_app(
                 await task
         await registry.close()
         telemetry.registry.remove_snapshot()
+        telemetry.access_log.flush()
         lifecycle_log.info("shutdown complete", extra={"event": "shutdown_complete"})
 
     app = Starlette(
@@ -104,7 +108,7 @@ def create_app(
     )
     app.state.registry = registry
     app.state.telemetry = telemetry
-    return app
+    return HotPathRouter(app, predict, infer)
 
 
 async def _publish_metrics(telemetry: Telemetry) -> None:

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 from gateway.errors import BadRequest, TooLarge
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from gateway.types import Receive, Scope, Send
 
 JSON = b"application/json"
 MSGPACK = b"application/msgpack"
@@ -21,10 +14,12 @@ class ClientDisconnected(Exception):
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+    """A request header by lower-case name; the table is built once per request."""
+    table = scope.get("gateway.headers")
+    if table is None:
+        table = scope["gateway.headers"] = dict(scope["headers"])
+    value = table.get(name)
+    return bytes(value) if value is not None else None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

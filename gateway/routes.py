@@ -24,9 +24,6 @@ from gateway.asgi import (
     JSON,
     MSGPACK,
     ClientDisconnected,
-    Receive,
-    Scope,
-    Send,
     header,
     media_type,
     read_body,
@@ -44,12 +41,12 @@ from gateway.registry import LoadedModel, ModelRegistry
 from gateway.schemas import encode_predictions
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry, input_digest, summarize
+from gateway.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 log = logging.getLogger("gateway.errors")
-access_log = logging.getLogger("gateway.access")
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
@@ -123,7 +120,9 @@ class InferenceEndpoint:
         started = time.perf_counter()
         outcome = Outcome(self.route, _request_id(scope), 200, 0.0)
         headers: list[tuple[bytes, bytes]] = [(b"x-request-id", outcome.request_id.encode())]
-        span = self.telemetry.start_span(f"POST {self.route}", _text_headers(scope))
+        span = self.telemetry.start_span(
+            f"POST {self.route}", header(scope, b"traceparent"), header(scope, b"tracestate")
+        )
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
@@ -140,7 +139,7 @@ class InferenceEndpoint:
             outputs = await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
             body, extra = self.encode(model, scope, decoded, outputs)
             headers += extra
-            if access_log.isEnabledFor(logging.INFO):
+            if self.telemetry.access_log.enabled():
                 outcome.input_sha256 = input_digest(raw)
                 outcome.prediction = summarize(model, outputs)
                 if self.settings.log_inputs:
@@ -183,10 +182,6 @@ class InferenceEndpoint:
         self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         raise NotImplementedError
-
-
-def _text_headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 def _end_span(span: Span, outcome: Outcome) -> None:

@@ -73,8 +73,8 @@ class RecordCodec:
         self._ranges = [
             RangeCheck(column, f.name, f.min, f.max, _policy(f, policy_override))
             for column, f in enumerate(manifest.features[i] for i in self._numeric)
-            if f.min is not None and f.max is not None
-        ]
+            if f.min is not None and f.max is not None and _policy(f, policy_override) != "allow"
+        ]  # "allow" only counts, per batch, in telemetry
         self.all_numeric = len(self._numeric) == len(manifest.features)
 
     def decode(self, body: bytes, msgpack: bool = False) -> tuple[list[Any], bool]:
@@ -138,8 +138,9 @@ class RecordCodec:
     def _check_numeric(self, matrix: np.ndarray, single: bool) -> np.ndarray:
         if matrix.size == 0:
             return matrix
-        bad = ~np.isfinite(matrix) & ~(np.isnan(matrix) & self._nullable)
-        if bad.any():
+        finite = np.isfinite(matrix)
+        bad = None if finite.all() else ~finite & ~(np.isnan(matrix) & self._nullable)
+        if bad is not None and bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])
             name = self.manifest.features[self._numeric[col]].name
             raise Unprocessable(

@@ -14,17 +14,17 @@ import tempfile
 
 import msgspec
 import uvicorn
-from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from gateway import logging as gateway_logging
 from gateway.app import create_app
+from gateway.hotpath import HotPathRouter
 from gateway.settings import Settings, SettingsError, build_settings
 
 SETTINGS_ENV = "GATEWAY_RESOLVED_SETTINGS"
 
 
-def app_factory() -> Starlette:
+def app_factory() -> HotPathRouter:
     """Entry point for worker processes: rebuild the app from the parent's settings."""
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
     gateway_logging.configure(settings.log_level, settings.log_format)
@@ -41,7 +41,7 @@ def _loop() -> str:
 
 def run(settings: Settings) -> int:
     gateway_logging.configure(settings.log_level, settings.log_format)
-    target: str | Starlette
+    target: str | HotPathRouter
     if settings.workers > 1:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         settings = msgspec.structs.replace(settings, metrics_dir=metrics_dir)

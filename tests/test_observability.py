@@ -107,10 +107,20 @@ def test_promtool_accepts_the_exposition(observed, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _log_entries(srv, wanted: int, request_id: str) -> tuple[list[dict], list[dict]]:
+    """Access lines are written in batches at most 100 ms apart: wait for them."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+        requests = [e for e in lines if e.get("event") == "request" and e.get("request_id") == request_id]
+        if len(requests) >= wanted or time.monotonic() > deadline:
+            return lines, requests
+        time.sleep(0.05)
+
+
 def test_json_request_log_lines(observed):
     srv, _ = observed
-    lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
-    requests = [e for e in lines if e.get("event") == "request" and e.get("request_id") == "req-obs"]
+    lines, requests = _log_entries(srv, 30, "req-obs")
     assert len(requests) == 30
     entry = requests[0]
     assert entry["model"] == "diabetes" and entry["version"] == "1" and entry["status"] == 200
@@ -233,3 +243,20 @@ def test_traces_request_queue_and_linked_batch_spans(demo_repo):
     assert b.attributes["batch.rows"] >= 1 and b.attributes["batch.dispatch_reason"] in ("idle", "full")
     assert traced[0].attributes["http.response.status_code"] == 200
     assert np.all([q.end_time >= q.start_time for q in queues])
+
+
+def test_sampling_is_parent_based_with_a_root_ratio(monkeypatch):
+    from gateway.telemetry import Telemetry
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.0")
+    telemetry = Telemetry(span_exporter=InMemorySpanExporter())
+    assert telemetry.start_span("POST predict", None, None) is None  # root, ratio 0
+    parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-"
+    assert telemetry.start_span("POST predict", parent + b"00", None) is None  # caller said no
+    span = telemetry.start_span("POST predict", parent + b"01", b"vendor=x")
+    assert span is not None and format(span.get_span_context().trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    quarter = Telemetry(span_exporter=InMemorySpanExporter())
+    kept = sum(quarter.start_span("x", None, None) is not None for _ in range(4000))
+    assert 800 < kept < 1200
