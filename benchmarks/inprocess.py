@@ -23,9 +23,7 @@ def rows_per_second(repo: Path, name: str, batch_sizes: list[int], seconds: floa
     rng = np.random.default_rng(0)
     out = {}
     for batch in batch_sizes:
-        columns = {
-            f.name: rng.uniform(f.min or 0, f.max or 1, batch) for f in manifest.features
-        }
+        columns = {f.name: rng.uniform(f.min or 0, f.max or 1, batch) for f in manifest.features}
         feeds = feeds_from_columns(manifest, columns)
         session.run(None, feeds)
         runs, started = 0, time.perf_counter()

@@ -84,7 +84,9 @@ def _wrk(target: Target, connections: int, seconds: float, cpu: int | None) -> R
         if cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(cpu), *cmd]
         env = {"BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": target.content_type, "PATH": "/usr/bin:/bin"}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=seconds + 60, check=True
+        ).stdout
     line = next(x for x in out.splitlines() if x.startswith("BENCH "))
     data = json.loads(line[6:])
     return Result(data["requests"], data["seconds"], data["errors"],
@@ -205,7 +207,9 @@ def open_loop(target: Target, rate: float, seconds: float, max_connections: int 
         return asyncio.run(_open_loop(target, rate, seconds, max_connections))
 
 
-def sweep(target: Target, rates: list[float], seconds: float, p99_targets_ms: list[float]) -> dict[str, object]:
+def sweep(
+    target: Target, rates: list[float], seconds: float, p99_targets_ms: list[float]
+) -> dict[str, object]:
     """Offered rate vs latency; the highest rate whose p99 (and error-free answers) holds each target."""
     points = []
     for rate in rates:

@@ -42,7 +42,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Open loop: highest offered rate holding the p99 target", "",
               "| server | p99 ≤ 10 ms | p99 ≤ 50 ms |", "| --- | ---: | ---: |"]  # fmt: skip
     for server, sweep in results["open_loop"].items():
-        lines.append(f"| {server} | {_fmt(sweep['max_rps_p99_le_10ms'])} | {_fmt(sweep['max_rps_p99_le_50ms'])} |")
+        lines.append(
+            f"| {server} | {_fmt(sweep['max_rps_p99_le_10ms'])} | {_fmt(sweep['max_rps_p99_le_50ms'])} |"
+        )
     lines += ["", "## Batching and big requests", "", "| scenario | value |", "| --- | ---: |"]
     for name, value in results["scenarios"].items():
         lines.append(f"| {name} | {_fmt(value)} |")
@@ -50,7 +52,9 @@ def markdown(results: dict[str, Any]) -> str:
               "| model | " + " | ".join(str(b) for b in results["batch_sizes"]) + " |",
               "| --- |" + " ---: |" * len(results["batch_sizes"])]  # fmt: skip
     for model, by_batch in results["in_process"].items():
-        lines.append(f"| {model} | " + " | ".join(_fmt(by_batch[str(b)]) for b in results["batch_sizes"]) + " |")
+        lines.append(
+            f"| {model} | " + " | ".join(_fmt(by_batch[str(b)]) for b in results["batch_sizes"]) + " |"
+        )
     lines += ["", "## Targets (ratios from this run)", "", "| target | measured | goal | met |",
               "| --- | ---: | ---: | :---: |"]  # fmt: skip
     for t in results["targets"]:
@@ -74,7 +78,12 @@ def _plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     left.legend(fontsize=8)
     for server, sweep in results["open_loop"].items():
         points = sweep["points"]
-        right.plot([p["offered_rps"] for p in points], [p["p99_ms"] for p in points], marker="o", label=f"{server} p99")
+        right.plot(
+            [p["offered_rps"] for p in points],
+            [p["p99_ms"] for p in points],
+            marker="o",
+            label=f"{server} p99",
+        )
         right.plot([p["offered_rps"] for p in points], [p["p50_ms"] for p in points], ls=":", alpha=0.6,
                    label=f"{server} p50")  # fmt: skip
     right.axhline(10, color="grey", lw=0.8)

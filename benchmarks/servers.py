@@ -22,7 +22,11 @@ LOAD_CPU = 1
 
 
 def can_pin() -> bool:
-    return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
+    return (
+        hasattr(os, "sched_getaffinity")
+        and len(os.sched_getaffinity(0)) >= 2
+        and shutil.which("taskset") is not None
+    )
 
 
 def pin_self() -> None:
@@ -38,7 +42,9 @@ def _port() -> int:
 
 
 @contextmanager
-def running(argv: list[str], health: str, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
+def running(
+    argv: list[str], health: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[str]:
     """Run `argv` (with {port} filled in) pinned to the server CPU; yield its base URL."""
     port = _port()
     cmd = [a.replace("{port}", str(port)) for a in argv]

@@ -68,6 +68,8 @@ _REJECTIONS = {
     504: "deadline",
 }
 SHED_LOG_INTERVAL = 1.0
+PENDING_ROWS = 4096
+Arrays = dict[str, np.ndarray]
 
 
 def _tracing_configured() -> bool:
@@ -223,6 +225,8 @@ class Telemetry:
             Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
         )
         self.registry.collect_hooks.append(self._collect_drift)
+        self._pending: dict[tuple[str, str], tuple[LoadedModel, list[tuple[Arrays, Arrays]]]] = {}
+        self._pending_rows = 0
         self._drift: dict[tuple[str, str], DriftMonitor] = {}
         self.tracer = _make_tracer(span_exporter)
         self.root_ratio = _root_ratio()
@@ -245,6 +249,7 @@ class Telemetry:
         self._drift.pop((m.name, m.version), None)
 
     def _collect_drift(self) -> None:
+        self._drain()
         for (name, version), monitor in self._drift.items():
             for feature, value in monitor.values().items():
                 self.drift.set((name, version, feature), value)
@@ -334,16 +339,29 @@ class Telemetry:
             self.queue_wait.observe(mv, report.started - enqueued)
         self.inference.observe((*mv, model.runtime.provider), report.seconds)
         self.batch_rows.observe((*mv, report.reason), report.rows)
-        if report.outputs is not None:
-            self._observe_predictions(model, report.outputs)
-        if report.feeds is not None and m.features:
-            columns = columns_from_feeds(m, report.feeds)
-            self._observe_ranges(model, columns)
-            monitor = self._drift.get(mv)
-            if monitor is not None:
-                monitor.update(columns)
+        if report.feeds is not None and report.outputs is not None:
+            # Per-feature work costs the same for 1 row as for 1,000: defer it and do it on
+            # whole blocks of rows (at a scrape, or once enough rows are waiting).
+            self._pending.setdefault(mv, (model, []))[1].append((report.feeds, report.outputs))
+            self._pending_rows += report.rows
+            if self._pending_rows >= PENDING_ROWS:
+                self._drain()
         if self.tracer is not None:
             self._trace_batch(self.tracer, model, report)
+
+    def _drain(self) -> None:
+        pending, self._pending, self._pending_rows = self._pending, {}, 0
+        for model, blocks in pending.values():
+            feeds = {k: np.concatenate([f[k] for f, _ in blocks]) for k in blocks[0][0]}
+            outputs = {k: np.concatenate([o[k] for _, o in blocks]) for k in blocks[0][1]}
+            self._observe_predictions(model, outputs)
+            m = model.manifest
+            if m.features:
+                columns = columns_from_feeds(m, feeds)
+                self._observe_ranges(model, columns)
+                monitor = self._drift.get((m.name, m.version))
+                if monitor is not None:
+                    monitor.update(columns)
 
     def _observe_predictions(self, model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> None:
         m = model.manifest
