@@ -255,7 +255,10 @@ def test_sampling_is_parent_based_with_a_root_ratio(monkeypatch):
     parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-"
     assert telemetry.start_span("POST predict", parent + b"00", None) is None  # caller said no
     span = telemetry.start_span("POST predict", parent + b"01", b"vendor=x")
-    assert span is not None and format(span.get_span_context().trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (
+        span is not None
+        and format(span.get_span_context().trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    )
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
     quarter = Telemetry(span_exporter=InMemorySpanExporter())
     kept = sum(quarter.start_span("x", None, None) is not None for _ in range(4000))
