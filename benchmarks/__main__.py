@@ -205,7 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run every server and write benchmarks/results/")
     r.add_argument("--quick", action="store_true", help="short runs (about 3 minutes): a smoke test")
     r.add_argument("--out", type=Path, default=RESULTS)
+    g = sub.add_parser("gpu", help="CUDA: in-process vs the gateway, heavy models, batch 1..4096")
+    g.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.command == "gpu":
+        from benchmarks import gpu
+
+        gpu.run(args.out)
+        return 0
     results = run(args.quick, args.out)
     print(report.markdown(results))
     print(json.dumps({t["name"]: round(t["value"], 3) for t in results["targets"]}))

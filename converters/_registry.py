@@ -22,11 +22,11 @@ CONVERTERS: dict[Framework, str] = {
 
 # What each framework needs installed, for the error that says how to get it.
 _INSTALL_HINT: dict[Framework, str] = {
-    "sklearn": "pip install 'onnx-gateway[convert]'",
-    "xgboost": "pip install 'onnx-gateway[convert]' xgboost",
-    "lightgbm": "pip install 'onnx-gateway[convert]' lightgbm",
-    "torch": "pip install 'onnx-gateway[convert]' torch onnxscript",
-    "onnx": "pip install 'onnx-gateway[convert]'",
+    "sklearn": "pip install 'onnx-gateway[convert,cpu]'",
+    "xgboost": "pip install 'onnx-gateway[convert,cpu]' xgboost",
+    "lightgbm": "pip install 'onnx-gateway[convert,cpu]' lightgbm",
+    "torch": "pip install 'onnx-gateway[convert,cpu]' torch onnxscript",
+    "onnx": "pip install 'onnx-gateway[convert,cpu]'",
 }
 
 

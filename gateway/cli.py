@@ -31,7 +31,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         from converters import ConversionError, convert, load_sample
     except ImportError as exc:
-        return _fail(f"conversion needs the convert extra ({exc.name}): pip install 'onnx-gateway[convert]'")
+        return _fail(
+            f"conversion needs the convert extra ({exc.name}): pip install 'onnx-gateway[convert,cpu]'"
+        )
     try:
         sample = load_sample(Path(args.sample)) if args.sample else None
         manifest = convert(

@@ -36,7 +36,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     provider: Provider = "auto"
     device_id: Annotated[int, msgspec.Meta(ge=0)] = 0
     max_batch_rows: Positive = 256
-    max_delay_ms: NonNegative = 0.0
+    max_delay_ms: NonNegative | None = None  # None: 0 on CPU, 2 ms on CUDA to fill batches
     lanes: Positive = 1
     intra_op_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: cores // lanes
     max_queue_rows: Positive = 8192

@@ -51,3 +51,54 @@ def test_cuda_runtime_matches_cpu(demo_repo):
     gpu = OrtRuntime(data, provider="cuda").run({"input": x})
     cpu = OrtRuntime(data, provider="cpu").run({"input": x})
     np.testing.assert_allclose(gpu["probabilities"], cpu["probabilities"], atol=1e-5)
+
+
+def _mixed_model(tmp_path):
+    """A pipeline with a text column: strings must stay on the host under I/O binding."""
+    import joblib
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from converters import convert
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=200), "color": rng.choice(["red", "blue"], 200)})
+    target = (frame["x"] > 0).astype(int)
+    pre = ColumnTransformer([("n", StandardScaler(), ["x"]), ("c", OneHotEncoder(), ["color"])])
+    joblib.dump(Pipeline([("p", pre), ("m", LogisticRegression())]).fit(frame, target), tmp_path / "m.joblib")
+    convert(tmp_path / "m.joblib", name="mixed", version="1", repo=tmp_path / "repo", sample=frame)
+    return Repository(tmp_path / "repo").load_verified("mixed", "1")
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_io_binding_path_matches_plain_run_on_cpu(demo_repo, tmp_path, pad):
+    _, data = Repository(demo_repo).load_verified("breast_cancer", "1")
+    plain = OrtRuntime(data, provider="cpu")
+    bound = OrtRuntime(data, provider="cpu", io_binding=True)
+    bound._bound._pad = pad  # the padding CUDA uses, exercised here on the CPU
+    for rows in (1, 3, 5, 64):
+        x = np.random.default_rng(rows).normal(size=(rows, 30)).astype(np.float32)
+        expected, got = plain.run({"input": x}), bound.run({"input": x})
+        for name in expected:
+            assert got[name].shape == expected[name].shape
+            np.testing.assert_array_equal(got[name], expected[name])
+    _, mixed = _mixed_model(tmp_path)
+    feeds = {"x": np.array([[0.5], [-1.0]], np.float32), "color": np.array([["red"], ["blue"]], dtype=object)}
+    expected = OrtRuntime(mixed, provider="cpu").run(feeds)
+    got = OrtRuntime(mixed, provider="cpu", io_binding=True).run(feeds)
+    np.testing.assert_array_equal(got["label"], expected["label"])
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="simulates a CUDA provider that fails to start")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_listed_but_broken_cuda_falls_back_to_cpu(demo_repo, monkeypatch, caplog):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    _, data = Repository(demo_repo).load_verified("diabetes", "1")
+    with caplog.at_level(logging.WARNING, logger="gateway.runtime"):
+        runtime = OrtRuntime(data, provider="auto")
+    assert runtime.provider == "cpu"
+    assert any("serving on CPU" in r.getMessage() for r in caplog.records)
+    assert runtime.run({"input": np.zeros((2, 10))})["variable"].shape == (2, 1)
