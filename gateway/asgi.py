@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.errors import BadRequest, TooLarge
+import asyncio
+
+from gateway.errors import BadRequest, RequestTimeout, TooLarge
 from gateway.types import Receive, Scope, Send
 
 JSON = b"application/json"
@@ -22,8 +24,9 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return bytes(value) if value is not None else None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole body, refusing (413) before reading past `limit` bytes."""
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
+    """The whole body, refusing (413) before reading past `limit` bytes, and (408) a client
+    that takes longer than `timeout` seconds to send it (a trickled body holds a task)."""
     declared = header(scope, b"content-length")
     if declared is not None:
         try:
@@ -32,6 +35,14 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise BadRequest("Content-Length is not an integer") from None
         if length > limit:
             raise TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
+    try:
+        async with asyncio.timeout(timeout):
+            return await _receive_all(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
+
+
+async def _receive_all(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -49,6 +49,11 @@ class MethodNotAllowed(GatewayError):
     status = 405
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    headers = {"connection": "close"}  # noqa: RUF012
+
+
 class Conflict(GatewayError):
     status = 409
 

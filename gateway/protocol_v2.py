@@ -73,6 +73,8 @@ def parse_request(
         raise Unprocessable("invalid inference request", validation_detail(str(exc))) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed body: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed body: nested too deeply") from None
     return request, tail
 
 

@@ -19,7 +19,7 @@ from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import NotFound, Unavailable
 from gateway.manifest import Manifest
 from gateway.repository import Repository, RepositoryError, is_valid_name, is_valid_version
-from gateway.runtime import OrtRuntime, Runtime
+from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
 from gateway.schemas import RecordCodec
 from gateway.settings import Settings
 from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
@@ -152,7 +152,12 @@ class ModelRegistry:
         inline_rows, within_budget = 0, True
         for rows in warmup_sizes(self.settings.max_batch_rows):
             feeds = warmup_feeds(manifest, rows)
-            runtime.run(feeds)
+            try:
+                runtime.run(feeds)
+            except Exception as exc:  # not ready is the answer, whatever the runtime raised
+                raise ModelLoadError(
+                    f"warm-up at {rows} rows failed: {str(exc).splitlines()[0][:200]}"
+                ) from exc
             started = time.perf_counter()
             runtime.run(feeds)
             within_budget &= time.perf_counter() - started <= self.settings.inline_budget_us / 1e6
@@ -306,6 +311,9 @@ class ModelRegistry:
                     await self.switch(name, target, source="serving.json")
                     self._refused.pop(name, None)
                 except LOAD_ERRORS:
+                    self._refused[name] = target
+                except Exception:  # the watcher must outlive any one bad version
+                    log.exception("watcher error", extra={"event": "switch_failed", "model": name})
                     self._refused[name] = target
 
     async def unload(self, name: str, version: str) -> None:

@@ -173,7 +173,7 @@ class InferenceEndpoint:
                 f"Content-Type {kind.decode(errors='replace')!r} is not accepted; use "
                 + " or ".join(a.decode() for a in self.media_types)
             )
-        return await read_body(scope, receive, self.settings.max_body_bytes)
+        return await read_body(scope, receive, self.settings.max_body_bytes, self.settings.body_timeout_s)
 
     def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
         raise NotImplementedError

@@ -55,6 +55,10 @@ def choose_provider(requested: Provider, available: Sequence[str]) -> ProviderCh
     return ProviderChoice([CPU], "cpu")
 
 
+class ModelLoadError(RuntimeError):
+    """An artifact ONNX Runtime refuses (corrupt graph, unsupported operator)."""
+
+
 class _BoundRunner:
     """Runs through I/O binding: inputs copied into reused page-locked (pinned) host
     buffers, one per thread and shape, that the CUDA provider reads by DMA; outputs bound
@@ -150,7 +154,12 @@ class OrtRuntime:
             if session is None:
                 choice = ProviderChoice([CPU], "cpu")
         if session is None:
-            session = ort.InferenceSession(model, sess_options=options, providers=[CPU])
+            try:
+                session = ort.InferenceSession(model, sess_options=options, providers=[CPU])
+            except (
+                Exception
+            ) as exc:  # ONNX Runtime's own types (InvalidProtobuf, Fail...) are not RuntimeErrors
+                raise ModelLoadError(f"ONNX Runtime cannot load this model: {_first_line(exc)}") from exc
         self._session = session
         self._output_names = [o.name for o in session.get_outputs()]
         self.provider = choice.name

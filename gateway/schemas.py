@@ -90,6 +90,8 @@ class RecordCodec:
             ) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed body: {exc}") from None
+        except RecursionError:
+            raise BadRequest("malformed body: nested too deeply") from None
         single = "instances" not in top or "instances" in self.row_type.__struct_fields__
         if not single and len(top) != 1:
             raise Unprocessable(
@@ -105,6 +107,8 @@ class RecordCodec:
             raise Unprocessable("invalid record", detail) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed body: {exc}") from None
+        except RecursionError:
+            raise BadRequest("malformed body: nested too deeply") from None
         if not records:
             raise Unprocessable("no instances", [{"loc": ["body", "instances"], "msg": "empty list"}])
         if len(records) > self.max_rows:

@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_request_rows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: 16 * max_batch_rows
     timeout_ms: NonNegative = 10_000.0
     max_body_bytes: Positive = 16 * 1024 * 1024
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0  # a trickled body is cut off
     range_policy: RangePolicyOverride = "manifest"
     admin_token: str | None = None  # GATEWAY_ADMIN_TOKEN or the config file, never a flag
     admin_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
@@ -130,6 +131,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--max-request-rows", dest="max_request_rows")
     parser.add_argument("--timeout-ms", dest="timeout_ms", help="default request deadline")
     parser.add_argument("--max-body-bytes", dest="max_body_bytes")
+    parser.add_argument("--body-timeout-s", dest="body_timeout_s", help="408 for a body slower than this")
     parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
     parser.add_argument("--admin-port", dest="admin_port", help="serve /admin on this port only")
     parser.add_argument(

@@ -74,11 +74,23 @@ def test_sigterm_with_requests_in_flight_loses_none(forest_repo, tmp_path):
 def test_overload_sheds_fast_with_retry_after_and_recovers(forest_repo, tmp_path):
     repo, x = forest_repo
     srv = start_server(
-        repo, tmp_path, "--max-batch-rows", "256", "--max-queue-rows", "512", "--log-level", "warning"
+        repo,
+        tmp_path,
+        "--max-batch-rows",
+        "256",
+        "--max-queue-rows",
+        "512",
+        "--timeout-ms",
+        "3000",
+        "--log-level",
+        "warning",
     )
     try:
+        rss_before = _rss_mb(srv.process.pid)
         results: list = []
         _burst_in_thread(f"{srv.url}/v1/models/forest/predict", _rows(x, 256), 48, results).join(120)
+        rss_after = _rss_mb(srv.process.pid)
+        assert rss_after - rss_before < 150, (rss_before, rss_after)  # the queue bound holds memory too
         statuses = [r[0] for r in results]
         assert set(statuses) <= {200, 503}, statuses
         shed = [r for r in results if r[0] == 503]
@@ -87,10 +99,19 @@ def test_overload_sheds_fast_with_retry_after_and_recovers(forest_repo, tmp_path
         assert statuses.count(200) >= 2
         # refusals are immediate: far quicker than the accepted requests that waited
         assert np.median([r[2] for r in shed]) < np.median([r[2] for r in results if r[0] == 200])
+        assert max(r[2] for r in results if r[0] == 200) < 3.5  # accepted ones within the deadline
         ok = httpx.post(f"{srv.url}/v1/models/forest/predict", json=_rows(x, 8))
         assert ok.status_code == 200
     finally:
         srv.stop()
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
 
 
 def test_corrupt_artifact_is_not_loaded_and_server_stays_up(demo_repo, tmp_path):

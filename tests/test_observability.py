@@ -8,13 +8,11 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,7 +22,7 @@ from gateway.app import create_app
 from gateway.drift import DriftMonitor
 from gateway.repository import Repository
 from gateway.settings import build_settings
-from tests.conftest import free_port, start_server
+from tests.conftest import InProcessServer, start_server
 
 
 def _records(n: int, shift: float = 0.0) -> list[dict]:
@@ -182,34 +180,12 @@ def test_metrics_cover_all_workers(demo_repo, tmp_path):
         srv.stop()
 
 
-class _InProcessServer:
-    """uvicorn in a thread, for tests that need to see inside (an in-memory span exporter)."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 def test_traces_request_queue_and_linked_batch_spans(demo_repo):
     exporter = InMemorySpanExporter()
     settings = build_settings({"repo": str(demo_repo), "log_level": "warning"}, {})
     app = create_app(settings, span_exporter=exporter)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    with _InProcessServer(app) as url:
+    with InProcessServer(app) as url:
 
         async def burst() -> None:
             async with httpx.AsyncClient() as client:
