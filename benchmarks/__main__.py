@@ -207,7 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=RESULTS)
     g = sub.add_parser("gpu", help="CUDA: in-process vs the gateway, heavy models, batch 1..4096")
     g.add_argument("--out", type=Path, default=RESULTS)
+    k = sub.add_parser("soak", help="mixed valid and invalid traffic for a long, bounded time")
+    k.add_argument("--seconds", type=float, default=600.0)
+    k.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.command == "soak":
+        from benchmarks import soak
+
+        soak.run(args.out, args.seconds)
+        return 0
     if args.command == "gpu":
         from benchmarks import gpu
 

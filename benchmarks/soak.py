@@ -1,0 +1,122 @@
+"""A soak: mixed valid and invalid traffic against one gateway for a long, bounded time
+(10 minutes by default), recording what was sent, how it was answered, and the server's
+memory at the start and the end. Loopback only; it stops by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import random
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from benchmarks import models, servers
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _bodies(sample: Any) -> list[tuple[str, str, bytes, str]]:
+    """(kind, path, body, content type) in the proportions of the mix."""
+    record = sample.iloc[0].to_dict()
+    batch = {"instances": sample.sample(32, random_state=0).to_dict(orient="records")}
+    v2 = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                      "data": sample.iloc[1].astype(float).tolist()}]}  # fmt: skip
+    json_type, predict, infer = "application/json", "/v1/models/forest/predict", "/v2/models/forest/infer"
+    mix = [("valid record", predict, msgspec.json.encode(record), json_type)] * 14
+    mix += [("valid batch of 32", predict, msgspec.json.encode(batch), json_type)] * 2
+    mix += [("valid v2", infer, msgspec.json.encode(v2), json_type)] * 2
+    mix += [("wrong type (422)", predict, msgspec.json.encode({**record, "mean_radius": "big"}), json_type)]
+    mix += [("truncated (400)", predict, msgspec.json.encode(record)[:40], json_type)]
+    mix += [("unknown model (404)", "/v1/models/nope/predict", b"{}", json_type)]
+    mix += [("msgpack NaN (422)", predict, msgspec.msgpack.encode({**record, "mean_radius": float("nan")}),
+             "application/msgpack")]  # fmt: skip
+    return mix
+
+
+async def _drive(
+    url: str, mix: list[tuple[str, str, bytes, str]], seconds: float, connections: int
+) -> dict[str, Any]:
+    answered: Counter[str] = Counter()
+    sent: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    stop = time.monotonic() + seconds
+    rng = random.Random(0)
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            while time.monotonic() < stop:
+                kind, path, body, content_type = rng.choice(mix)
+                sent[kind] += 1
+                try:
+                    r = await client.post(path, content=body, headers={"content-type": content_type})
+                    answered[f"{kind} -> {r.status_code}"] += 1
+                except httpx.HTTPError as exc:
+                    errors[f"{kind}: {type(exc).__name__}"] += 1
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return {"sent": dict(sent), "answered": dict(sorted(answered.items())), "client_errors": dict(errors)}
+
+
+def run(out: Path, seconds: float, connections: int = 32) -> dict[str, Any]:
+    servers.pin_self()
+    work = Path(__file__).resolve().parent / ".work"
+    work.mkdir(exist_ok=True)
+    repo, bench = models.build(work, ("forest",))
+    started = dt.datetime.now(dt.UTC)
+    with servers.running(servers.gateway(repo), "/readyz") as url:
+        pid = _server_pid(url)
+        rss_start = _rss_mb(pid)
+        traffic = asyncio.run(_drive(url, _bodies(bench["forest"].sample), seconds, connections))
+        rss_end = _rss_mb(pid)
+        metrics_ok = httpx.get(f"{url}/readyz").status_code == 200
+    total_sent = sum(traffic["sent"].values())
+    total_answered = sum(traffic["answered"].values())
+    statuses: Counter[str] = Counter()
+    for key, n in traffic["answered"].items():
+        statuses[key.rsplit(" ", 1)[1]] += n
+    results = {
+        "started": started.isoformat(timespec="seconds"), "seconds": seconds, "connections": connections,
+        "requests_sent": total_sent, "requests_answered": total_answered, "by_status": dict(statuses),
+        "server_errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_end, 1), "ready_at_end": metrics_ok,
+        **traffic,
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"soak-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k not in ("answered", "sent")}, indent=2))
+    return results
+
+
+def _server_pid(url: str) -> int:
+    """The pid of the process listening on the URL's port (the benchmark started it)."""
+    port = int(url.rsplit(":", 1)[1])
+    inode = None
+    with open("/proc/net/tcp") as tcp:
+        for line in list(tcp)[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+                inode = fields[9]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if fd.readlink().name == f"socket:[{inode}]":
+                    return int(proc.name)
+        except OSError:
+            continue
+    raise RuntimeError(f"no process listens on {port}")
