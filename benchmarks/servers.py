@@ -21,12 +21,16 @@ SERVER_CPU = 0
 LOAD_CPU = 1
 
 
+# Decided once, at import, before pin_self() narrows this process to the load CPU.
+_PINNABLE = (
+    hasattr(os, "sched_getaffinity")
+    and len(os.sched_getaffinity(0)) >= 2
+    and shutil.which("taskset") is not None
+)
+
+
 def can_pin() -> bool:
-    return (
-        hasattr(os, "sched_getaffinity")
-        and len(os.sched_getaffinity(0)) >= 2
-        and shutil.which("taskset") is not None
-    )
+    return _PINNABLE
 
 
 def pin_self() -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.remote import open_repository
-from gateway.repository import RepositoryError
+from gateway.repository import Repository, RepositoryError, ServingState
 
 EXIT_USAGE = 2
 
@@ -102,22 +102,22 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_promote(args: argparse.Namespace) -> int:
+def _change_live(args: argparse.Namespace, change: Callable[[Repository], ServingState]) -> int:
+    """Rewrite serving.json; running servers that follow the repository switch by themselves."""
     try:
-        state = open_repository(args.repo).set_live(args.name, args.version)
+        state = change(open_repository(args.repo))
     except RepositoryError as exc:
         return _fail(str(exc))
     print(f"{args.name}: live {state.live} (previous {state.previous})")
     return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    return _change_live(args, lambda repo: repo.set_live(args.name, args.version))
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    try:
-        state = open_repository(args.repo).rollback(args.name)
-    except RepositoryError as exc:
-        return _fail(str(exc))
-    print(f"{args.name}: live {state.live} (previous {state.previous})")
-    return 0
+    return _change_live(args, lambda repo: repo.rollback(args.name))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
