@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from gateway.errors import DeadlineExceeded, GatewayError, InferenceFailed, Over
 from gateway.runtime import Runtime
 
 Arrays = dict[str, np.ndarray]
+log = logging.getLogger("gateway.batching")
 DispatchReason = Literal["idle", "full", "delay", "drain"]
 
 
@@ -195,8 +197,11 @@ class MicroBatcher:
         return batch
 
     def _run_inline(self, batch: list[_Item]) -> tuple[Arrays | None, Arrays | None, bool]:
-        feeds = _concat([item.feeds for item in batch])
+        feeds = None
         try:
+            # Inside the try: requests whose non-batch dimensions differ cannot be joined,
+            # and are then run one by one like any failed batch.
+            feeds = _concat([item.feeds for item in batch])
             outputs = self.runtime.run(feeds)
             _check_rows(feeds, outputs)
         except Exception as exc:
@@ -245,7 +250,9 @@ class MicroBatcher:
         self, batch: list[_Item], reason: DispatchReason, started: float,
         feeds: Arrays | None, outputs: Arrays | None, failed: bool,
     ) -> None:  # fmt: skip
-        if self.on_batch is not None:
+        if self.on_batch is None:
+            return
+        try:
             self.on_batch(
                 BatchReport(
                     rows=sum(i.rows for i in batch),
@@ -260,6 +267,8 @@ class MicroBatcher:
                     outputs=outputs,
                 )
             )
+        except Exception:  # an observer's bug must never stop the dispatcher
+            log.exception("batch observer failed", extra={"event": "observer_error"})
 
     async def _infer(self, feeds: Arrays) -> Arrays:
         loop = asyncio.get_running_loop()

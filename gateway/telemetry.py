@@ -264,12 +264,12 @@ class Telemetry:
         """
         if self.tracer is None:
             return None
+        if traceparent is None and self.root_ratio < 1.0 and random.random() >= self.root_ratio:
+            return None
         from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind
 
         if traceparent is None:
-            if self.root_ratio < 1.0 and random.random() >= self.root_ratio:
-                return None
             return self.tracer.start_span(name, kind=SpanKind.SERVER)
         carrier = {"traceparent": traceparent.decode("latin-1")}
         if tracestate is not None:
@@ -387,16 +387,15 @@ class Telemetry:
                 self.out_of_range.inc((m.name, m.version, feature.name), outside)
 
     def _trace_batch(self, tracer: Tracer, model: LoadedModel, report: BatchReport) -> None:
-        from opentelemetry import trace
-        from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
-
-        sampled = [
-            (c, enq)
-            for c, enq in zip(report.contexts, report.enqueued, strict=True)
-            if isinstance(c, SpanContext) and c.trace_flags.sampled
+        # Only sampled requests carry a span context (start_span returns None otherwise).
+        sampled: list[tuple[Any, float]] = [
+            (c, enq) for c, enq in zip(report.contexts, report.enqueued, strict=True) if c is not None
         ]
         if not sampled:
             return
+        from opentelemetry import trace
+        from opentelemetry.trace import Link, NonRecordingSpan
+
         started, finished = epoch_ns(report.started), epoch_ns(report.finished)
         for context, enqueued in sampled:
             parent = trace.set_span_in_context(NonRecordingSpan(context))

@@ -279,3 +279,33 @@ async def test_inline_failure_is_isolated_too():
         await bad
     assert runtime.batches[0] == 3  # they shared a batch, then were run one by one
     await batcher.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("inline_rows", [0, 8])
+async def test_a_failing_observer_never_stops_the_dispatcher(inline_rows):
+    def broken(report: BatchReport) -> None:
+        raise ZeroDivisionError("observer bug")
+
+    batcher = MicroBatcher(FakeRuntime(), max_batch_rows=8, inline_rows=inline_rows, on_batch=broken)
+    batcher.start()
+    for i in range(3):
+        np.testing.assert_array_equal((await batcher.submit(rows(i), 1, later()))["y"].ravel(), [2 * i])
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("inline_rows", [0, 8])
+async def test_requests_that_cannot_be_joined_are_run_alone(inline_rows):
+    """Variable non-batch dimensions: np.concatenate fails, each request still answers."""
+    runtime = FakeRuntime()
+    batcher = MicroBatcher(runtime, max_batch_rows=8, inline_rows=inline_rows)
+    batcher.start()
+    wide = {"x": np.ones((1, 3), np.float32)}
+    narrow = {"x": np.ones((1, 2), np.float32)}
+    # queued in the same loop turn: the dispatcher takes them as one batch
+    a = asyncio.create_task(batcher.submit(wide, 1, later()))
+    b = asyncio.create_task(batcher.submit(narrow, 1, later()))
+    assert (await a)["y"].shape == (1, 3) and (await b)["y"].shape == (1, 2)
+    assert runtime.batches == [1, 1]
+    await batcher.close()
