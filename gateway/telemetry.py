@@ -68,7 +68,7 @@ _REJECTIONS = {
     504: "deadline",
 }
 SHED_LOG_INTERVAL = 1.0
-PENDING_ROWS = 4096
+PENDING_ROWS = 512  # small blocks: the per-feature work stays amortised without a long pause
 Arrays = dict[str, np.ndarray]
 
 
@@ -340,8 +340,8 @@ class Telemetry:
         self.inference.observe((*mv, model.runtime.provider), report.seconds)
         self.batch_rows.observe((*mv, report.reason), report.rows)
         if report.feeds is not None and report.outputs is not None:
-            # Per-feature work costs the same for 1 row as for 1,000: defer it and do it on
-            # whole blocks of rows (at a scrape, or once enough rows are waiting).
+            # Per-feature work costs the same for 1 row as for 500: defer it and do it on
+            # blocks of rows (at a scrape, or once enough rows are waiting).
             self._pending.setdefault(mv, (model, []))[1].append((report.feeds, report.outputs))
             self._pending_rows += report.rows
             if self._pending_rows >= PENDING_ROWS:
