@@ -21,9 +21,6 @@ TARGET_OPSET = 15  # the highest onnxmltools 1.16 supports
 class LightGBMConverter:
     framework = "lightgbm"
 
-    def matches(self, model: Any) -> bool:
-        return isinstance(model, lightgbm.LGBMModel | lightgbm.Booster)
-
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
         booster = model if isinstance(model, lightgbm.Booster) else model.booster_
         names = booster.feature_name()

@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 class OnnxConverter:
     framework = "onnx"
 
-    def matches(self, model: Any) -> bool:
-        return isinstance(model, onnx.ModelProto)
-
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
         inputs, outputs = signature(model)
         tabular = (

@@ -88,9 +88,6 @@ def _final(model: Any) -> Any:
 class SklearnConverter:
     framework = "sklearn"
 
-    def matches(self, model: Any) -> bool:
-        return isinstance(model, BaseEstimator)
-
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
         try:
             check_is_fitted(model)

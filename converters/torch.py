@@ -35,9 +35,6 @@ def _input_width(module: Any) -> int | None:
 class TorchConverter:
     framework = "torch"
 
-    def matches(self, model: Any) -> bool:
-        return isinstance(model, torch.nn.Module)
-
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
         model.eval()
         width = sample.shape[1] if sample is not None else _input_width(model)

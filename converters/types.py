@@ -42,6 +42,4 @@ class Converted:
 class FrameworkConverter(Protocol):
     framework: str
 
-    def matches(self, model: Any) -> bool: ...
-
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted: ...

@@ -24,9 +24,6 @@ TARGET_OPSET = 15  # the highest onnxmltools 1.16 supports
 class XGBoostConverter:
     framework = "xgboost"
 
-    def matches(self, model: Any) -> bool:
-        return isinstance(model, xgboost.XGBModel | xgboost.Booster)
-
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
         booster = model if isinstance(model, xgboost.Booster) else model.get_booster()
         names = list(booster.feature_names) if booster.feature_names else None
