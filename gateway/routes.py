@@ -120,8 +120,12 @@ class InferenceEndpoint:
         started = time.perf_counter()
         outcome = Outcome(self.route, _request_id(scope), 200, 0.0)
         headers: list[tuple[bytes, bytes]] = [(b"x-request-id", outcome.request_id.encode())]
-        span = self.telemetry.start_span(
-            f"POST {self.route}", header(scope, b"traceparent"), header(scope, b"tracestate")
+        span = (
+            self.telemetry.start_span(
+                f"POST {self.route}", header(scope, b"traceparent"), header(scope, b"tracestate")
+            )
+            if self.telemetry.tracer is not None
+            else None
         )
         try:
             if scope["method"] != "POST":

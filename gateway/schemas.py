@@ -76,6 +76,7 @@ class RecordCodec:
             if f.min is not None and f.max is not None and _policy(f, policy_override) != "allow"
         ]  # "allow" only counts, per batch, in telemetry
         self.all_numeric = len(self._numeric) == len(manifest.features)
+        self._names = [f.name for f in manifest.features]
 
     def decode(self, body: bytes, msgpack: bool = False) -> tuple[list[Any], bool]:
         """The records and whether the body was a single record."""
@@ -118,7 +119,7 @@ class RecordCodec:
     def to_feeds(self, records: list[Any], single: bool) -> tuple[Arrays, int]:
         """Columns from records, checked for finiteness and range, as model tensors."""
         tuples = [msgspec.structs.astuple(r) for r in records]
-        names = [f.name for f in self.manifest.features]
+        names = self._names
         if self.all_numeric:
             matrix = self._check_numeric(np.array(tuples, dtype=np.float64), single)
             if self.manifest.layout == "matrix":  # the rows already are the input tensor
