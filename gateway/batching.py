@@ -153,7 +153,7 @@ class MicroBatcher:
                 self._lanes.release()
                 continue
             if sum(i.rows for i in batch) <= self.inline_rows:
-                self._finish(batch, reason, time.monotonic(), *self._run_inline(batch))
+                await self._run(batch, reason, inline=True)
                 continue
             task = asyncio.get_running_loop().create_task(self._run(batch, reason))
             self._running.add(task)
@@ -196,49 +196,23 @@ class MicroBatcher:
             rows += item.rows
         return batch
 
-    def _run_inline(self, batch: list[_Item]) -> tuple[Arrays | None, Arrays | None, bool]:
-        feeds = None
-        try:
-            # Inside the try: requests whose non-batch dimensions differ cannot be joined,
-            # and are then run one by one like any failed batch.
-            feeds = _concat([item.feeds for item in batch])
-            outputs = self.runtime.run(feeds)
-            _check_rows(feeds, outputs)
-        except Exception as exc:
-            for item in batch:  # isolate: only the guilty fail
-                try:
-                    single = self.runtime.run(item.feeds)
-                    _check_rows(item.feeds, single)
-                except Exception as item_exc:
-                    _fail(item, item_exc if len(batch) > 1 else exc)
-                else:
-                    _resolve(item, single)
-            return feeds, None, True
-        _deliver(batch, outputs)
-        return feeds, outputs, False
-
-    def _finish(
-        self, batch: list[_Item], reason: DispatchReason, started: float,
-        feeds: Arrays | None, outputs: Arrays | None, failed: bool,
-    ) -> None:  # fmt: skip
-        self._lanes.release()
-        self._wakeup.set()
-        self._report(batch, reason, started, feeds, outputs, failed)
-
-    async def _run(self, batch: list[_Item], reason: DispatchReason) -> None:
+    async def _run(self, batch: list[_Item], reason: DispatchReason, inline: bool = False) -> None:
+        """Run one batch; inline, it never suspends, so the dispatcher runs it in place."""
         started = time.monotonic()
         failed = False
         feeds = outputs = None
         try:
             try:
+                # Inside the try: requests whose non-batch dimensions differ cannot be
+                # joined, and are then run one by one like any failed batch.
                 feeds = _concat([item.feeds for item in batch])
-                outputs = await self._infer(feeds)
+                outputs = await self._infer(feeds, inline)
             except Exception as exc:
                 failed = True
                 if len(batch) == 1:
                     _fail(batch[0], exc)
                 else:
-                    await self._isolate(batch)
+                    await self._isolate(batch, inline)
             else:
                 _deliver(batch, outputs)
         finally:
@@ -270,19 +244,23 @@ class MicroBatcher:
         except Exception:  # an observer's bug must never stop the dispatcher
             log.exception("batch observer failed", extra={"event": "observer_error"})
 
-    async def _infer(self, feeds: Arrays) -> Arrays:
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self.runtime.run, feeds)
+    def _infer_now(self, feeds: Arrays) -> Arrays:
+        outputs = self.runtime.run(feeds)
         _check_rows(feeds, outputs)
         return outputs
 
-    async def _isolate(self, batch: list[_Item]) -> None:
+    async def _infer(self, feeds: Arrays, inline: bool) -> Arrays:
+        if inline:
+            return self._infer_now(feeds)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._infer_now, feeds)
+
+    async def _isolate(self, batch: list[_Item], inline: bool) -> None:
         """Run a failed batch's items one by one: only the guilty ones fail."""
         for item in batch:
             if item.future.done():
                 continue
             try:
-                result = await self._infer(item.feeds)
+                result = await self._infer(item.feeds, inline)
             except Exception as exc:
                 _fail(item, exc)
             else:
