@@ -40,7 +40,10 @@ def create_app(
         settings.metrics_dir, span_exporter, enabled=settings.metrics, log_format=settings.log_format
     )
     registry = ModelRegistry(
-        settings, open_repository(settings.repo, settings.cache_dir), runtime_factory, telemetry
+        settings,
+        open_repository(settings.repo, settings.cache_dir, refresh=False),
+        runtime_factory,
+        telemetry,
     )
     endpoints = Endpoints(settings, registry)
     telemetry.registry.collect_hooks.append(lambda: telemetry.ready.set((), float(registry.all_ready())))

@@ -141,13 +141,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "onnx-gateway"
 
 
-def open_repository(location: str | Path, cache_dir: str | Path | None = None) -> Repository:
-    """A local directory (or file:// URL) as it is; any other URL through fsspec."""
+def open_repository(
+    location: str | Path, cache_dir: str | Path | None = None, refresh: bool = True
+) -> Repository:
+    """A local directory (or file:// URL) as it is; any other URL through fsspec, mirrored
+    now unless `refresh` is off (the server mirrors when it loads, off the event loop)."""
     text = str(location)
     if "://" not in text:
         return Repository(text)
     if text.startswith("file://"):
         return Repository(text.removeprefix("file://"))
     repository = RemoteRepository(text, cache_dir or default_cache_dir())
-    repository.refresh()
+    if refresh:
+        repository.refresh()
     return repository
