@@ -112,30 +112,29 @@ class MicroBatcher:
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        items = [
-            _Item(
-                {k: v[start : start + self.max_batch_rows] for k, v in feeds.items()},
-                min(self.max_batch_rows, rows - start),
-                deadline,
-                now,
-                loop.create_future(),
-                context,
-            )
-            for start in range(0, rows, self.max_batch_rows)
-        ]
+        step = self.max_batch_rows
+        items = (
+            [_Item(feeds, rows, deadline, now, loop.create_future(), context)]
+            if rows <= step
+            else [
+                _Item({k: v[start : start + step] for k, v in feeds.items()}, min(step, rows - start),
+                      deadline, now, loop.create_future(), context)
+                for start in range(0, rows, step)
+            ]
+        )  # fmt: skip
         self._queue.extend(items)
         self._queued_rows += rows
         self._wakeup.set()
         # A bare timer is a fraction of asyncio.timeout()'s cost on the hot path.
         timer = loop.call_at(_loop_deadline(loop, deadline), _expire, items)
         try:
+            if len(items) == 1:
+                return await items[0].future
             results = [await item.future for item in items]
         finally:
             timer.cancel()
             for item in items:
                 item.future.cancel()  # no-op once done; tells the dispatcher to skip it
-        if len(results) == 1:
-            return results[0]
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
     async def _dispatch_loop(self) -> None:

@@ -130,14 +130,13 @@ class ModelRegistry:
         )
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
-        if not is_valid_name(name) or (version is not None and not is_valid_version(version)):
-            raise NotFound(f"no model {name!r}" + (f" version {version!r}" if version else ""))
-        if version is None:
-            version = self._live.get(name)
+        model = self._models.get((name, version if version is not None else self._live.get(name, "")))
+        if model is None:
+            # Names from the URL are checked only on a miss, before they go into a message.
+            if not is_valid_name(name) or (version is not None and not is_valid_version(version)):
+                raise NotFound(f"no model {name!r}" + (f" version {version!r}" if version else ""))
             if version is None:
                 raise NotFound(f"no model {name!r}; loaded: {sorted(self._live)}")
-        model = self._models.get((name, version))
-        if model is None:
             raise NotFound(f"model {name!r} has no loaded version {version!r}")
         if not model.ready:
             raise Unavailable(f"model {name}:{version} is loading")

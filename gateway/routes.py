@@ -38,7 +38,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.registry import LoadedModel, ModelRegistry
-from gateway.schemas import encode_predictions
+from gateway.schemas import RecordCodec
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry, input_digest, summarize
 from gateway.types import Receive, Scope, Send
@@ -76,7 +76,7 @@ class Decoded:
     feeds: dict[str, np.ndarray]
     rows: int
     deadline: float
-    request: Any = None  # protocol state the encoder needs (V2: the requested outputs)
+    request: Any = None  # what the encoder needs (records: the codec; V2: the request)
 
 
 def _request_id(scope: Scope) -> str:
@@ -215,16 +215,13 @@ class PredictEndpoint(InferenceEndpoint):
             )
         records, single = model.records.decode(body, media_type(scope) == MSGPACK)
         feeds, rows = model.records.to_feeds(records, single)
-        return Decoded(feeds, rows, deadline_from(scope, self.settings))
+        return Decoded(feeds, rows, deadline_from(scope, self.settings), model.records)
 
     def encode(
         self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        payload = {
-            "model": model.name,
-            "version": model.version,
-            "predictions": encode_predictions(model.manifest, outputs),
-        }
+        codec: RecordCodec = decoded.request
+        payload = {"model": model.name, "version": model.version, "predictions": codec.encode(outputs)}
         if header(scope, b"accept") == MSGPACK:
             return _msgpack_encoder.encode(payload), [(b"content-type", MSGPACK)]
         return orjson.dumps(payload), [(b"content-type", JSON)]

@@ -7,6 +7,7 @@ whole columns (finiteness, ranges) run vectorised after decoding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -77,11 +78,30 @@ class RecordCodec:
         ]  # "allow" only counts, per batch, in telemetry
         self.all_numeric = len(self._numeric) == len(manifest.features)
         self._names = [f.name for f in manifest.features]
+        # A float matrix input is built in its own dtype, with no float64 copy in between.
+        spec = manifest.inputs[0]
+        self._matrix_input = (
+            (spec.name, NUMPY_DTYPES[spec.datatype])
+            if self.all_numeric and manifest.layout == "matrix" and spec.datatype in ("FP32", "FP64")
+            else None
+        )
+        # What the encoder needs, looked up once rather than per request.
+        label, proba = manifest.output("label"), manifest.output("probabilities")
+        self._label = label.name if label is not None else None
+        self._proba = proba.name if proba is not None else None
+        self._value = (manifest.output("value") or manifest.outputs[0]).name
+        self._classes = [str(c) for c in manifest.classes] if manifest.classes else None
 
     def decode(self, body: bytes, msgpack: bool = False) -> tuple[list[Any], bool]:
         """The records and whether the body was a single record."""
-        envelope = self._envelope_msgpack if msgpack else self._envelope_json
         one, many = self._msgpack if msgpack else self._json
+        # Most requests are one well-formed record: decode it straight into the row type.
+        # Only when that fails is the envelope read, to tell instances from a bad record.
+        try:
+            return [one.decode(body)], True
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass
+        envelope = self._envelope_msgpack if msgpack else self._envelope_json
         try:
             top = envelope.decode(body)
         except msgspec.ValidationError:  # before DecodeError: it is a subclass
@@ -121,10 +141,10 @@ class RecordCodec:
         tuples = [msgspec.structs.astuple(r) for r in records]
         names = self._names
         if self.all_numeric:
+            if self._matrix_input is not None:  # the rows already are the input tensor
+                name, dtype = self._matrix_input
+                return {name: self._check_numeric(np.array(tuples, dtype=dtype), single)}, len(records)
             matrix = self._check_numeric(np.array(tuples, dtype=np.float64), single)
-            if self.manifest.layout == "matrix":  # the rows already are the input tensor
-                spec = self.manifest.inputs[0]
-                return {spec.name: matrix.astype(NUMPY_DTYPES[spec.datatype], copy=False)}, len(records)
             columns = {name: matrix[:, i] for i, name in enumerate(names)}
         else:
             raw = list(zip(*tuples, strict=True))
@@ -143,8 +163,10 @@ class RecordCodec:
     def _check_numeric(self, matrix: np.ndarray, single: bool) -> np.ndarray:
         if matrix.size == 0:
             return matrix
-        finite = np.isfinite(matrix)
-        bad = None if finite.all() else ~finite & ~(np.isnan(matrix) & self._nullable)
+        # One reduction instead of an elementwise mask: the sum is finite when every value
+        # is (a finite sum that overflows only sends us to the exact check below).
+        total = np.add.reduce(matrix, axis=None)
+        bad = None if math.isfinite(total) else ~np.isfinite(matrix) & ~(np.isnan(matrix) & self._nullable)
         if bad is not None and bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])
             name = self.manifest.features[self._numeric[col]].name
@@ -154,10 +176,13 @@ class RecordCodec:
             )
         for check in self._ranges:
             values = matrix[:, check.column]
+            # Python floats compare in the column's own dtype (NEP 50), so a float32 value
+            # at a trained bound is not rounded past it.
+            low, high = check.low, check.high
             if check.policy == "clip":
-                matrix[:, check.column] = np.clip(values, check.low, check.high)
+                matrix[:, check.column] = np.clip(values, low, high)
             elif check.policy == "reject":
-                outside = (values < check.low) | (values > check.high)
+                outside = (values < low) | (values > high)
                 if outside.any():
                     row = int(np.argmax(outside))
                     raise Unprocessable(
@@ -176,38 +201,28 @@ class RecordCodec:
     def _loc(single: bool, row: int, name: str) -> list[str | int]:
         return ["body", name] if single else ["body", "instances", row, name]
 
-
-def encode_predictions(manifest: Manifest, outputs: Arrays) -> list[dict[str, Any]]:
-    """Per-row predictions: label and class probabilities, or a value."""
-    label_spec = manifest.output("label")
-    proba_spec = manifest.output("probabilities")
-    value_spec = manifest.output("value")
-    if proba_spec is not None:
-        proba = outputs[proba_spec.name].tolist()
-        classes = (
-            [str(c) for c in manifest.classes]
-            if manifest.classes
-            else [str(i) for i in range(len(proba[0]) if proba else 0)]
-        )
-        labels = (
-            outputs[label_spec.name].tolist()
-            if label_spec is not None
-            else [
-                manifest.classes[int(np.argmax(p))] if manifest.classes else int(np.argmax(p)) for p in proba
+    def encode(self, outputs: Arrays) -> list[dict[str, Any]]:
+        """Per-row predictions: label and class probabilities, or a value."""
+        if self._proba is not None:
+            proba = outputs[self._proba].tolist()
+            classes = self._classes or [str(i) for i in range(len(proba[0]) if proba else 0)]
+            if self._label is not None:
+                labels = outputs[self._label].tolist()
+            else:
+                best = np.argmax(outputs[self._proba], axis=1).tolist()
+                known = self.manifest.classes
+                labels = [known[i] for i in best] if known else best
+            return [
+                {"label": _plain(label), "probabilities": dict(zip(classes, p, strict=True))}
+                for label, p in zip(labels, proba, strict=True)
             ]
-        )
-        return [
-            {"label": _plain(label), "probabilities": dict(zip(classes, p, strict=True))}
-            for label, p in zip(labels, proba, strict=True)
-        ]
-    if label_spec is not None:
-        return [{"label": _plain(v)} for v in outputs[label_spec.name].tolist()]
-    spec = value_spec or manifest.outputs[0]
-    values = outputs[spec.name]
-    flat = values.reshape(values.shape[0], -1)
-    if flat.shape[1] == 1:
-        return [{"value": v} for v in flat[:, 0].tolist()]
-    return [{"value": v} for v in flat.tolist()]
+        if self._label is not None:
+            return [{"label": _plain(v)} for v in outputs[self._label].tolist()]
+        values = outputs[self._value]
+        flat = values.reshape(values.shape[0], -1)
+        if flat.shape[1] == 1:
+            return [{"value": v} for v in flat[:, 0].tolist()]
+        return [{"value": v} for v in flat.tolist()]
 
 
 def _plain(value: Any) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import joblib
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +22,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from converters import convert
+from gateway.errors import Unprocessable
 from tests.conftest import start_server
 
 
@@ -162,3 +164,21 @@ def test_several_workers_share_the_port_and_a_killed_one_is_replaced(demo_repo, 
         assert workers[0] not in alive and workers[1] in alive and len(alive) == 2, alive
     finally:
         srv.stop()
+
+
+def test_trained_bounds_are_inside_the_range_in_the_models_own_dtype(demo_repo):
+    """Records for a float32 matrix are built in float32; a value at a trained bound must
+    not be rounded past it and refused (28.11 becomes 28.1100006 in float32)."""
+    from gateway.repository import Repository
+    from gateway.schemas import RecordCodec
+
+    manifest = Repository(demo_repo).manifest("breast_cancer", "1")
+    assert manifest.layout == "matrix" and manifest.inputs[0].datatype == "FP32"
+    codec = RecordCodec(manifest, max_rows=16, policy_override="reject")
+    at_max = {f.name: f.max for f in manifest.features}
+    records, single = codec.decode(msgspec.json.encode(at_max))
+    feeds, rows = codec.to_feeds(records, single)
+    assert rows == 1 and feeds[manifest.inputs[0].name].dtype == np.float32
+    above = {**at_max, manifest.features[0].name: manifest.features[0].max * 1.01}
+    with pytest.raises(Unprocessable):
+        codec.to_feeds(*codec.decode(msgspec.json.encode(above)))
