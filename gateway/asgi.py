@@ -84,5 +84,9 @@ async def send_response(send: Send, status: int, body: bytes, headers: list[tupl
 
 
 def media_type(scope: Scope) -> bytes:
-    value = header(scope, b"content-type")
-    return value.split(b";", 1)[0].strip().lower() if value else JSON
+    """The Content-Type without parameters, lower-cased; read once per request."""
+    kind: bytes | None = scope.get("gateway.media_type")
+    if kind is None:
+        value = header(scope, b"content-type")
+        kind = scope["gateway.media_type"] = value.split(b";", 1)[0].strip().lower() if value else JSON
+    return kind

@@ -17,7 +17,7 @@ import orjson
 
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Manifest, TensorSpec
-from gateway.tabular import NUMPY_DTYPES
+from gateway.tabular import NUMPY_DTYPES, all_finite
 
 Arrays = dict[str, np.ndarray]
 BINARY_HEADER = "inference-header-content-length"
@@ -158,7 +158,7 @@ def _tensor_array(
                 [{"loc": [*loc, "data"], "msg": f"{array.size} elements for shape {tensor.shape}"}],
             )
     array = array.reshape(tensor.shape)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not all_finite(array):
         raise Unprocessable(
             "non-finite number", [{"loc": [*loc, "data"], "msg": "NaN and Infinity are not accepted"}]
         )
@@ -168,9 +168,8 @@ def _tensor_array(
 def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_rows: int) -> DecodedInfer:
     specs = {s.name: s for s in manifest.inputs}
     names = [t.name for t in request.inputs]
-    missing = sorted(set(specs) - set(names))
-    unknown = sorted(set(names) - set(specs))
-    if missing or unknown or len(names) != len(set(names)):
+    if len(names) != len(specs) or len(set(names)) != len(names) or not all(n in specs for n in names):
+        missing, unknown = sorted(set(specs) - set(names)), sorted(set(names) - set(specs))
         raise Unprocessable(
             "inputs do not match the model",
             [

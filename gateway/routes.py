@@ -51,7 +51,7 @@ log = logging.getLogger("gateway.errors")
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What one inference request did, for the access log, metrics and its span."""
 
@@ -69,7 +69,7 @@ class Outcome:
     trace_id: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Decoded:
     """A validated request, ready for the batcher."""
 

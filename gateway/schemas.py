@@ -7,7 +7,6 @@ whole columns (finiteness, ranges) run vectorised after decoding.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +16,7 @@ import numpy as np
 from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
-from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
+from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns
 
 Arrays = dict[str, np.ndarray]
 
@@ -163,10 +162,9 @@ class RecordCodec:
     def _check_numeric(self, matrix: np.ndarray, single: bool) -> np.ndarray:
         if matrix.size == 0:
             return matrix
-        # One reduction instead of an elementwise mask: the sum is finite when every value
-        # is (a finite sum that overflows only sends us to the exact check below).
-        total = np.add.reduce(matrix, axis=None)
-        bad = None if math.isfinite(total) else ~np.isfinite(matrix) & ~(np.isnan(matrix) & self._nullable)
+        # Null is NaN here, and allowed where the model imputes; NaN or infinity sent as a
+        # number never is.
+        bad = None if all_finite(matrix) else ~np.isfinite(matrix) & ~(np.isnan(matrix) & self._nullable)
         if bad is not None and bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])
             name = self.manifest.features[self._numeric[col]].name

@@ -4,6 +4,7 @@ check and the records API, so what is verified at build time is what serves.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,6 +26,12 @@ NUMPY_DTYPES: dict[V2DType, np.dtype[np.generic]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(np.object_),
 }
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """No NaN or infinity: one reduction on the hot path (the sum of finite values is
+    finite unless it overflows, and only then is the elementwise check paid)."""
+    return math.isfinite(np.add.reduce(array, axis=None)) or bool(np.isfinite(array).all())
 
 
 def feeds_from_columns(manifest: Manifest, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
