@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.manifest import FeatureReference, Manifest
+from gateway.tabular import all_finite
 
 EPSILON = 1e-4  # keeps empty bins from making the index infinite
 MIN_ROWS = 50  # fewer rows than this say nothing about a distribution
@@ -29,6 +30,10 @@ class _Feature:
     reference: FeatureReference
     expected: np.ndarray
     ring: np.ndarray  # slots x bins
+    edges: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.edges = np.asarray(self.reference.edges or [], dtype=np.float64)
 
     def bin_counts(self, column: np.ndarray) -> np.ndarray:
         if self.reference.categories is not None:
@@ -40,12 +45,10 @@ class _Feature:
                 if i is not None:
                     out[i] += n
             return out
-        values = np.asarray(column, dtype=np.float64).ravel()
-        values = values[np.isfinite(values)]
-        edges = np.asarray(self.reference.edges, dtype=np.float64)
-        return np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(self.expected)).astype(
-            np.float64
-        )
+        values = np.asarray(column).ravel()
+        if not all_finite(values):  # nulls (NaN) where the model imputes are not binned
+            values = values[np.isfinite(values)]
+        return np.bincount(np.searchsorted(self.edges, values, side="left"), minlength=len(self.expected))
 
 
 @dataclass

@@ -378,13 +378,18 @@ class Telemetry:
 
     def _observe_ranges(self, model: LoadedModel, columns: Mapping[str, np.ndarray]) -> None:
         m = model.manifest
-        for feature in m.features:
-            if feature.min is None or feature.max is None or feature.dtype == "string":
-                continue
-            column = columns[feature.name]
-            outside = int(np.count_nonzero((column < feature.min) | (column > feature.max)))
-            if outside:
-                self.out_of_range.inc((m.name, m.version, feature.name), outside)
+        bounded = [f for f in m.features if f.min is not None and f.max is not None and f.dtype != "string"]
+        if not bounded:
+            return
+        values = np.column_stack([columns[f.name] for f in bounded])
+        # Bounds in the values' own float type: a float32 value at a trained bound is inside.
+        dtype = np.result_type(values.dtype, np.float32)
+        low = np.array([f.min for f in bounded], dtype=dtype)
+        high = np.array([f.max for f in bounded], dtype=dtype)
+        outside = np.count_nonzero((values < low) | (values > high), axis=0).tolist()
+        for feature, count in zip(bounded, outside, strict=True):
+            if count:
+                self.out_of_range.inc((m.name, m.version, feature.name), count)
 
     def _trace_batch(self, tracer: Tracer, model: LoadedModel, report: BatchReport) -> None:
         # Only sampled requests carry a span context (start_span returns None otherwise).

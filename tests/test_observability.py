@@ -239,3 +239,26 @@ def test_sampling_is_parent_based_with_a_root_ratio(monkeypatch):
     quarter = Telemetry(span_exporter=InMemorySpanExporter())
     kept = sum(quarter.start_span("x", None, None) is not None for _ in range(4000))
     assert 800 < kept < 1200
+
+
+def test_values_at_the_trained_bounds_are_not_counted_out_of_range(demo_repo, tmp_path):
+    """The breast-cancer model takes float32: its inputs are compared with the trained
+    bounds in float32, so traffic at a bound is inside (28.11 is 28.1100006 in float32)."""
+    manifest = Repository(demo_repo).manifest("breast_cancer", "1")
+    at_bounds = [{f.name: f.min for f in manifest.features}, {f.name: f.max for f in manifest.features}]
+    srv = start_server(demo_repo, tmp_path, "--log-level", "warning")
+    try:
+        r = httpx.post(f"{srv.url}/v1/models/breast_cancer/predict", json={"instances": at_bounds})
+        assert r.status_code == 200, r.text
+        samples = _samples(httpx.get(f"{srv.url}/metrics").text)
+    finally:
+        srv.stop()
+    assert _value(samples, "gateway_requests_total", model="breast_cancer") == 1
+    outside = [
+        s.labels["feature"]
+        for s in samples
+        if s.name == "gateway_feature_out_of_range_total"
+        and s.labels.get("model") == "breast_cancer"
+        and s.value
+    ]
+    assert outside == []
