@@ -96,6 +96,19 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         "ceiling starlette": (servers.uvicorn_app("benchmarks.baselines.ceilings:starlette_app"), "/health",
                               "/predict", record_json, {}),
     }  # fmt: skip
+    on_granian = {
+        "gateway records (granian)": servers.granian_app(
+            "gateway.serve:app_factory",
+            {"repo": str(repo), "metrics": False, "poll_seconds": 0, "log_level": "warning"},
+        ),
+        "ceiling asgi (granian)": servers.granian_app("benchmarks.baselines.ceilings:asgi_app"),
+    }
+    for label, server in on_granian.items():
+        if server is not None and not quick:
+            argv, env = server
+            single[label] = (argv, "/readyz" if label.startswith("gateway") else "/health",
+                             "/v1/models/forest/predict" if label.startswith("gateway") else "/predict",
+                             record_json, env)  # fmt: skip
     log = WORK / "servers.log"
     for label, (argv, health, path, body, env) in single.items():
         _progress(f"single-row closed loop + open-loop sweep: {label}")
