@@ -18,7 +18,6 @@ import platform
 import shutil
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import msgspec
 import numpy as np
 
 from benchmarks import inprocess, load, models, report, servers
+from benchmarks.progress import progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / ".work"
@@ -45,10 +45,6 @@ def _environment() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _progress(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def run(quick: bool, out: Path) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     servers.pin_self()
@@ -57,7 +53,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     conns = [16] if quick else [1, 16, 64]
     batch_sizes = [1, 32, 256] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     WORK.mkdir(exist_ok=True)
-    _progress("training and converting the benchmark models")
+    progress("training and converting the benchmark models")
     repo, bench = models.build(WORK, ("pipeline", "forest", "mlp"))
     forest = bench["forest"].sample
     record = forest.iloc[0].to_dict()
@@ -71,7 +67,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         "scenarios": {}, "in_process": {},
     }  # fmt: skip
 
-    _progress("compute ceiling: ONNX Runtime in-process")
+    progress("compute ceiling: ONNX Runtime in-process")
     for name in bench:
         by_batch = inprocess.rows_per_second(repo, name, batch_sizes, 0.3 if quick else 1.0)
         results["in_process"][name] = {str(k): v for k, v in by_batch.items()}
@@ -111,7 +107,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                              record_json, env)  # fmt: skip
     log = WORK / "servers.log"
     for label, (argv, health, path, body, env) in single.items():
-        _progress(f"single-row closed loop + open-loop sweep: {label}")
+        progress(f"single-row closed loop + open-loop sweep: {label}")
         with servers.running(argv, health, env, log) as url:
             target = load.Target(url + path, body)
             load.closed_loop(target, 8, 1.0, servers.LOAD_CPU)  # warm the server and its caches
@@ -127,7 +123,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             results["open_loop"][label] = load.sweep(target, rates, sweep_seconds, [10.0, 50.0])
     trace_sink.close()
 
-    _progress("heavy model under concurrency: batching on vs --max-batch-rows 1")
+    progress("heavy model under concurrency: batching on vs --max-batch-rows 1")
     mlp_record = msgspec.json.encode(bench["mlp"].sample.iloc[0].to_dict())
     heavy = {}
     for label, flags in (("batched", []), ("unbatched", ["--max-batch-rows", "1"])):
@@ -137,7 +133,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             heavy[label] = load.closed_loop(target, 64, seconds, servers.LOAD_CPU).as_dict()
     results["heavy_mlp_c64"] = heavy
 
-    _progress("256-row requests: V2 binary and records JSON vs in-process")
+    progress("256-row requests: V2 binary and records JSON vs in-process")
     rows256 = forest.sample(256, replace=True, random_state=0)
     matrix = np.ascontiguousarray(rows256.to_numpy(np.float32))
     header = msgspec.json.encode({"inputs": [{"name": "input", "shape": [256, 30], "datatype": "FP32",
@@ -161,7 +157,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     _summarize(results)
     stem = f"{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
     for path in report.write(results, out, stem):
-        _progress(f"wrote {path}")
+        progress(f"wrote {path}")
     return results
 
 

@@ -18,6 +18,9 @@ import httpx
 import msgspec
 
 from benchmarks import models, servers
+from benchmarks.progress import progress
+
+PROGRESS_SECONDS = 30.0
 
 
 def _rss_mb(pid: int) -> float:
@@ -47,7 +50,7 @@ def _bodies(sample: Any) -> list[tuple[str, str, bytes, str]]:
 
 
 async def _drive(
-    url: str, mix: list[tuple[str, str, bytes, str]], seconds: float, connections: int
+    url: str, pid: int, mix: list[tuple[str, str, bytes, str]], seconds: float, connections: int
 ) -> dict[str, Any]:
     answered: Counter[str] = Counter()
     sent: Counter[str] = Counter()
@@ -66,7 +69,16 @@ async def _drive(
                 except httpx.HTTPError as exc:
                     errors[f"{kind}: {type(exc).__name__}"] += 1
 
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    async def report() -> None:
+        started = time.monotonic()
+        while time.monotonic() < stop:
+            await asyncio.sleep(min(PROGRESS_SECONDS, max(0.0, stop - time.monotonic())))
+            progress(
+                f"soak: {time.monotonic() - started:.0f}/{seconds:.0f} s, {sum(answered.values()):,} answered, "
+                f"{sum(errors.values())} client errors, server RSS {_rss_mb(pid):.1f} MB"
+            )
+
+    await asyncio.gather(report(), *(worker() for _ in range(connections)))
     return {"sent": dict(sent), "answered": dict(sorted(answered.items())), "client_errors": dict(errors)}
 
 
@@ -74,12 +86,13 @@ def run(out: Path, seconds: float, connections: int = 32) -> dict[str, Any]:
     servers.pin_self()
     work = Path(__file__).resolve().parent / ".work"
     work.mkdir(exist_ok=True)
+    progress(f"soak: {seconds:.0f} s of mixed traffic over {connections} connections")
     repo, bench = models.build(work, ("forest",))
     started = dt.datetime.now(dt.UTC)
     with servers.running(servers.gateway(repo), "/readyz") as url:
         pid = _server_pid(url)
         rss_start = _rss_mb(pid)
-        traffic = asyncio.run(_drive(url, _bodies(bench["forest"].sample), seconds, connections))
+        traffic = asyncio.run(_drive(url, pid, _bodies(bench["forest"].sample), seconds, connections))
         rss_end = _rss_mb(pid)
         metrics_ok = httpx.get(f"{url}/readyz").status_code == 200
     total_sent = sum(traffic["sent"].values())
