@@ -163,3 +163,23 @@ def test_bad_setting_is_a_clear_startup_error(demo_repo, tmp_path):
     )
     assert result.returncode == 2
     assert "max_batch_rows" in result.stderr and ">= 1" in result.stderr
+
+
+def test_startup_leaves_long_lived_objects_out_of_the_collectors_walk(demo_repo):
+    """A full collection walking every module and session object stalls the event loop for
+    milliseconds; once serving, what was built at startup is frozen out of its sight."""
+    import gc
+
+    from gateway.app import create_app
+    from gateway.settings import build_settings
+    from tests.conftest import InProcessServer
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    settings = build_settings({"repo": str(demo_repo), "log_level": "warning", "metrics": False}, {})
+    try:
+        with InProcessServer(create_app(settings)) as url:
+            assert httpx.get(f"{url}/readyz").status_code == 200
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
