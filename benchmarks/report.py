@@ -69,27 +69,26 @@ def _plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    # One colour per server in both panels; more servers than tab10 has colours share none.
+    servers = list(dict.fromkeys([*results["single_row"], *results["open_loop"]]))
+    palette = plt.get_cmap("tab10" if len(servers) <= 10 else "tab20")
+    colour = {server: palette(i) for i, server in enumerate(servers)}
     for server, runs in results["single_row"].items():
         xs = [r["rps"] for r in runs.values()]
         ys = [r["p99_ms"] for r in runs.values()]
-        left.plot(xs, ys, marker="o", label=server)
+        left.plot(xs, ys, marker="o", label=server, color=colour[server])
     left.set(xscale="log", yscale="log", xlabel="throughput (req/s)", ylabel="p99 latency (ms)",
              title="Closed loop: throughput vs p99 (single row, forest)")  # fmt: skip
     left.legend(fontsize=8)
     for server, sweep in results["open_loop"].items():
         points = sweep["points"]
-        right.plot(
-            [p["offered_rps"] for p in points],
-            [p["p99_ms"] for p in points],
-            marker="o",
-            label=f"{server} p99",
-        )
-        right.plot([p["offered_rps"] for p in points], [p["p50_ms"] for p in points], ls=":", alpha=0.6,
-                   label=f"{server} p50")  # fmt: skip
+        rates = [p["offered_rps"] for p in points]
+        right.plot(rates, [p["p99_ms"] for p in points], marker="o", label=server, color=colour[server])
+        right.plot(rates, [p["p50_ms"] for p in points], ls=":", alpha=0.6, color=colour[server])
     right.axhline(10, color="grey", lw=0.8)
     right.axhline(50, color="grey", lw=0.8, ls="--")
     right.set(xscale="log", yscale="log", xlabel="offered rate (req/s)", ylabel="latency (ms)",
-              title="Open loop: latency vs offered rate")  # fmt: skip
+              title="Open loop: p99 (solid) and p50 (dotted) vs offered rate")  # fmt: skip
     right.legend(fontsize=7)
     fig.tight_layout()
     path = out / f"{stem}.png"
