@@ -17,7 +17,7 @@ import orjson
 
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Manifest, TensorSpec
-from gateway.tabular import NUMPY_DTYPES, all_finite
+from gateway.tabular import NUMPY_DTYPES, all_finite, non_finite_reason
 
 Arrays = dict[str, np.ndarray]
 BINARY_HEADER = "inference-header-content-length"
@@ -160,7 +160,7 @@ def _tensor_array(
     array = array.reshape(tensor.shape)
     if array.dtype.kind == "f" and not all_finite(array):
         raise Unprocessable(
-            "non-finite number", [{"loc": [*loc, "data"], "msg": "NaN and Infinity are not accepted"}]
+            "non-finite number", [{"loc": [*loc, "data"], "msg": non_finite_reason(array.dtype)}]
         )
     return array, offset
 

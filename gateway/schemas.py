@@ -16,7 +16,7 @@ import numpy as np
 from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
-from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns
+from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns, non_finite_reason
 
 Arrays = dict[str, np.ndarray]
 
@@ -170,7 +170,7 @@ class RecordCodec:
             name = self.manifest.features[self._numeric[col]].name
             raise Unprocessable(
                 "non-finite number",
-                [{"loc": self._loc(single, row, name), "msg": "NaN and Infinity are not accepted"}],
+                [{"loc": self._loc(single, row, name), "msg": non_finite_reason(matrix.dtype)}],
             )
         for check in self._ranges:
             values = matrix[:, check.column]

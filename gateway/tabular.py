@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -32,6 +33,14 @@ def all_finite(array: np.ndarray) -> bool:
     """No NaN or infinity: one reduction on the hot path (the sum of finite values is
     finite unless it overflows, and only then is the elementwise check paid)."""
     return math.isfinite(np.add.reduce(array, axis=None)) or bool(np.isfinite(array).all())
+
+
+def non_finite_reason(dtype: np.dtype[np.generic]) -> str:
+    """Why a number was refused: a huge finite one becomes infinity in a narrow float type."""
+    if dtype.kind == "f" and dtype.itemsize < 8:
+        limit = f"±{np.finfo(cast('np.dtype[np.floating[Any]]', dtype)).max:.3g}"
+        return f"NaN, Infinity and numbers beyond {dtype.name}'s range ({limit}) are not accepted"
+    return "NaN and Infinity are not accepted"
 
 
 def feeds_from_columns(manifest: Manifest, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

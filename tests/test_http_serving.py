@@ -329,6 +329,19 @@ def test_errors_are_json_with_status_and_location(server, what, method, path, kw
         assert body["detail"][0]["loc"] == loc, body
 
 
+def test_a_number_beyond_float32_is_refused_not_served_as_infinity(server, demo_repo):
+    """breast_cancer takes float32: 1e39 is finite JSON but infinity in float32, on both APIs."""
+    manifest = Repository(demo_repo).manifest("breast_cancer", "1")
+    record = {f.name: f.max for f in manifest.features} | {"mean_radius": 1e39}
+    r = httpx.post(f"{server.url}/v1/models/breast_cancer/predict", json=record)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "mean_radius"] and "float32" in detail["msg"]
+    v2 = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": list(record.values())}]}
+    r = httpx.post(f"{server.url}/v2/models/breast_cancer/infer", json=v2)
+    assert r.status_code == 422 and "float32" in r.json()["detail"][0]["msg"], r.text
+
+
 def test_too_many_rows_is_413(server):
     _, d = _frames()
     rows = [d.iloc[0].to_dict()] * (16 * 256 + 1)
