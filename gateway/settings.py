@@ -66,8 +66,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def threads_per_lane(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) // self.lanes)
+        return max(1, usable_cpus() // self.lanes)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a cpuset, taskset or Kubernetes' static CPU
+    manager narrows it), not the machine's count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
 
 
 _FIELDS = Settings.__struct_fields__

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -102,3 +104,35 @@ def test_listed_but_broken_cuda_falls_back_to_cpu(demo_repo, monkeypatch, caplog
     assert runtime.provider == "cpu"
     assert any("serving on CPU" in r.getMessage() for r in caplog.records)
     assert runtime.run({"input": np.zeros((2, 10))})["variable"].shape == (2, 1)
+
+
+_INLINE_ROWS = """
+import sys
+from gateway.registry import ModelRegistry, ort_runtime
+from gateway.remote import open_repository
+from gateway.settings import build_settings
+from gateway.telemetry import Telemetry
+s = build_settings({"repo": sys.argv[1], "inline_budget_us": sys.argv[2], "metrics": False}, {})
+registry = ModelRegistry(s, open_repository(s.repo, s.cache_dir, refresh=False), ort_runtime, Telemetry(enabled=False))
+print(registry._build("breast_cancer", "1").batcher.inline_rows)
+"""
+
+
+def _inline_rows(demo_repo, budget_us: str, cpus: str | None) -> int:
+    import subprocess
+    import sys
+
+    pin = ["taskset", "-c", cpus] if cpus is not None else []
+    out = subprocess.run([*pin, sys.executable, "-c", _INLINE_ROWS, str(demo_repo), budget_us],
+                         capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset to pin a process to one CPU")
+def test_on_one_cpu_every_cpu_batch_runs_inline(demo_repo):
+    """Pinned to one CPU, a thread lane cannot run beside the event loop, so batches of
+    every size run inline even when warm-up took longer than the inline budget."""
+    assert _inline_rows(demo_repo, "1", "0") == 256  # 1 µs: no batch is within the budget
+    assert _inline_rows(demo_repo, "0", "0") == 0  # a budget of 0 still means never
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert _inline_rows(demo_repo, "1", None) == 0
