@@ -285,19 +285,17 @@ class ModelRegistry:
         """Load every model's live version; one broken model does not stop the others."""
         await asyncio.to_thread(self.repository.refresh)
         for name in self.repository.models():
+            version = None  # unknown while serving.json is unreadable
             try:
                 version = self.repository.live_version(name)
                 await self.switch(name, version, source="startup")
             except LOAD_ERRORS as exc:
                 self.failures[name] = str(exc)
-                self._refused[name] = self._target_key(name)
+                # The watcher retries only when serving.json names another version.
+                self._refused[name] = version
                 log.error(
                     "model failed to load", extra={"event": "load_failed", "model": name, "error": str(exc)}
                 )
-
-    def _target_key(self, name: str) -> str | None:
-        state = self.repository.serving(name)
-        return state.live if state is not None else None
 
     async def follow(self, interval: float) -> None:
         """Poll serving.json and apply what it says; a refused version is retried only

@@ -142,6 +142,26 @@ def test_corrupt_artifact_is_not_loaded_and_server_stays_up(demo_repo, tmp_path)
         srv.stop()
 
 
+def test_unreadable_serving_json_fails_only_its_model(demo_repo, tmp_path):
+    """One model's corrupt serving.json is that model's failure, not the server's: the
+    others start and serve."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(demo_repo, repo)
+    (repo / "diabetes" / "serving.json").write_text("{not json")
+    srv = start_server(repo, tmp_path, "--log-level", "warning")
+    try:
+        ready = httpx.get(f"{srv.url}/readyz").json()
+        assert "unreadable" in ready["failures"]["diabetes"]
+        good = httpx.post(
+            f"{srv.url}/v1/models/breast_cancer/predict", json=dict.fromkeys(_bc_features(repo), 0.0)
+        )
+        assert good.status_code == 200
+    finally:
+        srv.stop()
+
+
 def _bc_features(repo):
     from gateway.repository import Repository
 
