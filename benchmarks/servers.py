@@ -41,6 +41,15 @@ def pin_self() -> None:
         os.sched_setaffinity(0, {LOAD_CPU})
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

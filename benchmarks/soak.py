@@ -23,14 +23,6 @@ from benchmarks.progress import progress
 PROGRESS_SECONDS = 30.0
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _bodies(sample: Any) -> list[tuple[str, str, bytes, str]]:
     """(kind, path, body, content type) in the proportions of the mix."""
     record = sample.iloc[0].to_dict()
@@ -75,7 +67,7 @@ async def _drive(
             await asyncio.sleep(min(PROGRESS_SECONDS, max(0.0, stop - time.monotonic())))
             progress(
                 f"soak: {time.monotonic() - started:.0f}/{seconds:.0f} s, {sum(answered.values()):,} answered, "
-                f"{sum(errors.values())} client errors, server RSS {_rss_mb(pid):.1f} MB"
+                f"{sum(errors.values())} client errors, server RSS {servers.rss_mb(pid):.1f} MB"
             )
 
     await asyncio.gather(report(), *(worker() for _ in range(connections)))
@@ -91,9 +83,9 @@ def run(out: Path, seconds: float, connections: int = 32) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     with servers.running(servers.gateway(repo), "/readyz") as url:
         pid = _server_pid(url)
-        rss_start = _rss_mb(pid)
+        rss_start = servers.rss_mb(pid)
         traffic = asyncio.run(_drive(url, pid, _bodies(bench["forest"].sample), seconds, connections))
-        rss_end = _rss_mb(pid)
+        rss_end = servers.rss_mb(pid)
         metrics_ok = httpx.get(f"{url}/readyz").status_code == 200
     total_sent = sum(traffic["sent"].values())
     total_answered = sum(traffic["answered"].values())

@@ -14,6 +14,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import RandomForestClassifier
 
+from benchmarks.servers import rss_mb
 from converters import convert
 from tests.conftest import start_server
 
@@ -86,10 +87,10 @@ def test_overload_sheds_fast_with_retry_after_and_recovers(forest_repo, tmp_path
         "warning",
     )
     try:
-        rss_before = _rss_mb(srv.process.pid)
+        rss_before = rss_mb(srv.process.pid)
         results: list = []
         _burst_in_thread(f"{srv.url}/v1/models/forest/predict", _rows(x, 256), 48, results).join(120)
-        rss_after = _rss_mb(srv.process.pid)
+        rss_after = rss_mb(srv.process.pid)
         assert rss_after - rss_before < 150, (rss_before, rss_after)  # the queue bound holds memory too
         statuses = [r[0] for r in results]
         assert set(statuses) <= {200, 503}, statuses
@@ -104,14 +105,6 @@ def test_overload_sheds_fast_with_retry_after_and_recovers(forest_repo, tmp_path
         assert ok.status_code == 200
     finally:
         srv.stop()
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_corrupt_artifact_is_not_loaded_and_server_stays_up(demo_repo, tmp_path):
