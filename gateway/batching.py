@@ -23,7 +23,14 @@ from typing import Literal
 
 import numpy as np
 
-from gateway.errors import DeadlineExceeded, GatewayError, InferenceFailed, Overloaded, Unavailable
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InferenceFailed,
+    Overloaded,
+    Unavailable,
+    first_line,
+)
 from gateway.runtime import Runtime
 
 Arrays = dict[str, np.ndarray]
@@ -317,14 +324,9 @@ def _fail(item: _Item, exc: Exception) -> None:
     error = (
         exc
         if isinstance(exc, GatewayError)
-        else InferenceFailed(f"inference failed: {type(exc).__name__}: {_first_line(exc)}")
+        else InferenceFailed(f"inference failed: {type(exc).__name__}: {first_line(exc, 300, 'no message')}")
     )
     item.future.set_exception(error)
-
-
-def _first_line(exc: Exception) -> str:
-    # ONNX Runtime messages can embed file paths after the first line; keep the reason only.
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
 
 
 def _loop_deadline(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

@@ -12,6 +12,13 @@ from typing import Any
 import orjson
 
 
+def first_line(exc: BaseException, limit: int = 200, default: str | None = None) -> str:
+    """The reason an exception gives, for a message or a log line: ONNX Runtime's can
+    carry file paths and stack frames after the first line. Empty: `default`, else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else (default or type(exc).__name__)
+
+
 class GatewayError(Exception):
     status = 500
     headers: dict[str, str] = {}  # noqa: RUF012 -- read-only per class

@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 
 from gateway.batching import BatchReport, MicroBatcher
-from gateway.errors import NotFound, Unavailable
+from gateway.errors import NotFound, Unavailable, first_line
 from gateway.manifest import Manifest
 from gateway.repository import Repository, RepositoryError, is_valid_name, is_valid_version
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
@@ -162,9 +162,7 @@ class ModelRegistry:
             try:
                 runtime.run(feeds)
             except Exception as exc:  # not ready is the answer, whatever the runtime raised
-                raise ModelLoadError(
-                    f"warm-up at {rows} rows failed: {str(exc).splitlines()[0][:200]}"
-                ) from exc
+                raise ModelLoadError(f"warm-up at {rows} rows failed: {first_line(exc)}") from exc
             started = time.perf_counter()
             runtime.run(feeds)
             within_budget &= time.perf_counter() - started <= self.settings.inline_budget_us / 1e6

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gateway.errors import first_line
 from gateway.settings import Provider
 
 log = logging.getLogger("gateway.runtime")
@@ -145,7 +146,7 @@ class OrtRuntime:
                     model, sess_options=options, providers=choice.providers, provider_options=cuda_options
                 )
             except Exception as exc:  # a driver or cuDNN that is missing fails here, not at import
-                log.warning(f"CUDA provider failed to start ({_first_line(exc)}); serving on CPU",
+                log.warning(f"CUDA provider failed to start ({first_line(exc)}); serving on CPU",
                             extra={"event": "provider_fallback", "model": name})  # fmt: skip
             if session is not None and CUDA not in session.get_providers():
                 log.warning("CUDA provider failed to initialise; serving on CPU",
@@ -156,10 +157,9 @@ class OrtRuntime:
         if session is None:
             try:
                 session = ort.InferenceSession(model, sess_options=options, providers=[CPU])
-            except (
-                Exception
-            ) as exc:  # ONNX Runtime's own types (InvalidProtobuf, Fail...) are not RuntimeErrors
-                raise ModelLoadError(f"ONNX Runtime cannot load this model: {_first_line(exc)}") from exc
+            # ONNX Runtime's own types (InvalidProtobuf, Fail...) are not RuntimeErrors.
+            except Exception as exc:
+                raise ModelLoadError(f"ONNX Runtime cannot load this model: {first_line(exc)}") from exc
         self._session = session
         self._output_names = [o.name for o in session.get_outputs()]
         self.provider = choice.name
@@ -177,8 +177,3 @@ class OrtRuntime:
             return self._bound.run(feeds)
         outputs = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, outputs, strict=True))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
