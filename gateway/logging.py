@@ -13,14 +13,15 @@ import orjson
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+def _envelope(when: dt.datetime, level: str, logger: str, msg: str) -> dict[str, Any]:
+    """The fields every JSON line starts with, whichever path wrote it."""
+    return {"ts": when.isoformat(timespec="milliseconds"), "level": level, "logger": logger, "msg": msg}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        when = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        entry = _envelope(when, record.levelname.lower(), record.name, record.getMessage())
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info and record.exc_info[1] is not None:
             entry["exc_type"] = type(record.exc_info[1]).__name__
@@ -66,8 +67,7 @@ class AccessLog:
         if not self.fast:
             self.logger.info(entry.get("event", "request"), extra=entry)
             return
-        line = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "level": "info",
-                "logger": "gateway.access", "msg": "request", **entry}  # fmt: skip
+        line = _envelope(dt.datetime.now(dt.UTC), "info", "gateway.access", "request") | entry
         self._buffer.append(orjson.dumps(line, default=str) + b"\n")
         if len(self._buffer) >= self.MAX_BUFFERED:
             self.flush()
