@@ -10,7 +10,6 @@ uploaded last, so readers never see a version whose model is not there yet.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from gateway.repository import (
     atomic_write,
     is_valid_name,
     is_valid_version,
+    sha256_bytes,
 )
 
 log = logging.getLogger("gateway.remote")
@@ -53,7 +53,7 @@ class RemoteRepository(Repository):
         self.url = url.rstrip("/")
         self.cache = Path(cache_dir)
         self.blobs = self.cache / "blobs"
-        mirror = self.cache / "mirror" / hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        mirror = self.cache / "mirror" / sha256_bytes(self.url.encode())[:16]
         super().__init__(mirror)
         self._fs, self._base = _filesystem(self.url)
         self.blobs.mkdir(parents=True, exist_ok=True)
@@ -104,12 +104,15 @@ class RemoteRepository(Repository):
             os.link(blob, model_path)
         atomic_write(target / MANIFEST_FILE, data)  # last: the version now exists locally
 
+    def _blob(self, sha256: str) -> Path:
+        return self.blobs / f"{sha256}.onnx"
+
     def _fetch_blob(self, name: str, version: str, manifest: Manifest) -> Path | None:
-        blob = self.blobs / f"{manifest.onnx.sha256}.onnx"
+        blob = self._blob(manifest.onnx.sha256)
         if blob.exists():
             return blob
         data = self._fs.cat_file(self._remote(name, version, MODEL_FILE))
-        actual = hashlib.sha256(data).hexdigest()
+        actual = sha256_bytes(data)
         if actual != manifest.onnx.sha256:
             # Not cached: loading this version will fail its own sha256 check, loudly.
             log.error("remote artifact does not match its manifest", extra={
@@ -132,7 +135,7 @@ class RemoteRepository(Repository):
         local = super().publish(manifest, model)
         self._fs.pipe_file(self._remote(name, version, MODEL_FILE), model)
         self._fs.pipe_file(self._remote(name, version, MANIFEST_FILE), (local / MANIFEST_FILE).read_bytes())
-        shutil.copyfile(local / MODEL_FILE, self.blobs / f"{manifest.onnx.sha256}.onnx")
+        shutil.copyfile(local / MODEL_FILE, self._blob(manifest.onnx.sha256))
         return local
 
 
