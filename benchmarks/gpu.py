@@ -13,26 +13,15 @@ import json
 import shutil
 import socket
 import subprocess
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import joblib
 import msgspec
 import numpy as np
-from sklearn.datasets import load_breast_cancer
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from benchmarks import load, servers
-from converters import convert
+from benchmarks import inprocess, load, models, servers
 from gateway.repository import Repository
 from gateway.runtime import CUDA, OrtRuntime
-from gateway.tabular import feeds_from_columns
 
 BATCHES = [1, 4, 16, 64, 256, 1024, 4096]
 
@@ -51,43 +40,13 @@ def _device() -> dict[str, Any]:
     return info
 
 
-def _build(work: Path) -> Path:
-    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    x.columns = [c.replace(" ", "_") for c in x.columns]
-    repo = work / "gpu-repo"
-    models = {
-        "mlp": make_pipeline(StandardScaler(), MLPClassifier((1024,) * 4, max_iter=5, random_state=0)),
-        "gbm": GradientBoostingClassifier(n_estimators=1000, max_depth=4, random_state=0),
-    }
-    for name, model in models.items():
-        if "1" in Repository(repo).versions(name):
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(x, y)
-        joblib.dump(model, work / f"gpu-{name}.joblib")
-        convert(work / f"gpu-{name}.joblib", name=name, version="1", repo=repo, sample=x)
-    return repo
-
-
 def _in_process(repo: Path, name: str, seconds: float) -> dict[str, float]:
     manifest, data = Repository(repo).load_verified(name, "1")
     runtime = OrtRuntime(data, provider="cuda", name=name)
     if runtime.provider != "cuda":
         raise SystemExit("the CUDA provider did not start; see the warning above")
-    rng = np.random.default_rng(0)
-    out = {}
-    for batch in BATCHES:
-        feeds = feeds_from_columns(manifest, {f.name: rng.uniform(f.min or 0, f.max or 1, batch)
-                                              for f in manifest.features})  # fmt: skip
-        for _ in range(3):
-            runtime.run(feeds)
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            runtime.run(feeds)
-            runs += 1
-        out[str(batch)] = runs * batch / (time.perf_counter() - started)
-    return out
+    by_batch = inprocess.measure(manifest, runtime.run, BATCHES, seconds, warmups=3)
+    return {str(batch): rows for batch, rows in by_batch.items()}
 
 
 def run(out: Path, seconds: float = 3.0) -> dict[str, Any]:
@@ -97,12 +56,12 @@ def run(out: Path, seconds: float = 3.0) -> dict[str, Any]:
         raise SystemExit("no CUDA provider: run this on an NVIDIA machine with onnx-gateway[gpu] installed")
     work = Path(__file__).resolve().parent / ".work"
     work.mkdir(exist_ok=True)
-    repo = _build(work)
+    repo, bench = models.build(work, ("mlp", "gbm"))
     results: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "device": _device(), "in_process": {}, "gateway": {}}  # fmt: skip
     for name in ("mlp", "gbm"):
         results["in_process"][name] = _in_process(repo, name, seconds)
-    x, _ = load_breast_cancer(return_X_y=True, as_frame=True)
+    x = bench["mlp"].sample
     with servers.running(servers.gateway(repo, "--provider", "cuda", "--no-metrics", "--max-batch-rows", "4096"),
                          "/readyz") as url:  # fmt: skip
         for name in ("mlp", "gbm"):

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from gateway.manifest import Manifest
 from gateway.repository import Repository
 from gateway.tabular import feeds_from_columns
 
@@ -20,15 +22,24 @@ def rows_per_second(repo: Path, name: str, batch_sizes: list[int], seconds: floa
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(data, sess_options=options, providers=[provider])
+    return measure(manifest, lambda feeds: session.run(None, feeds), batch_sizes, seconds)
+
+
+def measure(
+    manifest: Manifest, run: Callable[[dict[str, np.ndarray]], object], batch_sizes: list[int],
+    seconds: float, warmups: int = 1,
+) -> dict[int, float]:  # fmt: skip
+    """Rows/s of `run` on in-range random inputs at each batch size, `seconds` each."""
     rng = np.random.default_rng(0)
     out = {}
     for batch in batch_sizes:
         columns = {f.name: rng.uniform(f.min or 0, f.max or 1, batch) for f in manifest.features}
         feeds = feeds_from_columns(manifest, columns)
-        session.run(None, feeds)
+        for _ in range(warmups):
+            run(feeds)
         runs, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
-            session.run(None, feeds)
+            run(feeds)
             runs += 1
         out[batch] = runs * batch / (time.perf_counter() - started)
     return out
