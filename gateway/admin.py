@@ -22,7 +22,6 @@ from gateway.errors import (
     BadRequest,
     Conflict,
     Forbidden,
-    GatewayError,
     NotFound,
     Unauthorized,
     Unprocessable,
@@ -30,7 +29,7 @@ from gateway.errors import (
 )
 from gateway.registry import LOAD_ERRORS, ModelRegistry
 from gateway.repository import RepositoryError, is_valid_name, is_valid_version
-from gateway.routes import error_response, json_response
+from gateway.routes import json_response
 from gateway.settings import Settings
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -63,11 +62,8 @@ class Admin:
 
     def guarded(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
-            try:
-                self._authorize(request)
-                return await handler(request)
-            except GatewayError as exc:
-                return error_response(exc)
+            self._authorize(request)
+            return await handler(request)
 
         return endpoint
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.admin import Admin
+from gateway.errors import GatewayError
 from gateway.hotpath import HotPathRouter
 from gateway.openapi import build_openapi, docs_page
 from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
@@ -113,7 +114,11 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: endpoints.not_found, 405: endpoints.method_not_allowed},
+        exception_handlers={
+            404: endpoints.not_found,
+            405: endpoints.method_not_allowed,
+            GatewayError: endpoints.gateway_error,
+        },
     )
     app.state.registry = registry
     app.state.telemetry = telemetry

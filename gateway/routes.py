@@ -34,7 +34,6 @@ from gateway.errors import (
     GatewayError,
     MethodNotAllowed,
     NotFound,
-    Unprocessable,
     UnsupportedMediaType,
 )
 from gateway.registry import LoadedModel, ModelRegistry
@@ -289,10 +288,7 @@ class Endpoints:
         return self.registry.get(request.path_params["name"], request.path_params.get("version"))
 
     async def model_metadata(self, request: Request) -> Response:
-        try:
-            model = self._model(request)
-        except GatewayError as exc:
-            return error_response(exc)
+        model = self._model(request)
         return json_response(
             protocol_v2.model_metadata(
                 model.manifest, self.registry.versions(model.name), model.runtime.provider
@@ -310,10 +306,7 @@ class Endpoints:
 
     async def model_stats(self, request: Request) -> Response:
         """Triton's statistics extension, reduced to what the batcher knows."""
-        try:
-            model = self._model(request)
-        except GatewayError as exc:
-            return error_response(exc)
+        model = self._model(request)
         return json_response(
             {
                 "model_stats": [
@@ -335,5 +328,7 @@ class Endpoints:
     async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
         return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
 
-    async def unprocessable(self, request: Request, exc: Exception) -> Response:
-        return error_response(Unprocessable(str(exc)))
+    async def gateway_error(self, request: Request, exc: Exception) -> Response:
+        """What a Starlette handler raises is answered like the hot path's errors."""
+        assert isinstance(exc, GatewayError)  # registered for GatewayError only
+        return error_response(exc)
