@@ -40,7 +40,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             Path(args.model),
             name=args.name,
             version=args.version,
-            repo=Path(args.repo),
+            repo=args.repo,  # a URL (s3://...) must not go through Path, which drops a slash
             sample=sample,
             framework=None if args.framework == "auto" else args.framework,
             atol=args.tolerance,

@@ -112,3 +112,24 @@ def test_existing_remote_version_is_refused(s3, tmp_path):
     _convert(tmp_path, "1", 1.0, repo="s3://other/repo")
     with pytest.raises(ConversionError, match="immutable"):
         _convert(tmp_path, "1", 2.0, repo="s3://other/repo")
+
+
+def test_cli_convert_writes_to_the_remote_not_a_local_lookalike(s3, tmp_path):
+    """`gateway convert --repo s3://...` uploads; Path('s3://b/r') would be 's3:/b/r', a
+    local directory that happens to look like a URL."""
+    import subprocess
+    import sys
+
+    client, env = s3
+    client.create_bucket(Bucket="cli")
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    joblib.dump(Ridge().fit(x, y), tmp_path / "ridge.joblib")
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "convert", str(tmp_path / "ridge.joblib"), "--name", "ridge",
+         "--version", "1", "--repo", "s3://cli/repo"],
+        cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="cli")["Contents"]}
+    assert {"repo/ridge/1/model.onnx", "repo/ridge/1/manifest.json"} <= keys
+    assert not (tmp_path / "s3:").exists()
