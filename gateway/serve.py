@@ -7,10 +7,13 @@ settings passed in the environment: every worker owns its sessions and batchers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 
 import msgspec
 import uvicorn
@@ -37,6 +40,21 @@ def _loop() -> str:
     except ImportError:
         return "asyncio"
     return "uvloop"
+
+
+@contextlib.contextmanager
+def _exit_quietly_after_drain() -> Iterator[None]:
+    """uvicorn answers SIGTERM and SIGINT by draining, then raises the signal again so the
+    process dies of it (exit 143 or a KeyboardInterrupt). A drain that finished is a clean
+    exit: with these handlers in place underneath uvicorn's, the re-raised signal is
+    swallowed and `run` returns 0. uvicorn installs its own handlers for the run, so a
+    signal still starts the drain."""
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(settings: Settings) -> int:
@@ -74,7 +92,8 @@ def run(settings: Settings) -> int:
             return 0
         config.load_app()
         server = uvicorn.Server(config)
-        server.run(sockets=sockets)
+        with _exit_quietly_after_drain():
+            server.run(sockets=sockets)
         return 0 if server.started else 3
     finally:
         if settings.metrics_dir:

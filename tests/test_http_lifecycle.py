@@ -68,7 +68,7 @@ def test_sigterm_with_requests_in_flight_loses_none(forest_repo, tmp_path):
     rc = srv.process.wait(30)
     statuses = [r[0] if isinstance(r, tuple) else repr(r) for r in results]
     assert statuses == [200] * 24, statuses
-    assert rc in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    assert rc == 0  # a clean drain is a clean exit (uvicorn's re-raised signal is swallowed)
     assert "shutdown complete" in srv.log()
 
 

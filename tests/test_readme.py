@@ -19,11 +19,36 @@ def test_readme_starts_with_exactly_two_setup_commands():
     first = [line for line in BLOCKS[0].splitlines() if line.strip()]
     assert len(first) == 2
     assert first[0].endswith("gateway demo") and first[1].endswith("pytest")
+    # The demo needs serving and conversion only; the dev tools are for the tests.
+    assert "--extra dev" not in first[0] and "--extra dev" in first[1]
+    # PEP 668: a system Python refuses `pip install` into itself, not into a --target folder,
+    # and a uv the user already has is left alone.
+    for command in first:
+        assert command.startswith("python3 -m pip install -q -U --target .uv uv==")
+    assert "/.uv/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_ci_runs_the_readme_commands_as_printed():
+    """.ci/run reads the two commands out of README.md (they cannot drift) and runs each."""
     ci = (ROOT / ".ci" / "run").read_text()
-    install = first[1].rsplit("&&", 1)[0].split("&&")
-    for step in install:
-        assert step.strip() in ci, f"CI does not run the README's set-up step {step.strip()!r}"
-    assert first[1].rsplit("&&", 1)[1].strip() in ci
+    definition = next(line for line in ci.splitlines() if line.startswith("readme_command()"))
+    for n in (1, 2):
+        extracted = subprocess.run(
+            ["bash", "-c", f"{definition}\nreadme_command {n}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout.strip()
+        assert extracted == [line for line in BLOCKS[0].splitlines() if line.strip()][n - 1]
+    for used in (
+        'system_python "${COMMAND1% && *}"',
+        'eval "exec ${COMMAND1##* && }"',
+        'system_python "${COMMAND2% && *}"',
+        'system_python "${COMMAND2##* && }"',
+        'export PATH="/usr/bin:$PATH"',
+    ):
+        assert used in ci
 
 
 def _examples(section: str) -> list[tuple[str, str | None]]:
