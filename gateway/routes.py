@@ -1,17 +1,15 @@
 """Endpoints. The two inference endpoints are plain ASGI callables (Starlette routes them
 but builds no Request object); the rest are small Starlette handlers off the hot path.
 
-The inference path, top to bottom: find the model, read the body within its limit, decode
-and validate, queue on the model's batcher with a deadline, encode the outputs, answer.
+The inference path, top to bottom: read the body within its limit, then the shared
+sequence in gateway.inference (find the model, decode and validate, queue on its batcher
+with a deadline, encode), then answer with the status its errors map to.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -30,78 +28,26 @@ from gateway.asgi import (
     send_response,
 )
 from gateway.errors import (
-    BadRequest,
     GatewayError,
     MethodNotAllowed,
     NotFound,
     UnsupportedMediaType,
 )
+from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.registry import LoadedModel, ModelRegistry
 from gateway.schemas import RecordCodec
 from gateway.settings import Settings
-from gateway.telemetry import Telemetry, input_digest, summarize
+from gateway.telemetry import Telemetry
 from gateway.types import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
 
 log = logging.getLogger("gateway.errors")
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What one inference request did, for the access log, metrics and its span."""
-
-    route: str
-    request_id: str
-    status: int
-    seconds: float
-    model: str | None = None
-    version: str | None = None
-    rows: int = 0
-    error: str | None = None
-    input_sha256: str | None = None
-    prediction: dict[str, Any] | None = None
-    inputs: str | None = None
-    trace_id: str | None = None
-
-
-@dataclass(slots=True)
-class Decoded:
-    """A validated request, ready for the batcher."""
-
-    feeds: dict[str, np.ndarray]
-    rows: int
-    deadline: float
-    request: Any = None  # what the encoder needs (records: the codec; V2: the request)
-
-
-def _request_id(scope: Scope) -> str:
-    given = header(scope, b"x-request-id")
-    if given and len(given) <= 128 and given.isascii():
-        return given.decode()
-    # Not a secret, just unique enough: getrandbits is ~50x cheaper than os.urandom here.
-    return f"{random.getrandbits(64):016x}"
-
-
 def deadline_from(scope: Scope, settings: Settings, timeout_us: object = None) -> float:
     """Monotonic deadline: V2 `timeout` parameter (µs), X-Request-Timeout (ms), or the default."""
-    seconds = settings.timeout_ms / 1000
-    raw = header(scope, b"x-request-timeout")
-    try:
-        if timeout_us is not None:
-            if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float):
-                raise ValueError
-            seconds = float(timeout_us) / 1e6
-        elif raw is not None:
-            seconds = float(raw) / 1000
-    except ValueError:
-        raise BadRequest("timeout must be a number (X-Request-Timeout in ms, V2 timeout in µs)") from None
-    if not 0 < seconds < 86_400:
-        raise BadRequest("timeout must be positive and under a day")
-    return time.monotonic() + seconds
+    return deadline_after(settings, timeout_us, header(scope, b"x-request-timeout"))
 
 
 class InferenceEndpoint:
@@ -112,62 +58,52 @@ class InferenceEndpoint:
 
     def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
         self.settings = settings
-        self.registry = registry
-        self.telemetry = telemetry
+        self.core = InferenceCore(settings, registry, telemetry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        outcome = Outcome(self.route, _request_id(scope), 200, 0.0)
-        headers: list[tuple[bytes, bytes]] = [(b"x-request-id", outcome.request_id.encode())]
-        span = (
-            self.telemetry.start_span(
-                f"POST {self.route}", header(scope, b"traceparent"), header(scope, b"tracestate")
-            )
-            if self.telemetry.tracer is not None
-            else None
-        )
+        call = self.core.begin(
+            self.route, header(scope, b"x-request-id"), header(scope, b"traceparent"),
+            header(scope, b"tracestate"), f"POST {self.route}",
+        )  # fmt: skip
+        headers: list[tuple[bytes, bytes]] = [(b"x-request-id", call.outcome.request_id.encode())]
+        status, error = 200, None
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             raw = await self._body(scope, receive)
-            # No await from here to submit(): a version switch cannot retire the model
-            # between the lookup and the queueing, so no request fails during a switch.
             params = scope["path_params"]
-            model = self.registry.get(params["name"], params.get("version"))
-            outcome.model, outcome.version = model.name, model.version
-            headers.append((b"x-model-version", model.version.encode()))
-            decoded = self.decode(model, scope, raw)
-            outcome.rows = decoded.rows
-            context = span.get_span_context() if span is not None else None
-            outputs = await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
-            body, extra = self.encode(model, scope, decoded, outputs)
+            body, extra = await self.core.infer(
+                call,
+                params["name"],
+                params.get("version"),
+                lambda model: self.decode(model, scope, raw),
+                lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
+                raw,
+            )
             headers += extra
-            if self.telemetry.access_log.enabled():
-                outcome.input_sha256 = input_digest(raw)
-                outcome.prediction = summarize(model, outputs)
-                if self.settings.log_inputs:
-                    outcome.inputs = raw[:4096].decode(errors="replace")
         except ClientDisconnected:
-            outcome.status, outcome.error = 499, "client disconnected"
-            self._finish(outcome, started, span)
+            self._finish(call, 499, "client disconnected")
             return
         except GatewayError as exc:
-            outcome.status, outcome.error, body = exc.status, exc.message, exc.body()
+            status, error, body = exc.status, exc.message, exc.body()
             headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
             headers.append((b"content-type", JSON))
         except Exception as exc:  # a bug must still answer, and never leak its traceback
-            log.exception("unhandled error", extra={"request_id": outcome.request_id})
-            outcome.status, outcome.error = 500, type(exc).__name__
-            body = orjson.dumps({"error": "internal error", "request_id": outcome.request_id})
+            log.exception("unhandled error", extra={"request_id": call.outcome.request_id})
+            status, error = 500, type(exc).__name__
+            body = orjson.dumps({"error": "internal error", "request_id": call.outcome.request_id})
             headers.append((b"content-type", JSON))
-        await send_response(send, outcome.status, body, headers)
-        self._finish(outcome, started, span)
+        if call.outcome.version is not None:
+            headers.append((b"x-model-version", call.outcome.version.encode()))
+        await send_response(send, status, body, headers)
+        self._finish(call, status, error)
 
-    def _finish(self, outcome: Outcome, started: float, span: Span | None) -> None:
-        outcome.seconds = time.perf_counter() - started
-        if span is not None:
-            _end_span(span, outcome)
-        self.telemetry.observe_request(outcome)
+    def _finish(self, call: Call, status: int, error: str | None) -> None:
+        if call.span is not None:
+            call.attributes.update({
+                "http.request.method": "POST", "http.route": self.route, "http.response.status_code": status,
+            })  # fmt: skip
+        self.core.finish(call, status, error)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         kind = media_type(scope)
@@ -185,21 +121,6 @@ class InferenceEndpoint:
         self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         raise NotImplementedError
-
-
-def _end_span(span: Span, outcome: Outcome) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
-    outcome.trace_id = format(span.get_span_context().trace_id, "032x")
-    span.set_attributes({
-        "http.request.method": "POST", "http.route": outcome.route,
-        "http.response.status_code": outcome.status, "gateway.request_id": outcome.request_id,
-        "model.name": outcome.model or "", "model.version": outcome.version or "",
-        "gateway.rows": outcome.rows,
-    })  # fmt: skip
-    if outcome.status >= 500:
-        span.set_status(Status(StatusCode.ERROR, outcome.error))
-    span.end()
 
 
 class PredictEndpoint(InferenceEndpoint):

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from gateway.batching import BatchReport
+    from gateway.inference import Outcome
     from gateway.registry import LoadedModel
-    from gateway.routes import Outcome
 
 lifecycle_log = logging.getLogger("gateway.lifecycle")
 

@@ -1,0 +1,166 @@
+"""The inference sequence every front door shares, protocol-neutral.
+
+Find the model, decode and validate, queue on its batcher with a deadline, encode, record
+the outcome. HTTP records, HTTP V2 and gRPC V2 each supply their own decode and encode and
+map `GatewayError` back to their transport (an HTTP status, a gRPC status code); nothing
+here knows an ASGI scope or a gRPC context. Values in, values out.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from gateway.errors import BadRequest
+from gateway.registry import LoadedModel, ModelRegistry
+from gateway.settings import Settings
+from gateway.telemetry import Telemetry, input_digest, summarize
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+Arrays = dict[str, np.ndarray]
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one inference request did, for the access log, metrics and its span.
+
+    `status` is the HTTP status the request got, or for gRPC the one its status code
+    stands for (INVALID_ARGUMENT 400, NOT_FOUND 404, UNAVAILABLE 503 ...): one metric
+    label and one alert rule cover both protocols, and `route` tells them apart."""
+
+    route: str
+    request_id: str
+    status: int
+    seconds: float
+    model: str | None = None
+    version: str | None = None
+    rows: int = 0
+    error: str | None = None
+    input_sha256: str | None = None
+    prediction: dict[str, Any] | None = None
+    inputs: str | None = None
+    trace_id: str | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A validated request, ready for the batcher."""
+
+    feeds: Arrays
+    rows: int
+    deadline: float
+    request: Any = None  # what the encoder needs (records: the codec; V2: the request)
+
+
+@dataclass(slots=True)
+class Call:
+    """One request in flight: its outcome so far, its clock and its span (if sampled)."""
+
+    outcome: Outcome
+    started: float
+    span: Span | None = None
+    # Set by the front door: the span attributes naming its protocol.
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def request_id(given: bytes | None) -> str:
+    """The caller's request id when it is a short ASCII string, else a fresh one."""
+    if given and len(given) <= 128 and given.isascii():
+        return given.decode()
+    # Not a secret, just unique enough: getrandbits is ~50x cheaper than os.urandom here.
+    return f"{random.getrandbits(64):016x}"
+
+
+def deadline_after(settings: Settings, timeout_us: object = None, timeout_ms: bytes | None = None) -> float:
+    """Monotonic deadline: a V2 `timeout` parameter (µs), else a timeout in ms (the
+    X-Request-Timeout header), else the server default."""
+    seconds = settings.timeout_ms / 1000
+    try:
+        if timeout_us is not None:
+            if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float):
+                raise ValueError
+            seconds = float(timeout_us) / 1e6
+        elif timeout_ms is not None:
+            seconds = float(timeout_ms) / 1000
+    except ValueError:
+        raise BadRequest("timeout must be a number (X-Request-Timeout in ms, V2 timeout in µs)") from None
+    if not 0 < seconds < 86_400:
+        raise BadRequest("timeout must be positive and under a day")
+    return time.monotonic() + seconds
+
+
+class InferenceCore:
+    """The sequence itself. A front door calls `begin`, then `infer` (which raises
+    `GatewayError` for every refusal), then `finish` with the status it answered."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.telemetry = telemetry
+
+    def begin(
+        self, route: str, rid: bytes | None, traceparent: bytes | None, tracestate: bytes | None,
+        span_name: str,
+    ) -> Call:  # fmt: skip
+        call = Call(Outcome(route, request_id(rid), 200, 0.0), time.perf_counter())
+        if self.telemetry.tracer is not None:
+            call.span = self.telemetry.start_span(span_name, traceparent, tracestate)
+        return call
+
+    async def infer(
+        self,
+        call: Call,
+        name: str,
+        version: str | None,
+        decode: Callable[[LoadedModel], Decoded],
+        encode: Callable[[LoadedModel, Decoded, Arrays], T],
+        raw: bytes,
+    ) -> T:
+        """Run one request; `raw` is its body as received, hashed only for the access log.
+
+        No await between the lookup and the queueing: a version switch cannot retire the
+        model in between, so no request fails during a switch."""
+        outcome = call.outcome
+        model = self.registry.get(name, version)
+        outcome.model, outcome.version = model.name, model.version
+        decoded = decode(model)
+        outcome.rows = decoded.rows
+        context = call.span.get_span_context() if call.span is not None else None
+        outputs = await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
+        result = encode(model, decoded, outputs)
+        if self.telemetry.access_log.enabled():
+            outcome.input_sha256 = input_digest(raw)
+            outcome.prediction = summarize(model, outputs)
+            if self.settings.log_inputs:
+                outcome.inputs = raw[:4096].decode(errors="replace")
+        return result
+
+    def finish(self, call: Call, status: int, error: str | None = None) -> None:
+        outcome = call.outcome
+        outcome.status, outcome.error = status, error
+        outcome.seconds = time.perf_counter() - call.started
+        if call.span is not None:
+            _end_span(call.span, outcome, call.attributes)
+        self.telemetry.observe_request(outcome)
+
+
+def _end_span(span: Span, outcome: Outcome, attributes: dict[str, Any]) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    outcome.trace_id = format(span.get_span_context().trace_id, "032x")
+    span.set_attributes({
+        **attributes, "gateway.route": outcome.route, "gateway.request_id": outcome.request_id,
+        "gateway.status": outcome.status, "gateway.rows": outcome.rows,
+        "model.name": outcome.model or "", "model.version": outcome.version or "",
+    })  # fmt: skip
+    if outcome.status >= 500:
+        span.set_status(Status(StatusCode.ERROR, outcome.error))
+    span.end()
