@@ -50,9 +50,17 @@ class Admin:
 
     def _authorize(self, request: Request) -> None:
         token = self.settings.admin_token
-        if token is None or (
-            self.settings.admin_port is not None and request.scope["server"][1] != self.settings.admin_port
-        ):
+        port = self.settings.admin_port
+        off_here = port is not None and request.scope["server"][1] != port
+        if token is None or off_here:
+            if request.url.path.startswith("/v2/repository/"):
+                # Triton's clients call these unprompted: say why, not just "no route".
+                raise Forbidden(
+                    "the model repository extension is part of the admin API, which is "
+                    + (f"served on --admin-port {port} only" if off_here
+                       else "off: set GATEWAY_ADMIN_TOKEN to turn it on (calls then need "
+                            "Authorization: Bearer <token>)")
+                )  # fmt: skip
             raise NotFound(f"no route for {request.method} {request.url.path}")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:

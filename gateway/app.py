@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gateway import __version__
 from gateway.admin import Admin
 from gateway.errors import GatewayError
+from gateway.failures import LogFailures
 from gateway.hotpath import HotPathRouter
 from gateway.openapi import build_openapi, docs_page
 from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
@@ -69,12 +70,16 @@ def create_app(
         Route("/v2", endpoints.server_metadata),
         Route("/v2/health/live", endpoints.healthz),
         Route("/v2/health/ready", endpoints.readyz),
+        # Before /v2/models/{name}: this is every model's statistics, not a model "stats".
+        Route("/v2/models/stats", endpoints.model_stats),
         Route("/v2/models/{name}", endpoints.model_metadata),
         Route("/v2/models/{name}/versions/{version}", endpoints.model_metadata),
         Route("/v2/models/{name}/ready", endpoints.model_ready),
         Route("/v2/models/{name}/versions/{version}/ready", endpoints.model_ready),
         Route("/v2/models/{name}/stats", endpoints.model_stats),
         Route("/v2/models/{name}/versions/{version}/stats", endpoints.model_stats),
+        Route("/v2/models/{name}/config", endpoints.model_config),
+        Route("/v2/models/{name}/versions/{version}/config", endpoints.model_config),
         Route("/healthz", endpoints.healthz),
         Route("/readyz", endpoints.readyz),
         *Admin(settings, registry).routes(),
@@ -122,7 +127,7 @@ def create_app(
     )
     app.state.registry = registry
     app.state.telemetry = telemetry
-    return HotPathRouter(app, predict, infer)
+    return HotPathRouter(LogFailures(app, telemetry), predict, infer)
 
 
 async def _publish_metrics(telemetry: Telemetry) -> None:

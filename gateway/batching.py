@@ -62,6 +62,11 @@ class BatchReport:
     contexts: list[object] = field(default_factory=list)  # callers' span contexts, by request
     feeds: Arrays | None = None
     outputs: Arrays | None = None
+    # Measured phases, for Triton's batch statistics: joining the inputs, the runtime
+    # call (with its thread hand-off), slicing the outputs back to their requests.
+    input_seconds: float = 0.0
+    infer_seconds: float = 0.0
+    output_seconds: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -204,7 +209,7 @@ class MicroBatcher:
 
     async def _run(self, batch: list[_Item], reason: DispatchReason, inline: bool = False) -> None:
         """Run one batch; inline, it never suspends, so the dispatcher runs it in place."""
-        started = time.monotonic()
+        started = joined = ran = time.monotonic()
         failed = False
         feeds = outputs = None
         try:
@@ -212,26 +217,31 @@ class MicroBatcher:
                 # Inside the try: requests whose non-batch dimensions differ cannot be
                 # joined, and are then run one by one like any failed batch.
                 feeds = _concat([item.feeds for item in batch])
+                joined = time.monotonic()
                 outputs = await self._infer(feeds, inline)
+                ran = time.monotonic()
             except Exception as exc:
                 failed = True
                 if len(batch) == 1:
                     _fail(batch[0], exc)
                 else:
                     await self._isolate(batch, inline)
+                ran = time.monotonic()
             else:
                 _deliver(batch, outputs)
         finally:
             self._lanes.release()
             self._wakeup.set()
-        self._report(batch, reason, started, feeds, outputs, failed)
+        self._report(batch, reason, (started, joined, ran), feeds, outputs, failed)
 
     def _report(
-        self, batch: list[_Item], reason: DispatchReason, started: float,
+        self, batch: list[_Item], reason: DispatchReason, times: tuple[float, float, float],
         feeds: Arrays | None, outputs: Arrays | None, failed: bool,
     ) -> None:  # fmt: skip
         if self.on_batch is None:
             return
+        started, joined, ran = times
+        finished = time.monotonic()
         try:
             self.on_batch(
                 BatchReport(
@@ -239,12 +249,15 @@ class MicroBatcher:
                     requests=len(batch),
                     enqueued=[i.enqueued for i in batch],
                     started=started,
-                    finished=time.monotonic(),
+                    finished=finished,
                     reason=reason,
                     failed=failed,
                     contexts=[i.context for i in batch],
                     feeds=feeds,
                     outputs=outputs,
+                    input_seconds=joined - started,
+                    infer_seconds=ran - joined,
+                    output_seconds=finished - ran,
                 )
             )
         except Exception:  # an observer's bug must never stop the dispatcher

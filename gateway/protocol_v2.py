@@ -41,6 +41,10 @@ class InferRequest(msgspec.Struct, forbid_unknown_fields=True):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[_RequestedOutput] | None = None
+    # Not in the protocol's request, but KServe's client sends both in every body: they
+    # must agree with the URL (checked by the endpoint, which knows the path).
+    model_name: str | None = None
+    model_version: str | None = None
 
 
 _json_request = msgspec.json.Decoder(InferRequest)
@@ -234,17 +238,55 @@ def _json_data(array: np.ndarray) -> Any:
     return flat  # orjson writes numpy arrays natively
 
 
+def class_counts(manifest: Manifest, request: InferRequest) -> dict[str, int]:
+    """The classification extension: `class_count: k` on a requested output, checked
+    before inference so that a bad k costs no model time."""
+    counts: dict[str, int] = {}
+    datatypes = {o.name: o.datatype for o in manifest.outputs}
+    for i, out in enumerate(request.outputs or []):
+        k = (out.parameters or {}).get("class_count")
+        if k is None:
+            continue
+        loc = ["body", "outputs", i, "parameters", "class_count"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise Unprocessable("class_count must be a positive integer", [{"loc": loc, "msg": f"got {k!r}"}])
+        if datatypes.get(out.name) in (None, "BYTES"):
+            raise Unprocessable(
+                f"output {out.name!r} holds no scores to classify", [{"loc": loc, "msg": "not numeric"}]
+            )
+        counts[out.name] = k
+    return counts
+
+
+def _classify(array: np.ndarray, k: int, classes: list[str | int] | None) -> np.ndarray:
+    """Each row's top k as Triton writes them: "score:index:label", or "score:index"
+    when the output's width is not the model's class list."""
+    scores = array.reshape(array.shape[0] if array.ndim else 1, -1)
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(scores, top, axis=1)
+    labels = classes if classes is not None and len(classes) == scores.shape[1] else None
+    out = np.empty(top.shape, dtype=object)
+    for (row, col), index in np.ndenumerate(top):
+        text = f"{float(values[row, col]):f}:{index}"
+        out[row, col] = text if labels is None else f"{text}:{labels[index]}"
+    return out
+
+
 def encode_infer(manifest: Manifest, request: InferRequest, outputs: Arrays) -> tuple[bytes, dict[str, str]]:
     """The response body and any headers it needs (binary extension)."""
     wanted = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
     datatypes = {o.name: o.datatype for o in manifest.outputs}
+    counts = class_counts(manifest, request) if request.outputs else {}
     tensors: list[dict[str, Any]] = []
     binary: list[bytes] = []
     for name in wanted:
-        array = outputs[name]
-        entry: dict[str, Any] = {"name": name, "datatype": datatypes[name], "shape": list(array.shape)}
+        array, datatype = outputs[name], datatypes[name]
+        if name in counts:
+            array, datatype = _classify(array, counts[name], manifest.classes), "BYTES"
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if _wants_binary(request, name):
-            raw = _to_bytes(array, datatypes[name])
+            raw = _to_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:

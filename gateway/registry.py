@@ -24,6 +24,7 @@ from gateway.schemas import RecordCodec
 from gateway.settings import Settings, usable_cpus
 from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
 from gateway.telemetry import Telemetry
+from gateway.triton import ModelStats
 
 log = logging.getLogger("gateway.registry")
 
@@ -53,6 +54,7 @@ class LoadedModel:
     rows: int = 0
     largest_batch: int = 0
     loaded_at: float = field(default_factory=time.time)
+    stats: ModelStats = field(default_factory=ModelStats)  # Triton's statistics extension
 
     @property
     def name(self) -> str:
@@ -192,6 +194,7 @@ class ModelRegistry:
         model.batches += 1
         model.rows += report.rows
         model.largest_batch = max(model.largest_batch, report.rows)
+        model.stats.batch(report)
         self.telemetry.observe_batch(model, report)
 
     async def load(self, name: str, version: str) -> LoadedModel:

@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import protocol_v2
+from gateway import compression, protocol_v2, triton
 from gateway.asgi import (
     JSON,
     MSGPACK,
@@ -28,6 +28,7 @@ from gateway.asgi import (
     send_response,
 )
 from gateway.errors import (
+    BadRequest,
     GatewayError,
     MethodNotAllowed,
     NotFound,
@@ -76,13 +77,13 @@ class InferenceEndpoint:
                 call,
                 params["name"],
                 params.get("version"),
-                lambda model: self.decode(model, scope, raw),
+                lambda model: self._decode(model, scope, raw),
                 lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
                 raw,
             )
             headers += extra
         except ClientDisconnected:
-            self._finish(call, 499, "client disconnected")
+            self._finish(call, 499, "client disconnected", scope)
             return
         except GatewayError as exc:
             status, error, body = exc.status, exc.message, exc.body()
@@ -95,15 +96,26 @@ class InferenceEndpoint:
             headers.append((b"content-type", JSON))
         if call.outcome.version is not None:
             headers.append((b"x-model-version", call.outcome.version.encode()))
+        if status == 200:
+            body, encoding = compression.encode_body(body, header(scope, b"accept-encoding"))
+            if encoding is not None:
+                headers += [(b"content-encoding", encoding), (b"vary", b"accept-encoding")]
         await send_response(send, status, body, headers)
-        self._finish(call, status, error)
+        self._finish(call, status, error, scope)
 
-    def _finish(self, call: Call, status: int, error: str | None) -> None:
+    def _finish(self, call: Call, status: int, error: str | None, scope: Scope) -> None:
         if call.span is not None:
             call.attributes.update({
                 "http.request.method": "POST", "http.route": self.route, "http.response.status_code": status,
             })  # fmt: skip
         self.core.finish(call, status, error)
+        model: LoadedModel | None = scope.get("gateway.model")
+        if model is not None:  # the request reached its model: Triton's statistics count it
+            model.stats.request(200 <= status < 300, int(call.outcome.seconds * 1e9))
+
+    def _decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
+        scope["gateway.model"] = model  # for the statistics, once the request is answered
+        return self.decode(model, scope, body)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         kind = media_type(scope)
@@ -112,7 +124,9 @@ class InferenceEndpoint:
                 f"Content-Type {kind.decode(errors='replace')!r} is not accepted; use "
                 + " or ".join(a.decode() for a in self.media_types)
             )
-        return await read_body(scope, receive, self.settings.max_body_bytes, self.settings.body_timeout_s)
+        limit = self.settings.max_body_bytes
+        raw = await read_body(scope, receive, limit, self.settings.body_timeout_s)
+        return compression.decode_body(raw, header(scope, b"content-encoding"), limit)
 
     def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
         raise NotImplementedError
@@ -158,7 +172,9 @@ class InferV2Endpoint(InferenceEndpoint):
         request, tail = protocol_v2.parse_request(
             body, binary_length.decode() if binary_length is not None else None, media_type(scope) == MSGPACK
         )
+        _check_body_model(request, model)
         decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
+        protocol_v2.class_counts(model.manifest, request)  # a bad class_count costs no model time
         timeout = (request.parameters or {}).get("timeout")
         return Decoded(decoded.feeds, decoded.rows, deadline_from(scope, self.settings, timeout), request)
 
@@ -167,6 +183,36 @@ class InferV2Endpoint(InferenceEndpoint):
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         body, extra = protocol_v2.encode_infer(model.manifest, decoded.request, outputs)
         return body, [(k.encode(), v.encode()) for k, v in extra.items()]
+
+
+def _check_body_model(request: protocol_v2.InferRequest, model: LoadedModel) -> None:
+    """KServe's client repeats the model in the body: it must name what the URL serves."""
+    if request.model_name is not None and request.model_name != model.name:
+        raise BadRequest(
+            f"model_name {request.model_name!r} in the body does not match {model.name!r} in the URL",
+            [{"loc": ["body", "model_name"], "msg": f"expected {model.name!r}"}],
+        )
+    if request.model_version and request.model_version != model.version:
+        raise BadRequest(
+            f"model_version {request.model_version!r} in the body does not match version "
+            f"{model.version!r} that the URL serves; to pick a version, use "
+            f"/v2/models/{model.name}/versions/{{version}}/infer",
+            [{"loc": ["body", "model_version"], "msg": f"expected {model.version!r}"}],
+        )
+
+
+EXTENSIONS = (
+    "binary_tensor_data", "classification", "model_configuration", "parameters", "schedule_policy",
+    "statistics",
+)  # fmt: skip
+
+
+def _stats(model: LoadedModel) -> dict[str, Any]:
+    # Beside Triton's fields, two of our own that Triton's clients ignore.
+    return model.stats.json(model.name, model.version) | {
+        "largest_batch_rows": model.largest_batch,
+        "queued_rows": model.batcher.queued_rows,
+    }
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -201,7 +247,11 @@ class Endpoints:
             {
                 "name": "onnx-gateway",
                 "version": __version__,
-                "extensions": ["binary_tensor_data", "schedule_policy", "statistics"],
+                "extensions": [
+                    *EXTENSIONS,
+                    # Triton's repository extension is the admin API's: only with its token.
+                    *(["model_repository"] if self.settings.admin_token is not None else []),
+                ],
             }
         )
 
@@ -225,23 +275,30 @@ class Endpoints:
             return json_response({"name": request.path_params["name"], "ready": False}, 503)
         return json_response({"name": model.name, "version": model.version, "ready": model.ready})
 
-    async def model_stats(self, request: Request) -> Response:
-        """Triton's statistics extension, reduced to what the batcher knows."""
+    async def model_config(self, request: Request) -> Response:
+        """Triton's model configuration extension (perf_analyzer reads it first)."""
         model = self._model(request)
+        batcher = model.batcher
+        scheduling = triton.Scheduling(
+            batcher.max_batch_rows, batcher.max_delay, batcher.max_queue_rows, self.settings.lanes,
+            self.settings.timeout_ms, model.runtime.provider,
+        )  # fmt: skip
         return json_response(
-            {
-                "model_stats": [
-                    {
-                        "name": model.name,
-                        "version": model.version,
-                        "inference_count": model.rows,
-                        "execution_count": model.batches,
-                        "largest_batch_rows": model.largest_batch,
-                        "queued_rows": model.batcher.queued_rows,
-                    }
-                ]
-            }
+            triton.model_config(model.manifest, self.registry.versions(model.name), scheduling)
         )
+
+    async def model_stats(self, request: Request) -> Response:
+        """Triton's statistics extension: one model's versions (or the one named), or,
+        on /v2/models/stats, every loaded model."""
+        name = request.path_params.get("name")
+        if name is None:
+            models = self.registry.loaded()
+        elif "version" in request.path_params:
+            models = [self._model(request)]
+        else:
+            self.registry.get(name)  # a 404 that says what is loaded
+            models = [m for m in self.registry.loaded() if m.name == name]
+        return json_response({"model_stats": [_stats(m) for m in models]})
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return error_response(NotFound(f"no route for {request.method} {request.url.path}"))
