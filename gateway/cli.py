@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a model repository over HTTP")
     add_serve_arguments(s, repo_default=None)
     s.set_defaults(func=lambda a: __import__("gateway.serve", fromlist=["x"]).serve_from_args(a))
+
+    from gateway.score import add_score_parser  # argparse only: pyarrow loads when it runs
+
+    add_score_parser(sub)
     return parser
 
 
