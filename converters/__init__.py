@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from converters.loading import load_model
 from converters.onnx_info import onnx_info, signature
 from converters.parity import check_parity
 from converters.schema import reference_stats, synthesise
+from gateway.errors import first_line
 from gateway.manifest import Manifest, Source
 from gateway.remote import open_repository
 from gateway.repository import RepositoryError, check_name, check_version, sha256_file
@@ -57,6 +59,22 @@ def load_sample(path: Path) -> pd.DataFrame:
     return frame
 
 
+@contextmanager
+def _step(step: str, subject: str, hint: str) -> Iterator[None]:
+    """Any failure inside a step becomes one ConversionError that names the step and what it
+    was working on: `gateway convert` exits 2 with it, never with a traceback."""
+    try:
+        yield
+    except ConversionError as exc:
+        message = str(exc)
+        if not message.startswith(f"{step}"):
+            message = f"{step}: {message}"
+        raise ConversionError(message) from exc
+    except Exception as exc:
+        reason = first_line(exc) or type(exc).__name__
+        raise ConversionError(f"{step} failed for {subject}: {type(exc).__name__}: {reason}; {hint}") from exc
+
+
 def _output_specs(converted: Any, onnx_model: Any) -> tuple[list[Any], list[Any]]:
     inputs, outputs = signature(onnx_model)
     role_of = {name: role for role, name in converted.roles.items()}
@@ -89,12 +107,15 @@ def convert(
             f"{name}:{version} already exists in {repo}; versions are immutable, choose a new --version"
         )
     progress(f"loading {model_path}")
-    model, detected = load_model(model_path, framework)
-    converter = get_converter(detected)
-    progress(f"converting {type(model).__name__} ({detected}) to ONNX")
-    converted = converter.convert(model, sample)
-    model_bytes = converted.onnx_model.SerializeToString()
-    inputs, outputs = _output_specs(converted, converted.onnx_model)
+    with _step("load", str(model_path), "check the file is the model and its framework is installed"):
+        model, detected = load_model(model_path, framework)
+        converter = get_converter(detected)
+    estimator = type(model).__name__
+    progress(f"converting {estimator} ({detected}) to ONNX")
+    with _step("convert", estimator, "see the supported estimators in the README"):
+        converted = converter.convert(model, sample)
+        model_bytes = converted.onnx_model.SerializeToString()
+        inputs, outputs = _output_specs(converted, converted.onnx_model)
     manifest = Manifest(
         name=name,
         version=version,
@@ -126,7 +147,8 @@ def convert(
             else sample[[f.name for f in converted.features]]
         )
         progress(f"checking parity on {len(table)} {'synthesised' if synthesised else 'sample'} rows")
-        parity, original = check_parity(converted, manifest, model_bytes, table, atol, rtol, synthesised)
+        with _step("parity", converted.estimator, "check the sample has the training columns and dtypes"):
+            parity, original = check_parity(converted, manifest, model_bytes, table, atol, rtol, synthesised)
         prediction = original.label if original.label is not None else original.value
         manifest = msgspec.structs.replace(
             manifest,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from converters.errors import ConversionError
+from converters.schema import is_nan
 from converters.types import Converted, Predictions
 from gateway.manifest import Manifest, Parity
-from gateway.tabular import feeds_from_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,22 +18,58 @@ if TYPE_CHECKING:
 WORST_ROWS = 5
 
 
-def onnx_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -> Predictions:
-    import onnxruntime as ort
+PARITY_CHUNK = 1024
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    columns = {f.name: table[f.name].to_numpy() for f in manifest.features}
-    feeds = (
-        feeds_from_columns(manifest, columns)
-        if manifest.features
-        else {manifest.inputs[0].name: table.to_numpy(dtype=np.float32)}
-    )
-    names = [o.name for o in manifest.outputs]
-    by_name = dict(zip(names, session.run(names, feeds), strict=True))
-    roles = {o.role: by_name[o.name] for o in manifest.outputs if o.role}
-    return Predictions(
-        label=roles.get("label"), probabilities=roles.get("probabilities"), value=roles.get("value")
-    )
+
+def _records(table: pd.DataFrame) -> list[dict[str, object]]:
+    """Sample rows as a client sends them: plain JSON values, missing ones null."""
+    import pandas as pd
+
+    columns = []
+    for name in table.columns:
+        values = table[name].tolist()
+        columns.append([None if v is None or v is pd.NA or is_nan(v) else v for v in values])
+    names = [str(c) for c in table.columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _as_predictions(manifest: Manifest, served: list[dict[str, Any]]) -> Predictions:
+    if manifest.output("probabilities") is not None:
+        return Predictions(
+            label=np.asarray([p["label"] for p in served], dtype=object),
+            probabilities=np.asarray([list(p["probabilities"].values()) for p in served], dtype=np.float64),
+        )
+    if manifest.output("label") is not None and manifest.output("value") is None:
+        return Predictions(label=np.asarray([p["label"] for p in served], dtype=object))
+    values = np.asarray([p["value"] for p in served], dtype=np.float64)
+    return Predictions(value=values.reshape(len(served), -1))
+
+
+def serve_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -> Predictions:
+    """The sample rows through what `gateway serve` runs: JSON records into the manifest's
+    record codec, the runtime wrapper, and the records encoder."""
+    from gateway.errors import GatewayError
+    from gateway.runtime import OrtRuntime
+    from gateway.schemas import RecordCodec
+
+    runtime = OrtRuntime(model_bytes, provider="cpu", name=manifest.name)
+    codec = RecordCodec(manifest, max_rows=PARITY_CHUNK)
+    served: list[dict[str, Any]] = []
+    for start in range(0, len(table), PARITY_CHUNK):
+        body = msgspec.json.encode({"instances": _records(table.iloc[start : start + PARITY_CHUNK])})
+        try:
+            feeds, _ = codec.to_feeds(*codec.decode(body))
+        except GatewayError as exc:
+            detail = exc.detail[0] if exc.detail else {}
+            loc = detail.get("loc", [])
+            row = start + loc[2] if len(loc) > 2 and isinstance(loc[2], int) else None
+            raise ConversionError(
+                f"parity: the records API refuses sample row {row}: {exc.message}"
+                + (f" ({detail.get('msg')} at {loc[3:] or loc})" if detail else "")
+                + "; clean the sample or the model's schema"
+            ) from None
+        served += codec.encode(runtime.run(feeds))
+    return _as_predictions(manifest, served)
 
 
 def _as_2d(a: np.ndarray, rows: int) -> np.ndarray:
@@ -97,7 +134,7 @@ def check_parity(
     synthesised: bool,
 ) -> tuple[Parity, Predictions]:
     original = converted.predict(table)
-    got = onnx_predict(model_bytes, manifest, table)
+    got = serve_predict(model_bytes, manifest, table)
     max_diff = 0.0
     agreement = None
     if original.label is not None and got.label is not None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from converters.errors import ConversionError
-from gateway.manifest import Feature, FeatureReference, Reference
+from gateway.manifest import Feature, FeatureDType, FeatureReference, Reference
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,39 +63,75 @@ def align_sample(sample: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     return sample.set_axis(columns, axis=1)[names]
 
 
+TEXT_MAX_LENGTH = 10_000
+
+
+def _categories(column: pd.Series | None) -> list[str] | None:
+    """A pandas `category` column's own categories, when they are labels, not numbers."""
+    import pandas as pd
+
+    if column is None or not isinstance(column.dtype, pd.CategoricalDtype):
+        return None
+    cats = column.dtype.categories
+    if pd.api.types.is_numeric_dtype(cats) or pd.api.types.is_bool_dtype(cats):
+        return None
+    return [str(c) for c in cats]
+
+
+def _string_feature(
+    name: str, column: pd.Series | None, categories: list[str] | None, free_text: bool
+) -> Feature:
+    nullable = bool(column is not None and column.isna().any())
+    if free_text:
+        longest = int(column.dropna().astype(str).str.len().max() or 0) if column is not None else 0
+        return Feature(
+            name=name, dtype="string", nullable=nullable, max_length=max(TEXT_MAX_LENGTH, 2 * longest)
+        )
+    if categories is None and column is not None:
+        categories = sorted({str(v) for v in column.dropna()})
+    return Feature(name=name, dtype="string", categories=categories, nullable=nullable)
+
+
+def _numeric_dtype(column: pd.Series | None, nullable: bool) -> FeatureDType:
+    """bool and int columns keep their type in the API (JSON true, 3); others are floats."""
+    import pandas as pd
+
+    if column is None or nullable:
+        return "float32"
+    if pd.api.types.is_bool_dtype(column):
+        return "bool"
+    if pd.api.types.is_integer_dtype(column):
+        return "int64"
+    return "float32"
+
+
 def infer_features(
     names: list[str],
     sample: pd.DataFrame | None,
     known_categories: Mapping[str, list[str]],
     handles_missing: Collection[str],
+    free_text: Collection[str] = (),
 ) -> list[Feature]:
     """Features with dtype, range and categories; `handles_missing` names the columns the
-    model fills in itself, which may be null in a request."""
+    model fills in itself, which may be null in a request; `free_text` those a text
+    vectorizer reads, which take any string up to a length."""
     features = []
     for name in names:
         column = sample[name] if sample is not None else None
-        categories = known_categories.get(name)
-        if categories is not None or (column is not None and is_text_column(column)):
-            if categories is None and column is not None:
-                categories = sorted({str(v) for v in column.dropna()})
-            features.append(
-                Feature(
-                    name=name,
-                    dtype="string",
-                    categories=categories,
-                    nullable=bool(column is not None and column.isna().any()),
-                )
-            )
+        categories = known_categories.get(name) or _categories(column)
+        if name in free_text or categories is not None or (column is not None and is_text_column(column)):
+            features.append(_string_feature(name, column, categories, name in free_text))
             continue
         values = column.to_numpy(dtype=np.float64, na_value=np.nan) if column is not None else None
         finite = values[np.isfinite(values)] if values is not None else np.empty(0)
+        nullable = name in handles_missing or bool(values is not None and np.isnan(values).any())
         features.append(
             Feature(
                 name=name,
-                dtype="float32",
+                dtype=_numeric_dtype(column, nullable),
                 min=float(finite.min()) if finite.size else None,
                 max=float(finite.max()) if finite.size else None,
-                nullable=name in handles_missing or bool(values is not None and np.isnan(values).any()),
+                nullable=nullable,
             )
         )
     return features
@@ -152,6 +188,8 @@ def reference_stats(
 ) -> Reference:
     refs: dict[str, FeatureReference] = {}
     for f in features:
+        if f.max_length is not None:  # free text has no distribution to compare
+            continue
         column = sample[f.name]
         ref = (
             _categorical_reference(column.tolist())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -13,13 +16,18 @@ from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.ensemble._forest import BaseForest
+from sklearn.ensemble._gb import BaseGradientBoosting
 from sklearn.exceptions import NotFittedError
+from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
-from converters import _hist_gradient_boosting
+from converters import _hist_gradient_boosting, _imputer
+from converters._graph import cast_then, rename_values, safe_names
 from converters.errors import ConversionError
 from converters.schema import align_sample, feature_names, infer_features, is_nan
 from converters.types import Converted, Predictions
@@ -32,7 +40,11 @@ if TYPE_CHECKING:
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 _hist_gradient_boosting.register()
+_imputer.register()
 _HGB = (HistGradientBoostingClassifier, HistGradientBoostingRegressor)
+_TEXT = (CountVectorizer, TfidfVectorizer, HashingVectorizer)
+# scikit-learn casts X to float32 in these estimators' predict (sklearn.tree DTYPE).
+_FLOAT32_TREES = (BaseDecisionTree, BaseForest, BaseGradientBoosting)
 
 
 def _walk(model: Any) -> list[Any]:
@@ -85,6 +97,28 @@ def _final(model: Any) -> Any:
     return model.steps[-1][1] if isinstance(model, Pipeline) else model
 
 
+def _text_columns(model: Any) -> set[str]:
+    """Columns a text vectorizer reads (a ColumnTransformer names them as one string)."""
+    found: set[str] = set()
+    for part in _walk(model):
+        if isinstance(part, ColumnTransformer):
+            for _, transformer, columns in part.transformers_:
+                if isinstance(columns, str) and any(isinstance(p, _TEXT) for p in _walk(transformer)):
+                    found.add(columns)
+    return found
+
+
+def _reads_text(model: Any) -> bool:
+    """A pipeline that starts with a text vectorizer reads one text column, not a table."""
+    first = model.steps[0][1] if isinstance(model, Pipeline) else model
+    return isinstance(first, _TEXT)
+
+
+def _categorical_hgb(model: Any) -> bool:
+    return any(isinstance(p, _HGB) and getattr(p, "is_categorical_", None) is not None
+               and bool(np.any(p.is_categorical_)) for p in _walk(model))  # fmt: skip
+
+
 class SklearnConverter:
     framework = "sklearn"
 
@@ -93,32 +127,43 @@ class SklearnConverter:
             check_is_fitted(model)
         except NotFittedError as exc:
             raise ConversionError(f"{type(model).__name__} is not fitted: {exc}") from exc
-        names = feature_names(
-            getattr(model, "feature_names_in_", None),
-            getattr(model, "n_features_in_", None),
-            sample,
-        )
+        if _categorical_hgb(model):
+            raise ConversionError(
+                "HistGradientBoosting with native categorical features (categorical_features, "
+                "or a pandas category column under the default 'from_dtype') is not supported: "
+                "encode those columns in the pipeline (OneHotEncoder or OrdinalEncoder) instead"
+            )
+        reads_text = _reads_text(model)
+        if reads_text:
+            names = [str(sample.columns[0])] if sample is not None and sample.shape[1] == 1 else ["text"]
+        else:
+            names = feature_names(
+                getattr(model, "feature_names_in_", None), getattr(model, "n_features_in_", None), sample
+            )
         if sample is not None:
             sample = align_sample(sample, names)
         parts = _walk(model)
-        features = infer_features(names, sample, _known_categories(model), _imputed(model, names))
-        uses_names = any(isinstance(p, ColumnTransformer) for p in parts)
+        free_text = set(names) if reads_text else _text_columns(model)
+        features = infer_features(
+            names, sample, _known_categories(model), _imputed(model, names), free_text=free_text
+        )
+        uses_names = reads_text or any(isinstance(p, ColumnTransformer) for p in parts)
         layout: Layout = "columns" if uses_names or any(f.dtype == "string" for f in features) else "matrix"
         classifier = is_classifier(model)
-        # HistGradientBoosting thresholds are often data values themselves (quantile bins):
-        # rounding an input to float32 moves it across them, so those models take float64.
-        precise = any(isinstance(p, _HGB) for p in parts)
+        onnx_model, precise = _build_graph(model, features, layout, classifier)
         if precise:
             features = [
                 msgspec.structs.replace(f, dtype="float64") if f.dtype == "float32" else f for f in features
             ]
-        onnx_model = self._to_onnx(model, features, layout, classifier, precise)
         outputs = [o.name for o in onnx_model.graph.output]
-        roles = {"label": outputs[0], "probabilities": outputs[1]} if classifier else {"value": outputs[0]}
+        # Plain output names for the V2 API and metrics: label, probabilities, value.
+        plain = ["label", "probabilities"] if classifier else ["value"]
+        rename_values(onnx_model, dict(zip(outputs, plain, strict=False)))
+        roles = {"label": "label", "probabilities": "probabilities"} if classifier else {"value": "value"}
         takes_frame = hasattr(model, "feature_names_in_")
 
         def predict(table: pd.DataFrame) -> Predictions:
-            x = table if takes_frame else table.to_numpy()
+            x = table.iloc[:, 0] if reads_text else table if takes_frame else table.to_numpy()
             if classifier:
                 return Predictions(label=model.predict(x), probabilities=model.predict_proba(x))
             return Predictions(value=np.asarray(model.predict(x)).reshape(len(table), -1))
@@ -136,31 +181,145 @@ class SklearnConverter:
             roles=roles,
         )
 
-    @staticmethod
-    def _to_onnx(model: Any, features: list[Feature], layout: Layout, classifier: bool, precise: bool) -> Any:
-        number = DoubleTensorType if precise else FloatTensorType
-        if layout == "matrix":
-            initial_types: list[tuple[str, Any]] = [("input", number([None, len(features)]))]
-        else:
-            initial_types = [
-                (f.name, StringTensorType([None, 1]) if f.dtype == "string" else number([None, 1]))
-                for f in features
-            ]
-        options = {id(_final(model)): {"zipmap": False}} if classifier else None
+
+def _initial_types(features: list[Feature], layout: Layout, number: Any) -> list[tuple[str, Any]]:
+    if layout == "matrix":
+        return [("input", number([None, len(features)]))]
+    safe = safe_names([f.name for f in features])
+    return [
+        (s, StringTensorType([None, 1]) if f.dtype == "string" else number([None, 1]))
+        for s, f in zip(safe, features, strict=True)
+    ]
+
+
+def _options(model: Any, classifier: bool) -> dict[int, dict[str, Any]]:
+    options: dict[int, dict[str, Any]] = {}
+    if classifier:
+        options[id(_final(model))] = {"zipmap": False}
+    for part in _walk(model):
+        if isinstance(part, _TEXT):
+            # skl2onnx's tokenizer asks for en_US.UTF-8, which slim images do not have.
+            options[id(part)] = {"locale": "C.UTF-8"}
+    return options
+
+
+def _sklearn_to_onnx(model: Any, initial_types: list[tuple[str, Any]], classifier: bool) -> Any:
+    names = _input_names(model)
+    if names is not None and len(names) == len(initial_types):
+        model = _with_columns_renamed(model, dict(zip(names, (n for n, _ in initial_types), strict=True)))
+    try:
+        return convert_sklearn(
+            model, initial_types=initial_types, options=_options(model, classifier), target_opset=TARGET_OPSET
+        )
+    except (MissingShapeCalculator, MissingConverter) as exc:
+        unsupported = next(
+            (type(p).__name__ for p in _walk(model) if type(p).__name__ in str(exc)),
+            type(_final(model)).__name__,
+        )
+        supported = sorted(n.removeprefix("Sklearn") for n in supported_converters(from_sklearn=True))
+        raise ConversionError(
+            f"unsupported estimator {unsupported}; supported scikit-learn estimators: " + ", ".join(supported)
+        ) from exc
+
+
+def _with_columns_renamed(model: Any, mapping: dict[str, str]) -> Any:
+    """A copy of `model` whose ColumnTransformers select columns by their safe names: skl2onnx
+    matches them against the graph's input names, which must be identifiers for it."""
+    if all(k == v for k, v in mapping.items()):
+        return model
+    model = copy.deepcopy(model)
+
+    def rename(columns: Any) -> Any:
+        if isinstance(columns, str):
+            return mapping.get(columns, columns)
+        if isinstance(columns, list | tuple | np.ndarray) and all(isinstance(c, str) for c in columns):
+            return [mapping.get(c, c) for c in columns]
+        return columns
+
+    for part in _walk(model):
+        if isinstance(part, ColumnTransformer):
+            part.transformers_ = [(n, t, rename(c)) for n, t, c in part.transformers_]
+        names = vars(part).get("feature_names_in_")  # a Pipeline's is a read-only property
+        if names is not None:
+            part.feature_names_in_ = np.asarray([mapping.get(str(n), str(n)) for n in names], dtype=object)
+    return model
+
+
+def _whole_graph(model: Any, features: list[Feature], layout: Layout, classifier: bool, number: Any) -> Any:
+    return _sklearn_to_onnx(model, _initial_types(features, layout, number), classifier)
+
+
+def _input_names(model: Any) -> list[str] | None:
+    names = getattr(model, "feature_names_in_", None)
+    return [str(n) for n in names] if names is not None else None
+
+
+def _loads(onnx_model: Any) -> str | None:
+    """Why ONNX Runtime refuses the graph (a missing float64 kernel), or None."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's own error types are not exported
+        return str(exc).splitlines()[0]
+    return None
+
+
+def _build_graph(model: Any, features: list[Feature], layout: Layout, classifier: bool) -> tuple[Any, bool]:
+    """The most faithful graph ONNX Runtime loads, and whether its numbers are float64.
+
+    scikit-learn computes in float64 and casts to float32 only at tree ensembles, so:
+    float64 throughout; for a pipeline ending in a tree ensemble, float64 preprocessing,
+    then a cast, then the trees in float32; a bare tree ensemble reads float32. Where a
+    float64 graph cannot be built or loaded (an operator without a float64 kernel), float32.
+    """
+    final = _final(model)
+    whole = partial(_whole_graph, model, features, layout, classifier)
+    candidates: list[tuple[str, bool, Callable[[], Any]]] = []
+    if isinstance(final, _FLOAT32_TREES) and isinstance(model, Pipeline) and len(model.steps) > 1:
+        split = partial(_split_at_trees, model, features, layout, classifier)
+        candidates.append(("float64 then float32 trees", True, split))
+    elif not isinstance(final, _FLOAT32_TREES):
+        candidates.append(("float64", True, partial(whole, DoubleTensorType)))
+    candidates.append(("float32", False, partial(whole, FloatTensorType)))
+    reasons = []
+    for i, (label, precise, build) in enumerate(candidates):
         try:
-            return convert_sklearn(
-                model, initial_types=initial_types, options=options, target_opset=TARGET_OPSET
-            )
-        except (MissingShapeCalculator, MissingConverter) as exc:
-            unsupported = next(
-                (type(p).__name__ for p in _walk(model) if type(p).__name__ in str(exc)),
-                type(_final(model)).__name__,
-            )
-            supported = sorted(n.removeprefix("Sklearn") for n in supported_converters(from_sklearn=True))
-            raise ConversionError(
-                f"unsupported estimator {unsupported}; supported scikit-learn estimators: "
-                + ", ".join(supported)
-            ) from exc
+            onnx_model = build()
+        except ConversionError:
+            if i == len(candidates) - 1:
+                raise
+            continue
+        except (RuntimeError, ValueError, TypeError, NotImplementedError, KeyError) as exc:
+            reasons.append(f"{label}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            continue
+        refused = _loads(onnx_model)
+        if refused is None:
+            _restore_input_names(onnx_model, features, layout)
+            return onnx_model, precise
+        reasons.append(f"{label}: ONNX Runtime refuses the graph: {refused}")
+    raise ConversionError(f"{_describe(model)} cannot be converted: " + "; ".join(reasons))
+
+
+def _restore_input_names(onnx_model: Any, features: list[Feature], layout: Layout) -> None:
+    if layout == "columns":
+        names = [f.name for f in features]
+        rename_values(onnx_model, dict(zip(safe_names(names), names, strict=True)))
+
+
+def _split_at_trees(model: Any, features: list[Feature], layout: Layout, classifier: bool) -> Any:
+    """Preprocessing in float64, a cast to float32, then the tree ensemble: where and how
+    scikit-learn itself casts (thresholds sit exactly on scaled integers)."""
+    from onnx import TensorProto
+
+    front = Pipeline(model.steps[:-1])
+    front_onnx = _sklearn_to_onnx(front, _initial_types(features, layout, DoubleTensorType), False)
+    width = front_onnx.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    final = _final(model)
+    if not width:
+        width = int(final.n_features_in_)
+    back_onnx = _sklearn_to_onnx(final, [("features", FloatTensorType([None, width]))], classifier)
+    return cast_then(front_onnx, back_onnx, "features", TensorProto.FLOAT)
 
 
 def _describe(model: Any) -> str:

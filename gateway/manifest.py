@@ -49,6 +49,8 @@ class Feature(_Struct, frozen=True):
     categories: list[str] | None = None
     nullable: bool = False
     policy: RangePolicy = "allow"
+    # A free-text feature (read by a text vectorizer): any string up to this many characters.
+    max_length: int | None = None
 
 
 class TensorSpec(_Struct, frozen=True):

@@ -7,13 +7,14 @@ whole columns (finiteness, ranges) run vectorised after decoding.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
 
-from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
+from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
 from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns, non_finite_reason
@@ -21,9 +22,18 @@ from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns, non_fi
 Arrays = dict[str, np.ndarray]
 
 
+# The longest invalid value or message echoed back in an error: a client's 10 MiB string
+# is not worth returning.
+MAX_ECHO = 200
+_RECORD_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?:\[(?P<row>\d+)\])?(?:\.(?P<field>.*))?`$", re.DOTALL)
+_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(.*)`$", re.DOTALL)
+
+
 def _field_type(feature: Feature) -> Any:
     base: Any
-    if feature.dtype == "string":
+    if feature.dtype == "string" and feature.max_length is not None:
+        base = Annotated[str, msgspec.Meta(max_length=feature.max_length)]
+    elif feature.dtype == "string":
         base = Literal[tuple(feature.categories)] if feature.categories else str
     elif feature.dtype == "int64":
         base = int
@@ -57,9 +67,12 @@ class RecordCodec:
             raise ValueError("model has no named features")
         self.manifest = manifest
         self.max_rows = max_rows
+        # Struct fields must be identifiers; the wire keeps the user's names ("mean radius").
+        fields = [(f"f{i}", _field_type(f)) for i, f in enumerate(manifest.features)]
         row = msgspec.defstruct(
-            f"{manifest.name}_record",
-            [(f.name, _field_type(f)) for f in manifest.features],
+            "Record",
+            fields,
+            rename={f"f{i}": f.name for i, f in enumerate(manifest.features)},
             forbid_unknown_fields=True,
             gc=False,
         )
@@ -76,6 +89,10 @@ class RecordCodec:
             if f.min is not None and f.max is not None and _policy(f, policy_override) != "allow"
         ]  # "allow" only counts, per batch, in telemetry
         self.all_numeric = len(self._numeric) == len(manifest.features)
+        # Numbers are checked in the narrowest float type the graph reads them as, so a value
+        # beyond float32's range is refused rather than reaching the model as infinity.
+        numeric_inputs = {s.datatype for s in manifest.inputs if s.datatype in ("FP32", "FP64")}
+        self._numeric_dtype = np.dtype(np.float32 if "FP32" in numeric_inputs else np.float64)
         self._names = [f.name for f in manifest.features]
         # A float matrix input is built in its own dtype, with no float64 copy in between.
         spec = manifest.inputs[0]
@@ -112,7 +129,7 @@ class RecordCodec:
             raise BadRequest(f"malformed body: {exc}") from None
         except RecursionError:
             raise BadRequest("malformed body: nested too deeply") from None
-        single = "instances" not in top or "instances" in self.row_type.__struct_fields__
+        single = "instances" not in top or "instances" in self.row_type.__struct_encode_fields__
         if not single and len(top) != 1:
             raise Unprocessable(
                 "unknown top-level fields",
@@ -121,10 +138,7 @@ class RecordCodec:
         try:
             records = [one.decode(body)] if single else many.decode(top["instances"])
         except msgspec.ValidationError as exc:
-            detail = validation_detail(str(exc))
-            if not single:
-                detail[0]["loc"][1:1] = ["instances"]
-            raise Unprocessable("invalid record", detail) from None
+            raise Unprocessable("invalid record", _record_detail(str(exc), single)) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed body: {exc}") from None
         except RecursionError:
@@ -143,12 +157,12 @@ class RecordCodec:
             if self._matrix_input is not None:  # the rows already are the input tensor
                 name, dtype = self._matrix_input
                 return {name: self._check_numeric(np.array(tuples, dtype=dtype), single)}, len(records)
-            matrix = self._check_numeric(np.array(tuples, dtype=np.float64), single)
+            matrix = self._check_numeric(np.array(tuples, dtype=self._numeric_dtype), single)
             columns = {name: matrix[:, i] for i, name in enumerate(names)}
         else:
             raw = list(zip(*tuples, strict=True))
             columns = {}
-            numeric = np.array([raw[i] for i in self._numeric], dtype=np.float64).T
+            numeric = np.array([raw[i] for i in self._numeric], dtype=self._numeric_dtype).T
             numeric = self._check_numeric(numeric.reshape(len(records), len(self._numeric)), single)
             for j, i in enumerate(self._numeric):
                 columns[names[i]] = numeric[:, j]
@@ -221,6 +235,23 @@ class RecordCodec:
         if flat.shape[1] == 1:
             return [{"value": v} for v in flat[:, 0].tolist()]
         return [{"value": v} for v in flat.tolist()]
+
+
+def _record_detail(message: str, single: bool) -> list[dict[str, Any]]:
+    """msgspec's 'Expected `float`, got `str` - at `$[3].mean radius`' as a loc list.
+
+    A record is flat, so everything after the row is one field name, dots and brackets
+    included: the generic path splitter would cut "od280/od315.x" apart."""
+    loc: list[str | int] = ["body"] if single else ["body", "instances"]
+    match = _RECORD_PATH.match(message)
+    msg = match.group("msg") if match else message
+    if match and match.group("row") is not None:
+        loc.append(int(match.group("row")))
+    named = _NAMED_FIELD.match(msg)
+    field = match.group("field") if match else None
+    if field is not None or named is not None:
+        loc.append(field if field is not None else named.group(1))  # type: ignore[union-attr]
+    return [{"loc": loc, "msg": msg if len(msg) <= MAX_ECHO else msg[:MAX_ECHO] + "…"}]
 
 
 def _plain(value: Any) -> Any:

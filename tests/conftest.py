@@ -102,6 +102,25 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="session")
+def float32_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bare forest on the breast cancer data: scikit-learn casts its input to float32, so
+    its graph reads float32 (the demo models read float64)."""
+    import joblib
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    from converters import convert
+
+    repo = tmp_path_factory.mktemp("float32-repo")
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    x.columns = [c.replace(" ", "_") for c in x.columns]
+    path = repo.parent / "forest.joblib"
+    joblib.dump(RandomForestClassifier(n_estimators=10, random_state=0).fit(x, y), path)
+    convert(path, name="breast_cancer", version="1", repo=repo, sample=x)
+    return repo
+
+
 @pytest.fixture(scope="module")
 def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(demo_repo, tmp_path_factory.mktemp("server"), "--log-level", "warning")

@@ -14,6 +14,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from gateway.repository import Repository
+from tests.conftest import start_server
 
 
 def _frames():
@@ -45,7 +46,7 @@ def test_records_single_and_batch_match_in_process(server, reference):
     body = r.json()
     assert body["model"] == "breast_cancer" and body["version"] == "1"
     assert r.headers["x-model-version"] == "1" and r.headers["x-request-id"]
-    expected = reference("breast_cancer", {"input": x.iloc[:20].to_numpy(np.float32)})
+    expected = reference("breast_cancer", {"input": x.iloc[:20].to_numpy(np.float64)})
     assert [p["label"] for p in body["predictions"]] == expected["label"].tolist()
     got = np.array([[p["probabilities"]["0"], p["probabilities"]["1"]] for p in body["predictions"]])
     np.testing.assert_allclose(got, expected["probabilities"], rtol=1e-6)
@@ -53,7 +54,7 @@ def test_records_single_and_batch_match_in_process(server, reference):
     one = httpx.post(f"{server.url}/v1/models/diabetes/predict", json=d.iloc[0].to_dict())
     assert one.status_code == 200
     want = reference("diabetes", {"input": d.iloc[:1].to_numpy(np.float64)})
-    assert one.json()["predictions"][0]["value"] == pytest.approx(float(want["variable"][0, 0]), rel=1e-6)
+    assert one.json()["predictions"][0]["value"] == pytest.approx(float(want["value"][0, 0]), rel=1e-6)
 
 
 def test_explicit_version_path_and_request_id_echo(server):
@@ -80,12 +81,12 @@ def test_msgpack_in_and_out(server):
 
 def test_v2_json_matches_in_process(server, reference):
     x, _ = _frames()
-    data = x.iloc[:5].to_numpy(np.float32)
+    data = x.iloc[:5].to_numpy(np.float64)
     r = httpx.post(
         f"{server.url}/v2/models/breast_cancer/infer",
         json={
             "id": "req-1",
-            "inputs": [{"name": "input", "shape": [5, 30], "datatype": "FP32", "data": data.tolist()}],
+            "inputs": [{"name": "input", "shape": [5, 30], "datatype": "FP64", "data": data.tolist()}],
         },
     )
     assert r.status_code == 200, r.text
@@ -101,14 +102,14 @@ def test_v2_json_matches_in_process(server, reference):
 
 def test_v2_binary_tensors_round_trip(server, reference):
     x, _ = _frames()
-    data = np.ascontiguousarray(x.iloc[:7].to_numpy(np.float32))
+    data = np.ascontiguousarray(x.iloc[:7].to_numpy(np.float64))
     header = msgspec.json.encode(
         {
             "inputs": [
                 {
                     "name": "input",
                     "shape": [7, 30],
-                    "datatype": "FP32",
+                    "datatype": "FP64",
                     "parameters": {"binary_data_size": data.nbytes},
                 }
             ],
@@ -128,7 +129,7 @@ def test_v2_binary_tensors_round_trip(server, reference):
     meta = msgspec.json.decode(r.content[:n])
     (out,) = meta["outputs"]
     assert out["name"] == "probabilities" and out["shape"] == [7, 2]
-    got = np.frombuffer(r.content[n : n + out["parameters"]["binary_data_size"]], dtype="<f4").reshape(7, 2)
+    got = np.frombuffer(r.content[n : n + out["parameters"]["binary_data_size"]], dtype="<f8").reshape(7, 2)
     np.testing.assert_allclose(got, reference("breast_cancer", {"input": data})["probabilities"], rtol=1e-6)
 
 
@@ -329,17 +330,21 @@ def test_errors_are_json_with_status_and_location(server, what, method, path, kw
         assert body["detail"][0]["loc"] == loc, body
 
 
-def test_a_number_beyond_float32_is_refused_not_served_as_infinity(server, demo_repo):
-    """breast_cancer takes float32: 1e39 is finite JSON but infinity in float32, on both APIs."""
-    manifest = Repository(demo_repo).manifest("breast_cancer", "1")
+def test_a_number_beyond_float32_is_refused_not_served_as_infinity(float32_repo, tmp_path):
+    """A forest takes float32: 1e39 is finite JSON but infinity in float32, on both APIs."""
+    manifest = Repository(float32_repo).manifest("breast_cancer", "1")
     record = {f.name: f.max for f in manifest.features} | {"mean_radius": 1e39}
-    r = httpx.post(f"{server.url}/v1/models/breast_cancer/predict", json=record)
-    assert r.status_code == 422, r.text
-    detail = r.json()["detail"][0]
-    assert detail["loc"] == ["body", "mean_radius"] and "float32" in detail["msg"]
-    v2 = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": list(record.values())}]}
-    r = httpx.post(f"{server.url}/v2/models/breast_cancer/infer", json=v2)
-    assert r.status_code == 422 and "float32" in r.json()["detail"][0]["msg"], r.text
+    srv = start_server(float32_repo, tmp_path, "--log-level", "warning")
+    try:
+        r = httpx.post(f"{srv.url}/v1/models/breast_cancer/predict", json=record)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "mean_radius"] and "float32" in detail["msg"]
+        v2 = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": list(record.values())}]}
+        r = httpx.post(f"{srv.url}/v2/models/breast_cancer/infer", json=v2)
+        assert r.status_code == 422 and "float32" in r.json()["detail"][0]["msg"], r.text
+    finally:
+        srv.stop()
 
 
 def test_too_many_rows_is_413(server):
@@ -350,7 +355,6 @@ def test_too_many_rows_is_413(server):
 
 
 def test_body_over_limit_is_413_before_reading(demo_repo, tmp_path):
-    from tests.conftest import start_server
 
     srv = start_server(demo_repo, tmp_path, "--max-body-bytes", "1024", "--log-level", "warning")
     try:

@@ -241,12 +241,13 @@ def test_sampling_is_parent_based_with_a_root_ratio(monkeypatch):
     assert 800 < kept < 1200
 
 
-def test_values_at_the_trained_bounds_are_not_counted_out_of_range(demo_repo, tmp_path):
-    """The breast-cancer model takes float32: its inputs are compared with the trained
-    bounds in float32, so traffic at a bound is inside (28.11 is 28.1100006 in float32)."""
-    manifest = Repository(demo_repo).manifest("breast_cancer", "1")
+def test_values_at_the_trained_bounds_are_not_counted_out_of_range(float32_repo, tmp_path):
+    """A forest takes float32: its inputs are compared with the trained bounds in float32,
+    so traffic at a bound is inside (28.11 is 28.1100006 in float32)."""
+    manifest = Repository(float32_repo).manifest("breast_cancer", "1")
+    assert manifest.inputs[0].datatype == "FP32"
     at_bounds = [{f.name: f.min for f in manifest.features}, {f.name: f.max for f in manifest.features}]
-    srv = start_server(demo_repo, tmp_path, "--log-level", "warning")
+    srv = start_server(float32_repo, tmp_path, "--log-level", "warning")
     try:
         r = httpx.post(f"{srv.url}/v1/models/breast_cancer/predict", json={"instances": at_bounds})
         assert r.status_code == 200, r.text

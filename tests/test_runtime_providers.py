@@ -42,14 +42,14 @@ def test_cuda_request_falls_back_to_cpu_with_a_warning(demo_repo, caplog):
     assert runtime.provider == "cpu"
     assert any("serving on CPU" in r.getMessage() for r in caplog.records)
     out = runtime.run({"input": np.zeros((3, 10))})
-    assert out["variable"].shape == (3, 1)
+    assert out["value"].shape == (3, 1)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and an NVIDIA GPU")
 def test_cuda_runtime_matches_cpu(demo_repo):
     _, data = Repository(demo_repo).load_verified("breast_cancer", "1")
-    x = np.random.default_rng(0).normal(size=(64, 30)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(64, 30))  # the demo classifier reads float64
     gpu = OrtRuntime(data, provider="cuda").run({"input": x})
     cpu = OrtRuntime(data, provider="cpu").run({"input": x})
     np.testing.assert_allclose(gpu["probabilities"], cpu["probabilities"], atol=1e-5)
@@ -82,13 +82,13 @@ def test_io_binding_path_matches_plain_run_on_cpu(demo_repo, tmp_path, pad):
     bound = OrtRuntime(data, provider="cpu", io_binding=True)
     bound._bound._pad = pad  # the padding CUDA uses, exercised here on the CPU
     for rows in (1, 3, 5, 64):
-        x = np.random.default_rng(rows).normal(size=(rows, 30)).astype(np.float32)
+        x = np.random.default_rng(rows).normal(size=(rows, 30))  # the demo classifier reads float64
         expected, got = plain.run({"input": x}), bound.run({"input": x})
         for name in expected:
             assert got[name].shape == expected[name].shape
             np.testing.assert_array_equal(got[name], expected[name])
     _, mixed = _mixed_model(tmp_path)
-    feeds = {"x": np.array([[0.5], [-1.0]], np.float32), "color": np.array([["red"], ["blue"]], dtype=object)}
+    feeds = {"x": np.array([[0.5], [-1.0]], np.float64), "color": np.array([["red"], ["blue"]], dtype=object)}
     expected = OrtRuntime(mixed, provider="cpu").run(feeds)
     got = OrtRuntime(mixed, provider="cpu", io_binding=True).run(feeds)
     np.testing.assert_array_equal(got["label"], expected["label"])
@@ -103,7 +103,7 @@ def test_listed_but_broken_cuda_falls_back_to_cpu(demo_repo, monkeypatch, caplog
         runtime = OrtRuntime(data, provider="auto")
     assert runtime.provider == "cpu"
     assert any("serving on CPU" in r.getMessage() for r in caplog.records)
-    assert runtime.run({"input": np.zeros((2, 10))})["variable"].shape == (2, 1)
+    assert runtime.run({"input": np.zeros((2, 10))})["value"].shape == (2, 1)
 
 
 _INLINE_ROWS = """

@@ -1,0 +1,74 @@
+"""Edits to a converted ONNX graph: the user's names on its inputs, plain names on its
+outputs, and a float32 cast between float64 preprocessing and a tree ensemble.
+
+Converters rename inputs that are not identifiers ("mean radius" -> "mean_radius"); ONNX
+itself allows any tensor name, so the graph gets the user's names back here, in the one
+place names are mapped, and every layer above (records API, V2, metrics) uses them as is.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z_]")
+
+
+def safe_names(names: list[str]) -> list[str]:
+    """Unique identifiers standing in for `names` where a library demands identifiers."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        base = _UNSAFE.sub("_", name) or "f"
+        if base[0].isdigit() or keyword.iskeyword(base):
+            base = f"f_{base}"
+        candidate = base
+        while candidate in seen:
+            candidate = f"{base}_{i}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def rename_values(model: Any, mapping: Mapping[str, str]) -> None:
+    """Rename graph inputs/outputs (and every use of them) in place."""
+    mapping = {old: new for old, new in mapping.items() if old != new}
+    if not mapping:
+        return
+    graph = model.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.name in mapping:
+            value.name = mapping[value.name]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+        for i, name in enumerate(node.output):
+            if name in mapping:
+                node.output[i] = mapping[name]
+
+
+def cast_then(front: Any, back: Any, back_input: str, to: int) -> Any:
+    """`front`'s single output cast to `to`, then fed to `back`'s input `back_input`."""
+    import onnx
+    from onnx import compose, helper
+
+    out = front.graph.output[0].name
+    cast_name = f"{out}_cast"
+    front.graph.node.append(helper.make_node("Cast", [out], [cast_name], to=to, name=f"{out}_Cast"))
+    del front.graph.output[:]
+    front.graph.output.append(helper.make_tensor_value_info(cast_name, to, None))
+    # merge_models insists on one IR version and one version per opset domain.
+    opsets: dict[str, int] = {}
+    for model in (front, back):
+        for o in model.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    for model in (front, back):
+        del model.opset_import[:]
+        model.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
+        model.ir_version = max(front.ir_version, back.ir_version)
+    merged = compose.merge_models(front, back, io_map=[(cast_name, back_input)], prefix2="est_")
+    onnx.checker.check_model(merged)
+    return merged
