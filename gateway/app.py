@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gateway import __version__
 from gateway.admin import Admin
 from gateway.errors import GatewayError
+from gateway.examples import ready_fields
 from gateway.failures import LogFailures
 from gateway.hotpath import HotPathRouter
 from gateway.openapi import build_openapi, docs_page
@@ -51,6 +52,11 @@ def create_app(
     endpoints = Endpoints(settings, registry)
     telemetry.registry.collect_hooks.append(lambda: telemetry.ready.set((), float(registry.all_ready())))
     predict = PredictEndpoint(settings, registry, telemetry)
+    grpc_service = None
+    if settings.grpc_port is not None:
+        from gateway.grpc_service import GrpcService  # grpc loads only when it serves
+
+        grpc_service = GrpcService(settings, registry, telemetry)
     infer = InferV2Endpoint(settings, registry, telemetry)
 
     async def metrics(request: Request) -> Response:
@@ -90,18 +96,25 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # gRPC answers ServerLive (and ServerReady: false) while the models load; HTTP
+        # answers nothing until this startup ends, so /readyz is never ready without it.
+        if grpc_service is not None:
+            await grpc_service.start()
         await registry.load_repository()
         # Everything built so far (modules, sessions, codecs) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it on the request
         # path (measured: p99 at 64 connections from 23 ms to under 11 ms).
         gc.collect()
         gc.freeze()
+        # Said once the models are warm: until now no request could have been answered.
+        ready = ready_fields(settings.host, settings.port, [m.manifest for m in _live_models(registry)])
         lifecycle_log.info(
-            "serving", extra={"event": "startup", "models": registry.live, "failures": registry.failures}
+            "ready",
+            extra={"event": "startup", "models": registry.live, "failures": registry.failures, **ready},
         )
         background = []
         if settings.metrics_dir:
-            background.append(asyncio.create_task(_publish_metrics(telemetry)))
+            background.append(asyncio.create_task(_publish_metrics(telemetry, registry)))
         if settings.poll_seconds > 0:
             background.append(asyncio.create_task(registry.follow(settings.poll_seconds)))
         yield
@@ -109,8 +122,12 @@ def create_app(
         lifecycle_log.info("draining", extra={"event": "shutdown"})
         for task in background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A background task never ends with an error (each step's is caught), but
+            # shutdown must complete whatever happened to it.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if grpc_service is not None:  # HTTP has drained: now the gRPC calls, then the queues
+            await grpc_service.stop(settings.drain_seconds)
         await registry.close()
         telemetry.registry.remove_snapshot()
         telemetry.access_log.flush()
@@ -127,13 +144,21 @@ def create_app(
     )
     app.state.registry = registry
     app.state.telemetry = telemetry
+    app.state.grpc = grpc_service
     return HotPathRouter(LogFailures(app, telemetry), predict, infer)
 
 
-async def _publish_metrics(telemetry: Telemetry) -> None:
-    """With several workers, each publishes its metrics so any one can answer /metrics."""
+async def _publish_metrics(telemetry: Telemetry, registry: ModelRegistry) -> None:
+    """With several workers, each publishes its metrics so any one can answer /metrics.
+    A failed write (disk full, directory gone) is logged, counted and shown by /readyz;
+    the next second tries again."""
     while True:
-        telemetry.registry.write_snapshot()
+        try:
+            telemetry.registry.write_snapshot()
+        except Exception as exc:
+            registry.background_failed("metrics_publisher", exc)
+        else:
+            registry.background.pop("metrics_publisher", None)
         await asyncio.sleep(SNAPSHOT_SECONDS)
 
 

@@ -29,10 +29,30 @@ class GatewayError(Exception):
         self.detail = detail
 
     def body(self) -> bytes:
-        payload: dict[str, Any] = {"error": self.message}
+        """Every string a client could have put here (a field name, a value) is clipped:
+        an error never carries a client's megabytes back."""
+        payload: dict[str, Any] = {"error": clip(self.message, MESSAGE_LIMIT)}
         if self.detail:
-            payload["detail"] = self.detail
+            payload["detail"] = [_clip_detail(d) for d in self.detail[:DETAIL_LIMIT]]
         return orjson.dumps(payload)
+
+
+MESSAGE_LIMIT = 500  # characters of an error message
+ECHO_LIMIT = 100  # characters of each detail string (field names, reasons)
+DETAIL_LIMIT = 20  # detail entries
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _clip_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: clip(v) if isinstance(v, str)
+        else [clip(x) if isinstance(x, str) else x for x in v[:DETAIL_LIMIT]] if isinstance(v, list)
+        else v
+        for k, v in detail.items()
+    }  # fmt: skip
 
 
 class BadRequest(GatewayError):

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with whatever `extra` the caller attached."""
+"""Logs: one JSON object per line for machines, or short readable lines on a terminal, with
+whatever `extra` the caller attached; uvicorn's own lines go through the same handler."""
 
 from __future__ import annotations
 
@@ -10,7 +11,28 @@ from typing import Any
 
 import orjson
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# uvicorn attaches an ANSI-coloured copy of each message; neither format wants it.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
+# uvicorn's own loggers, routed to our handler so every line on stderr has one format.
+_UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def resolve_format(fmt: str) -> str:
+    """`auto`: readable text for a person at a terminal, JSON lines for anything else."""
+    if fmt != "auto":
+        return fmt
+    try:
+        return "text" if sys.stderr.isatty() else "json"
+    except (AttributeError, ValueError):  # stderr replaced or closed
+        return "json"
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
 def _envelope(when: dt.datetime, level: str, logger: str, msg: str) -> dict[str, Any]:
@@ -22,24 +44,58 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         when = dt.datetime.fromtimestamp(record.created, dt.UTC)
         entry = _envelope(when, record.levelname.lower(), record.name, record.getMessage())
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update(_extras(record))
         if record.exc_info and record.exc_info[1] is not None:
             entry["exc_type"] = type(record.exc_info[1]).__name__
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
+class TextFormatter(logging.Formatter):
+    """`16:40:32 INFO  model ready  model=diabetes version=1`: the message first, then the
+    fields; a list of lines under `try` (the ready line's curl commands) one per line."""
+
+    MULTILINE = ("try",)
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        fields = _extras(record)
+        fields.pop("event", None)
+        lines = [fields.pop(key) for key in self.MULTILINE if isinstance(fields.get(key), list)]
+        text = f"{when} {record.levelname:<7} {record.getMessage()}"
+        if fields:
+            text += "  " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+        for block in lines:
+            text += "".join(f"\n    {line}" for line in block)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else repr(value)
+    return orjson.dumps(value, default=str).decode()
+
+
+class _DropUvicornBanner(logging.Filter):
+    """uvicorn says "Uvicorn running on ..." when the socket is bound, before any model is
+    loaded; our "ready" line says it when requests can be answered."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Uvicorn running on")
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    root = logging.getLogger("gateway")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    handler.setFormatter(JsonFormatter() if resolve_format(fmt) == "json" else TextFormatter())
+    handler.addFilter(_DropUvicornBanner())
+    for name in ("gateway", *_UVICORN):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler] if name in ("gateway", "uvicorn") else []
+        logger.propagate = name not in ("gateway", "uvicorn")
+    logging.getLogger("gateway").setLevel(level.upper())
+    logging.getLogger("uvicorn").setLevel(level.upper())
 
 
 class AccessLog:
@@ -54,9 +110,9 @@ class AccessLog:
     FLUSH_SECONDS = 0.1
     MAX_BUFFERED = 512
 
-    def __init__(self, fmt: str = "json") -> None:
+    def __init__(self, fmt: str = "auto") -> None:
         self.logger = logging.getLogger("gateway.access")
-        self.fast = fmt == "json"
+        self.fast = resolve_format(fmt) == "json"
         self._buffer: list[bytes] = []
         self._scheduled = False
 

@@ -239,17 +239,20 @@ def _json_data(array: np.ndarray) -> Any:
 
 
 def class_counts(manifest: Manifest, request: InferRequest) -> dict[str, int]:
-    """The classification extension: `class_count: k` on a requested output, checked
-    before inference so that a bad k costs no model time."""
+    """The classification extension: `classification: k` on a requested output (Triton's
+    name on the wire; `class_count`, its name in Triton's clients, too), checked before
+    inference so that a bad k costs no model time."""
     counts: dict[str, int] = {}
     datatypes = {o.name: o.datatype for o in manifest.outputs}
     for i, out in enumerate(request.outputs or []):
-        k = (out.parameters or {}).get("class_count")
+        parameters = out.parameters or {}
+        key = "classification" if "classification" in parameters else "class_count"
+        k = parameters.get(key)
         if k is None:
             continue
-        loc = ["body", "outputs", i, "parameters", "class_count"]
+        loc = ["body", "outputs", i, "parameters", key]
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise Unprocessable("class_count must be a positive integer", [{"loc": loc, "msg": f"got {k!r}"}])
+            raise Unprocessable(f"{key} must be a positive integer", [{"loc": loc, "msg": f"got {k!r}"}])
         if datatypes.get(out.name) in (None, "BYTES"):
             raise Unprocessable(
                 f"output {out.name!r} holds no scores to classify", [{"loc": loc, "msg": "not numeric"}]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import NotFound, Unavailable, first_line
 from gateway.manifest import Manifest
+from gateway.metrics import Counter
 from gateway.repository import Repository, RepositoryError, is_valid_name, is_valid_version
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
 from gateway.schemas import RecordCodec
@@ -30,7 +32,16 @@ log = logging.getLogger("gateway.registry")
 
 RuntimeFactory = Callable[[bytes, Manifest, Settings], Runtime]
 # What a bad artifact raises on its way in: unreadable, sha256 mismatch, ORT refusing it.
+# `load` turns any other exception (a codec that cannot be built, a bug) into a
+# ModelLoadError, so one bad model fails alone, whatever it raises.
 LOAD_ERRORS = (RepositoryError, OSError, RuntimeError, ValueError)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s:'\"`,;()]+")
+
+
+def short_reason(exc: BaseException) -> str:
+    """Why a load failed, for /readyz and the admin API: one line, no absolute paths
+    (the repository's location, ONNX Runtime's source files)."""
+    return _ABSOLUTE_PATH.sub("<path>", first_line(exc, 300))
 
 
 def ort_runtime(model: bytes, manifest: Manifest, settings: Settings) -> Runtime:
@@ -123,6 +134,15 @@ class ModelRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         self._refused: dict[str, str | None] = {}  # model -> serving.json target that failed
         self.failures: dict[str, str] = {}
+        self._wanted: set[str] = set()  # models the repository holds: each must be served
+        self.background: dict[str, str] = {}  # background task -> why it last failed
+        self.background_errors = self.telemetry.registry.add(
+            Counter(
+                "gateway_background_errors_total",
+                "Errors in background tasks (serving.json watcher, metrics publisher).",
+                ("task",),
+            )
+        )
 
     @property
     def live(self) -> dict[str, str]:
@@ -135,8 +155,33 @@ class ModelRegistry:
         return [v for (n, v) in self._models if n == name]
 
     def all_ready(self) -> bool:
+        """Every model the repository holds has a live version, loaded and warmed."""
         return bool(self._live) and all(
-            (m := self._models.get((n, v))) is not None and m.ready for n, v in self._live.items()
+            (m := self._models.get((n, self._live.get(n, "")))) is not None and m.ready
+            for n in self._wanted | set(self._live)
+        )
+
+    def readiness(self) -> dict[str, object]:
+        """The /readyz body: what serves, what does not and why, and background tasks
+        that cannot do their job."""
+        body: dict[str, object] = {"ready": self.all_ready(), "models": self.live}
+        missing = sorted(n for n in self._wanted if n not in self._live)
+        if missing:
+            body["not_served"] = missing
+        if self.failures:
+            body["failures"] = dict(self.failures)
+        if self.background:
+            body["background"] = dict(self.background)
+        return body
+
+    def background_failed(self, task: str, exc: BaseException) -> None:
+        """A background task's step failed: log it, count it, and show it until it succeeds."""
+        self.background[task] = short_reason(exc)
+        self.background_errors.inc((task,))
+        log.error(
+            "background task failed; it carries on",
+            extra={"event": "background_error", "task": task, "error": self.background[task]},
+            exc_info=not isinstance(exc, LOAD_ERRORS),
         )
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
@@ -202,7 +247,14 @@ class ModelRegistry:
         if existing is not None:
             return existing
         started = time.perf_counter()
-        model = await asyncio.to_thread(self._build, name, version)
+        try:
+            model = await asyncio.to_thread(self._build, name, version)
+        except RepositoryError:
+            raise
+        except Exception as exc:
+            # Whatever went wrong (ONNX Runtime, a codec the manifest cannot describe, a
+            # bug): this model is not ready, with a reason that carries no file paths.
+            raise ModelLoadError(short_reason(exc)) from exc
         model.batcher.start()
         model.ready = True
         self._models[(name, version)] = model
@@ -245,7 +297,7 @@ class ModelRegistry:
             try:
                 await self.load(name, version)
             except LOAD_ERRORS as exc:
-                self.failures[name] = f"{version}: {exc}"
+                self.failures[name] = f"{version}: {short_reason(exc)}"
                 self.telemetry.switches.inc((name, version, "failed"))
                 log.error(
                     "switch refused; the live version keeps serving",
@@ -283,46 +335,88 @@ class ModelRegistry:
         return (name, version) in self._pinned
 
     async def load_repository(self) -> None:
-        """Load every model's live version; one broken model does not stop the others."""
-        await asyncio.to_thread(self.repository.refresh)
-        for name in self.repository.models():
+        """Load every model's live version; one broken model does not stop the others.
+        Without serving.json, the newest version that loads is live."""
+        try:
+            await asyncio.to_thread(self.repository.refresh)
+            names = self.repository.models()
+        except Exception as exc:  # an unreachable repository: serve nothing, say why, stay up
+            self.background_failed("repository", exc)
+            return
+        self._wanted = set(names)
+        for name in names:
             version = None  # unknown while serving.json is unreadable
             try:
-                version = self.repository.live_version(name)
-                await self.switch(name, version, source="startup")
-            except LOAD_ERRORS as exc:
-                self.failures[name] = str(exc)
+                if self.repository.serving(name) is not None:
+                    version = self.repository.live_version(name)
+                    await self.switch(name, version, source="startup")
+                else:
+                    await self._newest_that_loads(name)
+            except Exception as exc:
+                reason = short_reason(exc)
+                self.failures[name] = reason if version is None else f"{version}: {reason}"
                 # The watcher retries only when serving.json names another version.
-                self._refused[name] = version
+                self._refused.setdefault(name, version)
                 log.error(
-                    "model failed to load", extra={"event": "load_failed", "model": name, "error": str(exc)}
+                    "model failed to load",
+                    extra={"event": "load_failed", "model": name, "error": self.failures[name]},
                 )
+
+    async def _newest_that_loads(self, name: str) -> None:
+        """Try the versions newest first; the first that loads goes live."""
+        versions = self.repository.versions(name)
+        if not versions:
+            raise RepositoryError(f"model {name!r} has no versions in the repository")
+        reasons = []
+        for version in reversed(versions):
+            try:
+                await self.switch(name, version, source="startup")
+                return
+            except LOAD_ERRORS as exc:
+                reasons.append(f"{version}: {short_reason(exc)}")
+                log.warning(
+                    "no serving.json: skipping a version that does not load",
+                    extra={"event": "load_failed", "model": name, "version": version},
+                )
+        self._refused[name] = versions[-1]
+        raise ModelLoadError(f"no version loads ({'; '.join(reasons)})"[:600])
 
     async def follow(self, interval: float) -> None:
         """Poll serving.json and apply what it says; a refused version is retried only
-        when serving.json names another."""
+        when serving.json names another. No error ends the loop: each is logged, counted
+        and shown by /readyz until a poll succeeds again."""
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.repository.refresh)
-            except (OSError, RepositoryError) as exc:
-                log.warning("repository unreachable", extra={"event": "refresh_failed", "error": str(exc)})
+                await self.poll()
+            except Exception as exc:
+                self.background_failed("watcher", exc)
+            else:
+                self.background.pop("watcher", None)
+
+    async def poll(self) -> None:
+        """One pass of the watcher: every model's serving.json, applied."""
+        await asyncio.to_thread(self.repository.refresh)
+        names = self.repository.models()
+        self._wanted = set(names) | {n for n in self._wanted if n in self._live}
+        problems: list[str] = []
+        for name in names:
+            try:
+                target = self.repository.live_version(name)
+            except RepositoryError as exc:
+                problems.append(f"{name}: {short_reason(exc)}")
                 continue
-            for name in self.repository.models():
-                try:
-                    target = self.repository.live_version(name)
-                except RepositoryError:
-                    continue
-                if target == self._live.get(name) or self._refused.get(name) == target:
-                    continue
-                try:
-                    await self.switch(name, target, source="serving.json")
-                    self._refused.pop(name, None)
-                except LOAD_ERRORS:
-                    self._refused[name] = target
-                except Exception:  # the watcher must outlive any one bad version
-                    log.exception("watcher error", extra={"event": "switch_failed", "model": name})
-                    self._refused[name] = target
+            if target == self._live.get(name) or self._refused.get(name) == target:
+                continue
+            try:
+                await self.switch(name, target, source="serving.json")
+                self._refused.pop(name, None)
+            except Exception as exc:  # one bad version fails alone; switch() recorded why
+                self._refused[name] = target
+                if not isinstance(exc, LOAD_ERRORS):
+                    self.failures[name] = f"{target}: {short_reason(exc)}"
+        if problems:
+            raise RepositoryError("; ".join(problems))
 
     async def unload(self, name: str, version: str) -> None:
         model = self._models.pop((name, version), None)

@@ -9,10 +9,12 @@ request can never walk out of the repository.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +22,16 @@ from pathlib import Path
 import msgspec
 
 from gateway.manifest import Manifest, decode_manifest, encode_manifest
+from gateway.onnx_refs import ExternalDataError, check_external_data
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SERVING_FILE = "serving.json"
+# What a repository file may weigh: a model that protobuf can hold, manifests with their
+# reference statistics, serving.json's two versions. Larger is refused before it is read.
+MAX_MODEL_BYTES = 2 * 1024**3
+MAX_MANIFEST_BYTES = 16 * 1024**2
+MAX_SERVING_BYTES = 64 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INT_VERSION = re.compile(r"[1-9][0-9]{0,17}")
@@ -89,6 +97,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_regular(path: Path, limit: int, what: str) -> bytes:
+    """A repository file's bytes, refused unless it is a regular file (not a symlink, FIFO
+    or device: `/dev/zero` would never end, a FIFO would block forever) of at most `limit`
+    bytes. `what` names it in messages, which never carry absolute paths."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise FileNotFoundError(errno.ENOENT, f"{what} is missing") from None
+        if exc.errno == errno.ELOOP:
+            raise RepositoryError(f"{what} is a symbolic link; repository files must be regular") from None
+        raise RepositoryError(f"{what} cannot be read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RepositoryError(f"{what} is not a regular file")
+        if info.st_size > limit:
+            raise RepositoryError(f"{what} is {info.st_size} bytes; the limit is {limit}")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise RepositoryError(f"{what} grew beyond {limit} bytes while it was read")
+    return data
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -133,28 +169,47 @@ class Repository:
         found = [
             p.name
             for p in base.iterdir()
-            if p.is_dir() and is_valid_version(p.name) and (p / MANIFEST_FILE).is_file()
+            if p.is_dir() and is_valid_version(p.name) and (p / MANIFEST_FILE).is_file() and self._inside(p)
         ]
         return sorted(found, key=version_key)
+
+    def _inside(self, path: Path) -> bool:
+        """Whether `path`, symbolic links resolved, still lies inside the repository."""
+        return path.resolve().is_relative_to(self.root.resolve())
 
     def version_dir(self, name: str, version: str) -> Path:
         return self.root / check_name(name) / check_version(version)
 
+    def _checked_dir(self, name: str, version: str) -> Path:
+        """The version directory, refused if a symbolic link leads it out of the repository."""
+        path = self.version_dir(name, version)
+        if path.exists() and not self._inside(path):
+            raise RepositoryError(f"{name}:{version} leads outside the repository; refusing it")
+        return path
+
     def manifest(self, name: str, version: str) -> Manifest:
-        path = self.version_dir(name, version) / MANIFEST_FILE
+        path = self._checked_dir(name, version) / MANIFEST_FILE
+        what = f"{name}/{version}/{MANIFEST_FILE}"
         try:
-            return decode_manifest(path.read_bytes())
+            manifest = decode_manifest(read_regular(path, MAX_MANIFEST_BYTES, what))
         except FileNotFoundError:
             raise RepositoryError(f"model {name!r} has no version {version!r}") from None
         except (msgspec.DecodeError, ValueError) as exc:
-            raise RepositoryError(f"{path}: unreadable manifest: {exc}") from exc
+            raise RepositoryError(f"{what}: unreadable manifest: {exc}") from exc
+        if manifest.name != name or manifest.version != version:
+            raise RepositoryError(
+                f"{what} describes {manifest.name[:64]!r} version {manifest.version[:64]!r}, "
+                "not the directory it is in; refusing it"
+            )
+        return manifest
 
     def load_verified(self, name: str, version: str) -> tuple[Manifest, bytes]:
-        """Read the artifact and refuse it unless its sha256 matches the manifest."""
+        """Read the artifact and refuse it unless its sha256 matches the manifest and it
+        reads no file outside itself."""
         manifest = self.manifest(name, version)
-        path = self.version_dir(name, version) / MODEL_FILE
+        directory = self._checked_dir(name, version)
         try:
-            data = path.read_bytes()
+            data = read_regular(directory / MODEL_FILE, MAX_MODEL_BYTES, f"{name}:{version}: {MODEL_FILE}")
         except FileNotFoundError:
             raise IntegrityError(f"{name}:{version}: {MODEL_FILE} is missing") from None
         actual = sha256_bytes(data)
@@ -163,16 +218,22 @@ class Repository:
                 f"{name}:{version}: {MODEL_FILE} sha256 {actual[:12]}… does not match the "
                 f"manifest's {manifest.onnx.sha256[:12]}…; refusing to load it"
             )
+        try:
+            # The manifest lists no external data files yet, so nothing external is vouched for.
+            check_external_data(data, directory, {})
+        except ExternalDataError as exc:
+            raise IntegrityError(f"{name}:{version}: {exc}") from None
         return manifest, data
 
     def serving(self, name: str) -> ServingState | None:
         path = self.root / check_name(name) / SERVING_FILE
+        what = f"{name}/{SERVING_FILE}"
         try:
-            return msgspec.json.decode(path.read_bytes(), type=ServingState)
+            return msgspec.json.decode(read_regular(path, MAX_SERVING_BYTES, what), type=ServingState)
         except FileNotFoundError:
             return None
         except (msgspec.DecodeError, ValueError) as exc:
-            raise RepositoryError(f"{path}: unreadable: {exc}") from exc
+            raise RepositoryError(f"{what}: unreadable: {exc}") from exc
 
     def live_version(self, name: str) -> str:
         """The version `serving.json` names, or the newest one when there is none."""
@@ -181,7 +242,7 @@ class Repository:
             return state.live
         versions = self.versions(name)
         if not versions:
-            raise RepositoryError(f"model {name!r} has no versions in {self.root}")
+            raise RepositoryError(f"model {name!r} has no versions in the repository")
         return versions[-1]
 
     def set_live(self, name: str, version: str) -> ServingState:

@@ -234,11 +234,8 @@ class Endpoints:
         return json_response({"live": True})
 
     async def readyz(self, request: Request) -> Response:
-        ready = self.registry.all_ready()
-        body: dict[str, Any] = {"ready": ready, "models": self.registry.live}
-        if self.registry.failures:
-            body["failures"] = self.registry.failures
-        return json_response(body, 200 if ready else 503)
+        body = self.registry.readiness()
+        return json_response(body, 200 if body["ready"] else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         from gateway import __version__

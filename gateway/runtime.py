@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.errors import first_line
+from gateway.onnx_refs import ExternalDataError, check_external_data
 from gateway.settings import Provider
 
 log = logging.getLogger("gateway.runtime")
@@ -130,6 +131,12 @@ class OrtRuntime:
         """`io_binding` defaults to on for CUDA; on the CPU it can be forced for tests."""
         import onnxruntime as ort
 
+        try:
+            # Given bytes, ONNX Runtime would resolve external data against the working
+            # directory (or a memory address): the model must be self-contained.
+            check_external_data(model)
+        except ExternalDataError as exc:
+            raise ModelLoadError(str(exc)) from None
         choice = choose_provider(provider, ort.get_available_providers())
         if choice.warning:
             log.warning(choice.warning, extra={"event": "provider_fallback", "model": name})

@@ -58,6 +58,10 @@ def _exit_quietly_after_drain() -> Iterator[None]:
 
 
 def run(settings: Settings) -> int:
+    # Decided once, here, where stderr is known: workers inherit the answer.
+    settings = msgspec.structs.replace(
+        settings, log_format=gateway_logging.resolve_format(settings.log_format)
+    )
     gateway_logging.configure(settings.log_level, settings.log_format)
     target: str | HotPathRouter
     if settings.workers > 1:
@@ -77,6 +81,7 @@ def run(settings: Settings) -> int:
         http="httptools",
         lifespan="on",
         access_log=False,
+        log_config=None,  # uvicorn's loggers write through our handler, in our format
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         timeout_keep_alive=30,
@@ -85,7 +90,8 @@ def run(settings: Settings) -> int:
     # One server on one or two sockets; the admin routes check which port a call came in on.
     sockets = [config.bind_socket()]
     if settings.admin_port is not None:
-        sockets.append(uvicorn.Config(target, host=settings.host, port=settings.admin_port).bind_socket())
+        admin = uvicorn.Config(target, host=settings.host, port=settings.admin_port, log_config=None)
+        sockets.append(admin.bind_socket())
     try:
         if settings.workers > 1:
             Multiprocess(config, sockets=sockets).run()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 Provider = Literal["auto", "cpu", "cuda"]
-LogFormat = Literal["json", "text"]
+LogFormat = Literal["auto", "json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 RangePolicyOverride = Literal["manifest", "allow", "clip", "reject"]
 
@@ -49,9 +49,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     range_policy: RangePolicyOverride = "manifest"
     admin_token: str | None = None  # GATEWAY_ADMIN_TOKEN or the config file, never a flag
     admin_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    # The V2 protocol over gRPC on this port too (same host, process and batchers); None: off.
+    grpc_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
     poll_seconds: NonNegative = 2.0  # how often to re-read serving.json; 0: never
     log_level: LogLevel = "info"
-    log_format: LogFormat = "json"
+    log_format: LogFormat = "auto"  # text on a terminal, JSON lines otherwise
     log_inputs: bool = False
     metrics: bool = True
     drain_seconds: NonNegative = 30.0
@@ -141,10 +143,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
     parser.add_argument("--admin-port", dest="admin_port", help="serve /admin on this port only")
     parser.add_argument(
+        "--grpc-port", dest="grpc_port", help="also serve the V2 protocol over gRPC on this port"
+    )
+    parser.add_argument(
         "--poll-seconds", dest="poll_seconds", help="re-read serving.json this often (0: off)"
     )
     parser.add_argument("--log-level", dest="log_level")
-    parser.add_argument("--log-format", dest="log_format", help="json | text")
+    parser.add_argument(
+        "--log-format", dest="log_format", help="auto (text on a terminal, else JSON) | json | text"
+    )
     parser.add_argument(
         "--no-metrics",
         dest="metrics",

@@ -197,14 +197,15 @@ def test_responses_are_compressed_when_asked_and_worth_it(srv):
     assert "content-encoding" not in refused.headers
 
 
-def test_classification_returns_tritons_score_index_label_strings(srv):
+@pytest.mark.parametrize("key", ["classification", "class_count"])  # Triton's wire name, its clients'
+def test_classification_returns_tritons_score_index_label_strings(srv, key):
     rows = _rows(srv.url, 6)
     probabilities = np.array(
         next(o for o in _infer(srv.url, {"inputs": [rows]}).json()["outputs"] if o["name"] == "probabilities")[
             "data"
         ]
     ).reshape(6, 2)
-    body = {"inputs": [rows], "outputs": [{"name": "probabilities", "parameters": {"class_count": 2}}]}
+    body = {"inputs": [rows], "outputs": [{"name": "probabilities", "parameters": {key: 2}}]}
     r = _infer(srv.url, body)
     assert r.status_code == 200, r.text
     (out,) = r.json()["outputs"]
@@ -215,10 +216,10 @@ def test_classification_returns_tritons_score_index_label_strings(srv):
         assert int(index) == best and label == str(best)  # the demo's classes are 0 and 1
         assert float(score) == pytest.approx(probabilities[i, best], abs=1e-6)
         assert float(second.split(":")[0]) <= float(score)
-    bad = {"inputs": [rows], "outputs": [{"name": "probabilities", "parameters": {"class_count": 0}}]}
+    bad = {"inputs": [rows], "outputs": [{"name": "probabilities", "parameters": {key: 0}}]}
     r = _infer(srv.url, bad)
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "outputs", 0, "parameters", "class_count"]
+    assert r.json()["detail"][0]["loc"] == ["body", "outputs", 0, "parameters", key]
 
 
 def test_repository_extension_is_listed_with_the_admin_api_and_explained_without(srv, server):

@@ -123,8 +123,9 @@ def test_corrupt_artifact_is_not_loaded_and_server_stays_up(demo_repo, tmp_path)
             except httpx.HTTPError:
                 time.sleep(0.1)
         ready = httpx.get(f"{srv.url}/readyz")
-        assert ready.status_code == 200
+        assert ready.status_code == 503  # issue 16 M7: ready only when every model serves
         assert "sha256" in ready.json()["failures"]["diabetes"]
+        assert ready.json()["not_served"] == ["diabetes"]
         assert httpx.post(f"{srv.url}/v1/models/diabetes/predict", json={}).status_code == 404
         good = httpx.post(
             f"{srv.url}/v1/models/breast_cancer/predict", json=dict.fromkeys(_bc_features(repo), 0.0)
@@ -143,16 +144,30 @@ def test_unreadable_serving_json_fails_only_its_model(demo_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(demo_repo, repo)
     (repo / "diabetes" / "serving.json").write_text("{not json")
-    srv = start_server(repo, tmp_path, "--log-level", "warning")
+    srv = start_server(repo, tmp_path, "--log-level", "warning", wait_ready=False)
     try:
-        ready = httpx.get(f"{srv.url}/readyz").json()
-        assert "unreadable" in ready["failures"]["diabetes"]
+        assert wait_for_live(srv.url)
+        ready = httpx.get(f"{srv.url}/readyz")
+        assert ready.status_code == 503  # issue 16 M7: ready only when every model serves
+        assert "unreadable" in ready.json()["failures"]["diabetes"]
         good = httpx.post(
             f"{srv.url}/v1/models/breast_cancer/predict", json=dict.fromkeys(_bc_features(repo), 0.0)
         )
         assert good.status_code == 200
     finally:
         srv.stop()
+
+
+def wait_for_live(url: str, timeout: float = 60) -> bool:
+    """The server answers (its lifespan finished loading): /readyz has a body to read."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "models" in httpx.get(f"{url}/readyz").json():
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return False
 
 
 def _bc_features(repo):

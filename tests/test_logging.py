@@ -1,0 +1,97 @@
+"""Start-up output a person can read: JSON lines for machines (uvicorn's too), short text
+lines on a terminal, a "ready" line after the models are warm with a curl per model that
+works as printed, and exit 0 after a clean drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, start_server
+
+
+def _run_curls(commands: list[str]) -> None:
+    for command in commands:
+        result = subprocess.run(
+            ["bash", "-c", command + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=30
+        )
+        body, status = result.stdout.rsplit("\n", 1)
+        assert status == "200", (command, body)
+        assert json.loads(body)["predictions"], body
+
+
+@pytest.mark.slow
+def test_json_lines_only_ready_after_warm_up_and_curls_that_work(demo_repo, tmp_path):
+    srv = start_server(demo_repo, tmp_path, "--log-format", "json")
+    try:
+        # Logged before the first request could be answered, so it is there already.
+        ready = next(json.loads(line) for line in srv.log().splitlines() if '"msg":"ready"' in line)
+        _run_curls(ready["try"])  # as printed
+        httpx.get(srv.url + "/nowhere")  # something for the access log to say
+    finally:
+        assert srv.stop() == 0, srv.log()  # SIGTERM after a clean drain is a clean exit
+    lines = [line for line in srv.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line, uvicorn's included
+    loggers = {e["logger"] for e in entries}
+    assert {"uvicorn.error", "gateway.lifecycle", "gateway.registry", "gateway.access"} <= loggers
+    assert not any("Uvicorn running on" in e["msg"] for e in entries)
+    messages = [e["msg"] for e in entries]
+    warmed = [i for i, e in enumerate(entries) if e["msg"] == "model ready"]
+    assert len(warmed) == 2 and max(warmed) < messages.index("ready")
+    assert ready["url"] == srv.url and ready["docs"] == srv.url + "/docs"
+    assert ready["models"] == {"breast_cancer": "1", "diabetes": "1"}
+    assert len(ready["try"]) == 2
+
+
+def _read_until(fd: int, pattern: str, timeout: float) -> str:
+    seen, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline and not re.search(pattern, seen.decode(errors="replace")):
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # the other end closed
+                break
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_text_on_a_terminal_by_default(demo_repo):
+    """`--log-format auto` (the default) writes readable lines when stderr is a terminal."""
+    port = free_port()
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--repo", str(demo_repo), "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=ROOT,
+    )
+    os.close(secondary)
+    try:
+        head = _read_until(primary, r"Application startup complete", 60)
+        process.send_signal(signal.SIGTERM)
+        tail = _read_until(primary, r"Finished server process", 30)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(primary)
+    lines = [line for line in (head + tail).splitlines() if line.strip()]
+    assert not any(line.lstrip().startswith("{") for line in lines), lines
+    stamped = [line for line in lines if re.match(r"\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ", line)]
+    assert any("Started server process" in line for line in stamped)  # uvicorn's, in our format
+    ready = next(line for line in stamped if re.search(r"INFO +ready ", line))
+    assert f"url=http://127.0.0.1:{port}" in ready
+    curls = [line.strip() for line in lines if line.startswith("    curl ")]
+    assert len(curls) == 2 and all(f"http://127.0.0.1:{port}/v1/models/" in c for c in curls)
