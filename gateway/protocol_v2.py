@@ -6,10 +6,12 @@ element counts) before they are queued.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from types import GenericAlias
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -21,6 +23,12 @@ from gateway.tabular import NUMPY_DTYPES, all_finite, non_finite_reason
 
 Arrays = dict[str, np.ndarray]
 BINARY_HEADER = "inference-header-content-length"
+# Limits on what a client declares, checked before anything is allocated or looped over.
+ID_LIMIT = 256  # characters of a request id (it is echoed in the answer)
+ECHO_LIMIT = 64  # characters of a client's value quoted back in an error
+MAX_BYTES_ELEMENTS = 65_536  # BYTES elements per input: each becomes a Python string
+MAX_TIMEOUT_US = 86_400 * 1_000_000
+_LENGTH = struct.Struct("<I")
 
 
 class _Tensor(msgspec.Struct, forbid_unknown_fields=True):
@@ -69,7 +77,7 @@ def parse_request(
         except ValueError:
             raise BadRequest(f"{BINARY_HEADER} must be an integer") from None
         if not 0 <= n <= len(body):
-            raise BadRequest(f"{BINARY_HEADER} {n} is outside the body's {len(body)} bytes")
+            raise BadRequest(f"{BINARY_HEADER} {_clip(n)} is outside the body's {len(body)} bytes")
         body, tail = body[:n], body[n:]
     try:
         request = (_msgpack_request if msgpack else _json_request).decode(body)
@@ -82,94 +90,196 @@ def parse_request(
     return request, tail
 
 
+def _clip(value: object) -> str:
+    """A client's value, short enough to quote back in an error (never the whole of it)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "..."
+
+
+def _element_type(datatype: str) -> Any:
+    """What one JSON element of `datatype` must be: strict, so "1e5", true, null or an
+    object is refused where a number is expected, and a number where a string is."""
+    if datatype == "BYTES":
+        return str
+    if datatype == "BOOL":
+        return bool
+    if datatype.startswith("FP"):
+        return float
+    info = np.iinfo(NUMPY_DTYPES[datatype].type)  # type: ignore[index,type-var]
+    # msgspec bounds must fit in an int64; numpy refuses what overflows beyond that.
+    return Annotated[int, msgspec.Meta(ge=max(int(info.min), -(2**63)), le=min(int(info.max), 2**63 - 1))]
+
+
+@functools.cache
+def _data_type(datatype: str, depth: int) -> Any:
+    """`data` as a list nested `depth` deep of `datatype` elements."""
+    kind = _element_type(datatype)
+    for _ in range(depth):
+        kind = GenericAlias(list, (kind,))
+    return kind
+
+
 def _bytes_elements(raw: bytes, count: int, loc: list[Any]) -> np.ndarray:
+    """BYTES elements (a 4-byte little-endian length, then the bytes). `count` was checked
+    against the element limit and against what `raw` can hold before this allocates."""
     out = np.empty(count, dtype=object)
-    pos = 0
+    pos, end, unpack = 0, len(raw), _LENGTH.unpack_from
     for i in range(count):
-        if pos + 4 > len(raw):
+        if pos + 4 > end:
             raise Unprocessable("truncated BYTES tensor", [{"loc": loc, "msg": "too few elements"}])
-        (size,) = struct.unpack_from("<I", raw, pos)
+        (size,) = unpack(raw, pos)
         pos += 4
-        if pos + size > len(raw):
+        if pos + size > end:
             raise Unprocessable("truncated BYTES tensor", [{"loc": loc, "msg": "element overruns"}])
         out[i] = raw[pos : pos + size].decode("utf-8", errors="replace")
         pos += size
-    if pos != len(raw):
+    if pos != end:
         raise Unprocessable("BYTES tensor has trailing bytes", [{"loc": loc, "msg": "size mismatch"}])
     return out
 
 
-def _tensor_array(
-    tensor: _Tensor, spec: TensorSpec, tail: bytes, offset: int, index: int
-) -> tuple[np.ndarray, int]:
-    loc: list[Any] = ["body", "inputs", index]
+@dataclass(frozen=True)
+class _Plan:
+    """One input whose declared sizes passed every limit: only now is anything decoded."""
+
+    tensor: _Tensor
+    spec: TensorSpec
+    loc: list[Any]
+    count: int
+    binary: tuple[int, int] | None  # (offset, size) in the binary tail
+
+
+def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: int) -> int:
+    """The element count the declared shape implies, refused before anything is allocated."""
     if tensor.datatype != spec.datatype:
         raise Unprocessable(
-            f"input {tensor.name!r} must be {spec.datatype}",
-            [{"loc": [*loc, "datatype"], "msg": f"expected {spec.datatype}, got {tensor.datatype}"}],
+            f"input {spec.name!r} must be {spec.datatype}",
+            [{"loc": [*loc, "datatype"], "msg": f"expected {spec.datatype}, got {_clip(tensor.datatype)}"}],
         )
-    if len(tensor.shape) != len(spec.shape) or any(
-        d < 0 or (want >= 0 and d != want) for d, want in zip(tensor.shape, spec.shape, strict=False)
+    shape = tensor.shape
+    if len(shape) != len(spec.shape) or any(
+        d < 0 or (want >= 0 and d != want) for d, want in zip(shape, spec.shape, strict=False)
     ):
         raise Unprocessable(
-            f"input {tensor.name!r} has shape {tensor.shape}; the model takes {spec.shape} (-1: any size)",
+            f"input {spec.name!r} has shape {_clip(shape)}; the model takes {spec.shape} (-1: any size)",
             [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
         )
-    count = math.prod(tensor.shape)
-    dtype = NUMPY_DTYPES[spec.datatype]
+    rows = shape[0] if shape else 1
+    if rows > max_rows:
+        raise TooLarge(f"{_clip(rows)} rows in one request; the limit is {max_rows}")
+    return math.prod(shape)  # Python integers: a huge declared shape cannot overflow here
+
+
+def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
+          max_bytes_elements: int) -> _Plan:  # fmt: skip
+    loc: list[Any] = ["body", "inputs", index]
+    count = _check_shape(tensor, spec, loc, max_rows)
     size = (tensor.parameters or {}).get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(tail):
-            raise Unprocessable(
-                "binary_data_size overruns the body",
-                [{"loc": [*loc, "parameters", "binary_data_size"], "msg": "outside the binary part"}],
-            )
-        raw = tail[offset : offset + size]
-        offset += size
-        if spec.datatype == "BYTES":
-            array = _bytes_elements(raw, count, loc)
-        else:
-            if size != count * dtype.itemsize:
-                raise Unprocessable(
-                    "binary tensor size does not match its shape",
-                    [
-                        {
-                            "loc": [*loc, "parameters", "binary_data_size"],
-                            "msg": f"expected {count * dtype.itemsize} bytes for shape {tensor.shape}",
-                        }
-                    ],
-                )
-            array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
-    else:
+    if size is None:
         if tensor.data is None:
             raise Unprocessable("input has no data", [{"loc": [*loc, "data"], "msg": "missing"}])
-        try:
-            array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError):
+        if spec.datatype == "BYTES" and count > max_bytes_elements:
+            raise TooLarge(f"{_clip(count)} BYTES elements in one input; the limit is {max_bytes_elements}")
+        return _Plan(tensor, spec, loc, count, None)
+    where = [*loc, "parameters", "binary_data_size"]
+    if tensor.data is not None:
+        raise Unprocessable(
+            "an input carries either data or binary_data_size, not both",
+            [{"loc": [*loc, "data"], "msg": "remove data, or binary_data_size"}],
+        )
+    if type(size) is not int or size < 0 or offset + size > len(tail):
+        raise Unprocessable(
+            "binary_data_size overruns the body", [{"loc": where, "msg": "outside the binary part"}]
+        )
+    if spec.datatype == "BYTES":
+        if count > max_bytes_elements:
+            raise TooLarge(f"{_clip(count)} BYTES elements in one input; the limit is {max_bytes_elements}")
+        if 4 * count > size:
             raise Unprocessable(
-                f"input {tensor.name!r}: data is not a regular {spec.datatype} array",
-                [{"loc": [*loc, "data"], "msg": f"expected {spec.datatype} values"}],
-            ) from None
+                "binary tensor size does not match its shape",
+                [{"loc": where, "msg": f"{size} bytes cannot hold {count} BYTES elements"}],
+            )
+    elif size != count * NUMPY_DTYPES[spec.datatype].itemsize:
+        raise Unprocessable(
+            "binary tensor size does not match its shape",
+            [{"loc": where, "msg": f"expected {count * NUMPY_DTYPES[spec.datatype].itemsize} bytes "
+                                   f"for shape {_clip(tensor.shape)}"}],
+        )  # fmt: skip
+    return _Plan(tensor, spec, loc, count, (offset, size))
+
+
+def _json_array(plan: _Plan) -> np.ndarray:
+    tensor, spec, loc = plan.tensor, plan.spec, plan.loc
+    data = tensor.data or []
+    nested = bool(data) and isinstance(data[0], list)
+    try:
+        values = msgspec.convert(data, _data_type(spec.datatype, len(tensor.shape) if nested else 1))
+    except msgspec.ValidationError as exc:
+        detail = validation_detail(str(exc), "data")[0]
+        where = "".join(f"[{i}]" for i in detail["loc"][1:])
+        raise Unprocessable(
+            f"input {spec.name!r}: data must hold {spec.datatype} values, flat or nested as its shape",
+            [{"loc": [*loc, "data"], "msg": f"{detail['msg']} at data{where}"}],
+        ) from None
+    try:
+        with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason
+            array = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
+    except (ValueError, TypeError, OverflowError):
+        raise Unprocessable(
+            f"input {spec.name!r}: data is not a regular {spec.datatype} array",
+            [{"loc": [*loc, "data"], "msg": f"expected {spec.datatype} values, nested as the shape"}],
+        ) from None
+    if nested and array.shape != tuple(tensor.shape):
+        raise Unprocessable(
+            "data is nested differently from its shape",
+            [{"loc": [*loc, "data"], "msg": f"nested as {array.shape} for shape {_clip(tensor.shape)}"}],
+        )
+    if array.size != plan.count:
+        raise Unprocessable(
+            "element count does not match shape",
+            [{"loc": [*loc, "data"], "msg": f"{array.size} elements for shape {_clip(tensor.shape)}"}],
+        )
+    return array
+
+
+def _tensor_array(plan: _Plan, tail: bytes) -> np.ndarray:
+    spec, loc = plan.spec, plan.loc
+    if plan.binary is None:
+        array = _json_array(plan)
+    else:
+        offset, size = plan.binary
+        raw = tail[offset : offset + size]
         if spec.datatype == "BYTES":
-            array = (
-                np.array([str(v) for v in tensor.data], dtype=object)
-                if all(isinstance(v, str) for v in tensor.data)
-                else array
-            )
-        if array.size != count:
-            raise Unprocessable(
-                "element count does not match shape",
-                [{"loc": [*loc, "data"], "msg": f"{array.size} elements for shape {tensor.shape}"}],
-            )
-    array = array.reshape(tensor.shape)
+            array = _bytes_elements(raw, plan.count, loc)
+        else:
+            dtype = NUMPY_DTYPES[spec.datatype]
+            array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+    array = array.reshape(plan.tensor.shape)
     if array.dtype.kind == "f" and not all_finite(array):
         raise Unprocessable(
             "non-finite number", [{"loc": [*loc, "data"], "msg": non_finite_reason(array.dtype)}]
         )
-    return array, offset
+    return array
 
 
-def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_rows: int) -> DecodedInfer:
+def _check_request(request: InferRequest) -> None:
+    if request.id is not None and len(request.id) > ID_LIMIT:
+        raise Unprocessable(
+            f"id is longer than {ID_LIMIT} characters", [{"loc": ["body", "id"], "msg": "too long"}]
+        )
+    timeout = (request.parameters or {}).get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < MAX_TIMEOUT_US
+    ):
+        raise BadRequest("timeout must be a number of microseconds, positive and under a day")
+
+
+def decode_infer(
+    manifest: Manifest, request: InferRequest, tail: bytes, max_rows: int,
+    max_bytes_elements: int = MAX_BYTES_ELEMENTS,
+) -> DecodedInfer:  # fmt: skip
+    """Validate every declared size of every input first, then decode the data."""
+    _check_request(request)
     specs = {s.name: s for s in manifest.inputs}
     names = [t.name for t in request.inputs]
     if len(names) != len(specs) or len(set(names)) != len(names) or not all(n in specs for n in names):
@@ -179,25 +289,26 @@ def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_row
             [
                 {
                     "loc": ["body", "inputs"],
-                    "msg": f"model inputs are {sorted(specs)}; missing {missing}, unknown {unknown}",
+                    "msg": f"model inputs are {sorted(specs)}; missing {missing}, "
+                    f"unknown {_clip(unknown[:8])}",
                 }
             ],
         )
-    feeds: Arrays = {}
+    plans: list[_Plan] = []
     offset = 0
     for index, tensor in enumerate(request.inputs):
-        feeds[tensor.name], offset = _tensor_array(tensor, specs[tensor.name], tail, offset, index)
+        plan = _plan(tensor, specs[tensor.name], index, offset, tail, max_rows, max_bytes_elements)
+        offset += plan.binary[1] if plan.binary is not None else 0
+        plans.append(plan)
     if offset != len(tail):
         raise BadRequest(f"{len(tail) - offset} unclaimed bytes after the binary tensors")
-    rows_by_input = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
+    rows_by_input = {p.tensor.shape[0] if p.tensor.shape else 1 for p in plans}
     if len(rows_by_input) != 1:
         raise Unprocessable(
             "inputs disagree on the batch size",
             [{"loc": ["body", "inputs"], "msg": "every input's first dimension must match"}],
         )
     rows = rows_by_input.pop()
-    if rows > max_rows:
-        raise TooLarge(f"{rows} rows in one request; the limit is {max_rows}")
     if rows == 0:
         raise Unprocessable("empty batch", [{"loc": ["body", "inputs"], "msg": "no rows"}])
     if request.outputs is not None:
@@ -205,9 +316,10 @@ def decode_infer(manifest: Manifest, request: InferRequest, tail: bytes, max_row
         for i, out in enumerate(request.outputs):
             if out.name not in known:
                 raise NotFound(
-                    f"model has no output {out.name!r}; it has {sorted(known)}",
+                    f"model has no output {_clip(out.name)}; it has {sorted(known)}",
                     [{"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}],
                 )
+    feeds: Arrays = {p.tensor.name: _tensor_array(p, tail) for p in plans}
     return DecodedInfer(feeds, rows, request)
 
 
