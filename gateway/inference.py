@@ -67,6 +67,7 @@ class Call:
     outcome: Outcome
     started: float
     span: Span | None = None
+    model: LoadedModel | None = None  # once found: the version that answers
     # Set by the front door: the span attributes naming its protocol.
     attributes: dict[str, Any] = field(default_factory=dict)
 
@@ -129,7 +130,7 @@ class InferenceCore:
         No await between the lookup and the queueing: a version switch cannot retire the
         model in between, so no request fails during a switch."""
         outcome = call.outcome
-        model = self.registry.get(name, version)
+        model = call.model = self.registry.get(name, version)
         outcome.model, outcome.version = model.name, model.version
         decoded = decode(model)
         outcome.rows = decoded.rows

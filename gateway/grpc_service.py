@@ -1,0 +1,403 @@
+"""`inference.GRPCInferenceService` (the V2 protocol over gRPC) on the HTTP server's loop.
+
+A thin front door: every inference goes through `InferenceCore`, so gRPC calls share the
+models, batchers, deadlines, load shedding, metrics (route="grpc_infer"), traces and
+access log of the HTTP endpoints. Errors map from the HTTP status the core raises to
+the gRPC code of the same meaning, with the same message.
+
+The handlers are built from the service descriptor that protoc generated from
+gateway/proto/grpc_service.proto: the method names, paths and message classes come
+from the .proto file, not from this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import DecodeError
+
+from gateway import __version__, grpc_codec, protocol_v2, triton
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
+from gateway.inference import Call, Decoded, InferenceCore, deadline_after
+from gateway.proto import grpc_service_pb2 as pb
+from gateway.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
+from gateway.settings import Settings
+from gateway.telemetry import Telemetry
+
+log = logging.getLogger("gateway.errors")
+lifecycle_log = logging.getLogger("gateway.lifecycle")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+ROUTE = "grpc_infer"
+STREAM_ROUTE = "grpc_stream_infer"
+# HTTP status (what the core raises) -> the gRPC code that means the same.
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # as gRPC's own answer to an oversized message
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# A gRPC code back to the HTTP status it stands for, for a call gRPC itself ended.
+CANCELLED = 499
+EXTENSIONS = ("classification", "model_configuration", "parameters", "schedule_policy", "statistics")
+
+Metadata = tuple[tuple[str, str], ...]
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _message(exc: GatewayError) -> str:
+    """The HTTP error message, and where it applies when the error names a place."""
+    if not exc.detail:
+        return exc.message
+    where = exc.detail[0]
+    loc = ".".join(str(part) for part in where.get("loc", []))
+    return f"{exc.message} (at {loc}: {where.get('msg')})" if loc else exc.message
+
+
+def _trailers(exc: GatewayError, extra: Metadata = ()) -> Metadata:
+    """Retry hints for a shed or unavailable call: Retry-After's seconds, and gRPC's own
+    pushback (which gRPC's retry policies read) in milliseconds."""
+    retry = exc.headers.get("retry-after")
+    if retry is None:
+        return extra
+    return (*extra, ("retry-after", retry), ("grpc-retry-pushback-ms", str(int(retry) * 1000)))
+
+
+class GrpcService:
+    """The service's handlers and the grpc.aio server that runs them."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
+        if settings.grpc_port is None:
+            raise ValueError("no gRPC port configured")
+        self.settings = settings
+        self.registry = registry
+        self.core = InferenceCore(settings, registry, telemetry)
+        self._server: grpc.aio.Server | None = None
+        self.serving = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Bind and start; the port bound (the one configured, or the one chosen for 0)."""
+        limit = self.settings.max_body_bytes
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            # Several workers share the port through SO_REUSEPORT, as uvicorn's do through
+            # one inherited socket; a single worker refuses a port already taken.
+            ("grpc.so_reuseport", 1 if self.settings.workers > 1 else 0),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((self._handlers(),))
+        host, port = self.settings.host, self.settings.grpc_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises where older versions returned 0
+            raise OSError(f"gRPC cannot bind {address}: {exc}") from None
+        if bound == 0:
+            raise OSError(f"gRPC cannot bind {address}")
+        await server.start()
+        self._server, self.serving = server, True
+        lifecycle_log.info("grpc serving", extra={"event": "grpc_start", "port": bound})
+        return bound
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls (UNAVAILABLE), let the ones in flight finish within `grace`."""
+        self.serving = False
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        unary: dict[str, Callable[[Any, Context], Awaitable[Any]]] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ModelReady": self.model_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelMetadata": self.model_metadata,
+            "ModelConfig": self.model_config,
+            "ModelStatistics": self.model_statistics,
+            "RepositoryIndex": self.repository_index,
+            "RepositoryModelLoad": self.repository_load,
+            "RepositoryModelUnload": self.repository_unload,
+        }
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for method in SERVICE.methods:
+            # Inference takes the undecoded bytes: parsed in the handler, hashed for the log.
+            if method.name == "ModelInfer":
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    self.model_infer, response_serializer=_serialize
+                )
+            elif method.name == "ModelStreamInfer":
+                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                    self.model_stream_infer, response_serializer=_serialize
+                )
+            else:
+                request_class = message_factory.GetMessageClass(method.input_type)
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    _answering(unary[method.name]),
+                    request_deserializer=request_class.FromString,
+                    response_serializer=_serialize,
+                )
+        return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+
+    # -- health and metadata --------------------------------------------------------------
+
+    async def server_live(self, request: Any, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self.serving and self.registry.all_ready())
+
+    def _model(self, name: str, version: str) -> LoadedModel:
+        return self.registry.get(name, version or None)
+
+    async def model_ready(self, request: Any, context: Context) -> Any:
+        try:
+            model = self._model(request.name, request.version)
+        except NotFound:
+            raise
+        except GatewayError:  # loading, or retired: there, but not ready
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=model.ready)
+
+    async def server_metadata(self, request: Any, context: Context) -> Any:
+        admin = ("model_repository",) if self.settings.admin_token is not None else ()
+        return pb.ServerMetadataResponse(
+            name="onnx-gateway", version=__version__, extensions=[*EXTENSIONS, *admin]
+        )
+
+    async def model_metadata(self, request: Any, context: Context) -> Any:
+        model = self._model(request.name, request.version)
+        versions = self.registry.versions(model.name)
+        return grpc_codec.model_metadata(
+            protocol_v2.model_metadata(model.manifest, versions, model.runtime.provider)
+        )
+
+    async def model_config(self, request: Any, context: Context) -> Any:
+        model = self._model(request.name, request.version)
+        batcher = model.batcher
+        scheduling = triton.Scheduling(
+            batcher.max_batch_rows, batcher.max_delay, batcher.max_queue_rows, self.settings.lanes,
+            self.settings.timeout_ms, model.runtime.provider,
+        )  # fmt: skip
+        config = triton.model_config(model.manifest, self.registry.versions(model.name), scheduling)
+        versions = config.get("version_policy", {}).get("specific", {}).get("versions", [])
+        if not all(v.isdigit() for v in versions):  # the proto's versions are integers
+            config.pop("version_policy")
+        return pb.ModelConfigResponse(
+            config=json_format.ParseDict(config, pb.ModelConfigResponse().config, ignore_unknown_fields=True)
+        )
+
+    async def model_statistics(self, request: Any, context: Context) -> Any:
+        if not request.name:
+            models = self.registry.loaded()
+        elif request.version:
+            models = [self._model(request.name, request.version)]
+        else:
+            self.registry.get(request.name)  # NOT_FOUND that says what is loaded
+            models = [m for m in self.registry.loaded() if m.name == request.name]
+        response = pb.ModelStatisticsResponse()
+        for model in models:
+            json_format.ParseDict(
+                model.stats.json(model.name, model.version), response.model_stats.add(),
+                ignore_unknown_fields=True,
+            )  # fmt: skip
+        return response
+
+    # -- Triton's repository extension, behind the admin token -----------------------------
+
+    def _authorize(self, context: Context) -> None:
+        token = self.settings.admin_token
+        if token is None:
+            raise Forbidden(
+                "the model repository extension is part of the admin API, which is off: set "
+                "GATEWAY_ADMIN_TOKEN to turn it on (calls then need authorization: Bearer <token>)"
+            )
+        if self.settings.admin_port is not None:
+            raise Forbidden(f"the admin API is served on --admin-port {self.settings.admin_port} only")
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, value = str(given).partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise Unauthorized("admin calls need the metadata authorization: Bearer <token>")
+        if not hmac.compare_digest(value.encode(), token.encode()):
+            raise Forbidden("invalid admin token")
+
+    async def repository_index(self, request: Any, context: Context) -> Any:
+        self._authorize(context)
+        repository, live = self.registry.repository, self.registry.live
+        ready = {(m.name, m.version) for m in self.registry.loaded() if m.ready}
+        response = pb.RepositoryIndexResponse()
+        for name in repository.models():
+            for version in repository.versions(name):
+                loaded = (name, version) in ready
+                if request.ready and not loaded:
+                    continue
+                state = "READY" if loaded else "UNAVAILABLE"
+                entry = response.models.add(name=name, version=version, state=state)
+                if name in self.registry.failures and live.get(name) != version:
+                    entry.reason = self.registry.failures[name]
+        return response
+
+    async def repository_load(self, request: Any, context: Context) -> Any:
+        self._authorize(context)
+        name = request.model_name
+        if name not in self.registry.repository.models():
+            raise NotFound(f"no model {name!r} in the repository")
+        version = self.registry.repository.live_version(name)
+        try:
+            await self.registry.switch(name, version, source="grpc")
+        except LOAD_ERRORS as exc:
+            raise Unprocessable(
+                f"{name}:{version} was not made live: {exc}; {self.registry.live.get(name)} keeps serving"
+            ) from None
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(self, request: Any, context: Context) -> Any:
+        self._authorize(context)
+        for model in [m for m in self.registry.loaded() if m.name == request.model_name]:
+            await self.registry.unload(model.name, model.version)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- inference ------------------------------------------------------------------------
+
+    def _decode(self, model: LoadedModel, message: Any, remaining: float | None) -> Decoded:
+        request, tail = grpc_codec.infer_request(message)
+        decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
+        deadline = deadline_after(self.settings, (request.parameters or {}).get("timeout"))
+        if remaining is not None:  # the client's gRPC deadline is the request's deadline
+            deadline = min(deadline, time.monotonic() + remaining)
+        return Decoded(decoded.feeds, decoded.rows, deadline, request)
+
+    async def _infer(self, call: Call, raw: bytes, remaining: float | None) -> Any:
+        try:
+            message = pb.ModelInferRequest.FromString(raw)
+        except DecodeError as exc:
+            raise BadRequest(f"malformed ModelInferRequest: {exc}") from None
+        return await self.core.infer(
+            call,
+            message.model_name,
+            message.model_version or None,
+            lambda model: self._decode(model, message, remaining),
+            lambda model, decoded, outs: grpc_codec.infer_response(model.manifest, decoded.request, outs),
+            raw,
+        )
+
+    def _begin(self, route: str, context: Context) -> Call:
+        metadata = dict(context.invocation_metadata() or ())
+
+        def get(key: str) -> bytes | None:
+            value = metadata.get(key)
+            return value.encode() if isinstance(value, str) else value
+
+        call = self.core.begin(
+            route, get("x-request-id"), get("traceparent"), get("tracestate"), f"grpc {route}"
+        )
+        if call.span is not None:
+            call.attributes.update({"rpc.system": "grpc", "rpc.service": SERVICE.full_name})
+        return call
+
+    def _finish(self, call: Call, status: int, error: str | None) -> None:
+        if call.span is not None:
+            code = grpc.StatusCode.OK if status == 200 else CODES.get(status, grpc.StatusCode.INTERNAL)
+            call.attributes["rpc.grpc.status_code"] = code.value[0]
+        self.core.finish(call, status, error)
+        if call.model is not None:  # the request reached its model: Triton's statistics count it
+            call.model.stats.request(status == 200, int(call.outcome.seconds * 1e9))
+
+    def _trailing(self, call: Call) -> Metadata:
+        version = call.outcome.version
+        rid = ("x-request-id", call.outcome.request_id)
+        return (rid, ("x-model-version", version)) if version is not None else (rid,)
+
+    async def model_infer(self, raw: bytes, context: Context) -> Any:
+        call = self._begin(ROUTE, context)
+        try:
+            response = await self._infer(call, raw, context.time_remaining())
+        except GatewayError as exc:
+            failure = exc
+        except asyncio.CancelledError:  # the client went away, or its deadline passed
+            expired = (context.time_remaining() or 1.0) <= 0
+            self._finish(call, 504 if expired else CANCELLED, "deadline passed" if expired else "cancelled")
+            raise
+        except Exception as exc:  # a bug must still answer, and never leak its traceback
+            log.exception("unhandled error", extra={"request_id": call.outcome.request_id})
+            self._finish(call, 500, type(exc).__name__)
+            rid = call.outcome.request_id
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {rid})")
+        else:
+            context.set_trailing_metadata(self._trailing(call))
+            self._finish(call, 200, None)
+            return response
+        self._finish(call, failure.status, failure.message)
+        await context.abort(
+            CODES.get(failure.status, grpc.StatusCode.INTERNAL), _message(failure),
+            _trailers(failure, self._trailing(call)),
+        )  # fmt: skip
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[Any]:
+        """Each request in turn through the same core; an error answers that request only."""
+        async for raw in requests:
+            call = self._begin(STREAM_ROUTE, context)
+            try:
+                response = await self._infer(call, raw, context.time_remaining())
+            except GatewayError as exc:
+                self._finish(call, exc.status, exc.message)
+                yield pb.ModelStreamInferResponse(error_message=_message(exc))
+                continue
+            except asyncio.CancelledError:
+                self._finish(call, CANCELLED, "cancelled")
+                raise
+            except Exception as exc:
+                log.exception("unhandled error", extra={"request_id": call.outcome.request_id})
+                self._finish(call, 500, type(exc).__name__)
+                yield pb.ModelStreamInferResponse(error_message="internal error")
+                continue
+            self._finish(call, 200, None)
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+
+def _answering(
+    handler: Callable[[Any, Context], Awaitable[Any]],
+) -> Callable[[Any, Context], Awaitable[Any]]:
+    """A non-inference handler whose GatewayError becomes its gRPC status."""
+
+    async def answer(request: Any, context: Context) -> Any:
+        try:
+            return await handler(request, context)
+        except GatewayError as exc:
+            failure = exc
+        except LOAD_ERRORS as exc:  # a repository that cannot be read right now
+            failure = Unavailable(f"the model repository cannot be read: {exc}")
+        code = CODES.get(failure.status, grpc.StatusCode.INTERNAL)
+        await context.abort(code, _message(failure), _trailers(failure))
+
+    return answer
