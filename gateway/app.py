@@ -8,7 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,17 +17,19 @@ from starlette.routing import Route
 
 from gateway import __version__
 from gateway.admin import Admin
-from gateway.docs import docs_page
+from gateway.admission import Admission, AdmissionGate
+from gateway.asgi import RequestIdHeader
 from gateway.errors import GatewayError
 from gateway.examples import ready_fields
 from gateway.failures import LogFailures
 from gateway.hotpath import HotPathRouter
-from gateway.openapi import build_openapi
+from gateway.openapi import build_openapi, docs_page
 from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
 from gateway.remote import open_repository
 from gateway.routes import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
 from gateway.settings import Settings
 from gateway.telemetry import Telemetry
+from gateway.types import ASGIApp
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -40,7 +42,7 @@ def create_app(
     settings: Settings,
     runtime_factory: RuntimeFactory = ort_runtime,
     span_exporter: SpanExporter | None = None,
-) -> HotPathRouter:
+) -> ASGIApp:
     telemetry = Telemetry(
         settings.metrics_dir, span_exporter, enabled=settings.metrics, log_format=settings.log_format
     )
@@ -63,14 +65,11 @@ def create_app(
     async def metrics(request: Request) -> Response:
         return Response(telemetry.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def spec() -> dict[str, Any]:
-        return build_openapi(_live_models(registry), __version__, settings.request_rows_limit)
-
     async def openapi(request: Request) -> Response:
-        return json_response(spec())
+        return json_response(build_openapi(_live_models(registry), __version__))
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(docs_page(spec()))
+        return HTMLResponse(docs_page(build_openapi(_live_models(registry), __version__)))
 
     routes = [
         Route("/v1/models/{name}/predict", predict),
@@ -149,7 +148,11 @@ def create_app(
     app.state.registry = registry
     app.state.telemetry = telemetry
     app.state.grpc = grpc_service
-    return HotPathRouter(LogFailures(app, telemetry), predict, infer)
+    # A trailing-slash redirect would build its Location from the client's Host header.
+    app.router.redirect_slashes = False
+    admission = Admission(settings.max_concurrency, settings.max_inflight_bytes, settings.max_body_bytes)
+    router = HotPathRouter(RequestIdHeader(LogFailures(app, telemetry)), predict, infer)
+    return AdmissionGate(router, admission)
 
 
 async def _publish_metrics(telemetry: Telemetry, registry: ModelRegistry) -> None:

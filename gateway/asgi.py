@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 from gateway.errors import BadRequest, RequestTimeout, TooLarge
-from gateway.types import Receive, Scope, Send
+from gateway.types import ASGIApp, Message, Receive, Scope, Send
 
 JSON = b"application/json"
 MSGPACK = b"application/msgpack"
@@ -19,7 +20,9 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     """A request header by lower-case name; the table is built once per request."""
     table = scope.get("gateway.headers")
     if table is None:
-        table = scope["gateway.headers"] = dict(scope["headers"])
+        # The first of repeated headers wins, as in Starlette's Request.headers: one reading
+        # of a request everywhere (a second Authorization or Content-Type changes nothing).
+        table = scope["gateway.headers"] = dict(reversed(scope["headers"]))
     value = table.get(name)
     return bytes(value) if value is not None else None
 
@@ -90,3 +93,40 @@ def media_type(scope: Scope) -> bytes:
         value = header(scope, b"content-type")
         kind = scope["gateway.media_type"] = value.split(b";", 1)[0].strip().lower() if value else JSON
     return kind
+
+
+def new_request_id() -> str:
+    # Not a secret, just unique enough: getrandbits is ~50x cheaper than os.urandom here.
+    return f"{random.getrandbits(64):016x}"
+
+
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is short printable ASCII, else a fresh one."""
+    given = header(scope, b"x-request-id")
+    if given and len(given) <= 128 and given.isascii() and given.decode().isprintable():
+        return given.decode()
+    return new_request_id()
+
+
+class RequestIdHeader:
+    """Pure ASGI middleware: every answer carries X-Request-ID (health, metadata, 404s and
+    405s too), the client's when it sent a usable one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        value = request_id(scope).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

@@ -74,6 +74,7 @@ class NotFound(GatewayError):
 
 class MethodNotAllowed(GatewayError):
     status = 405
+    headers = {"allow": "POST"}  # noqa: RUF012 -- the inference endpoints; Starlette's routes say theirs
 
 
 class RequestTimeout(GatewayError):

@@ -301,7 +301,13 @@ class Endpoints:
         return error_response(NotFound(f"no route for {request.method} {request.url.path}"))
 
     async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
-        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        response = error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        allow = getattr(exc, "headers", None) or {}  # Starlette's 405 names the methods in Allow
+        if "Allow" in allow:
+            response.headers["allow"] = allow["Allow"]
+        else:
+            del response.headers["allow"]
+        return response
 
     async def gateway_error(self, request: Request, exc: Exception) -> Response:
         """What a Starlette handler raises is answered like the hot path's errors."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import math
 import os
 import shutil
 import signal
@@ -21,13 +23,14 @@ from uvicorn.supervisors import Multiprocess
 
 from gateway import logging as gateway_logging
 from gateway.app import create_app
-from gateway.hotpath import HotPathRouter
+from gateway.http_protocol import ConnectionLimits, GatewayHttpProtocol, default_max_connections
 from gateway.settings import Settings, SettingsError, build_settings
+from gateway.types import ASGIApp
 
 SETTINGS_ENV = "GATEWAY_RESOLVED_SETTINGS"
 
 
-def app_factory() -> HotPathRouter:
+def app_factory() -> ASGIApp:
     """Entry point for worker processes: rebuild the app from the parent's settings."""
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
     gateway_logging.configure(settings.log_level, settings.log_format)
@@ -63,7 +66,7 @@ def run(settings: Settings) -> int:
         settings, log_format=gateway_logging.resolve_format(settings.log_format)
     )
     gateway_logging.configure(settings.log_level, settings.log_format)
-    target: str | HotPathRouter
+    target: str | ASGIApp
     if settings.workers > 1:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         settings = msgspec.structs.replace(settings, metrics_dir=metrics_dir)
@@ -71,6 +74,11 @@ def run(settings: Settings) -> int:
         target = "gateway.serve:app_factory"
     else:
         target = create_app(settings)
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections or default_max_connections(),
+    )
     config = uvicorn.Config(
         target,
         factory=isinstance(target, str),
@@ -78,13 +86,16 @@ def run(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop=_loop(),
-        http="httptools",
+        http=functools.partial(GatewayHttpProtocol, limits=limits),  # type: ignore[arg-type]
         lifespan="on",
         access_log=False,
         log_config=None,  # uvicorn's loggers write through our handler, in our format
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
-        timeout_keep_alive=30,
+        timeout_keep_alive=math.ceil(settings.keepalive_s),
+        # A backstop only: GatewayHttpProtocol answers connections beyond the cap with 503 +
+        # Retry-After first (uvicorn's own 503 has no Retry-After).
+        limit_concurrency=limits.max_connections + 1,
         proxy_headers=False,  # no client addresses are used; skip the per-request middleware
     )
     # One server on one or two sockets; the admin routes check which port a call came in on.

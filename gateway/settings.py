@@ -46,6 +46,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     timeout_ms: NonNegative = 10_000.0
     max_body_bytes: Positive = 16 * 1024 * 1024
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0  # a trickled body is cut off
+    # Admission control (issue 16): inference requests in flight and the body bytes they
+    # hold; beyond either, 503 + Retry-After before the body is read. See SECURITY.md.
+    max_concurrency: Positive = 512
+    max_inflight_bytes: Positive = 256 * 1024 * 1024
+    max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: the nofile limit less 64, at most 4096
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # connect to end of headers
+    keepalive_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # idle keep-alive connections close
     range_policy: RangePolicyOverride = "manifest"
     admin_token: str | None = None  # GATEWAY_ADMIN_TOKEN or the config file, never a flag
     admin_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
@@ -140,6 +148,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--timeout-ms", dest="timeout_ms", help="default request deadline")
     parser.add_argument("--max-body-bytes", dest="max_body_bytes")
     parser.add_argument("--body-timeout-s", dest="body_timeout_s", help="408 for a body slower than this")
+    parser.add_argument(
+        "--max-concurrency", dest="max_concurrency", help="inference requests in flight; beyond: 503"
+    )
+    parser.add_argument(
+        "--max-inflight-bytes", dest="max_inflight_bytes", help="body bytes held by requests in flight"
+    )
+    parser.add_argument(
+        "--max-connections", dest="max_connections", help="open connections (0: from the nofile limit)"
+    )
+    parser.add_argument("--max-header-bytes", dest="max_header_bytes", help="431 beyond this")
+    parser.add_argument("--header-timeout-s", dest="header_timeout_s", help="close if headers are slower")
+    parser.add_argument("--keepalive-s", dest="keepalive_s", help="close idle keep-alive connections")
     parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
     parser.add_argument("--admin-port", dest="admin_port", help="serve /admin on this port only")
     parser.add_argument(

@@ -1,0 +1,86 @@
+"""Admission control in front of decoding: a bound on inference requests in flight and on
+the body bytes they hold, answered 503 with Retry-After at once, before a body is read.
+
+The batcher's queue bounds rows waiting for the model; it only sees a request once its
+body was read and decoded. Under a flood of connections that is too late: bodies pile up
+in memory and every request waits on the event loop. Here a request is counted from its
+first byte to its answer, and charged its declared Content-Length (or the body limit when
+it declares none) while it holds it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.asgi import JSON, header, request_id
+from gateway.types import ASGIApp, Receive, Scope, Send
+
+_INFERENCE_SUFFIXES = ("/predict", "/infer")
+
+
+class Admission:
+    """Counts in-flight inference requests and the bytes they hold."""
+
+    def __init__(self, max_requests: int, max_bytes: int, max_body_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.max_body_bytes = max_body_bytes
+        self.requests = 0
+        self.bytes = 0
+        self.shed = 0
+
+    def charge(self, declared: bytes | None) -> int | None:
+        """The bytes a request is charged, or None when admitting it would pass a bound.
+        A request that declares no length (or a bad one) is charged the body limit."""
+        try:
+            size = int(declared) if declared is not None else self.max_body_bytes
+        except ValueError:
+            size = self.max_body_bytes
+        size = min(max(size, 0), self.max_body_bytes)  # beyond the body limit: 413, not here
+        if self.requests >= self.max_requests or (self.requests and self.bytes + size > self.max_bytes):
+            self.shed += 1
+            return None
+        self.requests += 1
+        self.bytes += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.requests -= 1
+        self.bytes -= size
+
+
+_SHED_BODY = orjson.dumps({"error": "the server is at its limit of requests in flight; retry shortly"})
+
+
+class AdmissionGate:
+    """Pure ASGI middleware: inference requests over the bounds are answered 503 before
+    their body is read; everything else (health, metrics, admin) passes untouched."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        inference = scope["type"] == "http" and scope["method"] == "POST"
+        if not inference or not scope["path"].endswith(_INFERENCE_SUFFIXES):
+            await self.app(scope, receive, send)
+            return
+        charged = self.admission.charge(header(scope, b"content-length"))
+        if charged is None:
+            await _shed(scope, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.release(charged)
+
+
+async def _shed(scope: Scope, send: Send) -> None:
+    headers = [
+        (b"content-type", JSON),
+        (b"retry-after", b"1"),
+        (b"content-length", str(len(_SHED_BODY)).encode()),
+        (b"x-request-id", request_id(scope).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": _SHED_BODY})

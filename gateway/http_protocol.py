@@ -1,0 +1,118 @@
+"""uvicorn's httptools protocol with the limits it lacks: request headers bounded in bytes
+and in time, and a cap on open connections answered 503 with Retry-After.
+
+uvicorn (0.54) arms no timer on a new connection and cancels its keep-alive timer at the
+first byte of a request, so a client that connects and sends nothing, or trickles its
+headers, holds a socket forever (with `nofile=1024`, ~1,100 such sockets lock everyone
+out). httptools has no header size limit: one 128 MiB header kept the event loop busy for
+14 s. Here the header phase of every request has a deadline and a byte budget, counted
+only while the headers are incomplete, and connections beyond the cap are answered and
+closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_CLOSE = b"connection: close\r\ncontent-type: application/json\r\n"
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    max_connections: int = 1024
+
+
+def default_max_connections(cap: int = 4096, reserve: int = 64) -> int:
+    """Open connections a process can hold without running out of file descriptors: the
+    soft `nofile` limit less a reserve for models, logs and the repository."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return cap
+    return max(16, min(cap, soft - reserve))
+
+
+def _response(status: bytes, message: bytes, extra: bytes = b"") -> bytes:
+    body = b'{"error":"' + message + b'"}'
+    return (
+        b"HTTP/1.1 " + status + b"\r\n" + _CLOSE + extra
+        + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+
+
+TOO_MANY = _response(
+    b"503 Service Unavailable", b"too many open connections; retry shortly", b"retry-after: 1\r\n"
+)
+HEADERS_TOO_LARGE = _response(b"431 Request Header Fields Too Large", b"request headers are too large")
+HEADERS_TOO_SLOW = _response(b"408 Request Timeout", b"request headers did not arrive in time")
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """Header phase bounded; connections capped. Everything else is uvicorn's."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._in_headers = True
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            transport.write(TOO_MANY)
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Counted after parsing, and only if the headers are still incomplete: a chunk
+        # that completes them (and carries body bytes after them) is never refused.
+        if self._in_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > self._limits.max_header_bytes and not self.transport.is_closing():
+                self._refuse(HEADERS_TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self._limits.header_timeout_s, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._in_headers and not self.transport.is_closing():
+            # An idle keep-alive connection is uvicorn's to close; one that began a request
+            # (or never sent a byte) and has not finished its headers is ours.
+            self._refuse(HEADERS_TOO_SLOW if self._header_bytes else b"")
+
+    def _refuse(self, response: bytes) -> None:
+        self._cancel_header_timer()
+        if response:
+            self.transport.write(response)
+        self.transport.close()

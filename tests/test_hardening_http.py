@@ -1,0 +1,210 @@
+"""Issue 16, the connection side: admission control before a body is read (M2, M6),
+header size and time limits (M3, L5), a cap on connections, X-Request-ID on every answer
+and Allow on every 405 (L10), no redirect built from Host (L9), one reading of repeated
+headers (L8). Raw sockets where a well-behaved client cannot say what an attacker does."""
+
+from __future__ import annotations
+
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import start_server
+from tests.hardening_models import publish_identity
+
+VALID = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+INFER = "/v2/models/ident/infer"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("http-repo")
+    publish_identity(repo)
+    server = start_server(
+        repo, tmp_path_factory.mktemp("http"), "--log-level", "warning",
+        "--max-concurrency", "4", "--max-inflight-bytes", str(1024 * 1024),
+        "--max-connections", "40", "--header-timeout-s", "1", "--keepalive-s", "1",
+        "--max-header-bytes", str(16 * 1024), "--body-timeout-s", "5",
+    )  # fmt: skip
+    yield server
+    server.stop()
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    return sock
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _status(response: bytes) -> int | None:
+    return int(response[9:12]) if response.startswith(b"HTTP/1.1 ") else None
+
+
+def _pending(url: str, length: int) -> socket.socket:
+    """An inference request whose headers arrived and whose body has not: in flight."""
+    sock = _connect(url)
+    sock.sendall(
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def _ok(url: str) -> None:
+    r = httpx.post(url + INFER, json=VALID, timeout=10)
+    assert r.status_code == 200, r.text
+
+
+def test_m6_requests_beyond_max_concurrency_are_shed_at_once(srv):
+    held = [_pending(srv.url, 100) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        started = time.perf_counter()
+        r = httpx.post(srv.url + INFER, json=VALID, timeout=10)
+        elapsed = time.perf_counter() - started
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "x-request-id" in r.headers and r.json()["error"]
+        assert elapsed < 0.5
+        # health and metrics are never shed
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert _wait(lambda: httpx.post(srv.url + INFER, json=VALID).status_code == 200)
+
+
+def test_m2_bytes_held_in_flight_are_bounded(srv):
+    """One request holding 900 KiB of a 1 MiB budget: a second large one is shed before its
+    body is read; a small one still fits."""
+    held = _pending(srv.url, 900 * 1024)
+    try:
+        time.sleep(0.3)
+        big = httpx.post(srv.url + INFER, content=b"[" + b" " * (200 * 1024) + b"]",
+                         headers={"content-type": "application/json"}, timeout=10)  # fmt: skip
+        assert big.status_code == 503 and big.headers["retry-after"] == "1"
+        _ok(srv.url)
+    finally:
+        held.close()
+
+
+def test_m3_huge_headers_are_refused_early(srv):
+    sock = _connect(srv.url)
+    try:
+        sock.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        started = time.perf_counter()
+        try:
+            for _ in range(64):  # up to 4 MiB, 64 KiB at a time; the server stops us long before
+                sock.sendall(b"y" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = _read_response(sock)
+        assert _status(response) in (431, None)
+        assert time.perf_counter() - started < 2
+    finally:
+        sock.close()
+    _ok(srv.url)
+
+
+def test_l5_idle_and_slow_connections_are_closed(srv):
+    idle = _connect(srv.url)  # sends nothing at all
+    slow = _connect(srv.url)
+    kept = None
+    try:
+        started = time.monotonic()
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(3):
+            time.sleep(0.4)
+            try:
+                slow.sendall(b"X: y\r\n")  # one header at a time, never finishing
+            except OSError:
+                break
+        assert idle.recv(1024) == b""
+        assert _status(_read_response(slow)) in (408, None)
+        assert time.monotonic() - started < 4
+        kept = _connect(srv.url)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _status(_read_response(kept)) == 200
+        kept.settimeout(3)  # --keepalive-s is 1: the idle connection is closed well before
+        while kept.recv(65536):  # the rest of the answer, then the close
+            pass
+    finally:
+        for sock in (idle, slow, kept):
+            if sock is not None:
+                sock.close()
+    _ok(srv.url)
+
+
+def test_connections_beyond_the_cap_get_503_with_retry_after(srv):
+    socks = [_connect(srv.url) for _ in range(60)]
+    try:
+        refused = 0
+        for sock in socks[40:]:
+            sock.settimeout(2)
+            response = _read_response(sock)
+            if _status(response) == 503:
+                assert b"retry-after: 1" in response.lower()
+                refused += 1
+        assert refused >= 15
+    finally:
+        for sock in socks:
+            sock.close()
+    assert _wait(lambda: httpx.post(srv.url + INFER, json=VALID).status_code == 200)
+
+
+def test_l10_every_answer_has_a_request_id_and_405_says_allow(srv):
+    for method, path in (("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v2"), ("GET", "/v2/models/ident"),
+                         ("GET", "/nope"), ("GET", "/metrics"), ("POST", INFER), ("DELETE", "/readyz"),
+                         ("GET", INFER), ("GET", "/v2/models/nope/infer")):  # fmt: skip
+        r = httpx.request(method, srv.url + path, headers={"x-request-id": "trace-me-1"})
+        assert r.headers.get("x-request-id") == "trace-me-1", (method, path, r.status_code)
+        fresh = httpx.request(method, srv.url + path)
+        assert len(fresh.headers.get("x-request-id", "")) >= 8, (method, path)
+    r = httpx.delete(srv.url + "/readyz")
+    assert r.status_code == 405 and "GET" in r.headers["allow"]
+    r = httpx.get(srv.url + INFER)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def test_l9_no_redirect_is_built_from_the_host_header(srv):
+    r = httpx.get(srv.url + "/healthz/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert "evil.example" not in r.headers.get("location", "")
+    assert r.status_code == 404
+
+
+def test_l8_repeated_headers_are_read_once_the_same_way(srv):
+    """The first of a repeated header wins on the hot path as in Starlette's handlers."""
+    sock = _connect(srv.url)
+    try:
+        body = httpx.Request("POST", "http://x", json=VALID).content
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        assert _status(_read_response(sock)) == 200
+    finally:
+        sock.close()
+
+
+def _wait(predicate, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
