@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,7 @@ class GrpcService:
             raise OSError(f"gRPC cannot bind {address}")
         await server.start()
         self._server, self.serving = server, True
-        lifecycle_log.info("grpc serving", extra={"event": "grpc_start", "port": bound})
+        lifecycle_log.info("grpc serving", extra={"event": "grpc_start", "port": bound, "pid": os.getpid()})
         return bound
 
     async def stop(self, grace: float) -> None:

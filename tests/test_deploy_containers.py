@@ -73,6 +73,9 @@ def test_runtime_stage_promises(dockerfile):
     assert copies and all("/repository" in c for c in copies)
     provider = "cuda" if "gpu" in dockerfile else "cpu"
     assert any(f"GATEWAY_PROVIDER={provider}" in line for line in runtime)
+    # the V2 protocol over gRPC beside HTTP, on Triton's port
+    assert any("GATEWAY_GRPC_PORT=8001" in line for line in runtime)
+    assert "EXPOSE 8000 8001" in runtime
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
@@ -108,6 +111,10 @@ def test_kustomize_overlays_validate_against_kubernetes_schemas(overlay, tmp_pat
     assert pod["terminationGracePeriodSeconds"] > int(docs["ConfigMap"]["data"]["GATEWAY_DRAIN_SECONDS"])
     assert "preStop" in container["lifecycle"]
     assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GATEWAY_GRPC_PORT"] == "8001"
+    assert {"name": "grpc", "containerPort": 8001, "protocol": "TCP"} in container["ports"]
+    assert {p["targetPort"] for p in docs["Service"]["spec"]["ports"]} == {"http", "grpc"}
     assert docs["ConfigMap"]["data"]["GATEWAY_PROVIDER"] == ("cuda" if overlay == "gpu" else "cpu")
     if overlay == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -169,10 +176,10 @@ def test_serving_dependencies_alone_serve_the_demo_model(demo_repo, tmp_path):
                             " if u.find_spec(m)])"], capture_output=True, text=True, check=True, cwd=tmp_path,
     )  # fmt: skip
     assert missing.stdout.strip() == "[]"
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     with (tmp_path / "serve.log").open("wb") as log:
         process = subprocess.Popen([str(env_dir / "bin" / "gateway"), "serve", "--repo", str(demo_repo), "--port",
-                                    str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                    str(port), "--grpc-port", str(grpc_port)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
                                    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -188,6 +195,11 @@ def test_serving_dependencies_alone_serve_the_demo_model(demo_repo, tmp_path):
         ]
         r = httpx.post(url + "/v1/models/diabetes/predict", json=dict.fromkeys(features, 0.02))
         assert r.status_code == 200, (tmp_path / "serve.log").read_text()
+        import grpc  # the serving set serves gRPC too: ServerLive answers `live: true`
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=10)
+        assert live == b"\x08\x01"
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)

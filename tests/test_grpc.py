@@ -419,3 +419,23 @@ def test_promote_under_grpc_load_fails_nothing(demo_repo, tmp_path):
         assert set(versions) == {"1", "2"} and versions[-1] == "2"
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_every_worker_serves_grpc(demo_repo, tmp_path):
+    """With --workers 2 both processes listen on the gRPC port (SO_REUSEPORT); /metrics,
+    answered by either, counts the calls both served."""
+    srv = _serve(demo_repo, tmp_path, "--workers", "2", "--log-format", "json")
+    try:
+        for i in range(24):  # a fresh connection each time, so the kernel spreads them
+            client = _client(srv)
+            assert client.infer("breast_cancer", [_input(_rows(1, seed=i))]).as_numpy("label").shape == (1,)
+            client.close()
+        deadline = time.monotonic() + 10
+        while _count(srv.url, route="grpc_infer", code="200") < 24 and time.monotonic() < deadline:
+            time.sleep(0.3)  # each worker publishes its metrics once a second
+        assert _count(srv.url, route="grpc_infer", code="200") == 24
+        lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+        assert len({e["pid"] for e in lines if e.get("event") == "grpc_start"}) == 2
+    finally:
+        srv.stop()
