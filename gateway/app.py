@@ -8,7 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,11 +19,12 @@ from gateway import __version__
 from gateway.admin import Admin
 from gateway.admission import Admission, AdmissionGate
 from gateway.asgi import RequestIdHeader
+from gateway.docs import docs_page
 from gateway.errors import GatewayError
 from gateway.examples import ready_fields
 from gateway.failures import LogFailures
 from gateway.hotpath import HotPathRouter
-from gateway.openapi import build_openapi, docs_page
+from gateway.openapi import build_openapi
 from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
 from gateway.remote import open_repository
 from gateway.routes import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
@@ -65,11 +66,14 @@ def create_app(
     async def metrics(request: Request) -> Response:
         return Response(telemetry.registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def spec() -> dict[str, Any]:
+        return build_openapi(_live_models(registry), __version__, settings.request_rows_limit)
+
     async def openapi(request: Request) -> Response:
-        return json_response(build_openapi(_live_models(registry), __version__))
+        return json_response(spec())
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(docs_page(build_openapi(_live_models(registry), __version__)))
+        return HTMLResponse(docs_page(spec()))
 
     routes = [
         Route("/v1/models/{name}/predict", predict),

@@ -1,14 +1,23 @@
-"""OpenAPI 3.1, generated from the loaded models' manifests, and a docs page."""
+"""OpenAPI 3.1 for every route, generated from the live models' manifests.
+
+Each model gets its own predict and infer operations, with a schema that allows what the
+server accepts (feature types and categories, V2 input names, datatypes, outputs and
+parameters; no unknown fields) and an example the server answers with 200
+(`gateway.examples`). The other routes share templated paths."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import msgspec
 
+from gateway.examples import example_record, example_v2
+from gateway.manifest import Feature, Manifest, TensorSpec
+from gateway.protocol_v2 import ID_LIMIT, MAX_TIMEOUT_US
 from gateway.registry import LoadedModel
 
+_REF = "#/components/schemas/"
+_JSON = "application/json"
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -26,21 +35,56 @@ _ERROR = {
         },
     },
 }
-_ERRORS = {
-    str(code): {
-        "description": reason,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-    for code, reason in (
-        (400, "malformed body"),
-        (404, "unknown model or version"),
-        (413, "body or batch too large"),
-        (415, "unsupported content type"),
-        (422, "schema or range violation"),
-        (503, "overloaded (Retry-After)"),
-        (504, "deadline passed"),
-    )
+_REASONS = {
+    400: "malformed body",
+    401: "missing or wrong bearer token",
+    403: "admin API off here",
+    404: "unknown model, version or output",
+    408: "body sent too slowly",
+    409: "the change cannot be made now",
+    413: "body or batch too large",
+    415: "unsupported content type",
+    422: "schema or range violation, non-finite number",
+    503: "overloaded or not ready (Retry-After)",
+    504: "deadline passed before inference",
 }
+_INFERENCE_ERRORS = (400, 404, 408, 413, 415, 422, 503, 504)
+_ADMIN_ERRORS = (400, 401, 403, 404, 409, 422)
+# The V2 element type of each datatype, as JSON Schema: what `data` may hold.
+_ELEMENT = {"BOOL": {"type": "boolean"}, "BYTES": {"type": "string"}}
+_BINARY_NOTE = (
+    "Binary tensor extension: send the JSON header followed by the raw little-endian tensor "
+    "bytes, with `Inference-Header-Content-Length` giving the JSON's length and "
+    "`parameters.binary_data_size` on each binary input (BYTES elements: a 4-byte length, "
+    "then the bytes). Ask for binary outputs with `parameters.binary_data_output: true` or "
+    "`binary_data: true` on a requested output."
+)
+
+
+def _errors(codes: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        str(code): {"description": _REASONS[code], "content": {_JSON: {"schema": {"$ref": _REF + "Error"}}}}
+        for code in codes
+    }
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None, media: str = _JSON) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": schema or {}}}}
+
+
+def _element(datatype: str) -> dict[str, Any]:
+    if datatype in _ELEMENT:
+        return _ELEMENT[datatype]
+    return {"type": "number"} if datatype.startswith("FP") else {"type": "integer"}
+
+
+def _feature_note(feature: Feature) -> str:
+    if feature.categories is not None:
+        return f"one of {feature.categories}"
+    if feature.min is not None and feature.max is not None:
+        note = f"{feature.dtype}, seen in training from {feature.min:g} to {feature.max:g}"
+        return note + f" (outside: {feature.policy})"
+    return feature.dtype
 
 
 def _record_schema(model: LoadedModel) -> dict[str, Any]:
@@ -48,22 +92,304 @@ def _record_schema(model: LoadedModel) -> dict[str, Any]:
         return {}
     (schema,), components = msgspec.json.schema_components([model.records.row_type])
     record: dict[str, Any] = components[schema["$ref"].rsplit("/", 1)[-1]]
+    for feature in model.manifest.features:
+        prop = record["properties"].get(feature.name)
+        if prop is not None:
+            prop["description"] = _feature_note(feature)
+    record["title"] = f"{model.name} record"
     return record
 
 
-def _prediction_schema(model: LoadedModel) -> dict[str, Any]:
-    if model.manifest.output("probabilities") is not None:
+def _prediction_schema(manifest: Manifest) -> dict[str, Any]:
+    if manifest.output("probabilities") is not None:
+        label: dict[str, Any] = {"enum": manifest.classes} if manifest.classes else {}
         return {
             "type": "object",
+            "required": ["label", "probabilities"],
             "properties": {
-                "label": {},
+                "label": label,
                 "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
             },
         }
     return {"type": "object", "properties": {"value": {}}}
 
 
-def build_openapi(models: list[LoadedModel], version: str) -> dict[str, Any]:
+def _predict(model: LoadedModel, record: str, max_rows: int) -> dict[str, Any]:
+    ref = {"$ref": _REF + record}
+    body = {
+        "oneOf": [
+            ref,
+            {
+                "type": "object",
+                "required": ["instances"],
+                "additionalProperties": False,
+                "properties": {
+                    "instances": {"type": "array", "minItems": 1, "maxItems": max_rows, "items": ref}
+                },
+            },
+        ]
+    }
+    example = example_record(model.manifest)
+    response = {
+        "type": "object",
+        "required": ["model", "version", "predictions"],
+        "properties": {
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "predictions": {"type": "array", "items": _prediction_schema(model.manifest)},
+        },
+    }
+    return {
+        "post": {
+            "summary": f"Predict with {model.name} (live version {model.version}): named features",
+            "description": 'One record, or `{"instances": [...]}`; JSON or msgpack. '
+            "`X-Request-Timeout` (ms) sets the deadline.",
+            "operationId": f"predict_{model.name}",
+            "tags": [model.name],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    _JSON: {"schema": body, "example": example},
+                    "application/msgpack": {"schema": body},
+                },
+            },
+            "responses": {"200": _ok("predictions", response), **_errors(_INFERENCE_ERRORS)},
+        }
+    }
+
+
+def _input_schema(spec: TensorSpec) -> dict[str, Any]:
+    dims = [{"const": d} if d >= 0 else {"type": "integer", "minimum": 0} for d in spec.shape]
+    return {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"const": spec.name},
+            "shape": {"type": "array", "prefixItems": dims, "minItems": len(dims), "maxItems": len(dims)},
+            "datatype": {"const": spec.datatype},
+            "parameters": {
+                "type": "object",
+                "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+            },
+            "data": {
+                "type": "array",
+                "description": "row-major, flat or nested as the shape",
+                "items": {"anyOf": [_element(spec.datatype), {"type": "array"}]},
+            },
+        },
+    }
+
+
+def _infer_request(manifest: Manifest) -> dict[str, Any]:
+    outputs = [o.name for o in manifest.outputs]
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "maxLength": ID_LIMIT},
+            "model_name": {"const": manifest.name},
+            "model_version": {"type": "string"},
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "timeout": {
+                        "type": "integer",
+                        "exclusiveMinimum": 0,
+                        "exclusiveMaximum": MAX_TIMEOUT_US,
+                        "description": "deadline in microseconds",
+                    },
+                    "priority": {"type": "integer"},
+                    "binary_data_output": {"type": "boolean"},
+                },
+            },
+            "inputs": {
+                "type": "array",
+                "minItems": len(manifest.inputs),
+                "maxItems": len(manifest.inputs),
+                "items": {"oneOf": [_input_schema(s) for s in manifest.inputs]},
+            },
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"enum": outputs},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "binary_data": {"type": "boolean"},
+                                "classification": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def _infer_response(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"const": manifest.name},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype"],
+                    "properties": {
+                        "name": {"enum": [o.name for o in manifest.outputs]},
+                        "shape": {"type": "array", "items": {"type": "integer"}},
+                        "datatype": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "data": {"type": "array"},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _infer(model: LoadedModel) -> dict[str, Any]:
+    manifest = model.manifest
+    return {
+        "post": {
+            "summary": f"Infer with {model.name} (live version {model.version}): V2 tensors",
+            "description": _BINARY_NOTE,
+            "operationId": f"infer_{model.name}",
+            "tags": [model.name],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    _JSON: {
+                        "schema": {"$ref": f"{_REF}{model.name}_infer_request"},
+                        "example": example_v2(manifest),
+                    },
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "contentMediaType": "application/octet-stream"},
+                    },
+                },
+            },
+            "responses": {
+                "200": _ok("output tensors", {"$ref": f"{_REF}{model.name}_infer_response"}),
+                **_errors(_INFERENCE_ERRORS),
+            },
+        }
+    }
+
+
+def _versioned(operation: dict[str, Any], model: LoadedModel) -> dict[str, Any]:
+    """The same operation at /versions/{version}/: only the loaded version answers."""
+    op = dict(operation["post"])
+    op["operationId"] += "_version"
+    op["parameters"] = [_path_param("version", {"type": "string", "enum": [model.version]})]
+    return {"post": op}
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _get(
+    summary: str, schema: dict[str, Any] | None = None, media: str = _JSON, **extra: Any
+) -> dict[str, Any]:
+    responses = {"200": _ok(summary, schema, media), **extra.pop("errors", {})}
+    return {"get": {"summary": summary, "responses": responses, **extra}}
+
+
+_HEALTH = {
+    "type": "object",
+    "properties": {"live": {"type": "boolean"}, "ready": {"type": "boolean"}, "models": {"type": "object"}},
+}
+_NOT_READY = {"503": {"description": "not ready", "content": {_JSON: {"schema": _HEALTH}}}}
+
+
+def _shared_paths(names: list[str]) -> dict[str, Any]:
+    name = _path_param("name", {"type": "string", "enum": names} if names else {"type": "string"})
+    version = _path_param("version", {"type": "string"})
+    not_found = _errors((404,))
+    model_paths: dict[str, Any] = {}
+    for suffix, summary in (
+        ("", "model metadata: inputs, outputs, datatypes, shapes, versions"),
+        ("/ready", "model readiness"),
+        ("/config", "Triton model configuration"),
+        ("/stats", "Triton statistics"),
+    ):
+        model_paths[f"/v2/models/{{name}}{suffix}"] = _get(summary, parameters=[name], errors=not_found)
+        model_paths[f"/v2/models/{{name}}/versions/{{version}}{suffix}"] = _get(
+            summary, parameters=[name, version], errors=not_found
+        )
+    return {
+        "/healthz": _get("liveness", _HEALTH),
+        "/readyz": _get("readiness: every live model loaded and warm", _HEALTH, errors=_NOT_READY),
+        "/v2": _get("V2 server metadata and extensions"),
+        "/v2/health/live": _get("V2 liveness", _HEALTH),
+        "/v2/health/ready": _get("V2 readiness", _HEALTH, errors=_NOT_READY),
+        "/v2/models/stats": _get("Triton statistics of every loaded model"),
+        **model_paths,
+        "/metrics": _get("Prometheus exposition", {"type": "string"}, "text/plain"),
+        "/openapi.json": _get("this document"),
+        "/docs": _get("the docs page, with a try-it form per model", {"type": "string"}, "text/html"),
+    }
+
+
+def _admin_paths(names: list[str]) -> dict[str, Any]:
+    name = _path_param("name", {"type": "string"})
+    version_body = {
+        "required": True,
+        "content": {
+            _JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["version"],
+                    "properties": {"version": {"type": "string"}},
+                }
+            }
+        },
+    }
+    security: list[dict[str, list[str]]] = [{"bearer": []}]
+
+    def post(summary: str, body: bool, with_name: bool = True) -> dict[str, Any]:
+        op: dict[str, Any] = {
+            "summary": summary + " (admin; off unless GATEWAY_ADMIN_TOKEN is set)",
+            "security": security,
+            "responses": {"200": _ok("the state now"), **_errors(_ADMIN_ERRORS)},
+        }
+        if with_name:
+            op["parameters"] = [name]
+        if body:
+            op["requestBody"] = version_body
+        return {"post": op}
+
+    admin_models = {
+        "get": {
+            "summary": "loaded versions and live routes (admin)",
+            "security": security,
+            "responses": {"200": _ok("models"), **_errors((401, 403, 404))},
+        }
+    }
+    return {
+        "/admin/models": admin_models,
+        "/admin/models/{name}/promote": post("make a version live", body=True),
+        "/admin/models/{name}/rollback": post("make the previous version live", body=False),
+        "/admin/models/{name}/load": post("load an extra version", body=True),
+        "/admin/models/{name}/unload": post("unload an extra version", body=True),
+        "/v2/repository/index": post("Triton repository index", body=False, with_name=False),
+        "/v2/repository/models/{name}/load": post("Triton repository load", body=False),
+        "/v2/repository/models/{name}/unload": post("Triton repository unload", body=False),
+    }
+
+
+def build_openapi(models: list[LoadedModel], version: str, max_rows: int = 4096) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {"Error": _ERROR}
     for model in models:
@@ -71,125 +397,26 @@ def build_openapi(models: list[LoadedModel], version: str) -> dict[str, Any]:
         if model.records is not None:
             record = f"{name}_record"
             schemas[record] = _record_schema(model)
-            body = {
-                "oneOf": [
-                    {"$ref": f"#/components/schemas/{record}"},
-                    {
-                        "type": "object",
-                        "required": ["instances"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "instances": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {"$ref": f"#/components/schemas/{record}"},
-                            }
-                        },
-                    },
-                ]
-            }
-            paths[f"/v1/models/{name}/predict"] = {
-                "post": {
-                    "summary": f"Predict with {name} (live version {model.version})",
-                    "operationId": f"predict_{name}",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": body},
-                            "application/msgpack": {"schema": body},
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "predictions",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "model": {"type": "string"},
-                                            "version": {"type": "string"},
-                                            "predictions": {
-                                                "type": "array",
-                                                "items": _prediction_schema(model),
-                                            },
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_ERRORS,
-                    },
-                }
-            }
-        paths[f"/v2/models/{name}/infer"] = {
-            "post": {
-                "summary": f"Open Inference Protocol tensors for {name}",
-                "operationId": f"infer_{name}",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["inputs"],
-                                "properties": {
-                                    "id": {"type": "string"},
-                                    "inputs": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "required": ["name", "shape", "datatype", "data"],
-                                        },
-                                    },
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {"200": {"description": "output tensors"}, **_ERRORS},
-            }
-        }
-    for path, summary in (
-        ("/healthz", "liveness"),
-        ("/readyz", "readiness"),
-        ("/v2/health/ready", "V2 readiness"),
-    ):
-        paths[path] = {
-            "get": {
-                "summary": summary,
-                "responses": {"200": {"description": "ok"}, "503": {"description": "not ready"}},
-            }
-        }
+            predict = _predict(model, record, max_rows)
+            paths[f"/v1/models/{name}/predict"] = predict
+            paths[f"/v1/models/{name}/versions/{{version}}/predict"] = _versioned(predict, model)
+        schemas[f"{name}_infer_request"] = _infer_request(model.manifest)
+        schemas[f"{name}_infer_response"] = _infer_response(model.manifest)
+        infer = _infer(model)
+        paths[f"/v2/models/{name}/infer"] = infer
+        paths[f"/v2/models/{name}/versions/{{version}}/infer"] = _versioned(infer, model)
+    paths |= _shared_paths(sorted({m.name for m in models}))
+    paths |= _admin_paths(sorted({m.name for m in models}))
     return {
         "openapi": "3.1.0",
-        "info": {"title": "onnx-gateway", "version": version},
+        "info": {
+            "title": "onnx-gateway",
+            "version": version,
+            "description": 'Errors are JSON: `{"error": ..., "detail": [{"loc": [...], "msg": ...}]}`.',
+        },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
-
-
-def _pretty(value: Any) -> str:
-    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
-
-
-def docs_page(spec: dict[str, Any]) -> str:
-    rows = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            rows.append(
-                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(op.get('summary', ''))}</td></tr>"
-            )
-    schemas = "".join(
-        f"<h3>{html.escape(name)}</h3><pre>{html.escape(_pretty(s))}</pre>"
-        for name, s in spec["components"]["schemas"].items()
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>onnx-gateway API</title>"
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:.2em 1em}"
-        "pre{background:#f4f4f4;padding:1em;overflow:auto}</style></head><body>"
-        f"<h1>onnx-gateway {html.escape(spec['info']['version'])}</h1>"
-        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
-        f"<table>{''.join(rows)}</table><h2>Schemas</h2>{schemas}</body></html>"
-    )

@@ -1,0 +1,136 @@
+"""/openapi.json describes every route, validates as OpenAPI 3.1, and allows what the server
+accepts: its examples are answered 200, and what it refuses the server refuses. /docs works
+with no way out (no external URL) and has a try-it form per model filled from its example."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import httpx
+import pytest
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def spec(server):
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    validate(document)
+    return document
+
+
+def _validator(spec, schema) -> OAS31Validator:
+    """The schema with the document's components beside it, so its "#/components/..." refs resolve."""
+    return OAS31Validator({**schema, "components": spec["components"]})
+
+
+def _body(spec, path):
+    content = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    return content["schema"], content["example"]
+
+
+def _concrete(path: str, spec) -> str:
+    """A path template with each parameter set to the first value its schema allows."""
+    for method in spec["paths"][path].values():
+        for parameter in method.get("parameters", []):
+            value = parameter["schema"].get("enum", ["1"])[0]
+            path = path.replace("{" + parameter["name"] + "}", value)
+    return path
+
+
+def test_every_route_is_documented(spec, demo_repo):
+    app = create_app(Settings(repo=str(demo_repo)))
+    while not hasattr(app, "routes"):  # the hot-path router and middleware wrap Starlette
+        app = app.app
+    documented = set(spec["paths"])
+    names = ["breast_cancer", "diabetes"]
+    for route in app.routes:
+        candidates = {route.path} | {route.path.replace("{name}", n) for n in names}
+        assert candidates & documented, f"{route.path} is not in /openapi.json"
+        # predict and infer are plain ASGI endpoints (no method list): they take POST
+        methods = set(route.methods) - {"HEAD"} if route.methods else {"POST"}
+        for path in candidates & documented:
+            assert methods == {m.upper() for m in spec["paths"][path]}, path
+
+
+def test_v2_schemas_are_complete(spec):
+    request = spec["components"]["schemas"]["breast_cancer_infer_request"]
+    assert {"id", "parameters", "inputs", "outputs"} <= set(request["properties"])
+    assert request["additionalProperties"] is False
+    outputs = request["properties"]["outputs"]["items"]["properties"]
+    assert outputs["name"]["enum"] == ["label", "probabilities"]
+    assert {"binary_data", "classification"} <= set(outputs["parameters"]["properties"])
+    assert {"binary_data_output", "timeout"} <= set(request["properties"]["parameters"]["properties"])
+    infer = spec["paths"]["/v2/models/breast_cancer/infer"]["post"]
+    assert "Inference-Header-Content-Length" in infer["description"]
+    assert "application/octet-stream" in infer["requestBody"]["content"]
+
+
+def test_every_example_is_valid_and_answered(spec, server):
+    sent = 0
+    for path, ops in spec["paths"].items():
+        op = ops.get("post")
+        if op is None or "requestBody" not in op or "example" not in op["requestBody"]["content"]["application/json"]:
+            continue
+        schema, example = _body(spec, path)
+        _validator(spec, schema).validate(example)
+        r = httpx.post(server.url + _concrete(path, spec), json=example)
+        assert r.status_code == 200, (path, r.text)
+        _validator(spec, op["responses"]["200"]["content"]["application/json"]["schema"]).validate(r.json())
+        sent += 1
+    assert sent == 8  # predict and infer, live and versioned, for both models
+    for path, ops in spec["paths"].items():
+        if "get" in ops and not path.startswith("/admin"):
+            r = httpx.get(server.url + _concrete(path, spec))
+            assert r.status_code == 200, (path, r.text)
+
+
+def _mutations(example_v1, example_v2):
+    unknown = {**example_v1, "colour": 1}
+    wrong_type = {**example_v1, "age": "old"}
+    missing = {k: v for k, v in example_v1.items() if k != "age"}
+    v2_extra = {**example_v2, "tensor": 1}
+    v2_dtype = copy.deepcopy(example_v2)
+    v2_dtype["inputs"][0]["datatype"] = "FP16"
+    v2_name = copy.deepcopy(example_v2)
+    v2_name["inputs"][0]["name"] = "nope"
+    v2_output = {**example_v2, "outputs": [{"name": "nope"}]}
+    v2_rank = copy.deepcopy(example_v2)
+    v2_rank["inputs"][0]["shape"] = [1, 10, 1]
+    return [
+        ("/v1/models/diabetes/predict", unknown),
+        ("/v1/models/diabetes/predict", wrong_type),
+        ("/v1/models/diabetes/predict", missing),
+        ("/v1/models/diabetes/predict", {"instances": []}),
+        ("/v2/models/diabetes/infer", v2_extra),
+        ("/v2/models/diabetes/infer", v2_dtype),
+        ("/v2/models/diabetes/infer", v2_name),
+        ("/v2/models/diabetes/infer", v2_output),
+        ("/v2/models/diabetes/infer", v2_rank),
+    ]
+
+
+def test_what_the_schema_refuses_the_server_refuses(spec, server):
+    _, v1 = _body(spec, "/v1/models/diabetes/predict")
+    _, v2 = _body(spec, "/v2/models/diabetes/infer")
+    for path, body in _mutations(v1, v2):
+        schema, _ = _body(spec, path)
+        assert not _validator(spec, schema).is_valid(body), (path, body)
+        r = httpx.post(server.url + path, json=body)
+        assert 400 <= r.status_code < 500, (path, body, r.status_code)
+
+
+def test_docs_page_is_self_contained_with_a_form_per_model(spec, server):
+    page = httpx.get(f"{server.url}/docs").text
+    assert not re.search(r"https?:|//[a-z]", page, re.IGNORECASE), "the page must not reach outside"
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page), "no assets from anywhere"
+    assert page.count('data-kind="records"') == 2 and page.count('data-kind="v2"') == 2
+    _, example = _body(spec, "/v1/models/diabetes/predict")
+    for name, value in example.items():
+        assert f'data-feature="{name}" data-type="number" data-nullable="1" value="{value}"' in page
+    assert "seen in training from" in page  # the trained ranges are shown
+    assert "<table>" in page and "/v2/models/{name}/config" in page
