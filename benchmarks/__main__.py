@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from benchmarks import inprocess, load, models, report, servers
+from benchmarks import inprocess, load, models, perf_analyzer, report, servers
 from benchmarks.progress import progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -122,6 +122,10 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 )
             results["open_loop"][label] = load.sweep(target, rates, sweep_seconds, [10.0, 50.0])
     trace_sink.close()
+    if perf_analyzer.available():
+        progress("perf_analyzer beside wrk: gateway V2, single row")
+        with servers.running([*gw, "--no-metrics"], "/readyz", None, log) as url:
+            results["perf_analyzer"] = perf_analyzer.compare(url, "forest", v2_json, conns, seconds)
 
     progress("heavy model under concurrency: batching on vs --max-batch-rows 1")
     mlp_record = msgspec.json.encode(bench["mlp"].sample.iloc[0].to_dict())
@@ -210,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=RESULTS)
     g = sub.add_parser("gpu", help="CUDA: in-process vs the gateway, heavy models, batch 1..4096")
     g.add_argument("--out", type=Path, default=RESULTS)
+    p = sub.add_parser("perf", help="perf_analyzer beside wrk on the gateway's V2 endpoint")
+    p.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
+    p.add_argument("--out", type=Path, default=RESULTS)
     k = sub.add_parser("soak", help="mixed valid and invalid traffic for a long, bounded time")
     k.add_argument("--seconds", type=float, default=600.0)
     k.add_argument("--out", type=Path, default=RESULTS)
@@ -218,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import soak
 
         soak.run(args.out, args.seconds)
+        return 0
+    if args.command == "perf":
+        perf_analyzer.run(args.quick, args.out, WORK)
         return 0
     if args.command == "gpu":
         from benchmarks import gpu

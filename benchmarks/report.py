@@ -55,6 +55,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {model} | " + " | ".join(_fmt(by_batch[str(b)]) for b in results["batch_sizes"]) + " |"
         )
+    if "perf_analyzer" in results:
+        from benchmarks.perf_analyzer import markdown as perf_analyzer_rows
+
+        lines += ["", *perf_analyzer_rows(results["perf_analyzer"])]
     lines += ["", "## Targets (ratios from this run)", "", "| target | measured | goal | met |",
               "| --- | ---: | ---: | :---: |"]  # fmt: skip
     for t in results["targets"]:
