@@ -21,7 +21,7 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
-from gateway.tabular import NUMPY_DTYPES, feeds_from_columns, non_finite_reason
+from gateway.tabular import feeds_from_columns, non_finite_reason
 
 Arrays = dict[str, np.ndarray]
 
@@ -82,15 +82,10 @@ class ColumnCodec:
         self.manifest = manifest
         self.features = list(manifest.features)
         self._override = policy_override
-        spec = manifest.inputs[0]
-        all_numeric = all(f.dtype != "string" for f in self.features)
-        # The records API builds a float matrix input straight in its own dtype, so its
-        # finiteness check sees float32 values there (1e39 is infinity in float32): so here.
-        self._check_dtype = (
-            NUMPY_DTYPES[spec.datatype]
-            if all_numeric and manifest.layout == "matrix" and spec.datatype in ("FP32", "FP64")
-            else np.dtype(np.float64)
-        )
+        # The records API checks numbers in the narrowest float type the graph reads them
+        # as (1e39 is infinity in float32, and refused): so here.
+        narrow = any(s.datatype == "FP32" for s in manifest.inputs)
+        self._check_dtype = np.dtype(np.float32 if narrow else np.float64)
         self.output_names = self._output_names()
 
     @property
@@ -159,7 +154,13 @@ class ColumnCodec:
         return feeds_from_columns(self.manifest, {name: v[start:stop] for name, v in columns.items()})
 
     def _text(self, f: Feature, column: pa.Array, nulls: np.ndarray, rejects: _Rejects) -> np.ndarray:
-        if f.categories:
+        max_length = getattr(f, "max_length", None)  # free text (a vectorizer reads it)
+        if max_length is not None:
+            too_long = pc.greater(pc.utf8_length(column), max_length).fill_null(False)
+            rejects.add(
+                too_long.to_numpy(zero_copy_only=False), f.name, f"Expected `str` of length <= {max_length}"
+            )
+        elif f.categories:
             unknown = ~pc.is_in(column, value_set=pa.array(f.categories, pa.string())).to_numpy(
                 zero_copy_only=False
             )
