@@ -11,6 +11,7 @@ sums the live workers' snapshots, so several workers still show one server.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 from bisect import bisect_left
@@ -225,17 +226,44 @@ class Registry:
             return []
         found = []
         for path in self.shared_dir.glob("*.msgpack"):
+            if not path.stem.isdigit():
+                continue
             pid = int(path.stem)
             if pid == os.getpid():
                 continue
             if not _alive(pid):
-                path.unlink(missing_ok=True)  # a killed worker's counters leave with it
+                self._retire(path)
                 continue
             try:
                 found.append(msgspec.msgpack.decode(path.read_bytes()))
             except (OSError, msgspec.DecodeError):
                 continue
-        return found
+        retired = _read_snapshot(self.shared_dir / RETIRED_FILE)
+        return [*found, retired] if retired else found
+
+    def _retire(self, path: Path) -> None:
+        """A dead worker's counters and histograms move into the shared retired total, so
+        that no counter goes backwards when a worker is killed and replaced; its gauges
+        leave with it. The rename claims the file: one worker folds it in, exactly once."""
+        assert self.shared_dir is not None
+        claimed = path.with_name(f"{path.stem}.retiring-{os.getpid()}")
+        try:
+            os.rename(path, claimed)
+        except OSError:
+            return  # another worker claimed it first
+        dead = _read_snapshot(claimed)
+        with (self.shared_dir / ".retired.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            total = _read_snapshot(self.shared_dir / RETIRED_FILE)
+            merged = {
+                m.name: m.merge([total.get(m.name, {}), dead.get(m.name, {})])
+                for m in self.metrics
+                if not isinstance(m, Gauge)
+            }
+            tmp = self.shared_dir / f".{RETIRED_FILE}.{os.getpid()}.tmp"
+            tmp.write_bytes(msgspec.msgpack.encode(merged))
+            os.replace(tmp, self.shared_dir / RETIRED_FILE)
+        claimed.unlink(missing_ok=True)
 
     def render(self) -> str:
         snapshots = [self._snapshot(), *self._peer_snapshots()]
@@ -244,6 +272,16 @@ class Registry:
             lines += metric.header()
             lines += metric.render(metric.merge(s.get(metric.name, {}) for s in snapshots))
         return "\n".join(lines) + "\n"
+
+
+RETIRED_FILE = "retired.msgpack"
+
+
+def _read_snapshot(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return msgspec.msgpack.decode(path.read_bytes())  # type: ignore[no-any-return]
+    except (OSError, msgspec.DecodeError):
+        return {}
 
 
 def _alive(pid: int) -> bool:

@@ -230,6 +230,12 @@ class Telemetry:
         self._drift: dict[tuple[str, str], DriftMonitor] = {}
         self.tracer = _make_tracer(span_exporter)
         self.root_ratio = _root_ratio()
+        # A client's sampled traceparent decides only under a parent-based sampler (the
+        # default, parentbased_always_on, traces everything anyway); under traceidratio
+        # it cannot force tracing beyond the configured share.
+        self.parent_based = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").startswith(
+            "parentbased_"
+        )
         self._shed_count = 0
         self._shed_logged = 0.0
 
@@ -264,7 +270,8 @@ class Telemetry:
         """
         if self.tracer is None:
             return None
-        if traceparent is None and self.root_ratio < 1.0 and random.random() >= self.root_ratio:
+        trust_parent = traceparent is not None and self.parent_based
+        if not trust_parent and self.root_ratio < 1.0 and random.random() >= self.root_ratio:
             return None
         from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind
@@ -278,7 +285,7 @@ class Telemetry:
         from opentelemetry import trace
 
         parent = trace.get_current_span(context).get_span_context()
-        if parent.is_valid and not parent.trace_flags.sampled:
+        if self.parent_based and parent.is_valid and not parent.trace_flags.sampled:
             return None  # the caller decided not to trace this one
         return self.tracer.start_span(name, context=context, kind=SpanKind.SERVER)
 
