@@ -28,6 +28,7 @@ ID_LIMIT = 256  # characters of a request id (it is echoed in the answer)
 ECHO_LIMIT = 64  # characters of a client's value quoted back in an error
 MAX_BYTES_ELEMENTS = 65_536  # BYTES elements per input: each becomes a Python string
 MAX_TIMEOUT_US = 86_400 * 1_000_000
+MAX_ELEMENT_BYTES = 64  # JSON bytes one number may take, whitespace and nesting included
 _LENGTH = struct.Struct("<I")
 
 
@@ -55,8 +56,66 @@ class InferRequest(msgspec.Struct, forbid_unknown_fields=True):
     model_version: str | None = None
 
 
-_json_request = msgspec.json.Decoder(InferRequest)
-_msgpack_request = msgspec.msgpack.Decoder(InferRequest)
+# What the HTTP body is first decoded into: InferRequest's fields, except that each
+# input's `data` stays undecoded (msgspec.Raw) until its declared shape passed every limit,
+# and parameters hold only what the protocol allows there (strings, numbers, booleans).
+# A generic decode of `data` cost seconds of event loop for 16 MiB of `[[],[],...]`; a
+# typed decode after the shape check fails at the first wrong element.
+_Scalar = str | int | float | bool | None
+_Parameters = Annotated[dict[str, _Scalar], msgspec.Meta(max_length=64)]
+MAX_RANK = 32
+MAX_INPUTS = 1024
+
+
+def _wire(name: str, base: type[msgspec.Struct], replace: dict[str, Any]) -> Any:
+    """`base`'s fields, a few of them retyped: kept in step with the public struct."""
+    fields: list[Any] = []
+    for f in msgspec.structs.fields(base):
+        kind = replace.get(f.name, f.type)
+        if f.required:
+            fields.append((f.name, kind))
+        else:
+            fields.append((f.name, kind, f.default if f.default is not msgspec.NODEFAULT else None))
+    return msgspec.defstruct(name, fields, forbid_unknown_fields=True)
+
+
+_WireTensor = _wire(
+    "_WireTensor", _Tensor,
+    {"data": msgspec.Raw, "parameters": _Parameters | None,
+     "shape": Annotated[list[int], msgspec.Meta(max_length=MAX_RANK)]},
+)  # fmt: skip
+_WireOutput = _wire("_WireOutput", _RequestedOutput, {"parameters": _Parameters | None})
+_WireRequest = _wire(
+    "_WireRequest", InferRequest,
+    {"inputs": Annotated[list[_WireTensor], msgspec.Meta(max_length=MAX_INPUTS)],  # type: ignore[valid-type]
+     "outputs": Annotated[list[_WireOutput], msgspec.Meta(max_length=MAX_INPUTS)] | None,  # type: ignore[valid-type]
+     "parameters": _Parameters | None},
+)  # fmt: skip
+_json_request = msgspec.json.Decoder(_WireRequest)
+_msgpack_request = msgspec.msgpack.Decoder(_WireRequest)
+
+
+class _ParsedRequest(InferRequest):
+    """An InferRequest read from an HTTP body: each input's data still undecoded."""
+
+    raw_data: list[msgspec.Raw | None] = []
+    msgpack: bool = False
+
+
+def _from_wire(wire: Any, msgpack: bool) -> _ParsedRequest:
+    raws: list[msgspec.Raw | None] = []
+    inputs = []
+    for t in wire.inputs:
+        raw = t.data if t.data is not None and bytes(t.data).strip() not in (b"null", b"\xc0") else None
+        raws.append(raw)
+        inputs.append(_Tensor(name=t.name, shape=t.shape, datatype=t.datatype, parameters=t.parameters))
+    fields = {f: getattr(wire, f) for f in InferRequest.__struct_fields__ if f not in ("inputs", "outputs")}
+    outputs = (
+        [_RequestedOutput(name=o.name, parameters=o.parameters) for o in wire.outputs]
+        if wire.outputs is not None
+        else None
+    )
+    return _ParsedRequest(inputs=inputs, outputs=outputs, raw_data=raws, msgpack=msgpack, **fields)
 
 
 @dataclass(frozen=True)
@@ -80,7 +139,7 @@ def parse_request(
             raise BadRequest(f"{BINARY_HEADER} {_clip(n)} is outside the body's {len(body)} bytes")
         body, tail = body[:n], body[n:]
     try:
-        request = (_msgpack_request if msgpack else _json_request).decode(body)
+        request = _from_wire((_msgpack_request if msgpack else _json_request).decode(body), msgpack)
     except msgspec.ValidationError as exc:
         raise Unprocessable("invalid inference request", validation_detail(str(exc))) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -147,6 +206,8 @@ class _Plan:
     loc: list[Any]
     count: int
     binary: tuple[int, int] | None  # (offset, size) in the binary tail
+    raw: msgspec.Raw | None = None  # JSON or msgpack `data`, not decoded yet
+    msgpack: bool = False
 
 
 def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: int) -> int:
@@ -171,18 +232,24 @@ def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: in
 
 
 def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
-          max_bytes_elements: int) -> _Plan:  # fmt: skip
+          max_bytes_elements: int, raw: msgspec.Raw | None, msgpack: bool) -> _Plan:  # fmt: skip
     loc: list[Any] = ["body", "inputs", index]
     count = _check_shape(tensor, spec, loc, max_rows)
     size = (tensor.parameters or {}).get("binary_data_size")
+    has_data = tensor.data is not None or raw is not None
     if size is None:
-        if tensor.data is None:
+        if not has_data:
             raise Unprocessable("input has no data", [{"loc": [*loc, "data"], "msg": "missing"}])
         if spec.datatype == "BYTES" and count > max_bytes_elements:
             raise TooLarge(f"{_clip(count)} BYTES elements in one input; the limit is {max_bytes_elements}")
-        return _Plan(tensor, spec, loc, count, None)
+        if raw is not None and spec.datatype != "BYTES" and len(raw) > count * MAX_ELEMENT_BYTES + 4096:
+            raise Unprocessable(  # more bytes than `count` numbers can take, even spelt out long
+                "data is larger than its shape",
+                [{"loc": [*loc, "data"], "msg": f"{len(raw)} bytes for {count} elements"}],
+            )
+        return _Plan(tensor, spec, loc, count, None, raw, msgpack)
     where = [*loc, "parameters", "binary_data_size"]
-    if tensor.data is not None:
+    if has_data:
         raise Unprocessable(
             "an input carries either data or binary_data_size, not both",
             [{"loc": [*loc, "data"], "msg": "remove data, or binary_data_size"}],
@@ -208,12 +275,32 @@ def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: byte
     return _Plan(tensor, spec, loc, count, (offset, size))
 
 
+@functools.cache
+def _data_decoder(datatype: str, depth: int, msgpack: bool) -> Any:
+    kind = _data_type(datatype, depth)
+    return msgspec.msgpack.Decoder(kind) if msgpack else msgspec.json.Decoder(kind)
+
+
+def _typed_values(plan: _Plan) -> tuple[Any, bool]:
+    """`data` as typed Python values, and whether it was nested. From the wire, a typed
+    decode: it stops at the first element of the wrong kind, whatever follows."""
+    spec, rank = plan.spec, len(plan.tensor.shape)
+    if plan.raw is None:
+        data = plan.tensor.data or []
+        nested = bool(data) and isinstance(data[0], list)
+        return msgspec.convert(data, _data_type(spec.datatype, rank if nested else 1)), nested
+    try:
+        return _data_decoder(spec.datatype, 1, plan.msgpack).decode(plan.raw), False
+    except msgspec.ValidationError as exc:
+        if rank < 2 or not str(exc).endswith("got `array` - at `$[0]`"):
+            raise
+    return _data_decoder(spec.datatype, rank, plan.msgpack).decode(plan.raw), True
+
+
 def _json_array(plan: _Plan) -> np.ndarray:
     tensor, spec, loc = plan.tensor, plan.spec, plan.loc
-    data = tensor.data or []
-    nested = bool(data) and isinstance(data[0], list)
     try:
-        values = msgspec.convert(data, _data_type(spec.datatype, len(tensor.shape) if nested else 1))
+        values, nested = _typed_values(plan)
     except msgspec.ValidationError as exc:
         detail = validation_detail(str(exc), "data")[0]
         where = "".join(f"[{i}]" for i in detail["loc"][1:])
@@ -221,6 +308,8 @@ def _json_array(plan: _Plan) -> np.ndarray:
             f"input {spec.name!r}: data must hold {spec.datatype} values, flat or nested as its shape",
             [{"loc": [*loc, "data"], "msg": f"{detail['msg']} at data{where}"}],
         ) from None
+    except msgspec.DecodeError:  # after ValidationError, its subclass
+        raise BadRequest(f"input {spec.name!r}: malformed data") from None
     try:
         with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason
             array = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
@@ -296,8 +385,12 @@ def decode_infer(
         )
     plans: list[_Plan] = []
     offset = 0
+    parsed = isinstance(request, _ParsedRequest)
+    raws = request.raw_data if isinstance(request, _ParsedRequest) else [None] * len(request.inputs)
+    msgpack = parsed and request.msgpack  # type: ignore[attr-defined]
     for index, tensor in enumerate(request.inputs):
-        plan = _plan(tensor, specs[tensor.name], index, offset, tail, max_rows, max_bytes_elements)
+        plan = _plan(tensor, specs[tensor.name], index, offset, tail, max_rows, max_bytes_elements,
+                     raws[index], msgpack)  # fmt: skip
         offset += plan.binary[1] if plan.binary is not None else 0
         plans.append(plan)
     if offset != len(tail):
@@ -321,6 +414,20 @@ def decode_infer(
                 )
     feeds: Arrays = {p.tensor.name: _tensor_array(p, tail) for p in plans}
     return DecodedInfer(feeds, rows, request)
+
+
+def body_bound(manifest: Manifest, max_rows: int) -> int | None:
+    """The most bytes a valid V2 request for this model can need (JSON, numbers spelt out
+    long, plus a header's worth), or None when an input's size has no bound (BYTES, or a
+    variable dimension after the first). Bodies beyond it are refused by their declared
+    length before a byte is read: no parse of megabytes that cannot be valid."""
+    total = 64 * 1024
+    for spec in manifest.inputs:
+        row = spec.shape[1:]
+        if spec.datatype == "BYTES" or any(d < 0 for d in row):
+            return None
+        total += max_rows * math.prod(row) * MAX_ELEMENT_BYTES
+    return total
 
 
 def _wants_binary(request: InferRequest, name: str) -> bool:

@@ -16,6 +16,7 @@ from functools import partial
 
 import numpy as np
 
+from gateway import protocol_v2
 from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import NotFound, Unavailable, first_line
 from gateway.manifest import Manifest
@@ -65,6 +66,7 @@ class LoadedModel:
     rows: int = 0
     largest_batch: int = 0
     loaded_at: float = field(default_factory=time.time)
+    v2_body_limit: int | None = None  # the largest V2 body a valid request can need
     stats: ModelStats = field(default_factory=ModelStats)  # Triton's statistics extension
 
     @property
@@ -184,6 +186,14 @@ class ModelRegistry:
             exc_info=not isinstance(exc, LOAD_ERRORS),
         )
 
+    def body_limit(self, name: str, version: str | None, route: str) -> int:
+        """The body limit for a request to this model: the model's own bound where it has
+        one (V2 tensors of fixed size), else --max-body-bytes. Never raises: an unknown
+        model gets the global limit and its 404 later."""
+        model = self._models.get((name, version if version is not None else self._live.get(name, "")))
+        bound = model.v2_body_limit if model is not None and route == "infer" else None
+        return min(bound, self.settings.max_body_bytes) if bound else self.settings.max_body_bytes
+
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         model = self._models.get((name, version if version is not None else self._live.get(name, "")))
         if model is None:
@@ -232,6 +242,7 @@ class ModelRegistry:
             inline_rows=inline_rows,
         )
         model = LoadedModel(manifest, runtime, batcher, records)
+        model.v2_body_limit = protocol_v2.body_bound(manifest, self.settings.request_rows_limit)
         batcher.on_batch = partial(self._observe, model)
         return model
 

@@ -124,7 +124,8 @@ class InferenceEndpoint:
                 f"Content-Type {kind.decode(errors='replace')!r} is not accepted; use "
                 + " or ".join(a.decode() for a in self.media_types)
             )
-        limit = self.settings.max_body_bytes
+        params = scope["path_params"]  # the model's own bound: 413 before megabytes are parsed
+        limit = self.core.registry.body_limit(params["name"], params.get("version"), self.route)
         raw = await read_body(scope, receive, limit, self.settings.body_timeout_s)
         return compression.decode_body(raw, header(scope, b"content-encoding"), limit)
 
