@@ -289,12 +289,31 @@ def _typed_values(plan: _Plan) -> tuple[Any, bool]:
         data = plan.tensor.data or []
         nested = bool(data) and isinstance(data[0], list)
         return msgspec.convert(data, _data_type(spec.datatype, rank if nested else 1)), nested
+    if spec.datatype == "BYTES":
+        # Strings have no byte bound per element: a fixed-length type stops the decode at
+        # element count + 1 (msgspec checks as it goes), not after 5 M empty strings.
+        flat: tuple[int, ...] = (plan.count,)
+        try:
+            return _bytes_decoder(flat, plan.msgpack).decode(plan.raw), False
+        except msgspec.ValidationError as exc:
+            if rank < 2 or not str(exc).endswith("got `array` - at `$[0]`"):
+                raise
+        return _bytes_decoder(tuple(plan.tensor.shape), plan.msgpack).decode(plan.raw), True
     try:
         return _data_decoder(spec.datatype, 1, plan.msgpack).decode(plan.raw), False
     except msgspec.ValidationError as exc:
         if rank < 2 or not str(exc).endswith("got `array` - at `$[0]`"):
             raise
     return _data_decoder(spec.datatype, rank, plan.msgpack).decode(plan.raw), True
+
+
+@functools.lru_cache(maxsize=32)
+def _bytes_decoder(shape: tuple[int, ...], msgpack: bool) -> Any:
+    """BYTES data of exactly this shape, as nested tuples of strings."""
+    kind: Any = str
+    for size in reversed(shape):
+        kind = GenericAlias(tuple, (kind,) * size)
+    return msgspec.msgpack.Decoder(kind) if msgpack else msgspec.json.Decoder(kind)
 
 
 def _json_array(plan: _Plan) -> np.ndarray:
