@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from benchmarks import inprocess, load, models, perf_analyzer, report, servers
+from benchmarks import grpc_bench, inprocess, load, models, perf_analyzer, report, servers
 from benchmarks.progress import progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -126,6 +126,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         progress("perf_analyzer beside wrk: gateway V2, single row")
         with servers.running([*gw, "--no-metrics"], "/readyz", None, log) as url:
             results["perf_analyzer"] = perf_analyzer.compare(url, "forest", v2_json, conns, seconds)
+    if grpc_bench.available():
+        progress("V2 over gRPC beside HTTP (perf_analyzer both): single row, 256-row raw tensors")
+        results["grpc"] = grpc_bench.run(repo, "forest", row, conns, seconds, log)
 
     progress("heavy model under concurrency: batching on vs --max-batch-rows 1")
     mlp_record = msgspec.json.encode(bench["mlp"].sample.iloc[0].to_dict())
@@ -188,6 +191,8 @@ def _summarize(results: dict[str, Any]) -> None:
     big = results["batch256_forest_c4"]
     g["256-row V2 binary rows/s / in-process ORT at 256"] = big["v2 binary"]["rows_per_s"] / inproc256
     g["256-row records JSON rows/s / in-process ORT at 256"] = big["records json"]["rows_per_s"] / inproc256
+    if "grpc" in results:
+        grpc_bench.summarize(results["grpc"], g)
     for label, sweep in o.items():
         g[f"open loop max req/s at p99 <= 10 ms: {label}"] = sweep["max_rps_p99_le_10ms"]
 
@@ -204,6 +209,10 @@ def _summarize(results: dict[str, Any]) -> None:
         target("heavy batched/unbatched", "heavy MLP: batched / unbatched throughput", 5),
         target("256-row V2 / in-process", "256-row V2 binary rows/s / in-process ORT at 256", 0.4),
     ]  # fmt: skip
+    if "grpc" in results:
+        results["targets"].append(target(
+            "256-row gRPC raw / in-process", "256-row gRPC raw rows/s / in-process ORT at 256 (perf_analyzer)", 0.7
+        ))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=RESULTS)
     g = sub.add_parser("gpu", help="CUDA: in-process vs the gateway, heavy models, batch 1..4096")
     g.add_argument("--out", type=Path, default=RESULTS)
+    gr = sub.add_parser("grpc", help="V2 over gRPC beside HTTP (perf_analyzer): single row and 256 rows")
+    gr.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
+    gr.add_argument("--out", type=Path, default=RESULTS)
     p = sub.add_parser("perf", help="perf_analyzer beside wrk on the gateway's V2 endpoint")
     p.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -225,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import soak
 
         soak.run(args.out, args.seconds)
+        return 0
+    if args.command == "grpc":
+        print("\n".join(grpc_bench.markdown(grpc_bench.main(args.quick, args.out, WORK)["grpc"])))
         return 0
     if args.command == "perf":
         perf_analyzer.run(args.quick, args.out, WORK)

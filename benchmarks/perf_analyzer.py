@@ -41,19 +41,27 @@ def _env() -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")])}
 
 
-def measure(url: str, model: str, concurrency: int, seconds: float, cpu: int | None = None) -> dict[str, Any]:
+def measure(
+    url: str, model: str, concurrency: int, seconds: float, cpu: int | None = None,
+    protocol: str = "http", batch: int = 1, input_data: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """One concurrency level: perf_analyzer's client-side throughput and percentiles, and
-    the server-side averages it computed from the statistics extension."""
+    the server-side averages it computed from the statistics extension. `protocol` is
+    perf_analyzer's -i (http, or grpc with `url` as host:port); `batch` rows per request,
+    each `input_data`'s batch-1 request (a JSON file) where given, else its random data."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "perf.csv"
         cmd = [
-            str(BINARY), "-m", model, "-i", "http", "-u", url.removeprefix("http://"),
+            str(BINARY), "-m", model, "-i", protocol, "-u", url.removeprefix("http://"), "-b", str(batch),
             "--concurrency-range", f"{concurrency}:{concurrency}",
             # Three windows of a third of the time each; any spread counts as stable: the
-            # figures are the windows' own, and a busy machine must not make the run fail.
-            "--measurement-interval", str(max(200, int(seconds * 1000 / 3))), "-s", "100",
+            # figures are the windows' own, and a busy machine must not make the run fail
+            # (-s is a percentage; 100 still failed on a loaded 2-core machine, 1000 holds).
+            "--measurement-interval", str(max(200, int(seconds * 1000 / 3))), "-s", "1000",
             "--max-trials", "3", "-f", str(report),
         ]  # fmt: skip
+        if input_data is not None:
+            cmd += ["--input-data", str(input_data)]
         if cpu is not None and servers.can_pin():
             cmd = ["taskset", "-c", str(cpu), *cmd]
         done = subprocess.run(

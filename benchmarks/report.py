@@ -59,6 +59,10 @@ def markdown(results: dict[str, Any]) -> str:
         from benchmarks.perf_analyzer import markdown as perf_analyzer_rows
 
         lines += ["", *perf_analyzer_rows(results["perf_analyzer"])]
+    if "grpc" in results:
+        from benchmarks.grpc_bench import markdown as grpc_rows
+
+        lines += ["", *grpc_rows(results["grpc"])]
     lines += ["", "## Targets (ratios from this run)", "", "| target | measured | goal | met |",
               "| --- | ---: | ---: | :---: |"]  # fmt: skip
     for t in results["targets"]:

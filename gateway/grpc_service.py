@@ -113,7 +113,8 @@ class GrpcService:
             # one inherited socket; a single worker refuses a port already taken.
             ("grpc.so_reuseport", 1 if self.settings.workers > 1 else 0),
         ]
-        server = grpc.aio.server(options=options)
+        # --max-concurrency bounds gRPC calls too: beyond it gRPC answers RESOURCE_EXHAUSTED.
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.settings.max_concurrency)
         server.add_generic_rpc_handlers((self._handlers(),))
         host, port = self.settings.host, self.settings.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,9 +33,12 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.proto.__main__ import stale
 from gateway.repository import Repository
-from tests.conftest import free_port, start_server
+from tests.conftest import ROOT, free_port, start_server
 
 TOKEN = "grpc-admin-token"
+# perf_analyzer ships in tritonclient 2.51.0's wheel, in the clients' own venv (.ci/run).
+CLIENTS = Path(os.environ.get("GATEWAY_CLIENTS_VENV", ROOT / ".venv-clients"))
+PERF_ANALYZER = CLIENTS / "bin" / "perf_analyzer"
 FEATURES = 30  # breast_cancer's input: FP64 [-1, 30]
 
 
@@ -115,7 +120,8 @@ class _Sink(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def slow(demo_repo, tmp_path_factory):
     """Batches wait up to 1 s to fill: a call stays queued long enough to see deadlines.
-    A 64-row queue, a 200 kB message limit, the admin API, and spans sent to a sink."""
+    A 64-row queue, a 200 kB message limit, 4 calls at once, the admin API, and spans
+    sent to a sink."""
     _Sink.received = []
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
@@ -126,7 +132,7 @@ def slow(demo_repo, tmp_path_factory):
     }
     srv = _serve(
         demo_repo, tmp_path_factory.mktemp("grpc-slow"), "--max-delay-ms", "1000", "--max-queue-rows", "64",
-        "--max-body-bytes", "200000", "--log-format", "json", env=env,
+        "--max-body-bytes", "200000", "--max-concurrency", "4", "--log-format", "json", env=env,
     )  # fmt: skip
     srv.sink = _Sink.received
     yield srv
@@ -294,6 +300,21 @@ def test_deadlines_shedding_and_message_size(slow):
     assert _count(slow.url, route="grpc_infer", code="503") == 1
 
 
+def test_max_concurrency_bounds_grpc_calls(slow):
+    async def run() -> list:
+        client = tc_aio.InferenceServerClient(slow.grpc)
+        try:  # every call waits in the batcher for up to a second: 8 are in flight at once
+            calls = [client.infer("breast_cancer", [_input(_rows(1, seed=i))]) for i in range(8)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())
+    refused = [r for r in results if isinstance(r, InferenceServerException)]
+    assert refused and all(r.status() == "StatusCode.RESOURCE_EXHAUSTED" for r in refused)
+    assert 1 <= len(results) - len(refused) <= 4
+
+
 def test_traceparent_metrics_and_access_log(slow):
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = {"traceparent": f"00-{trace_id}-{parent}-01", "x-request-id": "grpc-req-1"}
@@ -439,3 +460,32 @@ def test_every_worker_serves_grpc(demo_repo, tmp_path):
         assert len({e["pid"] for e in lines if e.get("event") == "grpc_start"}) == 2
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PERF_ANALYZER.exists(), reason=f"no {PERF_ANALYZER}: `bash .ci/run` installs it")
+def test_perf_analyzer_over_grpc(server, tmp_path):
+    """Triton's load tool, -i grpc: it reads the model configuration and statistics over
+    gRPC, sends raw tensors in batches of 8, and reports the server's own counts."""
+    client = _client(server)
+    before = client.get_inference_statistics("breast_cancer", as_json=True)["model_stats"][0]
+    cudart = next((CLIENTS / "lib").glob("python3*/site-packages/nvidia/cuda_runtime/lib"))
+    done = subprocess.run(
+        [
+            str(PERF_ANALYZER), "-m", "breast_cancer", "-i", "grpc", "-u", server.grpc, "-b", "8",
+            "--concurrency-range", "2:2", "--measurement-mode", "count_windows",
+            "--measurement-request-count", "100", "-s", "1000", "--max-trials", "3",
+            "-f", str(tmp_path / "perf.csv"),
+        ],
+        capture_output=True, text=True, timeout=180,
+        env={**os.environ, "LD_LIBRARY_PATH": f"{cudart}:{os.environ.get('LD_LIBRARY_PATH', '')}"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counts = [int(line.split(":")[1]) for line in done.stdout.splitlines() if "Successful request count" in line]
+    assert len(counts) == 1 and counts[0] >= 100, done.stdout
+    after = client.get_inference_statistics("breast_cancer", as_json=True)["model_stats"][0]
+    # proto3 JSON leaves zeros out
+    success = [int(x["inference_stats"]["success"].get("count", 0)) for x in (before, after)]
+    rows = [int(x.get("inference_count", 0)) for x in (before, after)]
+    assert success[1] - success[0] >= counts[0] and rows[1] - rows[0] >= 8 * counts[0]
+    assert "Concurrency" in (tmp_path / "perf.csv").read_text()
