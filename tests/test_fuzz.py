@@ -202,3 +202,167 @@ def test_openapi_operations_never_fail_on_the_server_side(fuzz_server, mode):
     assert len(seen) >= 100
     if mode == "positive":
         assert 200 in seen  # valid calls do get answered
+
+
+# --- Issue 16: ten thousand hostile bodies, lying headers and shapes included ------------
+
+FUZZ_BODIES = 10_000
+
+
+class _Hostile:
+    """Seeded generator of hostile requests for both APIs: junk JSON and msgpack, records
+    with wrong types and huge values, V2 tensors whose shapes, datatypes, element counts,
+    binary sizes and header lengths lie, BYTES tails with lengths that overrun."""
+
+    def __init__(self, seed: int, v2_inputs: dict[str, list[dict]], features: list[str]) -> None:
+        import random
+
+        self.rng = random.Random(seed)
+        self.v2_inputs = v2_inputs
+        self.features = features
+
+    def junk(self, depth: int = 0):
+        r = self.rng
+        kind = r.randrange(9 if depth < 3 else 6)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return r.choice([True, False])
+        if kind == 2:
+            return r.choice([0, -1, 1, 2**31, 2**63 - 1, -(2**63), 10**18])
+        if kind == 3:
+            return r.choice([0.5, -1e308, 1e308, 5e-324, 3.4e38, 1e39])
+        if kind == 4:
+            return r.choice(["", "a", "1e5", "NaN", "Infinity", "é" * 3, "x" * r.choice([10, 1000])])
+        if kind == 5:
+            return r.choice(["true", "null", "[]", "{}"])
+        if kind == 6:
+            return [self.junk(depth + 1) for _ in range(r.randrange(5))]
+        if kind == 7:
+            return {str(self.junk(depth + 2))[:8]: self.junk(depth + 1) for _ in range(r.randrange(4))}
+        return [[self.junk(depth + 2)] * r.randrange(3)] * r.randrange(3)
+
+    def shape(self, true_shape: list[int]) -> list:
+        r = self.rng
+        rows = r.choice([0, 1, 2, 3, 4097, 10**9, 400_000_000, 10**18, -1])
+        rest = [d if d > 0 else r.choice([1, 2, 3]) for d in true_shape[1:]]
+        return r.choice([
+            [rows, *rest], [rows], [*rest], [rows, *rest, 1], [1, *rest], [2, *rest],
+            [rows, *(d * r.choice([1, 2, 1000]) for d in rest)], [],
+        ])  # fmt: skip
+
+    def v2(self, model: str) -> tuple[bytes, dict[str, str]]:
+        r = self.rng
+        tensors = []
+        tail = b""
+        for spec in self.v2_inputs[model]:
+            shape = self.shape(spec["shape"])
+            datatype = r.choice([spec["datatype"]] * 3 + ["FP32", "BYTES", "INT64", "BOOL", "nope"])
+            tensor: dict = {"name": r.choice([spec["name"]] * 4 + ["", "other"]), "shape": shape,
+                            "datatype": datatype}  # fmt: skip
+            count = 1
+            for d in shape[:3]:
+                count *= max(0, min(d, 64))
+            if r.random() < 0.45:  # binary, with lies in its size or its BYTES lengths
+                if datatype == "BYTES":
+                    parts = [len(s).to_bytes(4, "little") + s for s in (b"ab", b"", "é".encode())] * max(1, count)
+                    raw = b"".join(parts[: max(1, count)])
+                    raw = r.choice([raw, raw[:-1], raw + b"\x00", b"\xff\xff\xff\xff" + raw, b"\x00" * 4 * count])
+                else:
+                    raw = bytes(r.randrange(256) for _ in range(r.choice([0, 3, 4, 8, 16, 4 * count, 8 * count])))
+                size = r.choice([len(raw)] * 4 + [len(raw) + 1, -1, 2**40, "8", True, 0.5])
+                tensor["parameters"] = {"binary_data_size": size}
+                if r.random() < 0.1:
+                    tensor["data"] = [1.0]
+                tail += raw
+            else:
+                tensor["data"] = r.choice([
+                    [self.junk() for _ in range(r.randrange(6))],
+                    [r.uniform(-3, 3) for _ in range(count)],
+                    ["s"] * count, [[0.1] * max(1, count // 2)] * 2, self.junk(),
+                ])  # fmt: skip
+            tensors.append(tensor)
+        request: dict = {"inputs": r.choice([tensors, tensors * 2, tensors[:0]])}
+        if r.random() < 0.2:
+            request["id"] = r.choice(["r-1", "x" * 300, ""])
+        if r.random() < 0.2:
+            request["parameters"] = r.choice([{"timeout": self.junk()}, {"binary_data_output": True},
+                                              {"x": [1, [2]]}, {"priority": 10**30}])  # fmt: skip
+        if r.random() < 0.1:
+            request["outputs"] = [{"name": r.choice(["variable", "nope", "y", "echo"])}]
+        head = _encode(request, msgpack=not tail and r.random() < 0.2)
+        if not tail:
+            kind = "application/msgpack" if head[:1] != b"{" else "application/json"
+            return head, {"content-type": kind}
+        declared = r.choice([str(len(head))] * 5 + [str(len(head) + 3), "-1", "abc", str(2**64), "0"])
+        return head + tail, {"content-type": "application/octet-stream", "inference-header-content-length": declared}
+
+    def records(self) -> tuple[bytes, dict[str, str]]:
+        r = self.rng
+        record = {f: (r.uniform(-0.2, 0.2) if r.random() < 0.6 else self.junk()) for f in self.features}
+        if r.random() < 0.3:
+            record.pop(r.choice(self.features))
+        if r.random() < 0.2:
+            record[r.choice(["extra", "", "age "])] = 1
+        body = r.choice([record, {"instances": [record] * r.choice([0, 1, 3, 5000])}, [record], self.junk()])
+        msgpack = r.random() < 0.25
+        return _encode(body, msgpack), {"content-type": "application/msgpack" if msgpack else "application/json"}
+
+
+def _encode(value, msgpack: bool) -> bytes:
+    try:
+        return msgspec.msgpack.encode(value) if msgpack else msgspec.json.encode(value)
+    except (OverflowError, TypeError, ValueError):
+        return msgspec.json.encode(str(value)[:200])
+
+
+@pytest.mark.slow
+def test_ten_thousand_hostile_bodies_over_both_apis(demo_repo, tmp_path):
+    """Zero 5xx, a JSON error for every refusal, bounded memory, still serving after."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.repository import Repository
+    from tests.hardening_models import publish_echo, publish_identity, rss_mb
+
+    repo = tmp_path / "repo"
+    shutil.copytree(demo_repo, repo)
+    publish_echo(repo)
+    publish_identity(repo)
+    local = Repository(repo)
+    models = ("diabetes", "echo", "ident")
+    v2_inputs = {m: [{"name": s.name, "shape": s.shape, "datatype": s.datatype}
+                     for s in local.manifest(m, "1").inputs] for m in models}  # fmt: skip
+    srv = start_server(repo, tmp_path, "--log-level", "error", "--poll-seconds", "0")
+    statuses: dict[int, int] = {}
+    try:
+        before = rss_mb(srv.process.pid)
+
+        def worker(seed: int) -> None:
+            hostile = _Hostile(seed, v2_inputs, FEATURES)
+            with httpx.Client(base_url=srv.url, timeout=30) as client:
+                for _ in range(FUZZ_BODIES // 4):
+                    if hostile.rng.random() < 0.3:
+                        body, headers = hostile.records()
+                        path = "/v1/models/diabetes/predict"
+                    else:
+                        model = hostile.rng.choice(models)
+                        body, headers = hostile.v2(model)
+                        path = f"/v2/models/{model}/infer"
+                    r = client.post(path, content=body, headers=headers)
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    assert r.status_code < 500, (path, body[:300], headers, r.text[:300])
+                    if r.status_code >= 400:
+                        assert isinstance(r.json()["error"], str), r.text[:200]
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(worker, range(4)))
+        assert sum(statuses.values()) >= FUZZ_BODIES
+        assert 200 in statuses and len(statuses) >= 4, statuses  # valid, malformed, too large...
+        assert rss_mb(srv.process.pid) - before < 150
+        ok = httpx.post(f"{srv.url}/v1/models/diabetes/predict", json=dict.fromkeys(FEATURES, 0.01))
+        assert ok.status_code == 200
+        assert srv.process.poll() is None and "unhandled error" not in srv.log()
+    finally:
+        srv.stop()
+    print(dict(sorted(statuses.items())))
