@@ -10,6 +10,8 @@ it declares none) while it holds it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 
 from gateway.asgi import JSON, header, request_id
@@ -21,7 +23,11 @@ _INFERENCE_SUFFIXES = ("/predict", "/infer")
 class Admission:
     """Counts in-flight inference requests and the bytes they hold."""
 
-    def __init__(self, max_requests: int, max_bytes: int, max_body_bytes: int) -> None:
+    def __init__(
+        self, max_requests: int, max_bytes: int, max_body_bytes: int,
+        on_shed: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.on_shed = on_shed  # counts the refusal (gateway_rejected_total{reason="admission"})
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.max_body_bytes = max_body_bytes
@@ -39,6 +45,8 @@ class Admission:
         size = min(max(size, 0), self.max_body_bytes)  # beyond the body limit: 413, not here
         if self.requests >= self.max_requests or (self.requests and self.bytes + size > self.max_bytes):
             self.shed += 1
+            if self.on_shed is not None:
+                self.on_shed()
             return None
         self.requests += 1
         self.bytes += size

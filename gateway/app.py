@@ -154,7 +154,10 @@ def create_app(
     app.state.grpc = grpc_service
     # A trailing-slash redirect would build its Location from the client's Host header.
     app.router.redirect_slashes = False
-    admission = Admission(settings.max_concurrency, settings.max_inflight_bytes, settings.max_body_bytes)
+    admission = Admission(
+        settings.max_concurrency, settings.max_inflight_bytes, settings.max_body_bytes,
+        on_shed=lambda: telemetry.rejected.inc(("", "", "admission")),
+    )  # fmt: skip
     router = HotPathRouter(RequestIdHeader(LogFailures(app, telemetry)), predict, infer)
     return AdmissionGate(router, admission)
 

@@ -66,6 +66,7 @@ def run(settings: Settings) -> int:
         settings, log_format=gateway_logging.resolve_format(settings.log_format)
     )
     gateway_logging.configure(settings.log_level, settings.log_format)
+    settings, workdir = _empty_working_directory(settings)
     target: str | ASGIApp
     if settings.workers > 1:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
@@ -115,6 +116,23 @@ def run(settings: Settings) -> int:
     finally:
         if settings.metrics_dir:
             shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(workdir)
+
+
+def _empty_working_directory(settings: Settings) -> tuple[Settings, str]:
+    """Serve from an empty directory of our own: nothing a relative path (a model's
+    external data, anything else) could name is there. Local paths in the settings are
+    made absolute first. The directory is removed when the server stops."""
+    def absolute(path: str | None) -> str | None:
+        return os.path.abspath(path) if path is not None and "://" not in path else path
+
+    settings = msgspec.structs.replace(
+        settings, repo=absolute(settings.repo) or settings.repo, cache_dir=absolute(settings.cache_dir)
+    )
+    workdir = tempfile.mkdtemp(prefix="gateway-cwd-")
+    os.chdir(workdir)
+    return settings, workdir
 
 
 def serve_from_args(args: argparse.Namespace) -> int:

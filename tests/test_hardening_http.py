@@ -78,8 +78,9 @@ def test_m6_requests_beyond_max_concurrency_are_shed_at_once(srv):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "x-request-id" in r.headers and r.json()["error"]
         assert elapsed < 0.5
-        # health and metrics are never shed
+        # health and metrics are never shed, and the refusal is counted
         assert httpx.get(srv.url + "/healthz").status_code == 200
+        assert 'reason="admission"' in httpx.get(srv.url + "/metrics").text
     finally:
         for sock in held:
             sock.close()

@@ -99,6 +99,9 @@ def test_h2_a_model_reading_a_file_is_never_loaded(tmp_path):
     srv = start_server(repo, tmp_path, "--log-level", "warning", wait_ready=False)
     try:
         assert wait_for(lambda: _answers(srv.url), 60)
+        # and the server runs from an empty directory of its own: nothing to name there
+        cwd = Path(f"/proc/{srv.process.pid}/cwd")
+        assert cwd.resolve() != ROOT and list(cwd.iterdir()) == []
         ready = httpx.get(f"{srv.url}/readyz")
         assert ready.status_code == 503
         assert ready.json()["not_served"] == ["leak"]
