@@ -229,10 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("perf", help="perf_analyzer beside wrk on the gateway's V2 endpoint")
     p.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
     p.add_argument("--out", type=Path, default=RESULTS)
+    pr = sub.add_parser("production", help="the production configuration against the bare gateway")
+    pr.add_argument("--quick", action="store_true", help="one short round: a smoke test")
+    pr.add_argument("--out", type=Path, default=RESULTS)
     k = sub.add_parser("soak", help="mixed valid and invalid traffic for a long, bounded time")
     k.add_argument("--seconds", type=float, default=600.0)
     k.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.command == "production":
+        from benchmarks import production
+
+        print(production.markdown(production.run(args.quick, args.out, WORK)))
+        return 0
     if args.command == "soak":
         from benchmarks import soak
 

@@ -3,10 +3,13 @@ whatever `extra` the caller attached; uvicorn's own lines go through the same ha
 
 from __future__ import annotations
 
-import asyncio
+import atexit
+import collections
 import datetime as dt
 import logging
 import sys
+import threading
+import time
 from typing import Any
 
 import orjson
@@ -99,12 +102,14 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 
 
 class AccessLog:
-    """One JSON line per request without the logging module's per-record machinery.
+    """One JSON line per request, written off the event loop.
 
-    Lines are buffered and written together on the next loop turn (at most 100 ms later),
-    one write for many requests instead of one write and flush each. The `gateway.access`
-    logger's level still decides whether anything is written; with the text format the
-    lines go through logging as usual.
+    `emit` only queues the entry with its time (a deque append, safe across threads); a
+    writer thread formats the queued entries and writes them in one call every 100 ms,
+    or sooner when many are waiting. Every request is still logged: `flush` (shutdown,
+    exit) drains what is left in the caller's thread. The timestamp is formatted once per
+    millisecond, not once per line. The `gateway.access` logger's level still decides
+    whether anything is written; with the text format the lines go through logging.
     """
 
     FLUSH_SECONDS = 0.1
@@ -113,8 +118,12 @@ class AccessLog:
     def __init__(self, fmt: str = "auto") -> None:
         self.logger = logging.getLogger("gateway.access")
         self.fast = resolve_format(fmt) == "json"
-        self._buffer: list[bytes] = []
-        self._scheduled = False
+        self._queue: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
+        self._wake = threading.Event()
+        self._write_lock = threading.Lock()  # one writer at a time: lines stay in order
+        self._writer: threading.Thread | None = None
+        self._stamp: tuple[int, bytes] = (-1, b"")
+        self._second: tuple[int, str] = (-1, "")
 
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
@@ -123,24 +132,55 @@ class AccessLog:
         if not self.fast:
             self.logger.info(entry.get("event", "request"), extra=entry)
             return
-        line = _envelope(dt.datetime.now(dt.UTC), "info", "gateway.access", "request") | entry
-        self._buffer.append(orjson.dumps(line, default=str) + b"\n")
-        if len(self._buffer) >= self.MAX_BUFFERED:
+        self._queue.append((time.time(), entry))
+        if self._writer is None:
+            self._start_writer()
+        elif len(self._queue) >= self.MAX_BUFFERED:
+            self._wake.set()
+
+    def _start_writer(self) -> None:
+        self._writer = threading.Thread(target=self._write_forever, name="access-log", daemon=True)
+        self._writer.start()
+        atexit.register(self.flush)
+
+    def _write_forever(self) -> None:
+        while True:
+            self._wake.wait(self.FLUSH_SECONDS)
+            self._wake.clear()
             self.flush()
-        elif not self._scheduled:
-            try:
-                asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
-                self._scheduled = True
-            except RuntimeError:  # no loop: write at once
-                self.flush()
+
+    def _prefix(self, when: float) -> bytes:
+        """The line's opening fields as JSON bytes, formatted once per millisecond (time.strftime
+        alone costs several microseconds), once per second for the date and time."""
+        ms = int(when * 1000)
+        if ms != self._stamp[0]:
+            second, fraction = divmod(ms, 1000)
+            if second != self._second[0]:
+                self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            ts = f"{self._second[1]}.{fraction:03d}+00:00"
+            opening = f'{{"ts":"{ts}","level":"info","logger":"gateway.access","msg":"request",'
+            self._stamp = (ms, opening.encode())
+        return self._stamp[1]
 
     def flush(self) -> None:
-        self._scheduled = False
-        if self._buffer:
-            data, self._buffer = b"".join(self._buffer), []
+        with self._write_lock:
+            lines = []
+            while True:
+                try:
+                    when, entry = self._queue.popleft()
+                except IndexError:
+                    break
+                # The entry's own object, opened by the envelope fields: `{` + envelope + `...}`.
+                body = orjson.dumps(entry, default=str)
+                lines.append(
+                    self._prefix(when) + body[1:] if len(body) > 2 else self._prefix(when)[:-1] + b"}"
+                )
+            if not lines:
+                return
+            lines.append(b"")
             try:
                 sys.stderr.flush()
-                sys.stderr.buffer.write(data)
+                sys.stderr.buffer.write(b"\n".join(lines))
                 sys.stderr.buffer.flush()
-            except (OSError, ValueError):  # stderr closed at exit: nothing to write to
+            except (OSError, ValueError, AttributeError):  # stderr closed at exit: nowhere to write
                 pass

@@ -95,3 +95,33 @@ def test_text_on_a_terminal_by_default(demo_repo):
     assert f"url=http://127.0.0.1:{port}" in ready
     curls = [line.strip() for line in lines if line.startswith("    curl ")]
     assert len(curls) == 2 and all(f"http://127.0.0.1:{port}/v1/models/" in c for c in curls)
+
+
+def test_access_log_writes_every_line_off_the_loop_in_order(monkeypatch):
+    import io
+    import logging
+
+    from gateway.logging import AccessLog
+
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(out, write_through=True))
+    logging.getLogger("gateway.access").setLevel(logging.INFO)
+    log = AccessLog("json")
+    for i in range(3000):  # more than MAX_BUFFERED: the writer is woken early too
+        log.emit({"event": "request", "n": i, "route": "predict", "prediction": {"labels": {"1": 1}}})
+    deadline = time.monotonic() + 5
+    while out.getvalue().count(b"\n") < 3000 and time.monotonic() < deadline:
+        time.sleep(0.02)  # written by the writer thread, with no flush from this one
+    lines = out.getvalue().decode().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [e["n"] for e in entries] == list(range(3000))
+    first = entries[0]
+    assert list(first)[:5] == ["ts", "level", "logger", "msg", "event"]
+    assert first["logger"] == "gateway.access" and first["msg"] == "request"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", first["ts"])
+    import datetime as dt
+
+    assert abs(dt.datetime.fromisoformat(first["ts"]).timestamp() - time.time()) < 60
+    log.emit({"event": "request", "n": "last"})
+    log.flush()  # shutdown drains what the writer has not written yet
+    assert json.loads(out.getvalue().decode().splitlines()[-1])["n"] == "last"
