@@ -62,6 +62,9 @@ class Admin:
                             "Authorization: Bearer <token>)")
                 )  # fmt: skip
             raise NotFound(f"no route for {request.method} {request.url.path}")
+        if len(request.headers.getlist("authorization")) > 1:
+            # Proxies disagree on which of two wins: refuse rather than pick one.
+            raise BadRequest("send one Authorization header")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise Unauthorized("admin calls need Authorization: Bearer <token>")

@@ -209,3 +209,17 @@ def _wait(predicate, timeout: float = 10) -> bool:
             pass
         time.sleep(0.1)
     return False
+
+
+def test_l8_two_authorization_headers_are_refused(tmp_path):
+    repo = tmp_path / "repo"
+    publish_identity(repo)
+    server = start_server(repo, tmp_path, "--log-level", "warning", env={"GATEWAY_ADMIN_TOKEN": "s3cret"})
+    try:
+        good = httpx.get(server.url + "/admin/models", headers={"authorization": "Bearer s3cret"})
+        assert good.status_code == 200
+        for pair in (("Bearer s3cret", "Bearer wrong"), ("Bearer wrong", "Bearer s3cret")):
+            r = httpx.get(server.url + "/admin/models", headers=[("authorization", v) for v in pair])
+            assert r.status_code == 400 and "one Authorization" in r.json()["error"]
+    finally:
+        server.stop()
