@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from converters._graph import dynamic_batch_outputs
 from converters._registry import FRAMEWORKS, Framework, get_converter
 from converters.errors import ConversionError
 from converters.loading import load_model
@@ -93,6 +94,7 @@ def convert(
     rtol: float = DEFAULT_RTOL,
     metadata: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    origin: dict[str, str] | None = None,
 ) -> Manifest:
     """Convert, verify parity, and publish `<repo>/<name>/<version>`; nothing is written on failure."""
     started = time.perf_counter()
@@ -114,6 +116,8 @@ def convert(
     progress(f"converting {estimator} ({detected}) to ONNX")
     with _step("convert", estimator, "see the supported estimators in the README"):
         converted = converter.convert(model, sample)
+        if converted.layout != "tensors":
+            dynamic_batch_outputs(converted.onnx_model)
         model_bytes = converted.onnx_model.SerializeToString()
         inputs, outputs = _output_specs(converted, converted.onnx_model)
     manifest = Manifest(
@@ -128,6 +132,7 @@ def convert(
             estimator=converted.estimator,
             file_name=model_path.name,
             file_sha256=sha256_file(model_path),
+            **(origin or {}),  # uri, run_id, model_version: an MLflow model's provenance
         ),
         onnx=onnx_info(converted.onnx_model, model_bytes),
         inputs=inputs,

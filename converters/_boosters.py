@@ -3,6 +3,7 @@ estimators (or raw boosters) out, and the same predict contract for the parity c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,25 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def _squash(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]", "_", name)
+
+
+def _users_names(model_names: list[str] | None, sample: pd.DataFrame | None) -> list[str] | None:
+    """The sample's own column names where the booster kept only a mangled copy of them
+    (LightGBM stores "mean radius" as "mean_radius"): the API speaks the user's names."""
+    if model_names is None or sample is None or sample.shape[1] != len(model_names):
+        return model_names
+    columns = [str(c) for c in sample.columns]
+    if columns != model_names and [_squash(c) for c in columns] == [_squash(n) for n in model_names]:
+        return columns
+    return model_names
+
+
 def numeric_features(
     model_names: list[str] | None, n_features: int | None, sample: pd.DataFrame | None
 ) -> tuple[list[Feature], pd.DataFrame | None]:
-    names = feature_names(model_names, n_features, sample)
+    names = feature_names(_users_names(model_names, sample), n_features, sample)
     if sample is not None:
         sample = align_sample(sample, names)
     # Tree boosters route missing values themselves, so null is always allowed.

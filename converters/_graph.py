@@ -72,3 +72,45 @@ def cast_then(front: Any, back: Any, back_input: str, to: int) -> Any:
     merged = compose.merge_models(front, back, io_map=[(cast_name, back_input)], prefix2="est_")
     onnx.checker.check_model(merged)
     return merged
+
+
+def label_from_probabilities(model: Any, classes: list[Any]) -> None:
+    """Make the `label` output the first class of highest probability, as scikit-learn's
+    tree ensembles predict; their ONNX operators break an exact tie (a forest's 25/25
+    votes) the other way."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    original = "label_ensemble"
+    rename_values(model, {"label": original})
+    spec = next(o for o in graph.output if o.name == original)
+    graph.output.remove(spec)
+    values = np.asarray(classes)
+    table = (
+        numpy_helper.from_array(values.astype(np.int64), "label_classes")
+        if np.issubdtype(values.dtype, np.integer)
+        else numpy_helper.from_array(np.asarray([str(c) for c in classes], dtype=object), "label_classes")
+    )
+    graph.initializer.append(table)
+    graph.node.extend(
+        [
+            helper.make_node(
+                "ArgMax", ["probabilities"], ["label_index"], axis=1, keepdims=0, name="LabelArgMax"
+            ),
+            helper.make_node(
+                "Gather", ["label_classes", "label_index"], ["label"], axis=0, name="LabelGather"
+            ),
+        ]
+    )
+    elem = TensorProto.INT64 if table.data_type == TensorProto.INT64 else TensorProto.STRING
+    graph.output.insert(0, helper.make_tensor_value_info("label", elem, [None]))
+
+
+def dynamic_batch_outputs(model: Any) -> None:
+    """Declare every output's first dimension variable: onnxmltools declares a LightGBM
+    label as [1], which ONNX Runtime warns about on every batch and V2 metadata would repeat."""
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "N"

@@ -28,6 +28,12 @@ def _records(table: pd.DataFrame) -> list[dict[str, object]]:
     columns = []
     for name in table.columns:
         values = table[name].tolist()
+        infinite = [i for i, v in enumerate(values) if isinstance(v, float) and abs(v) == float("inf")]
+        if infinite:
+            raise ConversionError(
+                f"parity: sample row {table.index[infinite[0]]}, column {name!r}, is infinite, which "
+                "no JSON client can send: clean the sample"
+            )
         columns.append([None if v is None or v is pd.NA or is_nan(v) else v for v in values])
     names = [str(c) for c in table.columns]
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
@@ -133,8 +139,9 @@ def check_parity(
     rtol: float,
     synthesised: bool,
 ) -> tuple[Parity, Predictions]:
-    original = converted.predict(table)
+    # Served first: a row the records API refuses is the user's problem to see, by row.
     got = serve_predict(model_bytes, manifest, table)
+    original = converted.predict(table)
     max_diff = 0.0
     agreement = None
     if original.label is not None and got.label is not None:

@@ -22,12 +22,12 @@ from sklearn.exceptions import NotFittedError
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, OrdinalEncoder
 from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
-from converters import _hist_gradient_boosting, _imputer
-from converters._graph import cast_then, rename_values, safe_names
+from converters import _hist_gradient_boosting, _imputer, _svr, _trees
+from converters._graph import cast_then, label_from_probabilities, rename_values, safe_names
 from converters.errors import ConversionError
 from converters.schema import align_sample, feature_names, infer_features, is_nan
 from converters.types import Converted, Predictions
@@ -41,10 +41,14 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 _hist_gradient_boosting.register()
 _imputer.register()
+_svr.register()
+_trees.register()
 _HGB = (HistGradientBoostingClassifier, HistGradientBoostingRegressor)
 _TEXT = (CountVectorizer, TfidfVectorizer, HashingVectorizer)
 # scikit-learn casts X to float32 in these estimators' predict (sklearn.tree DTYPE).
 _FLOAT32_TREES = (BaseDecisionTree, BaseForest, BaseGradientBoosting)
+# Of those, the ones our converter (converters._trees) takes float64 in and casts itself.
+_OWN_TREES = (*_trees.CLASSIFIERS, *_trees.REGRESSORS)
 
 
 def _walk(model: Any) -> list[Any]:
@@ -159,6 +163,8 @@ class SklearnConverter:
         # Plain output names for the V2 API and metrics: label, probabilities, value.
         plain = ["label", "probabilities"] if classifier else ["value"]
         rename_values(onnx_model, dict(zip(outputs, plain, strict=False)))
+        if classifier and isinstance(_final(model), BaseGradientBoosting):
+            label_from_probabilities(onnx_model, model.classes_.tolist())
         roles = {"label": "label", "probabilities": "probabilities"} if classifier else {"value": "value"}
         takes_frame = hasattr(model, "feature_names_in_")
 
@@ -205,8 +211,10 @@ def _options(model: Any, classifier: bool) -> dict[int, dict[str, Any]]:
 
 def _sklearn_to_onnx(model: Any, initial_types: list[tuple[str, Any]], classifier: bool) -> Any:
     names = _input_names(model)
+    mapping = {}
     if names is not None and len(names) == len(initial_types):
-        model = _with_columns_renamed(model, dict(zip(names, (n for n, _ in initial_types), strict=True)))
+        mapping = dict(zip(names, (n for n, _ in initial_types), strict=True))
+    model = _for_skl2onnx(model, mapping)
     try:
         return convert_sklearn(
             model, initial_types=initial_types, options=_options(model, classifier), target_opset=TARGET_OPSET
@@ -222,12 +230,18 @@ def _sklearn_to_onnx(model: Any, initial_types: list[tuple[str, Any]], classifie
         ) from exc
 
 
-def _with_columns_renamed(model: Any, mapping: dict[str, str]) -> Any:
-    """A copy of `model` whose ColumnTransformers select columns by their safe names: skl2onnx
-    matches them against the graph's input names, which must be identifiers for it."""
-    if all(k == v for k, v in mapping.items()):
+def _for_skl2onnx(model: Any, mapping: dict[str, str]) -> Any:
+    """A copy of `model` as skl2onnx can read it: ColumnTransformers select columns by their
+    safe names (skl2onnx matches them against the graph's input names, which it wants as
+    identifiers), and one-hot output is dense (ONNX has no sparse intermediates; the
+    values are the same)."""
+    sparse = [p for p in _walk(model) if isinstance(p, KBinsDiscretizer) and p.encode == "onehot"]
+    if all(k == v for k, v in mapping.items()) and not sparse:
         return model
     model = copy.deepcopy(model)
+    for part in _walk(model):
+        if isinstance(part, KBinsDiscretizer) and part.encode == "onehot":
+            part.encode = "onehot-dense"
 
     def rename(columns: Any) -> Any:
         if isinstance(columns, str):
@@ -276,10 +290,11 @@ def _build_graph(model: Any, features: list[Feature], layout: Layout, classifier
     final = _final(model)
     whole = partial(_whole_graph, model, features, layout, classifier)
     candidates: list[tuple[str, bool, Callable[[], Any]]] = []
-    if isinstance(final, _FLOAT32_TREES) and isinstance(model, Pipeline) and len(model.steps) > 1:
+    bare_trees = isinstance(final, _FLOAT32_TREES) and not isinstance(model, Pipeline)
+    if isinstance(final, BaseGradientBoosting) and not bare_trees:
         split = partial(_split_at_trees, model, features, layout, classifier)
         candidates.append(("float64 then float32 trees", True, split))
-    elif not isinstance(final, _FLOAT32_TREES):
+    elif not bare_trees or (isinstance(final, _OWN_TREES) and layout == "columns"):
         candidates.append(("float64", True, partial(whole, DoubleTensorType)))
     candidates.append(("float32", False, partial(whole, FloatTensorType)))
     reasons = []

@@ -68,7 +68,7 @@ class XGBoostConverter:
 
         def predict_raw(x: np.ndarray) -> np.ndarray:
             if isinstance(model, xgboost.Booster):
-                return np.asarray(booster.predict(xgboost.DMatrix(x)))
+                return np.asarray(booster.predict(xgboost.DMatrix(x, feature_names=booster.feature_names)))
             frame_or_x: Any = x
             if booster.feature_names is not None:
                 import pandas as pd
