@@ -21,6 +21,9 @@ import msgspec
 from gateway.manifest import Manifest, decode_manifest
 from gateway.repository import (
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    MAX_MODEL_BYTES,
+    MAX_SERVING_BYTES,
     MODEL_FILE,
     SERVING_FILE,
     Repository,
@@ -62,6 +65,17 @@ class RemoteRepository(Repository):
     def _remote(self, *parts: str) -> str:
         return "/".join([self._base.rstrip("/"), *parts])
 
+    def _cat(self, path: str, limit: int) -> bytes:
+        """A remote file, refused (before it is fetched, when the store says its size)
+        beyond `limit` bytes: a remote repository is bounded like a local one."""
+        size = self._fs.size(path)
+        if size is not None and size > limit:
+            raise RepositoryError(f"{path.rsplit('/', 3)[-3:]}: {size} bytes; the limit is {limit}")
+        data: bytes = self._fs.cat_file(path)
+        if len(data) > limit:
+            raise RepositoryError(f"{path.rsplit('/', 3)[-3:]}: over the {limit}-byte limit")
+        return data
+
     def _names(self, path: str) -> list[str]:
         try:
             return [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(path, detail=False)]
@@ -75,18 +89,26 @@ class RemoteRepository(Repository):
             local = self.root / name
             local.mkdir(exist_ok=True)
             try:
-                atomic_write(local / SERVING_FILE, self._fs.cat_file(self._remote(name, SERVING_FILE)))
+                serving = self._cat(self._remote(name, SERVING_FILE), MAX_SERVING_BYTES)
+                atomic_write(local / SERVING_FILE, serving)
             except FileNotFoundError:
                 (local / SERVING_FILE).unlink(missing_ok=True)
+            except RepositoryError as exc:  # the mirror keeps what it had; the others refresh
+                log.error("remote serving.json refused", extra={"event": "remote_error", "model": name,
+                                                                "error": str(exc)})  # fmt: skip
             for version in filter(is_valid_version, self._names(self._remote(name))):
                 if not (local / version / MANIFEST_FILE).exists():
                     self._mirror_version(name, version)
 
     def _mirror_version(self, name: str, version: str) -> None:
         try:
-            data = self._fs.cat_file(self._remote(name, version, MANIFEST_FILE))
+            data = self._cat(self._remote(name, version, MANIFEST_FILE), MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             return  # an upload in progress: the manifest comes last
+        except RepositoryError as exc:
+            log.error("remote manifest refused", extra={"event": "remote_error", "model": name,
+                                                        "version": version, "error": str(exc)})  # fmt: skip
+            return
         try:
             manifest = decode_manifest(data)
         except (msgspec.DecodeError, ValueError) as exc:
@@ -111,7 +133,12 @@ class RemoteRepository(Repository):
         blob = self._blob(manifest.onnx.sha256)
         if blob.exists():
             return blob
-        data = self._fs.cat_file(self._remote(name, version, MODEL_FILE))
+        try:
+            data = self._cat(self._remote(name, version, MODEL_FILE), MAX_MODEL_BYTES)
+        except RepositoryError as exc:
+            log.error("remote artifact too large", extra={"event": "integrity_error", "model": name,
+                                                          "version": version, "error": str(exc)})  # fmt: skip
+            return None
         actual = sha256_bytes(data)
         if actual != manifest.onnx.sha256:
             # Not cached: loading this version will fail its own sha256 check, loudly.

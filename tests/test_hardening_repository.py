@@ -329,3 +329,27 @@ def test_l12_a_version_directory_linking_out_of_the_repository_is_refused(tmp_pa
         repo.load_verified("ident", "7")
     os.symlink(outside / "ident", root / "linked")
     assert repo.versions("linked") == []
+
+
+def test_l4_a_remote_repository_is_bounded_like_a_local_one(tmp_path, monkeypatch):
+    """Oversized remote files are refused before they are fetched: the manifest's version
+    is not mirrored, the model's blob is not cached; the other versions are."""
+    fsspec = pytest.importorskip("fsspec")
+    from gateway.remote import RemoteRepository
+
+    local = tmp_path / "source"
+    publish_identity(local, version="1")
+    publish_identity(local, version="2")
+    fs = fsspec.filesystem("memory")
+    for path in local.rglob("*"):
+        if path.is_file():
+            fs.pipe_file(f"/bounded/{path.relative_to(local).as_posix()}", path.read_bytes())
+    model_size = (local / "ident" / "1" / "model.onnx").stat().st_size
+    monkeypatch.setattr("gateway.remote.MAX_MODEL_BYTES", model_size - 1)
+    fs.pipe_file("/bounded/ident/3/manifest.json", b" " * (17 * 1024 * 1024))  # over 16 MiB
+    repo = RemoteRepository("memory://bounded", tmp_path / "cache")
+    repo.refresh()
+    assert repo.versions("ident") == ["1", "2"]  # 3's manifest was refused
+    assert not any((tmp_path / "cache" / "blobs").iterdir())  # no oversized blob cached
+    with pytest.raises(IntegrityError, match="missing"):
+        repo.load_verified("ident", "1")
