@@ -77,13 +77,13 @@ class InferenceEndpoint:
                 call,
                 params["name"],
                 params.get("version"),
-                lambda model: self._decode(model, scope, raw),
+                lambda model: self.decode(model, scope, raw),
                 lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
                 raw,
             )
             headers += extra
         except ClientDisconnected:
-            self._finish(call, 499, "client disconnected", scope)
+            self._finish(call, 499, "client disconnected")
             return
         except GatewayError as exc:
             status, error, body = exc.status, exc.message, exc.body()
@@ -101,21 +101,16 @@ class InferenceEndpoint:
             if encoding is not None:
                 headers += [(b"content-encoding", encoding), (b"vary", b"accept-encoding")]
         await send_response(send, status, body, headers)
-        self._finish(call, status, error, scope)
+        self._finish(call, status, error)
 
-    def _finish(self, call: Call, status: int, error: str | None, scope: Scope) -> None:
+    def _finish(self, call: Call, status: int, error: str | None) -> None:
         if call.span is not None:
             call.attributes.update({
                 "http.request.method": "POST", "http.route": self.route, "http.response.status_code": status,
             })  # fmt: skip
         self.core.finish(call, status, error)
-        model: LoadedModel | None = scope.get("gateway.model")
-        if model is not None:  # the request reached its model: Triton's statistics count it
-            model.stats.request(200 <= status < 300, int(call.outcome.seconds * 1e9))
-
-    def _decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
-        scope["gateway.model"] = model  # for the statistics, once the request is answered
-        return self.decode(model, scope, body)
+        if call.model is not None:  # the request reached its model: Triton's statistics count it
+            call.model.stats.request(200 <= status < 300, int(call.outcome.seconds * 1e9))
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         kind = media_type(scope)
