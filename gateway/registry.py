@@ -259,7 +259,13 @@ class ModelRegistry:
             return existing
         started = time.perf_counter()
         try:
-            model = await asyncio.to_thread(self._build, name, version)
+            # A read that hangs (a network file system, a FIFO the checks missed) fails this
+            # version and frees its lock; the thread is left to finish and be discarded.
+            model = await asyncio.wait_for(
+                asyncio.to_thread(self._build, name, version), self.settings.load_timeout_s
+            )
+        except TimeoutError:
+            raise ModelLoadError(f"loading took longer than {self.settings.load_timeout_s:g} s") from None
         except RepositoryError:
             raise
         except Exception as exc:

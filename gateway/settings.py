@@ -54,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # connect to end of headers
     keepalive_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # idle keep-alive connections close
+    load_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0  # read, verify, open and warm one version
     range_policy: RangePolicyOverride = "manifest"
     admin_token: str | None = None  # GATEWAY_ADMIN_TOKEN or the config file, never a flag
     admin_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
@@ -160,6 +161,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--max-header-bytes", dest="max_header_bytes", help="431 beyond this")
     parser.add_argument("--header-timeout-s", dest="header_timeout_s", help="close if headers are slower")
     parser.add_argument("--keepalive-s", dest="keepalive_s", help="close idle keep-alive connections")
+    parser.add_argument("--load-timeout-s", dest="load_timeout_s", help="a version taking longer fails")
     parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
     parser.add_argument("--admin-port", dest="admin_port", help="serve /admin on this port only")
     parser.add_argument(

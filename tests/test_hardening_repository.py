@@ -353,3 +353,29 @@ def test_l4_a_remote_repository_is_bounded_like_a_local_one(tmp_path, monkeypatc
     assert not any((tmp_path / "cache" / "blobs").iterdir())  # no oversized blob cached
     with pytest.raises(IntegrityError, match="missing"):
         repo.load_verified("ident", "1")
+
+
+@pytest.mark.asyncio
+async def test_l4_a_load_that_hangs_fails_that_version_and_frees_its_lock(tmp_path):
+    repo = tmp_path / "repo"
+    publish_identity(repo)
+    publish_echo(repo)
+
+    def factory(model, manifest, settings):
+        if manifest.name == "echo":
+            time.sleep(3)  # a read that hangs, as on a stalled network file system
+        return ort_runtime(model, manifest, settings)
+
+    registry = ModelRegistry(_settings(repo, load_timeout_s=0.5), Repository(repo), factory,
+                             Telemetry(enabled=False))  # fmt: skip
+    started = time.monotonic()
+    await registry.load_repository()
+    try:
+        assert time.monotonic() - started < 2.5
+        assert registry.live == {"ident": "1"}
+        assert "longer than 0.5 s" in registry.failures["echo"]
+        async with asyncio.timeout(1):
+            async with registry._lock("echo"):  # not held by the abandoned load
+                pass
+    finally:
+        await registry.close()
