@@ -13,6 +13,7 @@ import zlib
 import httpx
 import numpy as np
 import pytest
+from msgspec.structs import replace as msgspec_replace
 from sklearn.datasets import load_breast_cancer
 
 from tests.conftest import start_server
@@ -256,3 +257,27 @@ def test_every_failure_on_any_route_is_in_the_access_log(srv):
         entry = logged[f"h14-{i}"]
         assert entry["status"] == status and entry["route"] == route and entry["error"], entry
     assert not any(e.get("route") == "/v2/health/ready" and e["status"] == 200 for e in lines)
+
+
+def test_model_config_of_an_unbatched_model_and_a_bytes_tensor():
+    """A fixed first dimension is not a batch: max_batch_size 0, whole shapes, no scheduler;
+    BYTES is Triton's TYPE_STRING."""
+    from gateway.manifest import TensorSpec
+    from gateway.triton import Scheduling, model_config
+    from tests.test_repository import manifest
+
+    scheduling = Scheduling(32, 0.0, 100, 2, 5000.0, "cuda")
+    fixed = msgspec_replace(
+        manifest(), inputs=[TensorSpec(name="text", datatype="BYTES", shape=[4, -1])],
+        outputs=[TensorSpec(name="score", datatype="FP16", shape=[4, 3])],
+    )  # fmt: skip
+    config = model_config(fixed, ["1", "2"], scheduling)
+    assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
+    assert config["input"][0]["data_type"] == "TYPE_STRING" and config["input"][0]["dims"] == [4, -1]
+    assert config["output"][0] == {"name": "score", "data_type": "TYPE_FP16", "dims": [4, 3],
+                                   "is_shape_tensor": False, "label_filename": ""}  # fmt: skip
+    assert config["instance_group"][0]["kind"] == "KIND_GPU" and config["instance_group"][0]["count"] == 2
+    batched = model_config(manifest(), ["1"], scheduling)
+    assert batched["max_batch_size"] == 32 and batched["input"][0]["dims"] == [2]
+    queue = batched["dynamic_batching"]["default_queue_policy"]
+    assert queue["default_timeout_microseconds"] == 5_000_000 and queue["max_queue_size"] == 100
