@@ -38,7 +38,64 @@ def _bodies(sample: Any) -> list[tuple[str, str, bytes, str]]:
     mix += [("unknown model (404)", "/v1/models/nope/predict", b"{}", json_type)]
     mix += [("msgpack NaN (422)", predict, msgspec.msgpack.encode({**record, "mean_radius": float("nan")}),
              "application/msgpack")]  # fmt: skip
-    return mix
+    return mix + _hostile(v2, infer)
+
+
+def _hostile(v2: dict[str, Any], infer: str) -> list[tuple[str, str, bytes, str]]:
+    """Issue 16's attacks, each once in the mix: declared sizes that lie, junk where
+    numbers belong, values that must not be echoed, bodies over the model's bound."""
+    tensor = v2["inputs"][0]
+    json_type = "application/json"
+
+    def body(**changes: Any) -> bytes:
+        return msgspec.json.encode({"inputs": [{**tensor, **changes}]})
+
+    head = msgspec.json.encode({"inputs": [{**{k: v for k, v in tensor.items() if k != "data"},
+                                            "parameters": {"binary_data_size": 1 << 20}}]})  # fmt: skip
+    return [
+        ("hostile: shape of 400 M rows (413)", infer, body(shape=[400_000_000, 30]), json_type),
+        ("hostile: shape 1e13 (422)", infer, body(shape=[1e13, 30]), json_type),
+        ("hostile: nested junk data (422)", infer,
+         b'{"inputs":[{"name":"input","shape":[1,30],"datatype":"FP32","data":[' + b",".join([b"[[]]"] * 40_000)
+         + b"]}]}", json_type),
+        ("hostile: strings and booleans as FP32 (422)", infer, body(data=["1e5", True, *tensor["data"][2:]]),
+         json_type),
+        ("hostile: timeout 10**400 (400)", infer,
+         b'{"parameters":{"timeout":1' + b"0" * 400 + b"}," + body()[1:], json_type),
+        ("hostile: 256 KiB id (422)", infer, msgspec.json.encode({"id": "x" * (1 << 18), **v2}), json_type),
+        ("hostile: binary_data_size beyond the body (422)", infer, head, json_type),
+        ("hostile: body over the model's bound (413)", infer, b"[" + b" " * (9 << 20) + b"]", json_type),
+    ]
+
+
+async def _idle_and_slow(url: str, stop: float, counts: Counter[str]) -> None:
+    """Connections that send nothing, or trickle their headers: each must be closed by the
+    server (--header-timeout-s), and reopened here, for the whole soak."""
+    host, port = url.split("//", 1)[1].split(":")
+
+    async def hold(trickle: bool) -> None:
+        kind = "slow headers" if trickle else "idle"
+        while time.monotonic() < stop:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                if trickle:
+                    writer.write(b"GET /healthz HTTP/1.1\r\n")
+                while time.monotonic() < stop:
+                    if trickle:
+                        writer.write(b"X-Slow: 1\r\n")
+                    try:
+                        data = await asyncio.wait_for(reader.read(4096), 1.0)
+                    except TimeoutError:
+                        continue  # still open: keep trickling, or keep waiting
+                    if not data or data.startswith(b"HTTP/1.1 408"):
+                        counts[f"closed by the server ({kind})"] += 1
+                        break
+            except ConnectionError:
+                counts[f"reset by the server ({kind})"] += 1
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(hold(i % 2 == 1) for i in range(20)))
 
 
 async def _drive(
@@ -70,8 +127,10 @@ async def _drive(
                 f"{sum(errors.values())} client errors, server RSS {servers.rss_mb(pid):.1f} MB"
             )
 
-    await asyncio.gather(report(), *(worker() for _ in range(connections)))
-    return {"sent": dict(sent), "answered": dict(sorted(answered.items())), "client_errors": dict(errors)}
+    held: Counter[str] = Counter()
+    await asyncio.gather(report(), _idle_and_slow(url, stop, held), *(worker() for _ in range(connections)))
+    return {"sent": dict(sent), "answered": dict(sorted(answered.items())), "client_errors": dict(errors),
+            "idle_and_slow_connections": dict(held)}  # fmt: skip
 
 
 def run(out: Path, seconds: float, connections: int = 32) -> dict[str, Any]:
