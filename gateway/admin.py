@@ -27,7 +27,7 @@ from gateway.errors import (
     Unprocessable,
     validation_detail,
 )
-from gateway.registry import LOAD_ERRORS, ModelRegistry
+from gateway.registry import LOAD_ERRORS, ModelRegistry, short_reason
 from gateway.repository import RepositoryError, is_valid_name, is_valid_version
 from gateway.routes import json_response
 from gateway.settings import Settings
@@ -105,7 +105,8 @@ class Admin:
             live, previous = await self.registry.switch(name, version, persist=persist, source="admin")
         except LOAD_ERRORS as exc:
             raise Unprocessable(
-                f"{name}:{version} was not made live: {exc}; {self.registry.live.get(name)} keeps serving"
+                f"{name}:{version} was not made live: {short_reason(exc)}; "
+                f"{self.registry.live.get(name)} keeps serving"
             ) from None
         return json_response({"model": name, "version": live, "previous": previous})
 
@@ -127,7 +128,7 @@ class Admin:
         try:
             await self.registry.load_pinned(name, version)
         except LOAD_ERRORS as exc:
-            raise Unprocessable(f"{name}:{version} did not load: {exc}") from None
+            raise Unprocessable(f"{name}:{version} did not load: {short_reason(exc)}") from None
         return json_response({"model": name, "version": version, "loaded": True})
 
     async def unload(self, request: Request) -> Response:
@@ -146,7 +147,7 @@ class Admin:
                 state = self.repository.serving(name)
                 versions = self.repository.versions(name)
             except RepositoryError as exc:
-                state, versions = None, [f"unreadable: {exc}"]
+                state, versions = None, [f"unreadable: {short_reason(exc)}"]
             loaded = [
                 {"version": m.version, "ready": m.ready, "provider": m.runtime.provider,
                  "queued_rows": m.batcher.queued_rows, "pinned": self.registry.is_pinned(name, m.version)}

@@ -223,3 +223,27 @@ def test_l8_two_authorization_headers_are_refused(tmp_path):
             assert r.status_code == 400 and "one Authorization" in r.json()["error"]
     finally:
         server.stop()
+
+
+def test_l2_admin_errors_carry_no_absolute_paths(tmp_path):
+    from gateway.repository import Repository
+
+    repo = tmp_path / "repo"
+    publish_identity(repo, version="1")
+    publish_identity(repo, version="2")
+    Repository(repo).set_live("ident", "1")
+    server = start_server(repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0",
+                          env={"GATEWAY_ADMIN_TOKEN": "s3cret"})  # fmt: skip
+    auth = {"authorization": "Bearer s3cret"}
+    try:
+        serving = repo / "ident" / "serving.json"
+        serving.unlink()
+        serving.mkdir()  # the promote's write of serving.json fails with an OSError naming paths
+        r = httpx.post(server.url + "/admin/models/ident/promote", json={"version": "2"}, headers=auth)
+        assert r.status_code == 422, r.text
+        assert str(tmp_path) not in r.text and "serving.json" in r.text
+        listing = httpx.get(server.url + "/admin/models", headers=auth)
+        assert str(tmp_path) not in listing.text
+        _ok(server.url)  # version 1 keeps serving
+    finally:
+        server.stop()
