@@ -89,15 +89,14 @@ def fetch_mlflow_model(uri: str, progress: Callable[[str], None] = lambda _: Non
         flavor = next((f for f in FLAVORS if f in mlmodel.flavors), None)
         if flavor is None:
             raise ConversionError(
-                f"{uri}: MLflow flavors {sorted(mlmodel.flavors)}; this converter reads "
-                f"{', '.join(FLAVORS)}"
+                f"{uri}: MLflow flavors {sorted(mlmodel.flavors)}; this converter reads {', '.join(FLAVORS)}"
             )
         progress(f"MLflow model: flavor {flavor}, run {mlmodel.run_id}")
         sample = _input_example(mlmodel, local)
         signature = _signature(mlmodel)
         native = _load_native(flavor, local, mlmodel)
         _cross_check(uri, signature, sample, native)
-        path = _materialise(flavor, native, local, mlmodel, work)
+        path = _materialise(flavor, native, work, sample)
         origin = {"uri": uri, **_registry_info(uri, mlmodel)}
     except _client_error() as exc:
         raise ConversionError(f"{uri}: {exc}") from exc
@@ -127,8 +126,9 @@ def _input_example(mlmodel: Any, local: Path) -> pd.DataFrame | None:
     example = mlmodel.load_input_example(str(local))
     if isinstance(example, pd.DataFrame):
         return example
-    if isinstance(example, np.ndarray):  # a tensor model's example, as a .npy sample is read
-        return pd.DataFrame(np.atleast_2d(example))
+    if isinstance(example, np.ndarray):  # a tensor model's example: positional features
+        matrix = np.atleast_2d(example)
+        return pd.DataFrame(matrix, columns=[f"f{i}" for i in range(matrix.shape[1])])
     if isinstance(example, dict | list):
         return pd.DataFrame(example)
     return None
@@ -181,22 +181,44 @@ def _cross_check(uri: str, signature: list[str] | None, sample: pd.DataFrame | N
             raise ConversionError(f"{uri}: the input example lacks signature columns {absent}")
 
 
-def _materialise(flavor: str, native: Any, local: Path, mlmodel: Any, work: Path) -> Path:
-    """A file `converters.loading` opens. cloudpickle, because MLflow may have stored a
-    class defined in the training notebook by value; plain pickle loads it back."""
+def _materialise(flavor: str, native: Any, work: Path, sample: pd.DataFrame | None) -> Path:
+    """A file `converters.loading` opens: a plain pickle where the model's classes are
+    importable, else cloudpickle's (MLflow may hold a class from the training notebook by
+    value), which plain pickle loads back as long as cloudpickle is installed. A PyTorch
+    model MLflow saved with torch.export comes back as a graph module no pickle takes: it
+    is traced to TorchScript on the input example's width."""
     if flavor == "onnx":
         return Path(native)
+    import pickle
+
     import cloudpickle  # type: ignore[import-untyped]
 
-    if flavor == "pytorch":
-        import torch
+    path = work / ("model.pt" if flavor == "pytorch" else "model.pkl")
+    failure: BaseException | None = None
+    for module in (pickle, cloudpickle):
+        try:
+            if flavor == "pytorch":
+                import torch
 
-        path = work / "model.pt"
-        torch.save(native, path, pickle_module=cloudpickle)
-        return path
-    path = work / "model.pkl"
-    with path.open("wb") as fh:
-        cloudpickle.dump(native, fh)
+                torch.save(native, path, pickle_module=module)
+            else:
+                with path.open("wb") as fh:
+                    module.dump(native, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            return path
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            failure = exc
+    if flavor == "pytorch" and sample is not None:
+        return _torchscript(native, sample.shape[1], path)
+    raise ConversionError(f"the {flavor} model MLflow loaded cannot be saved for conversion: {failure}")
+
+
+def _torchscript(module: Any, width: int, path: Path) -> Path:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; still exportable
+        traced = torch.jit.trace(module, torch.zeros((2, width), dtype=torch.float32))
+        torch.jit.save(traced, str(path))
     return path
 
 

@@ -36,16 +36,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     try:
         sample = load_sample(Path(args.sample)) if args.sample else None
+        model, origin = Path(args.model), None
+        framework = None if args.framework == "auto" else args.framework
+        from converters.mlflow_source import fetch_mlflow_model, is_mlflow_source
+
+        if is_mlflow_source(args.model):  # models:/NAME/VERSION, models:/NAME@alias, runs:/..., a dir
+            found = fetch_mlflow_model(args.model, progress=_progress)
+            model, framework, origin = found.path, found.framework, found.origin
+            sample = sample if sample is not None else found.sample
         manifest = convert(
-            Path(args.model),
+            model,
             name=args.name,
             version=args.version,
             repo=args.repo,  # a URL (s3://...) must not go through Path, which drops a slash
             sample=sample,
-            framework=None if args.framework == "auto" else args.framework,
+            framework=framework,
             atol=args.tolerance,
             rtol=args.rtol,
             progress=_progress,
+            origin=origin,
         )
     except (ConversionError, RepositoryError) as exc:
         return _fail(str(exc))
@@ -144,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a trained model into a verified ONNX artifact")
-    p.add_argument("model", help="model file: .joblib/.pkl, .onnx, .pt, XGBoost .json/.ubj, LightGBM .txt")
+    p.add_argument(
+        "model",
+        help="model file (.joblib/.pkl, .onnx, .pt, XGBoost .json/.ubj, LightGBM .txt) or an MLflow "
+        "model: models:/NAME/VERSION, models:/NAME@alias, runs:/RUN_ID/PATH, a local MLflow model directory",
+    )
     p.add_argument("--name", required=True)
     p.add_argument("--version", required=True, help="a positive integer or semver; never reused")
     p.add_argument("--repo", required=True, help="model repository directory")

@@ -68,6 +68,10 @@ class Source(_Struct, frozen=True):
     estimator: str
     file_name: str
     file_sha256: str
+    # Where the model came from when it was not a local file (`gateway convert models:/...`).
+    uri: str | None = None
+    run_id: str | None = None
+    model_version: str | None = None
 
 
 class OnnxInfo(_Struct, frozen=True):
