@@ -315,13 +315,21 @@ class Telemetry:
             "model": outcome.model,
             "version": outcome.version,
             "status": outcome.status,
-            "latency_ms": round(outcome.seconds * 1000, 3),
+            # whole microseconds as milliseconds: round(x, 3) costs several times more
+            "latency_ms": int(outcome.seconds * 1e6) / 1000,
             "rows": outcome.rows,
         }
-        for name in ("input_sha256", "prediction", "inputs", "error", "trace_id"):
-            value = getattr(outcome, name)
-            if value is not None:
-                entry[name] = value
+        # Spelled out, not a getattr loop: this runs once per request on the event loop.
+        if outcome.input_sha256 is not None:
+            entry["input_sha256"] = outcome.input_sha256
+        if outcome.prediction is not None:
+            entry["prediction"] = outcome.prediction
+        if outcome.inputs is not None:
+            entry["inputs"] = outcome.inputs
+        if outcome.error is not None:
+            entry["error"] = outcome.error
+        if outcome.trace_id is not None:
+            entry["trace_id"] = outcome.trace_id
         self.access_log.emit(entry)
 
     def _log_shed(self, outcome: Outcome) -> None:
@@ -440,8 +448,8 @@ def summarize(model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> dict[str
     label = m.output("label")
     if label is not None:
         labels = outputs[label.name]
-        if labels.shape[0] == 1:  # the common case, without np.unique's sort
-            return {"labels": {str(labels.reshape(-1)[0]): 1}}
+        if labels.size == 1:  # the common case, without np.unique's sort (item: no numpy scalar)
+            return {"labels": {str(labels.item(0)): 1}}
         values, counts = np.unique(labels, return_counts=True)
         return {"labels": {str(v): int(n) for v, n in zip(values[:10], counts[:10], strict=False)}}
     spec = m.output("value") or m.outputs[0]
@@ -449,7 +457,7 @@ def summarize(model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> dict[str
     if data.dtype.kind not in "fiub" or data.size == 0:
         return {}
     if data.size == 1:
-        value = float(data.reshape(-1)[0])
+        value = float(data.item(0))
         return {"mean": value, "min": value, "max": value}
     return {"mean": float(data.mean()), "min": float(data.min()), "max": float(data.max())}
 
