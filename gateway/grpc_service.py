@@ -366,14 +366,17 @@ class GrpcService:
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[Any]:
-        """Each request in turn through the same core; an error answers that request only."""
+        """Each request in turn through the same core; an error answers that request only,
+        with the request's id so that the client can tell which one it was."""
         async for raw in requests:
             call = self._begin(STREAM_ROUTE, context)
             try:
                 response = await self._infer(call, raw, context.time_remaining())
             except GatewayError as exc:
                 self._finish(call, exc.status, exc.message)
-                yield pb.ModelStreamInferResponse(error_message=_message(exc))
+                yield pb.ModelStreamInferResponse(
+                    error_message=_message(exc), infer_response=pb.ModelInferResponse(id=_request_id(raw))
+                )
                 continue
             except asyncio.CancelledError:
                 self._finish(call, CANCELLED, "cancelled")
@@ -385,6 +388,15 @@ class GrpcService:
                 continue
             self._finish(call, 200, None)
             yield pb.ModelStreamInferResponse(infer_response=response)
+
+
+def _request_id(raw: bytes) -> str:
+    """The id of a request that failed, if it can be read at all."""
+    try:
+        request_id: str = pb.ModelInferRequest.FromString(raw).id
+    except DecodeError:
+        return ""
+    return request_id
 
 
 def _answering(

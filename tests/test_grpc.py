@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -193,6 +194,29 @@ def test_requested_outputs_and_typed_contents(server, reference):
         response = stub.ModelInfer(request)
     got = np.frombuffer(response.raw_output_contents[0], "<f8").reshape(list(response.outputs[0].shape))
     np.testing.assert_allclose(got, reference("diabetes", {"input": d})["value"], rtol=1e-12)
+
+
+def test_stream_answers_each_request_and_its_errors(server, reference):
+    client = _client(server)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    d = np.random.default_rng(4).normal(0, 0.05, (2, 10))
+    try:
+        for rid, model, rows in (("a", "diabetes", d), ("b", "diabetes", d[:, :3]), ("c", "nope", d)):
+            client.async_stream_infer(model, [_input(rows)], request_id=rid)
+        got = [answers.get(timeout=30) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    (ok, none), (_, shape), (_, missing) = got
+    assert none is None and ok.get_response().id == "a"
+    np.testing.assert_allclose(ok.as_numpy("value"), reference("diabetes", {"input": d})["value"], rtol=1e-12)
+    assert "has shape [2, 3]" in shape.message() and "no model 'nope'" in missing.message()
+    assert _count(server.url, route="grpc_stream_infer", code="200") == 1
+    # An error names its request, so that a stream's client can tell which one failed.
+    request = service_pb2.ModelInferRequest(model_name="nope", id="z")
+    with grpc.insecure_channel(server.grpc) as channel:
+        (answer,) = list(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([request])))
+    assert answer.infer_response.id == "z" and "no model 'nope'" in answer.error_message
 
 
 def test_aio_client_concurrent_calls(server, reference):
