@@ -513,3 +513,16 @@ def test_perf_analyzer_over_grpc(server, tmp_path):
     rows = [int(x.get("inference_count", 0)) for x in (before, after)]
     assert success[1] - success[0] >= counts[0] and rows[1] - rows[0] >= 8 * counts[0]
     assert "Concurrency" in (tmp_path / "perf.csv").read_text()
+
+
+def test_a_taken_grpc_port_stops_start_up(demo_repo, tmp_path):
+    """Readiness covers both servers: without its gRPC port the server never gets ready."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = start_server(demo_repo, tmp_path, "--grpc-port", str(port), wait_ready=False)
+        assert srv.process.wait(60) != 0
+    assert f"gRPC cannot bind 127.0.0.1:{port}" in srv.log()
