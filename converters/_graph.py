@@ -89,7 +89,7 @@ def label_from_probabilities(model: Any, classes: list[Any]) -> None:
     values = np.asarray(classes)
     table = (
         numpy_helper.from_array(values.astype(np.int64), "label_classes")
-        if np.issubdtype(values.dtype, np.integer)
+        if values.dtype.kind in "biu"
         else numpy_helper.from_array(np.asarray([str(c) for c in classes], dtype=object), "label_classes")
     )
     graph.initializer.append(table)

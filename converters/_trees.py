@@ -136,7 +136,7 @@ def _convert_classifier(scope: Any, operator: Any, container: Any) -> None:
     container.add_node("ArgMax", mean, index, axis=1, keepdims=0, name=node("ArgMax"))
     classes = var("classes")
     labels = np.asarray(model.classes_)
-    if np.issubdtype(labels.dtype, np.integer):
+    if labels.dtype.kind in "biu":
         container.add_initializer(classes, TensorProto.INT64, [len(labels)], labels.astype(np.int64).tolist())
     else:
         container.add_initializer(

@@ -118,11 +118,6 @@ def _reads_text(model: Any) -> bool:
     return isinstance(first, _TEXT)
 
 
-def _categorical_hgb(model: Any) -> bool:
-    return any(isinstance(p, _HGB) and getattr(p, "is_categorical_", None) is not None
-               and bool(np.any(p.is_categorical_)) for p in _walk(model))  # fmt: skip
-
-
 class SklearnConverter:
     framework = "sklearn"
 
@@ -131,12 +126,6 @@ class SklearnConverter:
             check_is_fitted(model)
         except NotFittedError as exc:
             raise ConversionError(f"{type(model).__name__} is not fitted: {exc}") from exc
-        if _categorical_hgb(model):
-            raise ConversionError(
-                "HistGradientBoosting with native categorical features (categorical_features, "
-                "or a pandas category column under the default 'from_dtype') is not supported: "
-                "encode those columns in the pipeline (OneHotEncoder or OrdinalEncoder) instead"
-            )
         reads_text = _reads_text(model)
         if reads_text:
             names = [str(sample.columns[0])] if sample is not None and sample.shape[1] == 1 else ["text"]

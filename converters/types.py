@@ -32,7 +32,7 @@ class Converted:
     features: list[Feature]
     estimator: str
     framework_version: str
-    classes: list[str | int] | None
+    classes: list[bool | int | str] | None
     # The original model's prediction on a sample table, for the parity check.
     predict: Callable[[pd.DataFrame], Predictions]
     # ONNX output name for each role, in output order.

@@ -115,7 +115,7 @@ class Manifest(_Struct, frozen=True):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     features: list[Feature] = []
-    classes: list[str | int] | None = None
+    classes: list[bool | int | str] | None = None  # a bool target stays bool (True/False)
     parity: Parity | None = None
     reference: Reference | None = None
     metadata: dict[str, Any] = {}

@@ -499,7 +499,7 @@ def class_counts(manifest: Manifest, request: InferRequest) -> dict[str, int]:
     return counts
 
 
-def _classify(array: np.ndarray, k: int, classes: list[str | int] | None) -> np.ndarray:
+def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None) -> np.ndarray:
     """Each row's top k as Triton writes them: "score:index:label", or "score:index"
     when the output's width is not the model's class list."""
     scores = array.reshape(array.shape[0] if array.ndim else 1, -1)

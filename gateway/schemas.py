@@ -107,6 +107,10 @@ class RecordCodec:
         self._proba = proba.name if proba is not None else None
         self._value = (manifest.output("value") or manifest.outputs[0]).name
         self._classes = [str(c) for c in manifest.classes] if manifest.classes else None
+        # ONNX has no bool labels: a bool target travels as int64 and answers as true/false.
+        self._bool_labels = bool(manifest.classes) and all(
+            isinstance(c, bool) for c in manifest.classes or []
+        )
 
     def decode(self, body: bytes, msgpack: bool = False) -> tuple[list[Any], bool]:
         """The records and whether the body was a single record."""
@@ -220,6 +224,8 @@ class RecordCodec:
             classes = self._classes or [str(i) for i in range(len(proba[0]) if proba else 0)]
             if self._label is not None:
                 labels = outputs[self._label].tolist()
+                if self._bool_labels:
+                    labels = [bool(v) for v in labels]
             else:
                 best = np.argmax(outputs[self._proba], axis=1).tolist()
                 known = self.manifest.classes

@@ -165,6 +165,29 @@ def _typed_frame() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     return _split(x, y)
 
 
+def _shop_frame() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """pandas category columns fed straight to HistGradientBoosting (categorical_features
+    'from_dtype', scikit-learn's default): native categorical splits, missing categories."""
+    rng = np.random.default_rng(4)
+    n = 1200
+    colours = ["red", "blue", "green", "black", "white", "pink", "teal", "gold", "navy", "rust"]
+    x = pd.DataFrame(
+        {
+            "size (cm)": rng.normal(30, 8, n),
+            "colour": pd.Categorical(rng.choice(colours, n)),
+            "grade": rng.integers(0, 6, n).astype(float),
+            "shop": pd.Categorical(rng.choice(["north", "south", "online"], n)),
+        }
+    )
+    x.loc[rng.random(n) < 0.05, "colour"] = np.nan
+    score = (
+        x["colour"].isin(["red", "pink", "gold"]).astype(float)
+        + x["size (cm)"] / 10
+        + (x["shop"] == "online")
+    )
+    return _split(x, score.to_numpy() + rng.normal(0, 0.3, n))
+
+
 TEXTS = [
     "great product fast delivery",
     "terrible support never again",
@@ -207,6 +230,7 @@ def _sklearn_cases() -> list[Case]:
 
     bc, iris, wine, diabetes = _sk(load_breast_cancer), _sk(load_iris), _sk(load_wine), _sk(load_diabetes)
     churn, ints, typed, text = _churn(), _integer_frame(), _typed_frame(), _text_frame()
+    shop = _shop_frame()
     add("bc_logreg", make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), bc)
     add("bc_hgb", HistGradientBoostingClassifier(max_iter=40, random_state=0), bc)
     add(
@@ -276,6 +300,13 @@ def _sklearn_cases() -> list[Case]:
         ColumnTransformer([("text", TfidfVectorizer(), "review text"), ("num", StandardScaler(), ["stars given"])]),
         LogisticRegression(max_iter=1000),
     ), text)  # fmt: skip
+    add(
+        "shop_hgb_categories",
+        HistGradientBoostingClassifier(max_iter=40, random_state=0),
+        shop,
+        shop[2] > 4.5,
+    )
+    add("shop_hgb_regressor", HistGradientBoostingRegressor(max_iter=40, random_state=0), shop)
     return cases
 
 
