@@ -11,8 +11,16 @@ import httpx
 import msgspec
 import pytest
 
+from gateway.manifest import Feature, TensorSpec
 from tests.conftest import start_server
-from tests.hardening_models import bytes_tensor, publish_echo, publish_identity, rss_mb
+from tests.hardening_models import (
+    bytes_tensor,
+    float_identity,
+    publish,
+    publish_echo,
+    publish_identity,
+    rss_mb,
+)
 
 ECHO = "/v2/models/echo/infer"
 IDENT = "/v2/models/ident/infer"
@@ -23,6 +31,12 @@ def srv(tmp_path_factory):
     repo = tmp_path_factory.mktemp("hardening-repo")
     publish_echo(repo)
     publish_identity(repo)
+    publish(
+        repo, "rec", "1", float_identity(2),
+        [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])],
+        [TensorSpec(name="y", datatype="FP32", shape=[-1, 2], role="value")],
+        features=[Feature(name="a", dtype="float32"), Feature(name="b", dtype="float32")],
+    )  # fmt: skip
     server = start_server(repo, tmp_path_factory.mktemp("hardening"), "--log-level", "warning")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield server, client
@@ -157,6 +171,16 @@ def test_l7_huge_values_are_not_reflected(srv):
     assert client.post(IDENT, json={"id": "req-1", "inputs": [valid]}).json()["id"] == "req-1"
     # An unknown output name, huge, is not echoed either.
     _error(client.post(IDENT, json={"inputs": [valid], "outputs": [{"name": big[: 1 << 19]}]}), 404)
+
+
+def test_l7_records_errors_do_not_reflect_huge_values(srv):
+    _, client = srv
+    big = "Z" * (4 * 1024 * 1024)
+    for record in ({"a": big, "b": 1.0}, {"a": 1.0, "b": 1.0, big: 1}, {"a": 1.0, "b": [big]}):
+        r = client.post("/v1/models/rec/predict", json=record)
+        assert 400 <= r.status_code < 500
+        _error(r, r.status_code)
+        assert "Z" * 101 not in r.text
 
 
 @pytest.mark.parametrize(
