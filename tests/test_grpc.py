@@ -284,6 +284,26 @@ def test_errors_have_their_code_and_the_http_message(server):
         assert "Traceback" not in exc.message() and ".py" not in exc.message()
         if http_body is not None:
             assert exc.message().startswith(_http_error(server, http_body)), exc.message()
+    # Typed contents in the wrong field, both forms at once, raw contents that miscount.
+    wrong_field = service_pb2.ModelInferRequest(model_name="diabetes")
+    wrong_field.inputs.add(name="input", datatype="FP64", shape=[1, 10]).contents.fp32_contents.extend([0.0] * 10)
+    both = service_pb2.ModelInferRequest(model_name="diabetes", raw_input_contents=[bytes(80)])
+    both.inputs.add(name="input", datatype="FP64", shape=[1, 10]).contents.fp64_contents.extend([0.0] * 10)
+    miscounted = service_pb2.ModelInferRequest(model_name="diabetes", raw_input_contents=[bytes(80), bytes(8)])
+    miscounted.inputs.add(name="input", datatype="FP64", shape=[1, 10])
+    short = service_pb2.ModelInferRequest(model_name="diabetes", raw_input_contents=[bytes(72)])
+    short.inputs.add(name="input", datatype="FP64", shape=[1, 10])
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for request, says in (
+            (wrong_field, "FP64 data belongs in contents.fp64_contents"),
+            (both, "raw_input_contents is given: use one"),
+            (miscounted, "raw_input_contents has 2 entries for 1 inputs"),
+            (short, "binary tensor size does not match its shape"),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in info.value.details()
     with grpc.insecure_channel(server.grpc) as channel:
         raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         with pytest.raises(grpc.RpcError) as info:
