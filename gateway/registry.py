@@ -67,6 +67,7 @@ class LoadedModel:
     largest_batch: int = 0
     loaded_at: float = field(default_factory=time.time)
     v2_body_limit: int | None = None  # the largest V2 body a valid request can need
+    records_body_limit: int | None = None  # the same for the records API
     stats: ModelStats = field(default_factory=ModelStats)  # Triton's statistics extension
 
     @property
@@ -95,6 +96,25 @@ def warmup_feeds(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
         dtype = NUMPY_DTYPES[spec.datatype]
         feeds[spec.name] = np.full(shape, "", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)
     return feeds
+
+
+def records_body_bound(manifest: Manifest, max_rows: int) -> int | None:
+    """The most bytes a valid records request can need: per row, every feature's name and
+    value spelt out long (names and strings JSON-escaped at 6 bytes a character), plus a
+    header's worth; None when a feature is free text of no stated length."""
+    if not manifest.features:
+        return None
+    row = 2
+    for f in manifest.features:
+        if f.dtype == "string":
+            longest = f.max_length or max((len(c) for c in f.categories or []), default=None)
+            if longest is None:
+                return None
+            value = 6 * longest + 2
+        else:
+            value = protocol_v2.MAX_ELEMENT_BYTES
+        row += 6 * len(f.name) + 4 + value
+    return 64 * 1024 + max_rows * row
 
 
 def _max_delay(settings: Settings, runtime: Runtime) -> float:
@@ -191,7 +211,9 @@ class ModelRegistry:
         one (V2 tensors of fixed size), else --max-body-bytes. Never raises: an unknown
         model gets the global limit and its 404 later."""
         model = self._models.get((name, version if version is not None else self._live.get(name, "")))
-        bound = model.v2_body_limit if model is not None and route == "infer" else None
+        bound = None
+        if model is not None:
+            bound = model.v2_body_limit if route == "infer" else model.records_body_limit
         return min(bound, self.settings.max_body_bytes) if bound else self.settings.max_body_bytes
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
@@ -243,6 +265,7 @@ class ModelRegistry:
         )
         model = LoadedModel(manifest, runtime, batcher, records)
         model.v2_body_limit = protocol_v2.body_bound(manifest, self.settings.request_rows_limit)
+        model.records_body_limit = records_body_bound(manifest, self.settings.request_rows_limit)
         batcher.on_batch = partial(self._observe, model)
         return model
 

@@ -16,8 +16,16 @@ import msgspec
 import numpy as np
 import pytest
 
+from gateway.manifest import Feature, TensorSpec
 from tests.conftest import start_server
-from tests.hardening_models import bytes_tensor, publish_echo, publish_identity, rss_mb
+from tests.hardening_models import (
+    bytes_tensor,
+    float_identity,
+    publish,
+    publish_echo,
+    publish_identity,
+    rss_mb,
+)
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -64,6 +72,11 @@ def _worst_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
     rows = {"inputs": [{"name": "x", "shape": [4096, 4], "datatype": "FP32", "data": [0.5] * 16384}]}
     cases.append(("ident largest valid", "/v2/models/ident/infer", msgspec.json.encode(rows), json_h))
     cases.append(("ident over its bound", "/v2/models/ident/infer", b"[" + b" " * (8 * MIB) + b"]", json_h))
+    # the records API: 16 MiB of two-feature records, and the most a valid request can send
+    records = b'{"instances":[' + b",".join([b'{"a":0.5,"b":-1}'] * (fill // 17)) + b"]}"
+    cases.append(("records over the model's bound", "/v1/models/rec/predict", records, json_h))
+    valid = msgspec.json.encode({"instances": [{"a": 0.123456789, "b": -1.5e-7}] * 4096})
+    cases.append(("records largest valid", "/v1/models/rec/predict", valid, json_h))
     # a compression bomb: 16 MiB of zeros in 16 KiB
     cases.append(("gzip bomb", "/v2/models/echo/infer", gzip.compress(b"0" * (16 * MIB)),
                   {**json_h, "content-encoding": "gzip"}))  # fmt: skip
@@ -74,6 +87,12 @@ def test_the_worst_single_request_costs_under_100ms(tmp_path):
     repo = tmp_path / "repo"
     publish_echo(repo)
     publish_identity(repo)
+    publish(
+        repo, "rec", "1", float_identity(2),
+        [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])],
+        [TensorSpec(name="y", datatype="FP32", shape=[-1, 2], role="value")],
+        features=[Feature(name="a", dtype="float32"), Feature(name="b", dtype="float32")],
+    )  # fmt: skip
     srv = start_server(repo, tmp_path, "--log-level", "error", "--poll-seconds", "0")
     pid = srv.process.pid
     try:
