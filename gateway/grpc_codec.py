@@ -115,7 +115,7 @@ def infer_response(manifest: Manifest, request: protocol_v2.InferRequest, output
         array = outputs[name]
         response.outputs.add(name=name, datatype=datatypes[name], shape=array.shape)
         # The binary extension's little-endian layout is the gRPC raw layout.
-        response.raw_output_contents.append(protocol_v2._to_bytes(array, datatypes[name]))
+        response.raw_output_contents.append(protocol_v2.tensor_bytes(array, datatypes[name]))
     return response
 
 

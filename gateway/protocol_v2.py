@@ -19,7 +19,7 @@ import orjson
 
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Manifest, TensorSpec
-from gateway.tabular import NUMPY_DTYPES, all_finite, non_finite_reason
+from gateway.tabular import NUMPY_DTYPES, all_finite, missing_allowed, non_finite_reason
 
 Arrays = dict[str, np.ndarray]
 BINARY_HEADER = "inference-header-content-length"
@@ -350,7 +350,7 @@ def _json_array(plan: _Plan) -> np.ndarray:
     return array
 
 
-def _tensor_array(plan: _Plan, tail: bytes) -> np.ndarray:
+def _tensor_array(plan: _Plan, tail: bytes, missing: np.ndarray | bool = False) -> np.ndarray:
     spec, loc = plan.spec, plan.loc
     if plan.binary is None:
         array = _json_array(plan)
@@ -363,7 +363,10 @@ def _tensor_array(plan: _Plan, tail: bytes) -> np.ndarray:
             dtype = NUMPY_DTYPES[spec.datatype]
             array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     array = array.reshape(plan.tensor.shape)
-    if array.dtype.kind == "f" and not all_finite(array):
+    # NaN is a missing value where the model fills it in (the records API's null); infinity,
+    # and NaN anywhere else, never.
+    refused = array.dtype.kind == "f" and not all_finite(array)
+    if refused and bool((~np.isfinite(array) & ~(np.isnan(array) & missing)).any()):
         raise Unprocessable(
             "non-finite number", [{"loc": [*loc, "data"], "msg": non_finite_reason(array.dtype)}]
         )
@@ -431,7 +434,7 @@ def decode_infer(
                     f"model has no output {_clip(out.name)}; it has {sorted(known)}",
                     [{"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}],
                 )
-    feeds: Arrays = {p.tensor.name: _tensor_array(p, tail) for p in plans}
+    feeds: Arrays = {p.tensor.name: _tensor_array(p, tail, missing_allowed(manifest, p.spec)) for p in plans}
     return DecodedInfer(feeds, rows, request)
 
 
@@ -457,7 +460,8 @@ def _wants_binary(request: InferRequest, name: str) -> bool:
     return default
 
 
-def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
+    """A tensor in the binary tensor extension's layout (BYTES: 4-byte length, then the bytes)."""
     if datatype == "BYTES":
         parts = []
         for value in array.reshape(-1):
@@ -527,7 +531,7 @@ def encode_infer(manifest: Manifest, request: InferRequest, outputs: Arrays) -> 
             array, datatype = _classify(array, counts[name], manifest.classes), "BYTES"
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if _wants_binary(request, name):
-            raw = _to_bytes(array, datatype)
+            raw = tensor_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:

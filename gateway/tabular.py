@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from gateway.manifest import Manifest, V2DType
+from gateway.manifest import Manifest, TensorSpec, V2DType
 
 NUMPY_DTYPES: dict[V2DType, np.dtype[np.generic]] = {
     "BOOL": np.dtype(np.bool_),
@@ -41,6 +41,16 @@ def non_finite_reason(dtype: np.dtype[np.generic]) -> str:
         limit = f"±{np.finfo(cast('np.dtype[np.floating[Any]]', dtype)).max:.3g}"
         return f"NaN, Infinity and numbers beyond {dtype.name}'s range ({limit}) are not accepted"
     return "NaN and Infinity are not accepted"
+
+
+def missing_allowed(manifest: Manifest, spec: TensorSpec) -> np.ndarray | bool:
+    """Where a V2 tensor may hold NaN: the features the model fills in itself, which the
+    records API accepts as null (per column of a matrix input, or the whole column input)."""
+    if manifest.layout == "matrix" and manifest.features and spec.name == manifest.inputs[0].name:
+        return np.array([f.nullable for f in manifest.features])
+    if manifest.layout == "columns":
+        return next((f.nullable for f in manifest.features if f.name == spec.name), False)
+    return False
 
 
 def feeds_from_columns(manifest: Manifest, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -255,7 +255,9 @@ def test_cli_failures_are_exit_2_with_one_line_never_a_traceback(tmp_path):
     from sklearn.pipeline import make_pipeline
 
     frame = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0] * 15, "b": np.arange(60.0)})
-    model = make_pipeline(SimpleImputer(add_indicator=True), LogisticRegression()).fit(frame, np.arange(60) % 2)
+    model = make_pipeline(SimpleImputer(add_indicator=True), LogisticRegression()).fit(
+        frame, np.arange(60) % 2
+    )
     joblib.dump(model, tmp_path / "m.joblib")
     frame.to_csv(tmp_path / "sample.csv", index=False)
     for model, sample in (("m.joblib", "sample.csv"), ("m.joblib", "missing.csv")):
@@ -266,3 +268,37 @@ def test_cli_failures_are_exit_2_with_one_line_never_a_traceback(tmp_path):
         )  # fmt: skip
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and "error:" in result.stderr, result.stderr
+
+
+def _v2_binary(url: str, name: str, data: np.ndarray, datatype: str) -> httpx.Response:
+    header = (
+        f'{{"inputs": [{{"name": "input", "shape": {list(data.shape)}, "datatype": "{datatype}", '
+        f'"parameters": {{"binary_data_size": {data.nbytes}}}}}]}}'
+    ).encode()
+    return httpx.post(
+        f"{url}/v2/models/{name}/infer",
+        content=header + data.tobytes(),
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+
+
+@pytest.mark.slow
+@ZOO_TIMEOUT
+def test_v2_nan_is_a_missing_value_exactly_where_records_accept_null(zoo):
+    cases, _, server = zoo
+    rows = {
+        c.name: c.test.iloc[:2].to_numpy(np.float64).copy()
+        for c in cases
+        if c.name in ("bc_hgb", "bc_logreg")
+    }
+    for data in rows.values():
+        data[0, 3] = np.nan
+    assert _v2_binary(server.url, "bc_hgb", rows["bc_hgb"], "FP64").status_code == 200  # HGB routes NaN
+    refused = _v2_binary(server.url, "bc_logreg", rows["bc_logreg"], "FP64")
+    assert refused.status_code == 422 and "NaN" in refused.text
+    record = _records(next(c for c in cases if c.name == "bc_logreg").test.iloc[:1])[0]
+    record[next(iter(record))] = None
+    assert httpx.post(f"{server.url}/v1/models/bc_logreg/predict", json=record).status_code == 422
