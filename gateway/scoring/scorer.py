@@ -233,10 +233,12 @@ def _plan(scorer: Scorer, source: str, keep: Sequence[str], chunk_rows: int, fmt
     )
 
 
-def _split(scorer: Scorer, plan: _Plan, batch: pa.RecordBatch, first_row: int) -> tuple[pa.Table, pa.Table]:
+def _split(
+    scorer: Scorer, plan: _Plan, batch: pa.RecordBatch | pa.Table, first_row: int
+) -> tuple[pa.Table, pa.Table]:
     """One chunk as its output rows (kept columns + predictions) and its rejects rows."""
     checked, predictions = scorer.score(batch)
-    source = pa.Table.from_batches([batch]).select(plan.keep)
+    source = (batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])).select(plan.keep)
     scored = pa.Table.from_arrays(
         [*source.take(checked.good).columns, *predictions.columns], schema=plan.output
     )
