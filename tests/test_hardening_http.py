@@ -247,3 +247,34 @@ def test_l2_admin_errors_carry_no_absolute_paths(tmp_path):
         _ok(server.url)  # version 1 keeps serving
     finally:
         server.stop()
+
+
+def test_a_shed_requests_unread_body_is_never_read_as_a_request(srv):
+    """Shedding answers before the body is read; on the same keep-alive connection that
+    body must be skipped, not parsed as the next request (no smuggling past the gate)."""
+    held = [_pending(srv.url, 100) for _ in range(4)]
+    sock = _connect(srv.url)
+    try:
+        time.sleep(0.3)
+        smuggled = b"GET /nope-smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(smuggled)}\r\n\r\n".encode() + smuggled
+        )
+        first = _read_response(sock)
+        assert _status(first) == 503
+        for held_sock in held:
+            held_sock.close()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(3)
+        rest = b""
+        while b'{"live":true}' not in rest:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        assert b"HTTP/1.1 200" in rest and b"404" not in rest and b"smuggled" not in rest
+    finally:
+        sock.close()
+        for held_sock in held:
+            held_sock.close()
