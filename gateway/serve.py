@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import logging
 import math
 import os
 import shutil
@@ -116,8 +117,9 @@ def run(settings: Settings) -> int:
     finally:
         if settings.metrics_dir:
             shutil.rmtree(settings.metrics_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(workdir)
+        if workdir:
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)
 
 
 def _empty_working_directory(settings: Settings) -> tuple[Settings, str]:
@@ -130,7 +132,14 @@ def _empty_working_directory(settings: Settings) -> tuple[Settings, str]:
     settings = msgspec.structs.replace(
         settings, repo=absolute(settings.repo) or settings.repo, cache_dir=absolute(settings.cache_dir)
     )
-    workdir = tempfile.mkdtemp(prefix="gateway-cwd-")
+    try:
+        workdir = tempfile.mkdtemp(prefix="gateway-cwd-")
+    except OSError as exc:  # a read-only root with no writable temp directory mounted
+        logging.getLogger("gateway.lifecycle").warning(
+            f"serving from the current directory: no empty one could be made ({exc.strerror})",
+            extra={"event": "workdir"},
+        )
+        return settings, ""
     os.chdir(workdir)
     return settings, workdir
 
