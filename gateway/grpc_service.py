@@ -330,8 +330,6 @@ class GrpcService:
             code = grpc.StatusCode.OK if status == 200 else CODES.get(status, grpc.StatusCode.INTERNAL)
             call.attributes["rpc.grpc.status_code"] = code.value[0]
         self.core.finish(call, status, error)
-        if call.model is not None:  # the request reached its model: Triton's statistics count it
-            call.model.stats.request(status == 200, int(call.outcome.seconds * 1e9))
 
     def _trailing(self, call: Call) -> Metadata:
         version = call.outcome.version

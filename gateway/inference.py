@@ -151,6 +151,8 @@ class InferenceCore:
         if call.span is not None:
             _end_span(call.span, outcome, call.attributes)
         self.telemetry.observe_request(outcome)
+        if call.model is not None:  # the request reached its model: Triton's statistics count it
+            call.model.stats.request(200 <= status < 300, int(outcome.seconds * 1e9))
 
 
 def _end_span(span: Span, outcome: Outcome, attributes: dict[str, Any]) -> None:

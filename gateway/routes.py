@@ -109,8 +109,6 @@ class InferenceEndpoint:
                 "http.request.method": "POST", "http.route": self.route, "http.response.status_code": status,
             })  # fmt: skip
         self.core.finish(call, status, error)
-        if call.model is not None:  # the request reached its model: Triton's statistics count it
-            call.model.stats.request(200 <= status < 300, int(call.outcome.seconds * 1e9))
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         kind = media_type(scope)
