@@ -20,6 +20,7 @@ from converters.parity import check_parity
 from converters.schema import reference_stats, synthesise
 from gateway.errors import first_line
 from gateway.manifest import Manifest, Source
+from gateway.onnx_refs import check_external_data
 from gateway.remote import open_repository
 from gateway.repository import RepositoryError, check_name, check_version, sha256_file
 
@@ -119,6 +120,8 @@ def convert(
         if converted.layout != "tensors":
             dynamic_batch_outputs(converted.onnx_model)
         model_bytes = converted.onnx_model.SerializeToString()
+        # A published model is self-contained: the sha256 in its manifest covers all it reads.
+        check_external_data(model_bytes)
         inputs, outputs = _output_specs(converted, converted.onnx_model)
     manifest = Manifest(
         name=name,

@@ -302,3 +302,32 @@ def test_v2_nan_is_a_missing_value_exactly_where_records_accept_null(zoo):
     record = _records(next(c for c in cases if c.name == "bc_logreg").test.iloc[:1])[0]
     record[next(iter(record))] = None
     assert httpx.post(f"{server.url}/v1/models/bc_logreg/predict", json=record).status_code == 422
+
+
+def test_an_onnx_file_reading_data_outside_its_folder_is_refused(tmp_path):
+    """An initializer's external data at '../secret.bin' would make the served model read a
+    file that no sha256 covers: convert refuses it and writes nothing."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weight = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], [weight],
+    )  # fmt: skip
+    path = folder / "model.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    with pytest.raises(ConversionError) as info:
+        convert(path, name="outside", version="1", repo=tmp_path / "repo")
+    assert str(info.value).startswith(("load", "convert")), info.value
+    assert "secret.bin" in str(info.value) or "external" in str(info.value).lower(), info.value
+    assert not (tmp_path / "repo" / "outside").exists()
