@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=RESULTS)
     g = sub.add_parser("gpu", help="CUDA: in-process vs the gateway, heavy models, batch 1..4096")
     g.add_argument("--out", type=Path, default=RESULTS)
+    sc = sub.add_parser("score", help="gateway score rows/s vs in-process ONNX Runtime at batch 4,096")
+    sc.add_argument("--quick", action="store_true", help="200k rows instead of 1M: a smoke test")
+    sc.add_argument("--out", type=Path, default=RESULTS)
     gr = sub.add_parser("grpc", help="V2 over gRPC beside HTTP (perf_analyzer): single row and 256 rows")
     gr.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
     gr.add_argument("--out", type=Path, default=RESULTS)
@@ -245,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import soak
 
         soak.run(args.out, args.seconds)
+        return 0
+    if args.command == "score":
+        from benchmarks import score
+
+        print(score.markdown(score.run(args.quick, args.out, WORK)))
         return 0
     if args.command == "grpc":
         print("\n".join(grpc_bench.markdown(grpc_bench.main(args.quick, args.out, WORK)["grpc"])))
