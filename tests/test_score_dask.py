@@ -50,13 +50,16 @@ def test_dask_partitions_score_as_the_single_machine_run(demo_repo: Path, tmp_pa
         try:
             ddf = dd.read_parquet(str(source), split_row_groups=True)
             assert ddf.npartitions == 6
-            result = score_dataframe(ddf, demo_repo, "breast_cancer", keep=("id",)).compute()
+            # Written as a user would (Dask's Parquet writer plans its schema from the output's
+            # empty frame), then read back.
+            score_dataframe(ddf, demo_repo, "breast_cancer", keep=("id",)).to_parquet(str(tmp_path / "out"))
             per_worker = client.run(loaded_models)
             addresses = list(client.scheduler_info()["workers"])
         finally:
             client.close()
             cluster.close()
 
+    result = pd.read_parquet(tmp_path / "out")
     assert all(a.startswith("tcp://127.0.0.1:") for a in addresses)
     assert sorted(per_worker.values()) in ([1, 1], [0, 1])  # each worker loaded it once at most
     result = result.sort_values("id").reset_index(drop=True)

@@ -93,7 +93,8 @@ def score_partition(
     for column, per_row in zip(REJECT_COLUMNS, (checked.field, checked.reason), strict=True):
         values = np.full(len(frame), None, dtype=object)
         values[checked.rejected] = per_row
-        out[column] = values
+        # A string dtype, not object: Dask's Parquet writer plans its schema from it.
+        out[column] = pd.array(values, dtype=pd.StringDtype())
     return out
 
 
