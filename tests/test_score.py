@@ -24,7 +24,7 @@ from gateway.errors import GatewayError  # noqa: E402
 from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec  # noqa: E402
 from gateway.repository import Repository  # noqa: E402
 from gateway.schemas import RecordCodec  # noqa: E402
-from gateway.scoring import ColumnCodec, Scorer, score_file  # noqa: E402
+from gateway.scoring import ColumnCodec, ScoreError, Scorer, score_file  # noqa: E402
 from gateway.scoring.progress import Progress  # noqa: E402
 
 
@@ -276,3 +276,19 @@ def test_two_million_parquet_rows_score_in_bounded_memory(demo_repo: Path, tmp_p
     # Measured 323 and 389 MiB: a few chunks in flight at the peak, more or fewer by timing;
     # holding the table would add 380 MiB and more.
     assert big_mib - small_mib < 0.25 * decoded_mib, (small_mib, big_mib, decoded_mib)
+
+
+def test_gzipped_csv_and_a_prediction_name_clash(demo_repo: Path, tmp_path: Path) -> None:
+    frame = table(demo_repo, "diabetes", 700)
+    frame.to_csv(tmp_path / "in.csv.gz", index=False)  # gzip, from the name
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    scorer = Scorer.from_repository(demo_repo, "diabetes")
+    for name in ("in.csv.gz", "in.csv"):
+        report = score_file(scorer, str(tmp_path / name), str(tmp_path / f"{name}.parquet"), keep=["id"],
+                            chunk_rows=256, progress="none")  # fmt: skip
+        assert (report.rows, report.rejected) == (700, 0)
+    gz, plain = (pq.read_table(tmp_path / f"{n}.parquet") for n in ("in.csv.gz", "in.csv"))
+    assert gz.equals(plain)
+    frame.rename(columns={"id": "value"}).to_csv(tmp_path / "clash.csv", index=False)
+    with pytest.raises(ScoreError, match="the predictions use that name"):
+        score_file(scorer, str(tmp_path / "clash.csv"), str(tmp_path / "clash.parquet"), keep=["value"])
