@@ -51,6 +51,8 @@ def _field(name: str, prop: dict[str, Any], value: Any) -> str:
         options = "".join(
             f"<option{' selected' if v == value else ''}>{html.escape(str(v))}</option>" for v in enum
         )
+        if nullable:  # an empty choice sends null
+            options = f'<option value=""{" selected" if value is None else ""}></option>' + options
         control = f"<select {attrs}>{options}</select>"
     else:
         shown = (

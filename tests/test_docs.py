@@ -134,3 +134,33 @@ def test_docs_page_is_self_contained_with_a_form_per_model(spec, server):
         assert f'data-feature="{name}" data-type="number" data-nullable="1" value="{value}"' in page
     assert "seen in training from" in page  # the trained ranges are shown
     assert "<table>" in page and "/v2/models/{name}/config" in page
+
+
+def test_docs_form_offers_categories_and_shows_ranges():
+    """A categorical feature is a choice among its categories (and none, when nullable)."""
+    from gateway.docs import docs_page
+
+    record = {
+        "type": "object",
+        "properties": {
+            "plan": {"anyOf": [{"enum": ["basic", "pro"]}, {"type": "null"}], "description": "one of ['basic', 'pro']"},
+            "tenure": {"type": "number", "description": "float64, seen in training from 0 to 72 (outside: reject)"},
+        },
+    }
+    op = {
+        "tags": ["churn"],
+        "requestBody": {"content": {"application/json": {
+            "schema": {"oneOf": [{"$ref": "#/components/schemas/churn_record"}]},
+            "example": {"plan": "pro", "tenure": 12.0},
+        }}},
+    }  # fmt: skip
+    spec = {
+        "info": {"version": "1"},
+        "paths": {"/v1/models/churn/predict": {"post": op}},
+        "components": {"schemas": {"churn_record": record}},
+    }
+    page = docs_page(spec)
+    select = re.search(r'<select data-feature="plan"[^>]*>(.*?)</select>', page).group(1)
+    assert select == '<option value=""></option><option>basic</option><option selected>pro</option>'
+    assert 'data-feature="tenure" data-type="number" data-nullable="0" value="12.0"' in page
+    assert "seen in training from 0 to 72 (outside: reject)" in page
