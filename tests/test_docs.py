@@ -164,3 +164,52 @@ def test_docs_form_offers_categories_and_shows_ranges():
     assert select == '<option value=""></option><option>basic</option><option selected>pro</option>'
     assert 'data-feature="tenure" data-type="number" data-nullable="0" value="12.0"' in page
     assert "seen in training from 0 to 72 (outside: reject)" in page
+
+
+@pytest.mark.slow
+def test_examples_of_a_model_with_categories_and_gaps_are_answered(tmp_path):
+    """Text categories, a numeric column with gaps, a columns layout: the ready line's curl
+    and the OpenAPI examples are requests this model accepts."""
+    import json
+    import subprocess
+
+    import joblib
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_diabetes
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from converters import convert
+    from tests.conftest import start_server
+
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    frame = x[["age", "bmi"]].copy()
+    frame["sex"] = np.where(x["sex"] > 0, "male", "female")
+    frame["region"] = np.array(["north", "south", "east"])[np.arange(len(x)) % 3]
+    frame.loc[::13, "bmi"] = np.nan
+    pre = ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "bmi"]),
+                             ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex", "region"])])  # fmt: skip
+    model = Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=1000))]).fit(frame, y > y.median())
+    joblib.dump(model, tmp_path / "mixed.joblib")
+    convert(tmp_path / "mixed.joblib", name="mixed", version="1", repo=tmp_path / "repo", sample=frame)
+    srv = start_server(tmp_path / "repo", tmp_path, "--log-format", "json")
+    try:
+        spec = httpx.get(f"{srv.url}/openapi.json").json()
+        validate(spec)
+        for path in ("/v1/models/mixed/predict", "/v2/models/mixed/infer"):
+            schema, example = _body(spec, path)
+            _validator(spec, schema).validate(example)
+            r = httpx.post(srv.url + path, json=example)
+            assert r.status_code == 200, (path, example, r.text)
+        assert spec["paths"]["/v1/models/mixed/predict"]["post"]["requestBody"]["content"]["application/json"][
+            "example"]["region"] in ("north", "south", "east")  # fmt: skip
+        ready = next(json.loads(line) for line in srv.log().splitlines() if '"msg":"ready"' in line)
+        out = subprocess.run(["bash", "-c", ready["try"][0]], capture_output=True, text=True, timeout=30).stdout
+        assert json.loads(out)["predictions"], out
+        page = httpx.get(f"{srv.url}/docs").text
+        assert re.search(r'<select data-feature="region"[^>]*>.*<option[^>]*>north</option>', page)
+    finally:
+        srv.stop()
