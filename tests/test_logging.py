@@ -105,8 +105,16 @@ def test_access_log_writes_every_line_off_the_loop_in_order(monkeypatch):
 
     out = io.BytesIO()
     monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(out, write_through=True))
-    logging.getLogger("gateway.access").setLevel(logging.INFO)
-    log = AccessLog("json")
+    access = logging.getLogger("gateway.access")
+    previous = access.level
+    access.setLevel(logging.INFO)
+    try:
+        _write_and_check(AccessLog("json"), out)
+    finally:
+        access.setLevel(previous)  # setLevel, not an attribute: it clears the enabled cache
+
+
+def _write_and_check(log, out) -> None:
     for i in range(3000):  # more than MAX_BUFFERED: the writer is woken early too
         log.emit({"event": "request", "n": i, "route": "predict", "prediction": {"labels": {"1": 1}}})
     deadline = time.monotonic() + 5
