@@ -17,7 +17,7 @@ from converters.errors import ConversionError
 from converters.loading import load_model
 from converters.onnx_info import onnx_info, signature
 from converters.parity import check_parity
-from converters.schema import reference_stats, synthesise
+from converters.schema import align_sample, reference_stats, synthesise
 from gateway.errors import first_line
 from gateway.manifest import Manifest, Source
 from gateway.onnx_refs import check_external_data
@@ -152,7 +152,7 @@ def convert(
         table = (
             synthesise(converted.features, SYNTHESISED_ROWS)
             if sample is None
-            else sample[[f.name for f in converted.features]]
+            else align_sample(sample, [f.name for f in converted.features])
         )
         progress(f"checking parity on {len(table)} {'synthesised' if synthesised else 'sample'} rows")
         with _step("parity", converted.estimator, "check the sample has the training columns and dtypes"):

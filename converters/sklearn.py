@@ -15,7 +15,7 @@ from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, String
 from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, VotingClassifier
 from sklearn.ensemble._forest import BaseForest
 from sklearn.ensemble._gb import BaseGradientBoosting
 from sklearn.exceptions import NotFittedError
@@ -149,18 +149,26 @@ class SklearnConverter:
                 msgspec.structs.replace(f, dtype="float64") if f.dtype == "float32" else f for f in features
             ]
         outputs = [o.name for o in onnx_model.graph.output]
-        # Plain output names for the V2 API and metrics: label, probabilities, value.
-        plain = ["label", "probabilities"] if classifier else ["value"]
+        # Plain output names for the V2 API and metrics: label, probabilities (or the decision
+        # scores of a classifier without predict_proba), value.
+        probabilistic = classifier and hasattr(model, "predict_proba")
+        plain = ["label", "probabilities" if probabilistic else "scores"] if classifier else ["value"]
         rename_values(onnx_model, dict(zip(outputs, plain, strict=False)))
-        if classifier and isinstance(_final(model), BaseGradientBoosting):
+        if probabilistic and isinstance(_final(model), BaseGradientBoosting):
             label_from_probabilities(onnx_model, model.classes_.tolist())
-        roles = {"label": "label", "probabilities": "probabilities"} if classifier else {"value": "value"}
+        roles = {"value": "value"}
+        if classifier:
+            roles = (
+                {"label": "label", "probabilities": "probabilities"} if probabilistic else {"label": "label"}
+            )
         takes_frame = hasattr(model, "feature_names_in_")
 
         def predict(table: pd.DataFrame) -> Predictions:
             x = table.iloc[:, 0] if reads_text else table if takes_frame else table.to_numpy()
-            if classifier:
+            if probabilistic:
                 return Predictions(label=model.predict(x), probabilities=model.predict_proba(x))
+            if classifier:
+                return Predictions(label=model.predict(x))
             return Predictions(value=np.asarray(model.predict(x)).reshape(len(table), -1))
 
         classes = model.classes_.tolist() if classifier else None
@@ -187,10 +195,20 @@ def _initial_types(features: list[Feature], layout: Layout, number: Any) -> list
     ]
 
 
+def _allows(estimator: Any, option: str) -> bool:
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.common._registration import get_converter
+
+    alias = sklearn_operator_name_map.get(type(estimator))
+    return alias is not None and option in (get_converter(alias).get_allowed_options() or {})
+
+
 def _options(model: Any, classifier: bool) -> dict[int, dict[str, Any]]:
     options: dict[int, dict[str, Any]] = {}
     if classifier:
-        options[id(_final(model))] = {"zipmap": False}
+        # An entry, even empty, keeps skl2onnx's pipeline parser from adding a ZipMap option
+        # that LinearSVC or RidgeClassifier would refuse.
+        options[id(_final(model))] = {"zipmap": False} if _allows(_final(model), "zipmap") else {}
     for part in _walk(model):
         if isinstance(part, _TEXT):
             # skl2onnx's tokenizer asks for en_US.UTF-8, which slim images do not have.
@@ -225,12 +243,15 @@ def _for_skl2onnx(model: Any, mapping: dict[str, str]) -> Any:
     identifiers), and one-hot output is dense (ONNX has no sparse intermediates; the
     values are the same)."""
     sparse = [p for p in _walk(model) if isinstance(p, KBinsDiscretizer) and p.encode == "onehot"]
-    if all(k == v for k, v in mapping.items()) and not sparse:
+    voting = [p for p in _walk(model) if isinstance(p, VotingClassifier) and p.flatten_transform]
+    if all(k == v for k, v in mapping.items()) and not sparse and not voting:
         return model
     model = copy.deepcopy(model)
     for part in _walk(model):
         if isinstance(part, KBinsDiscretizer) and part.encode == "onehot":
             part.encode = "onehot-dense"
+        if isinstance(part, VotingClassifier):
+            part.flatten_transform = False  # shapes transform() only; skl2onnx wants it off
 
     def rename(columns: Any) -> Any:
         if isinstance(columns, str):

@@ -235,7 +235,8 @@ class RecordCodec:
                 for label, p in zip(labels, proba, strict=True)
             ]
         if self._label is not None:
-            return [{"label": _plain(v)} for v in outputs[self._label].tolist()]
+            labels = outputs[self._label].tolist()
+            return [{"label": bool(v) if self._bool_labels else _plain(v)} for v in labels]
         values = outputs[self._value]
         flat = values.reshape(values.shape[0], -1)
         if flat.shape[1] == 1:

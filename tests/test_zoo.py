@@ -60,6 +60,9 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def _compare(case: Case, body: dict[str, Any]) -> str | None:
     labels, probabilities, values = case.expected()
     predictions = body["predictions"]
+    if labels is not None and probabilities is None:
+        got_labels = [str(p["label"]) for p in predictions]
+        return None if got_labels == [str(v) for v in labels] else f"labels differ: {got_labels[:5]}"
     if probabilities is not None:
         got_labels = [str(p["label"]) for p in predictions]
         if got_labels != [str(v) for v in labels]:  # type: ignore[union-attr]

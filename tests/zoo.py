@@ -14,6 +14,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from sklearn.base import is_classifier
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
@@ -24,6 +25,7 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
+    VotingClassifier,
 )
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
@@ -67,6 +69,8 @@ def _sklearn_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ..
     x_in: Any = x.iloc[:, 0] if x.shape[1] == 1 and _reads_text(model) else x
     if hasattr(model, "predict_proba"):
         return np.asarray(model.predict(x_in)), np.asarray(model.predict_proba(x_in)), None
+    if is_classifier(model):  # LinearSVC, RidgeClassifier: labels only
+        return np.asarray(model.predict(x_in)), None, None
     return None, None, np.asarray(model.predict(x_in), dtype=np.float64).reshape(len(x), -1)
 
 
@@ -241,6 +245,9 @@ def _sklearn_cases() -> list[Case]:
         bc,
     )
     add("bc_gboost", GradientBoostingClassifier(n_estimators=40, random_state=0), bc)
+    add("bc_linear_svc", make_pipeline(StandardScaler(), LinearSVC()), bc)
+    add("iris_soft_voting", VotingClassifier([("lr", LogisticRegression(max_iter=2000)),
+        ("forest", RandomForestClassifier(n_estimators=20, random_state=0))], voting="soft"), iris)  # fmt: skip
     add("bc_calibrated_svm", make_pipeline(StandardScaler(), CalibratedClassifierCV(LinearSVC(), cv=3)), bc)
     add("iris_forest", RandomForestClassifier(n_estimators=30, random_state=0), iris)
     add("iris_knn", make_pipeline(StandardScaler(), KNeighborsClassifier(5)), iris)
