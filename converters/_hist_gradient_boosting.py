@@ -28,6 +28,7 @@ from skl2onnx.common.data_types import (
 )
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
+from converters._trees import add_label
 from converters.errors import ConversionError
 
 ML_OPSET = 3
@@ -309,21 +310,7 @@ def _convert_classifier(scope: Any, operator: Any, container: Any) -> None:
         )
     else:
         container.add_node("Softmax", raw, proba_out, axis=1, name=scope.get_unique_operator_name("Softmax"))
-    index = scope.get_unique_variable_name("argmax")
-    container.add_node(
-        "ArgMax", proba_out, index, axis=1, keepdims=0, name=scope.get_unique_operator_name("ArgMax")
-    )
-    classes = scope.get_unique_variable_name("classes")
-    labels = model.classes_
-    if labels.dtype.kind in "biu":
-        container.add_initializer(classes, TensorProto.INT64, [len(labels)], labels.astype(np.int64).tolist())
-    else:
-        container.add_initializer(
-            classes, TensorProto.STRING, [len(labels)], [str(c).encode() for c in labels]
-        )
-    container.add_node(
-        "Gather", [classes, index], label_out, axis=0, name=scope.get_unique_operator_name("Gather")
-    )
+    add_label(scope, container, proba_out, model.classes_, label_out)
 
 
 def _convert_regressor(scope: Any, operator: Any, container: Any) -> None:

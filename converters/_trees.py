@@ -128,23 +128,26 @@ def _mean_of_trees(scope: Any, operator: Any, container: Any, classifier: bool) 
     return str(mean)
 
 
-def _convert_classifier(scope: Any, operator: Any, container: Any) -> None:
-    model = operator.raw_operator
-    mean = _mean_of_trees(scope, operator, container, classifier=True)
+def add_label(scope: Any, container: Any, scores: str, classes: Any, out: str) -> None:
+    """`out` = the first class of highest score, as scikit-learn's `predict` picks it
+    (ONNX has no bool tensors here: a bool target travels as int64)."""
     var, node = scope.get_unique_variable_name, scope.get_unique_operator_name
-    index = var("argmax")
-    container.add_node("ArgMax", mean, index, axis=1, keepdims=0, name=node("ArgMax"))
-    classes = var("classes")
-    labels = np.asarray(model.classes_)
+    index, table = var("argmax"), var("classes")
+    container.add_node("ArgMax", scores, index, axis=1, keepdims=0, name=node("ArgMax"))
+    labels = np.asarray(classes)
     if labels.dtype.kind in "biu":
-        container.add_initializer(classes, TensorProto.INT64, [len(labels)], labels.astype(np.int64).tolist())
+        container.add_initializer(table, TensorProto.INT64, [len(labels)], labels.astype(np.int64).tolist())
     else:
-        container.add_initializer(
-            classes, TensorProto.STRING, [len(labels)], [str(c).encode() for c in labels]
-        )
-    container.add_node("Gather", [classes, index], operator.outputs[0].full_name, axis=0, name=node("Gather"))
+        container.add_initializer(table, TensorProto.STRING, [len(labels)], [str(c).encode() for c in labels])
+    container.add_node("Gather", [table, index], out, axis=0, name=node("Gather"))
+
+
+def _convert_classifier(scope: Any, operator: Any, container: Any) -> None:
+    mean = _mean_of_trees(scope, operator, container, classifier=True)
+    add_label(scope, container, mean, operator.raw_operator.classes_, operator.outputs[0].full_name)
     proba_type = guess_proto_type(operator.outputs[1].type)
-    container.add_node("Cast", mean, operator.outputs[1].full_name, to=proba_type, name=node("Cast"))
+    container.add_node("Cast", mean, operator.outputs[1].full_name, to=proba_type,
+                       name=scope.get_unique_operator_name("Cast"))  # fmt: skip
 
 
 def _convert_regressor(scope: Any, operator: Any, container: Any) -> None:

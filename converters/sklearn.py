@@ -47,8 +47,6 @@ _HGB = (HistGradientBoostingClassifier, HistGradientBoostingRegressor)
 _TEXT = (CountVectorizer, TfidfVectorizer, HashingVectorizer)
 # scikit-learn casts X to float32 in these estimators' predict (sklearn.tree DTYPE).
 _FLOAT32_TREES = (BaseDecisionTree, BaseForest, BaseGradientBoosting)
-# Of those, the ones our converter (converters._trees) takes float64 in and casts itself.
-_OWN_TREES = (*_trees.CLASSIFIERS, *_trees.REGRESSORS)
 
 
 def _walk(model: Any) -> list[Any]:
@@ -293,9 +291,11 @@ def _build_graph(model: Any, features: list[Feature], layout: Layout, classifier
     """The most faithful graph ONNX Runtime loads, and whether its numbers are float64.
 
     scikit-learn computes in float64 and casts to float32 only at tree ensembles, so:
-    float64 throughout; for a pipeline ending in a tree ensemble, float64 preprocessing,
-    then a cast, then the trees in float32; a bare tree ensemble reads float32. Where a
-    float64 graph cannot be built or loaded (an operator without a float64 kernel), float32.
+    float64 throughout (our tree converters cast to float32 themselves, see
+    converters._trees); for a pipeline ending in gradient boosting, float64 preprocessing,
+    then a cast, then skl2onnx's float32 trees; a bare tree ensemble reads float32, as
+    scikit-learn would cast it. Where a float64 graph cannot be built or loaded (an operator
+    without a float64 kernel: PolynomialFeatures, TfidfVectorizer's normaliser), float32.
     """
     final = _final(model)
     whole = partial(_whole_graph, model, features, layout, classifier)
@@ -304,16 +304,17 @@ def _build_graph(model: Any, features: list[Feature], layout: Layout, classifier
     if isinstance(final, BaseGradientBoosting) and not bare_trees:
         split = partial(_split_at_trees, model, features, layout, classifier)
         candidates.append(("float64 then float32 trees", True, split))
-    elif not bare_trees or (isinstance(final, _OWN_TREES) and layout == "columns"):
+    elif not bare_trees:
         candidates.append(("float64", True, partial(whole, DoubleTensorType)))
     candidates.append(("float32", False, partial(whole, FloatTensorType)))
     reasons = []
     for i, (label, precise, build) in enumerate(candidates):
         try:
             onnx_model = build()
-        except ConversionError:
+        except ConversionError as exc:
             if i == len(candidates) - 1:
                 raise
+            reasons.append(f"{label}: {exc}")
             continue
         except (RuntimeError, ValueError, TypeError, NotImplementedError, KeyError) as exc:
             reasons.append(f"{label}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")

@@ -51,9 +51,11 @@ def start_server(
     env: dict[str, str] | None = None,
     ready_timeout: float = 60,
     wait_ready: bool = True,
+    port: int | None = None,
 ) -> Server:
-    """`gateway serve` as a real process on a loopback port, ready when /readyz says so."""
-    port = free_port()
+    """`gateway serve` as a real process on a loopback port, ready when /readyz says so.
+    `port`: a given one, as a replica's successor takes its predecessor's."""
+    port = port or free_port()
     log_path = tmp / f"server-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
