@@ -103,11 +103,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # gRPC answers ServerLive (and ServerReady: false) while the models load; HTTP
-        # answers nothing until this startup ends, so /readyz is never ready without it.
+        await registry.load_repository()
+        # gRPC listens once the models are loaded, as HTTP answers only once this startup
+        # ends: with several workers sharing the port (SO_REUSEPORT), no call may land on
+        # one still loading. A port it cannot bind ends the startup, so /readyz is never
+        # ready without gRPC.
         if grpc_service is not None:
             await grpc_service.start()
-        await registry.load_repository()
         # Everything built so far (modules, sessions, codecs) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it on the request
         # path (measured: p99 at 64 connections from 23 ms to under 11 ms).

@@ -60,6 +60,7 @@ CODES = {
 }
 # A gRPC code back to the HTTP status it stands for, for a call gRPC itself ended.
 CANCELLED = 499
+DEADLINE_SLACK_S = 0.005
 EXTENSIONS = ("classification", "model_configuration", "parameters", "schedule_policy", "statistics")
 
 Metadata = tuple[tuple[str, str], ...]
@@ -343,7 +344,9 @@ class GrpcService:
         except GatewayError as exc:
             failure = exc
         except asyncio.CancelledError:  # the client went away, or its deadline passed
-            expired = (context.time_remaining() or 1.0) <= 0
+            # gRPC cancels at its own reading of the deadline, a hair before or after ours
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= DEADLINE_SLACK_S
             self._finish(call, 504 if expired else CANCELLED, "deadline passed" if expired else "cancelled")
             raise
         except Exception as exc:  # a bug must still answer, and never leak its traceback

@@ -340,6 +340,10 @@ def test_deadlines_shedding_and_message_size(slow):
     # --max-body-bytes bounds a message: 1000 rows are 240 kB
     exc = _error(lambda: client.infer("breast_cancer", [_input(_rows(1000))]))
     assert exc.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    # the server records a call a moment after its client gave up on it
+    deadline = time.monotonic() + 5
+    while _count(slow.url, route="grpc_infer", code="504") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _count(slow.url, route="grpc_infer", code="504") == 2
     assert _count(slow.url, route="grpc_infer", code="503") == 1
 
@@ -417,7 +421,13 @@ def test_sigterm_drains_grpc_calls_in_flight(demo_repo, tmp_path):
                 asyncio.ensure_future(client.infer("breast_cancer", [_input(x[i : i + 1])]))
                 for i in range(len(x))
             ]
-            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient() as http:  # all 16 queued in the server: in flight
+                for _ in range(100):
+                    stats = (await http.get(f"{srv.url}/v2/models/breast_cancer/stats")).json()
+                    if stats["model_stats"][0]["queued_rows"] == len(x):
+                        break
+                    await asyncio.sleep(0.05)
+            assert stats["model_stats"][0]["queued_rows"] == len(x), stats
             assert not any(c.done() for c in calls), "answered before SIGTERM: nothing was in flight"
             srv.process.send_signal(signal.SIGTERM)
             results = await asyncio.gather(*calls, return_exceptions=True)
@@ -491,17 +501,30 @@ def test_every_worker_serves_grpc(demo_repo, tmp_path):
     """With --workers 2 both processes listen on the gRPC port (SO_REUSEPORT); /metrics,
     answered by either, counts the calls both served."""
     srv = _serve(demo_repo, tmp_path, "--workers", "2", "--log-format", "json")
+
+    def started() -> set[int]:
+        lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+        return {e["pid"] for e in lines if e.get("event") == "grpc_start"}
+
     try:
+        # /readyz answered from one worker; each listens on gRPC only once its models loaded
+        deadline = time.monotonic() + 60
+        while len(started()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(started()) == 2
         for i in range(24):  # a fresh connection each time, so the kernel spreads them
             client = _client(srv)
             assert client.infer("breast_cancer", [_input(_rows(1, seed=i))]).as_numpy("label").shape == (1,)
             client.close()
-        deadline = time.monotonic() + 10
-        while _count(srv.url, route="grpc_infer", code="200") < 24 and time.monotonic() < deadline:
-            time.sleep(0.3)  # each worker publishes its metrics once a second
-        assert _count(srv.url, route="grpc_infer", code="200") == 24
-        lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
-        assert len({e["pid"] for e in lines if e.get("event") == "grpc_start"}) == 2
+        # Each worker publishes its metrics once a second, and either may answer /metrics:
+        # past a second both views are whole; three answers in a row must agree.
+        time.sleep(1.5)
+        seen: list[float] = []
+        deadline = time.monotonic() + 15
+        while seen[-3:] != [24, 24, 24] and time.monotonic() < deadline:
+            seen.append(_count(srv.url, route="grpc_infer", code="200"))
+            time.sleep(0.2)
+        assert seen[-3:] == [24, 24, 24], seen
     finally:
         srv.stop()
 
