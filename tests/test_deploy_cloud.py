@@ -7,6 +7,7 @@ gateway later than its drain ends."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -90,7 +91,9 @@ def test_cloudrun_probes_resources_and_drain_match_the_gateway():
     assert settings.timeout_ms / 1000 < spec["timeoutSeconds"]
     # Cloud Run scales out before the gateway's admission control sheds with 503
     assert spec["containerConcurrency"] <= settings.max_concurrency
-    assert settings.port == 8000 or port == settings.port
+    # Cloud Run routes to containerPort: the port the image's gateway listens on
+    image_port = re.search(r"GATEWAY_PORT=(\d+)", (ROOT / "Dockerfile.cpu").read_text())
+    assert image_port is not None and port == int(image_port.group(1))
 
 
 def _ecs(name: str) -> dict[str, Any]:
