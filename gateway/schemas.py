@@ -8,7 +8,9 @@ whole columns (finiteness, ranges) run vectorised after decoding.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -48,6 +50,13 @@ def _policy(feature: Feature, override: RangePolicyOverride) -> RangePolicy:
     return feature.policy if override == "manifest" else override
 
 
+def numeric_dtype(manifest: Manifest) -> np.dtype[Any]:
+    """Numbers are checked in the narrowest float type the graph reads them as, so a value
+    beyond float32's range is refused rather than reaching the model as infinity."""
+    numeric_inputs = {s.datatype for s in manifest.inputs if s.datatype in ("FP32", "FP64")}
+    return np.dtype(np.float32 if "FP32" in numeric_inputs else np.float64)
+
+
 @dataclass(frozen=True)
 class RangeCheck:
     column: int  # in the numeric matrix
@@ -55,6 +64,71 @@ class RangeCheck:
     low: float
     high: float
     policy: RangePolicy
+
+
+@dataclass(frozen=True)
+class Violation:
+    """The rows of one numeric column that break one rule, and why for a given row."""
+
+    title: str
+    column: int
+    name: str
+    rows: np.ndarray  # bool, one per row
+    reason: Callable[[int], str]
+
+
+def _same(reason: str, _row: int) -> str:
+    return reason
+
+
+def _outside(values: np.ndarray, check: RangeCheck, row: int) -> str:
+    return f"{values[row]} is outside the trained range [{check.low}, {check.high}]"
+
+
+class NumericChecks:
+    """The rules for numbers, once: finite in the type the graph reads (NaN only where the
+    model imputes, null's stand-in), and the trained range under the reject or clip policy.
+    The records API answers the first violation; offline scoring rejects each row for its
+    first one (gateway.scoring)."""
+
+    def __init__(
+        self, features: Sequence[Feature], dtype: np.dtype[Any], policy_override: RangePolicyOverride
+    ) -> None:
+        self.dtype = dtype
+        self._names = [f.name for f in features]
+        self._nullable = np.array([f.nullable for f in features], dtype=bool)
+        self._ranges = [
+            RangeCheck(column, f.name, f.min, f.max, _policy(f, policy_override))
+            for column, f in enumerate(features)
+            if f.min is not None and f.max is not None and _policy(f, policy_override) != "allow"
+        ]  # "allow" only counts, per batch, in telemetry
+
+    def apply(self, matrix: np.ndarray) -> list[Violation]:
+        """Check `matrix` (rows x these features, in `dtype`, null as NaN); clip it in place
+        where the policy clips. Violations come per column, non-finite ones first."""
+        found: list[Violation] = []
+        if matrix.size == 0:
+            return found
+        if not all_finite(matrix):
+            bad = ~np.isfinite(matrix) & ~(np.isnan(matrix) & self._nullable)
+            reason = non_finite_reason(matrix.dtype)
+            found += [
+                Violation("non-finite number", int(c), self._names[c], bad[:, c], partial(_same, reason))
+                for c in np.flatnonzero(bad.any(axis=0))
+            ]
+        for check in self._ranges:
+            values = matrix[:, check.column]
+            # Python floats compare in the column's own dtype (NEP 50), so a float32 value
+            # at a trained bound is not rounded past it.
+            if check.policy == "clip":
+                matrix[:, check.column] = np.clip(values, check.low, check.high)
+                continue
+            outside = (values < check.low) | (values > check.high)
+            if outside.any():
+                found.append(Violation(
+                    "value out of range", check.column, check.name, outside, partial(_outside, values, check)
+                ))  # fmt: skip
+        return found
 
 
 class RecordCodec:
@@ -82,17 +156,11 @@ class RecordCodec:
         self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
-        self._nullable = np.array([manifest.features[i].nullable for i in self._numeric])
-        self._ranges = [
-            RangeCheck(column, f.name, f.min, f.max, _policy(f, policy_override))
-            for column, f in enumerate(manifest.features[i] for i in self._numeric)
-            if f.min is not None and f.max is not None and _policy(f, policy_override) != "allow"
-        ]  # "allow" only counts, per batch, in telemetry
         self.all_numeric = len(self._numeric) == len(manifest.features)
-        # Numbers are checked in the narrowest float type the graph reads them as, so a value
-        # beyond float32's range is refused rather than reaching the model as infinity.
-        numeric_inputs = {s.datatype for s in manifest.inputs if s.datatype in ("FP32", "FP64")}
-        self._numeric_dtype = np.dtype(np.float32 if "FP32" in numeric_inputs else np.float64)
+        self._numeric_dtype = numeric_dtype(manifest)
+        self._checks = NumericChecks(
+            [manifest.features[i] for i in self._numeric], self._numeric_dtype, policy_override
+        )
         self._names = [f.name for f in manifest.features]
         # A float matrix input is built in its own dtype, with no float64 copy in between.
         spec = manifest.inputs[0]
@@ -178,39 +246,13 @@ class RecordCodec:
         return feeds_from_columns(self.manifest, columns), len(records)
 
     def _check_numeric(self, matrix: np.ndarray, single: bool) -> np.ndarray:
-        if matrix.size == 0:
-            return matrix
-        # Null is NaN here, and allowed where the model imputes; NaN or infinity sent as a
-        # number never is.
-        bad = None if all_finite(matrix) else ~np.isfinite(matrix) & ~(np.isnan(matrix) & self._nullable)
-        if bad is not None and bad.any():
-            row, col = (int(v) for v in np.argwhere(bad)[0])
-            name = self.manifest.features[self._numeric[col]].name
+        violations = self._checks.apply(matrix)
+        if violations:
+            first = violations[0]
+            row = int(np.argmax(first.rows))
             raise Unprocessable(
-                "non-finite number",
-                [{"loc": self._loc(single, row, name), "msg": non_finite_reason(matrix.dtype)}],
+                first.title, [{"loc": self._loc(single, row, first.name), "msg": first.reason(row)}]
             )
-        for check in self._ranges:
-            values = matrix[:, check.column]
-            # Python floats compare in the column's own dtype (NEP 50), so a float32 value
-            # at a trained bound is not rounded past it.
-            low, high = check.low, check.high
-            if check.policy == "clip":
-                matrix[:, check.column] = np.clip(values, low, high)
-            elif check.policy == "reject":
-                outside = (values < low) | (values > high)
-                if outside.any():
-                    row = int(np.argmax(outside))
-                    raise Unprocessable(
-                        "value out of range",
-                        [
-                            {
-                                "loc": self._loc(single, row, check.name),
-                                "msg": f"{values[row]} is outside the trained range "
-                                f"[{check.low}, {check.high}]",
-                            }
-                        ],
-                    )
         return matrix
 
     @staticmethod

@@ -13,15 +13,17 @@ records API's labels and class names.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
-from gateway.manifest import Feature, Manifest, RangePolicy
+from gateway.manifest import Feature, Manifest
+from gateway.schemas import NumericChecks, Violation, numeric_dtype
 from gateway.settings import RangePolicyOverride
-from gateway.tabular import feeds_from_columns, non_finite_reason
+from gateway.tabular import feeds_from_columns
 
 Arrays = dict[str, np.ndarray]
 
@@ -67,10 +69,6 @@ class _Rejects:
             self.reason[fresh] = reason(np.flatnonzero(fresh)) if callable(reason) else reason
 
 
-def _policy(feature: Feature, override: RangePolicyOverride) -> RangePolicy:
-    return feature.policy if override == "manifest" else override
-
-
 class ColumnCodec:
     """Validate Arrow record batches for one model and encode its outputs as columns."""
 
@@ -81,11 +79,12 @@ class ColumnCodec:
             )
         self.manifest = manifest
         self.features = list(manifest.features)
-        self._override = policy_override
-        # The records API checks numbers in the narrowest float type the graph reads them
-        # as (1e39 is infinity in float32, and refused): so here.
-        narrow = any(s.datatype == "FP32" for s in manifest.inputs)
-        self._check_dtype = np.dtype(np.float32 if narrow else np.float64)
+        # The records API's own rules for numbers (gateway.schemas.NumericChecks), in the
+        # type it checks them in.
+        self._check_dtype = numeric_dtype(manifest)
+        self._numeric_checks = NumericChecks(
+            [f for f in self.features if f.dtype != "string"], self._check_dtype, policy_override
+        )
         self.output_names = self._output_names()
 
     @property
@@ -139,7 +138,10 @@ class ColumnCodec:
                 values = self._number(f, column, rejects)
                 numeric.append((f, values))
                 columns[f.name] = values
-        self._check_numbers(numeric, rejects)
+        if numeric:
+            matrix = self._check_numbers(numeric, rejects)
+            for j, (f, _) in enumerate(numeric):
+                columns[f.name] = matrix[:, j]
         bad = rejects.bad
         good = np.flatnonzero(~bad)
         rejected = np.flatnonzero(bad)
@@ -217,28 +219,14 @@ class ColumnCodec:
         rejects.add(bad, f.name, reason)
         return parsed
 
-    def _check_numbers(self, numeric: list[tuple[Feature, np.ndarray]], rejects: _Rejects) -> None:
-        for f, values in numeric:
-            seen = values.astype(self._check_dtype, copy=False) if self._check_dtype != np.float64 else values
-            with np.errstate(over="ignore", invalid="ignore"):
-                bad = ~np.isfinite(seen)
-            if f.nullable:
-                bad &= ~np.isnan(values)  # null (NaN) is allowed where the model imputes
-            rejects.add(bad, f.name, non_finite_reason(self._check_dtype))
-            policy = _policy(f, self._override)
-            if f.min is None or f.max is None or policy == "allow":
-                continue
-            low, high = f.min, f.max
-            if policy == "clip":
-                np.clip(values, low, high, out=values, where=~np.isnan(values))
-            else:
-                outside = (seen < low) | (seen > high)
-                shown = seen
-
-                def reason(rows: np.ndarray, shown: np.ndarray = shown, f: Feature = f) -> list[str]:
-                    return [f"{shown[i]} is outside the trained range [{f.min}, {f.max}]" for i in rows]
-
-                rejects.add(outside, f.name, reason)
+    def _check_numbers(self, numeric: list[tuple[Feature, np.ndarray]], rejects: _Rejects) -> np.ndarray:
+        """The numeric columns as one matrix in the checked type, clipped where the policy
+        clips; each row's first violation becomes its reject reason."""
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e39 is inf in float32: refused below
+            matrix = np.column_stack([values for _, values in numeric]).astype(self._check_dtype, copy=False)
+        for violation in self._numeric_checks.apply(matrix):
+            rejects.add(violation.rows, violation.name, partial(_reasons, violation))
+        return matrix
 
     def _output_names(self) -> list[str]:
         m = self.manifest
@@ -286,6 +274,10 @@ _PATTERNS = {
     "bool": r"^(?i:true|false|1|0)$",
 }
 _BAD = object()
+
+
+def _reasons(violation: Violation, rows: np.ndarray) -> list[str]:
+    return [violation.reason(int(i)) for i in rows]
 
 
 def _as_number(array: pa.Array) -> pa.Array:
