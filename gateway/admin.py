@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from starlette.requests import Request
@@ -39,7 +39,13 @@ class VersionBody(msgspec.Struct, forbid_unknown_fields=True):
     version: str
 
 
+class CanaryBody(msgspec.Struct, forbid_unknown_fields=True):
+    weight: Annotated[float, msgspec.Meta(ge=0, le=100)]  # percent of requests; 0 ends the canary
+    version: str | None = None
+
+
 _version_body = msgspec.json.Decoder(VersionBody)
+_canary_body = msgspec.json.Decoder(CanaryBody)
 
 
 class Admin:
@@ -85,13 +91,16 @@ class Admin:
             raise NotFound(f"no model {name!r}")
         return name
 
-    async def _version(self, request: Request, name: str) -> str:
-        try:
-            version = _version_body.decode(await request.body()).version
-        except msgspec.ValidationError as exc:
-            raise Unprocessable('body must be {"version": "<v>"}', validation_detail(str(exc))) from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"malformed body: {exc}") from None
+    async def _version(self, request: Request, name: str, given: str | None = None) -> str:
+        if given is not None:
+            version = given
+        else:
+            try:
+                version = _version_body.decode(await request.body()).version
+            except msgspec.ValidationError as exc:
+                raise Unprocessable('body must be {"version": "<v>"}', validation_detail(str(exc))) from None
+            except msgspec.DecodeError as exc:
+                raise BadRequest(f"malformed body: {exc}") from None
         if not is_valid_version(version):
             raise NotFound(f"invalid version {version!r}")
         if version not in self.repository.versions(name):
@@ -115,9 +124,51 @@ class Admin:
         version = await self._version(request, name)
         return await self._switch(name, version, lambda: self.repository.set_live(name, version))
 
+    async def canary(self, request: Request) -> Response:
+        """Send `weight` % of requests to `version` beside the live one; weight 0 ends it."""
+        name = self._name(request)
+        try:
+            body = _canary_body.decode(await request.body())
+        except msgspec.ValidationError as exc:
+            raise Unprocessable(
+                'body must be {"version": "<v>", "weight": <percent 0-100>}', validation_detail(str(exc))
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
+        version = None
+        if body.weight > 0:
+            if body.version is None:
+                raise Unprocessable("a canary with a weight above 0 needs a version")
+            version = await self._version(request, name, body.version)
+            if version == self.registry.live.get(name):
+                raise Conflict(f"{name}:{version} is already live; a canary needs another version")
+        if name not in self.registry.live:
+            raise NotFound(f"no model {name!r} is served")
+        try:
+            persist = lambda: self.repository.set_canary(name, version, body.weight)  # noqa: E731
+            await self.registry.set_canary(name, version, body.weight, persist, "admin")
+        except LOAD_ERRORS as exc:
+            raise Unprocessable(
+                f"{name}:{version} did not load as a canary: {short_reason(exc)}; routing is unchanged"
+            ) from None
+        live = self.registry.live.get(name)
+        return json_response({"model": name, "live": live, "canary": self._canary(name)})
+
+    def _canary(self, name: str) -> dict[str, Any] | None:
+        canary = self.registry.canaries.get(name)
+        return {"version": canary.version, "weight": canary.weight} if canary is not None else None
+
     async def rollback(self, request: Request) -> Response:
+        """With a canary, end it (the live version stays); otherwise the previous version
+        goes live again."""
         name = self._name(request)
         state = self.repository.serving(name) if name in self.repository.models() else None
+        if state is not None and state.canary is not None:
+            ended = state.canary.version
+            await self.registry.set_canary(name, None, 0.0, lambda: self.repository.rollback(name), "admin")
+            return json_response(
+                {"model": name, "version": state.live, "previous": state.previous, "canary_ended": ended}
+            )
         if state is None or state.previous is None:
             raise Conflict(f"model {name!r} has no previous version to roll back to")
         return await self._switch(name, state.previous, lambda: self.repository.rollback(name))
@@ -136,6 +187,8 @@ class Admin:
         version = await self._version(request, name)
         if self.registry.live.get(name) == version:
             raise Conflict(f"{name}:{version} is live; promote another version first")
+        if self._canary(name) is not None and self.registry.canaries[name].version == version:
+            raise Conflict(f"{name}:{version} is the canary; end it first (weight 0 or rollback)")
         await self.registry.unload(name, version)
         return json_response({"model": name, "version": version, "loaded": False})
 
@@ -156,6 +209,7 @@ class Admin:
             out.append({
                 "name": name, "live": live.get(name), "previous": state.previous if state else None,
                 "versions": versions, "loaded": loaded, "failure": self.registry.failures.get(name),
+                "canary": self._canary(name),
             })  # fmt: skip
         return json_response({"models": out})
 
@@ -194,6 +248,7 @@ class Admin:
             Route("/admin/models", g(self.models), methods=["GET"]),
             Route("/admin/models/{name}/promote", g(self.promote), methods=["POST"]),
             Route("/admin/models/{name}/rollback", g(self.rollback), methods=["POST"]),
+            Route("/admin/models/{name}/canary", g(self.canary), methods=["POST"]),
             Route("/admin/models/{name}/load", g(self.load), methods=["POST"]),
             Route("/admin/models/{name}/unload", g(self.unload), methods=["POST"]),
             Route("/v2/repository/index", g(self.repository_index), methods=["POST"]),

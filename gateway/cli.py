@@ -117,7 +117,8 @@ def _change_live(args: argparse.Namespace, change: Callable[[Repository], Servin
         state = change(open_repository(args.repo))
     except RepositoryError as exc:
         return _fail(str(exc))
-    print(f"{args.name}: live {state.live} (previous {state.previous})")
+    canary = f", canary {state.canary.version} at {state.canary.weight:g}%" if state.canary else ""
+    print(f"{args.name}: live {state.live}{canary} (previous {state.previous})")
     return 0
 
 
@@ -127,6 +128,10 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     return _change_live(args, lambda repo: repo.rollback(args.name))
+
+
+def cmd_models_canary(args: argparse.Namespace) -> int:
+    return _change_live(args, lambda repo: repo.set_canary(args.name, args.version, args.weight))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,16 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", cmd_models_list, "every model and version"),
         ("show", cmd_models_show, "one manifest: NAME or NAME:VERSION"),
         ("promote", cmd_models_promote, "make VERSION live"),
-        ("rollback", cmd_models_rollback, "make the previous version live again"),
+        ("rollback", cmd_models_rollback, "end the canary, or make the previous version live again"),
+        ("canary", cmd_models_canary, "send --weight percent of requests to VERSION beside the live one"),
     ):
         mp = msub.add_parser(cmd, help=helptext)
         mp.add_argument("--repo", required=True)
         if cmd == "show":
             mp.add_argument("model")
-        elif cmd in ("promote", "rollback"):
+        elif cmd in ("promote", "rollback", "canary"):
             mp.add_argument("name")
-            if cmd == "promote":
+            if cmd in ("promote", "canary"):
                 mp.add_argument("version")
+            if cmd == "canary":
+                mp.add_argument(
+                    "--weight", type=float, required=True, help="percent of requests (0-100); 0 ends it"
+                )
         mp.set_defaults(func=func)
 
     d = sub.add_parser("demo", help="train the demo models, convert them and serve them")

@@ -322,6 +322,7 @@ class GrpcService:
         call = self.core.begin(
             route, get("x-request-id"), get("traceparent"), get("tracestate"), f"grpc {route}"
         )
+        call.routing_key = get("x-routing-key")
         if call.span is not None:
             call.attributes.update({"rpc.system": "grpc", "rpc.service": SERVICE.full_name})
         return call

@@ -68,6 +68,7 @@ class Call:
     started: float
     span: Span | None = None
     model: LoadedModel | None = None  # once found: the version that answers
+    routing_key: bytes | None = None  # X-Routing-Key: keeps a client on one side of a canary
     # Set by the front door: the span attributes naming its protocol.
     attributes: dict[str, Any] = field(default_factory=dict)
 
@@ -130,7 +131,7 @@ class InferenceCore:
         No await between the lookup and the queueing: a version switch cannot retire the
         model in between, so no request fails during a switch."""
         outcome = call.outcome
-        model = call.model = self.registry.get(name, version)
+        model = call.model = self.registry.route(name, version, call.routing_key)
         outcome.model, outcome.version = model.name, model.version
         decoded = decode(model)
         outcome.rows = decoded.rows

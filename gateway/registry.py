@@ -7,7 +7,9 @@ it ran at every batch size the batcher will form (powers of two up to max_batch_
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import NotFound, Unavailable, first_line
 from gateway.manifest import Manifest
 from gateway.metrics import Counter
-from gateway.repository import Repository, RepositoryError, is_valid_name, is_valid_version
+from gateway.repository import Canary, Repository, RepositoryError, is_valid_name, is_valid_version
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
 from gateway.schemas import RecordCodec
 from gateway.settings import Settings, usable_cpus
@@ -77,6 +79,28 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryRoute:
+    """A canary as the hot path reads it: `weight` % as a share of 2**64, compared with a
+    64-bit draw. With a routing key the draw is the key's hash (salted by the model name),
+    so a client stays on one side, and raising the weight only moves clients onto the
+    canary, never back; without a key it is random."""
+
+    version: str
+    weight: float
+    threshold: int
+
+    @classmethod
+    def of(cls, version: str, weight: float) -> CanaryRoute:
+        return cls(version, weight, int(weight / 100 * 2**64))
+
+    def takes(self, name: str, key: bytes | None) -> bool:
+        if key is None:
+            return random.getrandbits(64) < self.threshold
+        digest = hashlib.blake2b(name.encode() + b"\x00" + key, digest_size=8).digest()
+        return int.from_bytes(digest, "big") < self.threshold
 
 
 def warmup_feeds(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
@@ -155,6 +179,8 @@ class ModelRegistry:
         self._pinned: set[tuple[str, str]] = set()
         self._retiring: set[asyncio.Task[None]] = set()
         self._refused: dict[str, str | None] = {}  # model -> serving.json target that failed
+        self._canaries: dict[str, CanaryRoute] = {}
+        self._canary_refused: dict[str, Canary | None] = {}  # model -> serving.json canary that failed
         self.failures: dict[str, str] = {}
         self._wanted: set[str] = set()  # models the repository holds: each must be served
         self.background: dict[str, str] = {}  # background task -> why it last failed
@@ -169,6 +195,10 @@ class ModelRegistry:
     @property
     def live(self) -> dict[str, str]:
         return dict(self._live)
+
+    @property
+    def canaries(self) -> dict[str, Canary]:
+        return {n: Canary(c.version, c.weight) for n, c in self._canaries.items()}
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
@@ -210,11 +240,25 @@ class ModelRegistry:
         """The body limit for a request to this model: the model's own bound where it has
         one (V2 tensors of fixed size), else --max-body-bytes. Never raises: an unknown
         model gets the global limit and its 404 later."""
+        if version is None and name in self._canaries:
+            return self.settings.max_body_bytes  # either version may answer: the wider bound
         model = self._models.get((name, version if version is not None else self._live.get(name, "")))
         bound = None
         if model is not None:
             bound = model.v2_body_limit if route == "infer" else model.records_body_limit
         return min(bound, self.settings.max_body_bytes) if bound else self.settings.max_body_bytes
+
+    def route(self, name: str, version: str | None, key: bytes | None) -> LoadedModel:
+        """The version that answers an inference request: the one its path names, else the
+        canary for its share of requests, else the live one. The one place every front
+        door resolves a model, so a canary covers them all."""
+        if version is None:
+            canary = self._canaries.get(name)
+            if canary is not None and canary.takes(name, key):
+                model = self._models.get((name, canary.version))
+                if model is not None and model.ready:  # being retired: the live one answers
+                    return model
+        return self.get(name, version)
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         model = self._models.get((name, version if version is not None else self._live.get(name, "")))
@@ -349,6 +393,7 @@ class ModelRegistry:
                 persist()
             self.set_live(name, version)
             self.failures.pop(name, None)
+            self._end_canary(name, keep=version)  # a promote decides the experiment
             self.telemetry.switches.inc((name, version, "ok"))
             log.info(
                 "switched", extra={"event": "switch", "model": name, "version": version,
@@ -359,9 +404,79 @@ class ModelRegistry:
         return version, previous
 
     def _retire(self, name: str, version: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.unload(name, version))
+        task = asyncio.get_running_loop().create_task(self._unload_unused(name, version))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    async def _unload_unused(self, name: str, version: str) -> None:
+        """Unload a version no longer live, unless it became live, canary or pinned again
+        before this task ran."""
+        canary = self._canaries.get(name)
+        if self._live.get(name) == version or (canary is not None and canary.version == version):
+            return
+        if (name, version) not in self._pinned:
+            await self.unload(name, version)
+
+    def _end_canary(self, name: str, keep: str | None = None) -> None:
+        canary = self._canaries.pop(name, None)
+        if canary is None:
+            return
+        self.telemetry.canary_weight.remove((name, canary.version))
+        log.info("canary ended", extra={"event": "canary_end", "model": name, "version": canary.version})
+        if canary.version != keep:
+            self._retire(name, canary.version)
+
+    async def set_canary(
+        self, name: str, version: str | None, weight: float, persist: Callable[[], object] | None = None,
+        source: str = "repository",
+    ) -> None:  # fmt: skip
+        """Serve `version` to `weight` % of `name`'s requests beside the live version, or
+        end the canary (weight 0). The candidate is loaded, verified and warmed before
+        `persist` (write serving.json) and before it takes a request; if it fails, the
+        previous routing stays and the error propagates."""
+        async with self._lock(name):
+            if weight <= 0 or version is None:
+                if persist is not None:
+                    persist()
+                self._end_canary(name)
+                return
+            if name not in self._live:
+                raise NotFound(f"model {name!r} has no live version to set a canary beside")
+            try:
+                await self.load(name, version)
+            except LOAD_ERRORS as exc:
+                self.failures[name] = f"canary {version}: {short_reason(exc)}"
+                log.error(
+                    "canary refused; routing is unchanged",
+                    extra={"event": "canary_failed", "model": name, "version": version,
+                           "source": source, "error": str(exc)},
+                )  # fmt: skip
+                raise
+            if persist is not None:
+                persist()
+            self._end_canary(name, keep=version)
+            self._canaries[name] = CanaryRoute.of(version, weight)
+            self.telemetry.canary_weight.set((name, version), weight)
+            log.info(
+                "canary", extra={"event": "canary", "model": name, "version": version, "weight": weight,
+                                 "live": self._live.get(name), "source": source},
+            )  # fmt: skip
+
+    async def _follow_canary(self, name: str, wanted: Canary | None) -> None:
+        """Apply serving.json's canary; one that fails to load is retried only when
+        serving.json names another."""
+        current = self._canaries.get(name)
+        have = Canary(current.version, current.weight) if current is not None else None
+        if have == wanted or (wanted is not None and self._canary_refused.get(name) == wanted):
+            return
+        try:
+            if wanted is None:
+                await self.set_canary(name, None, 0.0, source="serving.json")
+            else:
+                await self.set_canary(name, wanted.version, wanted.weight, source="serving.json")
+            self._canary_refused.pop(name, None)
+        except (*LOAD_ERRORS, NotFound):
+            self._canary_refused[name] = wanted
 
     async def load_pinned(self, name: str, version: str) -> LoadedModel:
         """Load a version beside the live one and keep it: its version path reaches it,
@@ -387,9 +502,11 @@ class ModelRegistry:
         for name in names:
             version = None  # unknown while serving.json is unreadable
             try:
-                if self.repository.serving(name) is not None:
-                    version = self.repository.live_version(name)
+                state = self.repository.serving(name)
+                if state is not None:
+                    version = state.live
                     await self.switch(name, version, source="startup")
+                    await self._follow_canary(name, state.canary)
                 else:
                     await self._newest_that_loads(name)
             except Exception as exc:
@@ -442,19 +559,20 @@ class ModelRegistry:
         problems: list[str] = []
         for name in names:
             try:
-                target = self.repository.live_version(name)
+                state = self.repository.serving(name)
+                target = state.live if state is not None else self.repository.live_version(name)
             except RepositoryError as exc:
                 problems.append(f"{name}: {short_reason(exc)}")
                 continue
-            if target == self._live.get(name) or self._refused.get(name) == target:
-                continue
-            try:
-                await self.switch(name, target, source="serving.json")
-                self._refused.pop(name, None)
-            except Exception as exc:  # one bad version fails alone; switch() recorded why
-                self._refused[name] = target
-                if not isinstance(exc, LOAD_ERRORS):
-                    self.failures[name] = f"{target}: {short_reason(exc)}"
+            if target != self._live.get(name) and self._refused.get(name) != target:
+                try:
+                    await self.switch(name, target, source="serving.json")
+                    self._refused.pop(name, None)
+                except Exception as exc:  # one bad version fails alone; switch() recorded why
+                    self._refused[name] = target
+                    if not isinstance(exc, LOAD_ERRORS):
+                        self.failures[name] = f"{target}: {short_reason(exc)}"
+            await self._follow_canary(name, state.canary if state is not None else None)
         if problems:
             raise RepositoryError("; ".join(problems))
 
@@ -462,6 +580,10 @@ class ModelRegistry:
         model = self._models.pop((name, version), None)
         if self._live.get(name) == version:
             del self._live[name]
+        canary = self._canaries.get(name)
+        if canary is not None and canary.version == version:
+            self._canaries.pop(name)
+            self.telemetry.canary_weight.remove((name, version))
         self._pinned.discard((name, version))
         if model is not None:
             # Lookups can no longer find it; requests already queued are answered first.

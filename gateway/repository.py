@@ -46,9 +46,18 @@ class IntegrityError(RepositoryError):
     """An artifact's bytes do not match the sha256 its manifest records."""
 
 
-class ServingState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Canary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A candidate served beside the live version to `weight` % of requests."""
+
+    version: str
+    weight: float
+
+
+# omit_defaults: a file without a canary is written as before, so an older gateway reads it.
+class ServingState(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     live: str
     previous: str | None = None
+    canary: Canary | None = None  # absent in files written before canaries existed
 
 
 def is_valid_name(name: str) -> bool:
@@ -246,7 +255,8 @@ class Repository:
         return versions[-1]
 
     def set_live(self, name: str, version: str) -> ServingState:
-        """Make `version` live, remembering the one it replaces for rollback."""
+        """Make `version` live, remembering the one it replaces for rollback. A promote
+        ends any canary: the experiment is decided."""
         if version not in self.versions(name):
             raise RepositoryError(f"model {name!r} has no version {version!r}")
         current = self.serving(name)
@@ -257,8 +267,32 @@ class Repository:
         self._write_serving(name, state)
         return state
 
-    def rollback(self, name: str) -> ServingState:
+    def set_canary(self, name: str, version: str | None, weight: float) -> ServingState:
+        """Send `weight` % of `name`'s requests to `version` beside the live one; weight 0
+        (or no version) ends the canary."""
+        if not 0 <= weight <= 100:  # NaN fails this too
+            raise RepositoryError(f"canary weight must be a percentage from 0 to 100, not {weight}")
         current = self.serving(name)
+        live = current.live if current is not None else self.live_version(name)
+        canary = None
+        if weight > 0 and version is not None:
+            if version not in self.versions(name):
+                raise RepositoryError(f"model {name!r} has no version {version!r}")
+            if version == live:
+                raise RepositoryError(f"{name}:{version} is already live; a canary needs another version")
+            canary = Canary(version, weight)
+        state = ServingState(live, current.previous if current is not None else None, canary)
+        self._write_serving(name, state)
+        return state
+
+    def rollback(self, name: str) -> ServingState:
+        """End the canary when there is one (the live version stays); otherwise make the
+        previous version live again."""
+        current = self.serving(name)
+        if current is not None and current.canary is not None:
+            state = msgspec.structs.replace(current, canary=None)
+            self._write_serving(name, state)
+            return state
         if current is None or current.previous is None:
             raise RepositoryError(f"model {name!r} has no previous version to roll back to")
         state = ServingState(live=current.previous, previous=current.live)

@@ -66,6 +66,7 @@ class InferenceEndpoint:
             self.route, header(scope, b"x-request-id"), header(scope, b"traceparent"),
             header(scope, b"tracestate"), f"POST {self.route}",
         )  # fmt: skip
+        call.routing_key = header(scope, b"x-routing-key")
         headers: list[tuple[bytes, bytes]] = [(b"x-request-id", call.outcome.request_id.encode())]
         status, error = 200, None
         try:

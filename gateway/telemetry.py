@@ -221,6 +221,13 @@ class Telemetry:
                 ("model", "version", "result"),
             )
         )
+        self.canary_weight: Gauge = add(
+            Gauge(
+                "gateway_canary_weight",
+                "Percent of a model's requests routed to its canary version.",
+                ("model", "version"),
+            )
+        )
         self.ready: Gauge = add(
             Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
         )

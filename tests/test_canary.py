@@ -1,0 +1,242 @@
+"""Canary releases: a candidate beside the live version takes its weight's share of
+requests (random, or sticky by X-Routing-Key), across every front door; promote, rollback
+and weight 0 end it; serving.json carries it through restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import msgspec
+import pandas as pd
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+
+from converters import convert
+from gateway.cli import main as cli
+from gateway.registry import CanaryRoute
+from gateway.repository import Canary, Repository, RepositoryError
+from tests.conftest import start_server
+
+TOKEN = "canary-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+ENV = {"GATEWAY_ADMIN_TOKEN": TOKEN}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """clf version 1 and a version 2 trained on the opposite labels, so the two disagree."""
+    tmp = tmp_path_factory.mktemp("canary")
+    x, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    frame = pd.DataFrame(x, columns=["f0", "f1", "f2", "f3"])
+    for version, labels in (("1", y), ("2", 1 - y)):
+        joblib.dump(LogisticRegression().fit(frame, labels), tmp / f"clf{version}.joblib")
+        convert(tmp / f"clf{version}.joblib", name="clf", version=version, repo=tmp / "repo", sample=frame)
+    Repository(tmp / "repo").set_live("clf", "1")
+    return tmp / "repo", frame
+
+
+@pytest.fixture
+def repo(built, tmp_path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(built[0], root)
+    return root
+
+
+def _record(frame: pd.DataFrame) -> dict:
+    return frame.iloc[0].to_dict()
+
+
+async def _versions(url: str, body: dict, count: int, keys: list[str] | None = None) -> list[str]:
+    """`count` requests, 16 at a time; the X-Model-Version each was answered by."""
+    limit = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def one(i: int) -> str:
+            headers = {"x-routing-key": keys[i]} if keys else {}
+            async with limit:
+                r = await client.post(url, json=body, headers=headers)
+            assert r.status_code == 200, r.text
+            return r.headers["x-model-version"]
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def _canary(url: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{url}/admin/models/clf/canary", json=body, headers=AUTH, timeout=30)
+
+
+def _state(url: str) -> dict:
+    models = httpx.get(f"{url}/admin/models", headers=AUTH).json()["models"]
+    return next(m for m in models if m["name"] == "clf")
+
+
+@pytest.mark.slow
+def test_canary_split_stickiness_and_bypass(repo, built, tmp_path):
+    frame = built[1]
+    srv = start_server(repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0", env=ENV)
+    try:
+        predict = f"{srv.url}/v1/models/clf/predict"
+        body = _record(frame)
+        r = _canary(srv.url, {"version": "2", "weight": 20})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"model": "clf", "live": "1", "canary": {"version": "2", "weight": 20.0}}
+        assert Repository(repo).serving("clf").canary == Canary("2", 20.0)
+
+        # Random routing: the share within 4 binomial standard deviations of 20 %.
+        n = 2000
+        served = asyncio.run(_versions(predict, body, n))
+        share = served.count("2") / n
+        assert set(served) == {"1", "2"}
+        assert abs(share - 0.2) < 4 * math.sqrt(0.2 * 0.8 / n), share
+
+        # Sticky routing: each key always lands on the side its hash picks.
+        keys = [f"user-{i}" for i in range(300)]
+        first = asyncio.run(_versions(predict, body, 300, keys))
+        again = asyncio.run(_versions(predict, body, 300, keys))
+        assert first == again
+        expected = ["2" if CanaryRoute.of("2", 20).takes("clf", k.encode()) else "1" for k in keys]
+        assert first == expected
+        assert abs(first.count("2") / 300 - 0.2) < 4 * math.sqrt(0.2 * 0.8 / 300)
+
+        # The requests' metrics carry the version that served them; the weight is a gauge.
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'gateway_requests_total{model="clf",version="2",route="predict",code="200"}' in metrics
+        assert 'gateway_canary_weight{model="clf",version="2"} 20' in metrics
+
+        # Everything to the canary: V2 follows it too; an explicit version path does not.
+        assert _canary(srv.url, {"version": "2", "weight": 100}).status_code == 200
+        assert set(asyncio.run(_versions(predict, body, 20))) == {"2"}
+        assert set(asyncio.run(_versions(f"{srv.url}/v1/models/clf/versions/1/predict", body, 20))) == {"1"}
+        infer = {
+            "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": list(body.values())}]
+        }
+        r = httpx.post(f"{srv.url}/v2/models/clf/infer", json=infer)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "2", r.text
+        assert r.json()["model_version"] == "2"
+    finally:
+        srv.stop()
+
+
+def test_canary_ends_and_survives_a_restart(repo, built, tmp_path):
+    body = _record(built[1])
+    srv = start_server(repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0.2", env=ENV)
+    try:
+        # The CLI writes serving.json; the running server follows it.
+        assert cli(["models", "canary", "clf", "2", "--weight", "30", "--repo", str(repo)]) == 0
+        _wait(lambda: _state(srv.url)["canary"] == {"version": "2", "weight": 30.0})
+        srv.stop()
+        srv = start_server(repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0.2", env=ENV)
+        state = _state(srv.url)
+        assert (state["live"], state["canary"]) == ("1", {"version": "2", "weight": 30.0})
+        assert {m["version"] for m in state["loaded"]} == {"1", "2"}
+
+        # Weight 0 ends it: serving.json drops it, the candidate is unloaded.
+        r = _canary(srv.url, {"weight": 0})
+        assert r.status_code == 200 and r.json()["canary"] is None, r.text
+        assert Repository(repo).serving("clf").canary is None
+        _wait(lambda: {m["version"] for m in _state(srv.url)["loaded"]} == {"1"})
+        assert set(asyncio.run(_versions(f"{srv.url}/v1/models/clf/predict", body, 50))) == {"1"}
+
+        # Rollback ends a canary and leaves the live version live.
+        assert _canary(srv.url, {"version": "2", "weight": 50}).status_code == 200
+        r = httpx.post(f"{srv.url}/admin/models/clf/rollback", headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.json()["canary_ended"] == "2" and r.json()["version"] == "1", r.text
+        assert _state(srv.url)["canary"] is None and Repository(repo).serving("clf").live == "1"
+
+        # Promote makes the canary live and ends the canary.
+        assert _canary(srv.url, {"version": "2", "weight": 50}).status_code == 200
+        r = httpx.post(f"{srv.url}/admin/models/clf/promote", json={"version": "2"}, headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        state = _state(srv.url)
+        assert (state["live"], state["canary"]) == ("2", None)
+        on_disk = msgspec.json.decode((repo / "clf" / "serving.json").read_bytes())
+        assert on_disk == {"live": "2", "previous": "1"}
+        assert set(asyncio.run(_versions(f"{srv.url}/v1/models/clf/predict", body, 50))) == {"2"}
+    finally:
+        srv.stop()
+
+
+def _wait(condition, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_canary_admin_guard_and_refusals(repo, tmp_path):
+    srv = start_server(repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0", env=ENV)
+    try:
+        url = f"{srv.url}/admin/models/clf/canary"
+        assert httpx.post(url, json={"version": "2", "weight": 10}).status_code == 401
+        bad = {"authorization": "Bearer wrong"}
+        assert httpx.post(url, json={"version": "2", "weight": 10}, headers=bad).status_code == 403
+        for body, status in (
+            ({"version": "2", "weight": 150}, 422),
+            ({"version": "2", "weight": -1}, 422),
+            ({"version": "2", "weight": "10"}, 422),
+            ({"weight": 10}, 422),
+            ({"version": "2", "weight": 10, "extra": 1}, 422),
+            ({"version": "9", "weight": 10}, 404),
+            ({"version": "1", "weight": 10}, 409),  # the live version
+        ):
+            r = _canary(srv.url, body)
+            assert r.status_code == status, (body, r.text)
+            assert "error" in r.json()
+        r = httpx.post(url, content=b"{not json", headers=AUTH)
+        assert r.status_code == 400
+        assert _state(srv.url)["canary"] is None and Repository(repo).serving("clf").canary is None
+        # The canary cannot be unloaded from under its traffic.
+        assert _canary(srv.url, {"version": "2", "weight": 10}).status_code == 200
+        r = httpx.post(f"{srv.url}/admin/models/clf/unload", json={"version": "2"}, headers=AUTH)
+        assert r.status_code == 409, r.text
+    finally:
+        srv.stop()
+
+
+def test_serving_json_with_and_without_a_canary(repo, capsys):
+    path = repo / "clf" / "serving.json"
+    # A file written before canaries existed still reads, and one without a canary is
+    # written exactly as before.
+    path.write_bytes(b'{"live": "1", "previous": null}')
+    assert Repository(repo).serving("clf").canary is None
+    assert cli(["models", "canary", "clf", "2", "--weight", "12.5", "--repo", str(repo)]) == 0
+    assert capsys.readouterr().out.strip() == "clf: live 1, canary 2 at 12.5% (previous None)"
+    assert msgspec.json.decode(path.read_bytes()) == {"live": "1", "canary": {"version": "2", "weight": 12.5}}
+    assert cli(["models", "canary", "clf", "2", "--weight", "0", "--repo", str(repo)]) == 0
+    assert msgspec.json.decode(path.read_bytes()) == {"live": "1"}
+    assert cli(["models", "canary", "clf", "1", "--weight", "5", "--repo", str(repo)]) == 2  # live already
+    assert cli(["models", "canary", "clf", "7", "--weight", "5", "--repo", str(repo)]) == 2
+    assert cli(["models", "canary", "clf", "2", "--weight", "101", "--repo", str(repo)]) == 2
+    assert "already live" in capsys.readouterr().err
+    with pytest.raises(RepositoryError, match="percentage"):
+        Repository(repo).set_canary("clf", "2", float("nan"))
+    # Promote ends a canary; rollback ends one and keeps the live version.
+    repo_ = Repository(repo)
+    repo_.set_canary("clf", "2", 40)
+    assert repo_.rollback("clf").canary is None and repo_.serving("clf").live == "1"
+    repo_.set_canary("clf", "2", 40)
+    state = repo_.set_live("clf", "2")
+    assert (state.live, state.previous, state.canary) == ("2", "1", None)
+
+
+def test_canary_route_weights_and_keys():
+    """The draw itself, without HTTP: weights 0 and 100 are exact, a key always hashes
+    the same way, and raising the weight only moves keys onto the canary."""
+    keys = [f"k{i}".encode() for i in range(4000)]
+    assert not any(CanaryRoute.of("2", 0).takes("m", k) for k in keys)
+    assert all(CanaryRoute.of("2", 100).takes("m", k) for k in keys)
+    at10 = {k for k in keys if CanaryRoute.of("2", 10).takes("m", k)}
+    at30 = {k for k in keys if CanaryRoute.of("2", 30).takes("m", k)}
+    assert at10 < at30
+    assert abs(len(at30) / 4000 - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 4000)
+    other_model = {k for k in keys if CanaryRoute.of("2", 30).takes("other", k)}
+    assert other_model != at30  # salted by model: one client is not everyone's guinea pig
+    draws = sum(CanaryRoute.of("2", 25).takes("m", None) for _ in range(8000))
+    assert abs(draws / 8000 - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 8000)
