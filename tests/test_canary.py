@@ -5,8 +5,13 @@ and weight 0 end it; serving.json carries it through restarts."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +27,7 @@ from converters import convert
 from gateway.cli import main as cli
 from gateway.registry import CanaryRoute
 from gateway.repository import Canary, Repository, RepositoryError
-from tests.conftest import start_server
+from tests.conftest import ROOT, start_server
 
 TOKEN = "canary-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -240,3 +245,72 @@ def test_canary_route_weights_and_keys():
     assert other_model != at30  # salted by model: one client is not everyone's guinea pig
     draws = sum(CanaryRoute.of("2", 25).takes("m", None) for _ in range(8000))
     assert abs(draws / 8000 - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 8000)
+
+
+@pytest.fixture
+def diabetes_repo(tmp_path_factory) -> Path:
+    """diabetes 1 (live) and 2, as the README's walk-through has them."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    tmp = tmp_path_factory.mktemp("diabetes")
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    for version, model in (("1", LinearRegression()), ("2", Ridge(alpha=0.5))):
+        joblib.dump(model.fit(x, y), tmp / f"d{version}.joblib")
+        convert(tmp / f"d{version}.joblib", name="diabetes", version=version, repo=tmp / "repo", sample=x)
+    Repository(tmp / "repo").set_live("diabetes", "1")
+    return tmp / "repo"
+
+
+def _walkthrough() -> list[tuple[str, str]]:
+    """(command, what the README says it prints) from the canary subsection."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Canary", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)[0]
+    steps: list[tuple[str, str]] = []
+    command: list[str] = []
+    for line in block.splitlines():
+        if line.startswith("# "):
+            steps.append(("\n".join(command), line[2:]))
+            command = []
+        elif line.startswith("export "):
+            steps.append((line, ""))
+        else:
+            command.append(line)
+    return steps
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_readme_canary_walkthrough_works_as_printed(diabetes_repo, tmp_path):
+    srv = start_server(
+        diabetes_repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0.2",
+        env={"GATEWAY_ADMIN_TOKEN": "change-me"},
+    )  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    exports = ""
+    try:
+        steps = _walkthrough()
+        assert len(steps) >= 5
+        for command, expected in steps:
+            if command.startswith("export "):
+                exports += command + "\n"
+                continue
+            run = command.replace("http://127.0.0.1:8000", srv.url).replace("./demo-repo", str(diabetes_repo))
+            out = subprocess.run(
+                ["bash", "-c", exports + run], capture_output=True, text=True, env=env, timeout=60
+            )
+            assert out.returncode == 0, (command, out.stderr)
+            if expected.startswith("{"):
+                assert json.loads(out.stdout) == json.loads(expected), (command, out.stdout)
+            else:
+                assert out.stdout.strip() == expected, (command, out.stdout, out.stderr)
+        # The promote at the end reached the running server through serving.json.
+        _wait(lambda: _state_of(srv.url, "diabetes", "change-me") == ("2", None))
+    finally:
+        srv.stop()
+
+
+def _state_of(url: str, name: str, token: str) -> tuple[str, object]:
+    models = httpx.get(f"{url}/admin/models", headers={"authorization": f"Bearer {token}"}).json()["models"]
+    found = next(m for m in models if m["name"] == name)
+    return found["live"], found["canary"]
