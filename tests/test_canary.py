@@ -314,3 +314,32 @@ def _state_of(url: str, name: str, token: str) -> tuple[str, object]:
     models = httpx.get(f"{url}/admin/models", headers={"authorization": f"Bearer {token}"}).json()["models"]
     found = next(m for m in models if m["name"] == name)
     return found["live"], found["canary"]
+
+
+def test_grpc_follows_the_canary_and_its_routing_key(repo, built, tmp_path):
+    import tritonclient.grpc as tc
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    srv = start_server(repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0", "--grpc-port", str(port),
+                       env=ENV)  # fmt: skip
+    try:
+        assert _canary(srv.url, {"version": "2", "weight": 20}).status_code == 200
+        client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = tc.InferInput("input", [1, 4], "FP64")
+        tensor.set_data_from_numpy(built[1].iloc[:1].to_numpy())
+        keys = [f"grpc-{i}" for i in range(60)]
+        served = [
+            client.infer("clf", [tensor], headers={"x-routing-key": k}).get_response().model_version
+            for k in keys
+        ]
+        assert served == ["2" if CanaryRoute.of("2", 20).takes("clf", k.encode()) else "1" for k in keys]
+        assert set(served) == {"1", "2"}
+        # An explicit version bypasses it, over gRPC as over HTTP.
+        pinned = {
+            client.infer("clf", [tensor], model_version="1").get_response().model_version for _ in range(20)
+        }
+        assert pinned == {"1"}
+    finally:
+        srv.stop()
