@@ -44,7 +44,12 @@ class CanaryBody(msgspec.Struct, forbid_unknown_fields=True):
     version: str | None = None
 
 
+class ShadowBody(msgspec.Struct, forbid_unknown_fields=True):
+    version: str | None  # null ends the shadow
+
+
 _version_body = msgspec.json.Decoder(VersionBody)
+_shadow_body = msgspec.json.Decoder(ShadowBody)
 _canary_body = msgspec.json.Decoder(CanaryBody)
 
 
@@ -154,6 +159,40 @@ class Admin:
         live = self.registry.live.get(name)
         return json_response({"model": name, "live": live, "canary": self._canary(name)})
 
+    async def shadow(self, request: Request) -> Response:
+        """Mirror live requests to `version` off the hot path; null ends the shadow."""
+        name = self._name(request)
+        try:
+            given = _shadow_body.decode(await request.body()).version
+        except msgspec.ValidationError as exc:
+            message = 'body must be {"version": "<v>"}, or {"version": null} to end the shadow'
+            raise Unprocessable(message, validation_detail(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
+        version = await self._version(request, name, given) if given is not None else None
+        if version is not None and version == self.registry.live.get(name):
+            raise Conflict(f"{name}:{version} is already live; a shadow needs another version")
+        if name not in self.registry.live:
+            raise NotFound(f"no model {name!r} is served")
+        try:
+            persist = lambda: self.repository.set_shadow(name, version)  # noqa: E731
+            await self.registry.set_shadow(name, version, persist, "admin")
+        except LOAD_ERRORS as exc:
+            raise Unprocessable(f"{name}:{version} did not load as a shadow: {short_reason(exc)}") from None
+        return json_response({"model": name, "live": self.registry.live.get(name), "shadow": version})
+
+    async def model(self, request: Request) -> Response:
+        """One model: what serves, its canary, and its shadow's agreement with the live version."""
+        name = self._name(request)
+        if name not in self.registry.live and name not in self.repository.models():
+            raise NotFound(f"no model {name!r}")
+        shadow = self.registry.shadows.get(name)
+        return json_response({
+            "name": name, "live": self.registry.live.get(name), "canary": self._canary(name),
+            "shadow": shadow.report() if shadow is not None else None,
+            "loaded": [m.version for m in self.registry.loaded() if m.name == name],
+        })  # fmt: skip
+
     def _canary(self, name: str) -> dict[str, Any] | None:
         canary = self.registry.canaries.get(name)
         return {"version": canary.version, "weight": canary.weight} if canary is not None else None
@@ -189,6 +228,9 @@ class Admin:
             raise Conflict(f"{name}:{version} is live; promote another version first")
         if self._canary(name) is not None and self.registry.canaries[name].version == version:
             raise Conflict(f"{name}:{version} is the canary; end it first (weight 0 or rollback)")
+        shadow = self.registry.shadows.get(name)
+        if shadow is not None and shadow.version == version:
+            raise Conflict(f"{name}:{version} is the shadow; end it first")
         await self.registry.unload(name, version)
         return json_response({"model": name, "version": version, "loaded": False})
 
@@ -210,6 +252,7 @@ class Admin:
                 "name": name, "live": live.get(name), "previous": state.previous if state else None,
                 "versions": versions, "loaded": loaded, "failure": self.registry.failures.get(name),
                 "canary": self._canary(name),
+                "shadow": s.version if (s := self.registry.shadows.get(name)) is not None else None,
             })  # fmt: skip
         return json_response({"models": out})
 
@@ -249,6 +292,8 @@ class Admin:
             Route("/admin/models/{name}/promote", g(self.promote), methods=["POST"]),
             Route("/admin/models/{name}/rollback", g(self.rollback), methods=["POST"]),
             Route("/admin/models/{name}/canary", g(self.canary), methods=["POST"]),
+            Route("/admin/models/{name}/shadow", g(self.shadow), methods=["POST"]),
+            Route("/admin/models/{name}", g(self.model), methods=["GET"]),
             Route("/admin/models/{name}/load", g(self.load), methods=["POST"]),
             Route("/admin/models/{name}/unload", g(self.unload), methods=["POST"]),
             Route("/v2/repository/index", g(self.repository_index), methods=["POST"]),

@@ -118,7 +118,8 @@ def _change_live(args: argparse.Namespace, change: Callable[[Repository], Servin
     except RepositoryError as exc:
         return _fail(str(exc))
     canary = f", canary {state.canary.version} at {state.canary.weight:g}%" if state.canary else ""
-    print(f"{args.name}: live {state.live}{canary} (previous {state.previous})")
+    shadow = f", shadow {state.shadow}" if state.shadow else ""
+    print(f"{args.name}: live {state.live}{canary}{shadow} (previous {state.previous})")
     return 0
 
 
@@ -128,6 +129,12 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     return _change_live(args, lambda repo: repo.rollback(args.name))
+
+
+def cmd_models_shadow(args: argparse.Namespace) -> int:
+    if (args.version is None) != args.stop:
+        return _fail("give a VERSION to shadow, or --stop to end the shadow")
+    return _change_live(args, lambda repo: repo.set_shadow(args.name, args.version))
 
 
 def cmd_models_canary(args: argparse.Namespace) -> int:
@@ -182,11 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("promote", cmd_models_promote, "make VERSION live"),
         ("rollback", cmd_models_rollback, "end the canary, or make the previous version live again"),
         ("canary", cmd_models_canary, "send --weight percent of requests to VERSION beside the live one"),
+        ("shadow", cmd_models_shadow, "mirror live requests to VERSION off the hot path (--stop ends it)"),
     ):
         mp = msub.add_parser(cmd, help=helptext)
         mp.add_argument("--repo", required=True)
         if cmd == "show":
             mp.add_argument("model")
+        elif cmd == "shadow":
+            mp.add_argument("name")
+            mp.add_argument("version", nargs="?")
+            mp.add_argument("--stop", action="store_true", help="end the shadow")
         elif cmd in ("promote", "rollback", "canary"):
             mp.add_argument("name")
             if cmd in ("promote", "canary"):

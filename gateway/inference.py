@@ -138,6 +138,7 @@ class InferenceCore:
         context = call.span.get_span_context() if call.span is not None else None
         outputs = await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
         result = encode(model, decoded, outputs)
+        self.registry.mirror(model, decoded.feeds, decoded.rows, outputs)  # queued only: no wait
         if self.telemetry.access_log.enabled():
             outcome.input_sha256 = input_digest(raw)
             outcome.prediction = summarize(model, outputs)

@@ -27,6 +27,7 @@ from gateway.repository import Canary, Repository, RepositoryError, is_valid_nam
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
 from gateway.schemas import RecordCodec
 from gateway.settings import Settings, usable_cpus
+from gateway.shadow import Shadow
 from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
 from gateway.telemetry import Telemetry
 from gateway.triton import ModelStats
@@ -181,6 +182,8 @@ class ModelRegistry:
         self._refused: dict[str, str | None] = {}  # model -> serving.json target that failed
         self._canaries: dict[str, CanaryRoute] = {}
         self._canary_refused: dict[str, Canary | None] = {}  # model -> serving.json canary that failed
+        self._shadows: dict[str, Shadow] = {}
+        self._shadow_refused: dict[str, str | None] = {}
         self.failures: dict[str, str] = {}
         self._wanted: set[str] = set()  # models the repository holds: each must be served
         self.background: dict[str, str] = {}  # background task -> why it last failed
@@ -199,6 +202,18 @@ class ModelRegistry:
     @property
     def canaries(self) -> dict[str, Canary]:
         return {n: Canary(c.version, c.weight) for n, c in self._canaries.items()}
+
+    @property
+    def shadows(self) -> dict[str, Shadow]:
+        return dict(self._shadows)
+
+    def mirror(
+        self, model: LoadedModel, feeds: dict[str, np.ndarray], rows: int, outputs: dict[str, np.ndarray]
+    ) -> None:
+        """Hand a request the live version answered to its shadow, if it has one."""
+        shadow = self._shadows.get(model.name)
+        if shadow is not None and self._live.get(model.name) == model.version:
+            shadow.offer(model, feeds, rows, outputs)
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
@@ -394,6 +409,8 @@ class ModelRegistry:
             self.set_live(name, version)
             self.failures.pop(name, None)
             self._end_canary(name, keep=version)  # a promote decides the experiment
+            if name in self._shadows and self._shadows[name].version == version:
+                self._end_shadow(name, keep=version)
             self.telemetry.switches.inc((name, version, "ok"))
             log.info(
                 "switched", extra={"event": "switch", "model": name, "version": version,
@@ -411,8 +428,10 @@ class ModelRegistry:
     async def _unload_unused(self, name: str, version: str) -> None:
         """Unload a version no longer live, unless it became live, canary or pinned again
         before this task ran."""
-        canary = self._canaries.get(name)
-        if self._live.get(name) == version or (canary is not None and canary.version == version):
+        canary, shadow = self._canaries.get(name), self._shadows.get(name)
+        if self._live.get(name) == version or any(
+            c is not None and c.version == version for c in (canary, shadow)
+        ):
             return
         if (name, version) not in self._pinned:
             await self.unload(name, version)
@@ -425,6 +444,60 @@ class ModelRegistry:
         log.info("canary ended", extra={"event": "canary_end", "model": name, "version": canary.version})
         if canary.version != keep:
             self._retire(name, canary.version)
+
+    def _end_shadow(self, name: str, keep: str | None = None) -> None:
+        shadow = self._shadows.pop(name, None)
+        if shadow is None:
+            return
+        if shadow.task is not None:
+            shadow.task.cancel()
+        log.info("shadow ended", extra={"event": "shadow_end", "model": name, "version": shadow.version,
+                                        "report": shadow.report()})  # fmt: skip
+        if shadow.version != keep:
+            self._retire(name, shadow.version)
+
+    async def set_shadow(
+        self,
+        name: str,
+        version: str | None,
+        persist: Callable[[], object] | None = None,
+        source: str = "repository",
+    ) -> None:
+        """Mirror `name`'s live requests to `version` (loaded, verified and warmed first),
+        or end the shadow (None)."""
+        async with self._lock(name):
+            if version is None:
+                if persist is not None:
+                    persist()
+                self._end_shadow(name)
+                return
+            if name not in self._live:
+                raise NotFound(f"model {name!r} has no live version to shadow")
+            try:
+                candidate = await self.load(name, version)
+            except LOAD_ERRORS as exc:
+                self.failures[name] = f"shadow {version}: {short_reason(exc)}"
+                raise
+            if persist is not None:
+                persist()
+            if name in self._shadows and self._shadows[name].version == version:
+                return
+            self._end_shadow(name, keep=version)
+            shadow = self._shadows[name] = Shadow(candidate, self.telemetry)
+            shadow.start()
+            log.info("shadow", extra={"event": "shadow", "model": name, "version": version, "source": source})
+
+    async def _follow_shadow(self, name: str, wanted: str | None) -> None:
+        current = self._shadows.get(name)
+        if (current.version if current else None) == wanted or (
+            wanted is not None and self._shadow_refused.get(name) == wanted
+        ):
+            return
+        try:
+            await self.set_shadow(name, wanted, source="serving.json")
+            self._shadow_refused.pop(name, None)
+        except (*LOAD_ERRORS, NotFound):
+            self._shadow_refused[name] = wanted
 
     async def set_canary(
         self, name: str, version: str | None, weight: float, persist: Callable[[], object] | None = None,
@@ -507,6 +580,7 @@ class ModelRegistry:
                     version = state.live
                     await self.switch(name, version, source="startup")
                     await self._follow_canary(name, state.canary)
+                    await self._follow_shadow(name, state.shadow)
                 else:
                     await self._newest_that_loads(name)
             except Exception as exc:
@@ -573,6 +647,7 @@ class ModelRegistry:
                     if not isinstance(exc, LOAD_ERRORS):
                         self.failures[name] = f"{target}: {short_reason(exc)}"
             await self._follow_canary(name, state.canary if state is not None else None)
+            await self._follow_shadow(name, state.shadow if state is not None else None)
         if problems:
             raise RepositoryError("; ".join(problems))
 
@@ -584,6 +659,11 @@ class ModelRegistry:
         if canary is not None and canary.version == version:
             self._canaries.pop(name)
             self.telemetry.canary_weight.remove((name, version))
+        shadow = self._shadows.get(name)
+        if shadow is not None and shadow.version == version:
+            self._shadows.pop(name)
+            if shadow.task is not None:
+                shadow.task.cancel()
         self._pinned.discard((name, version))
         if model is not None:
             # Lookups can no longer find it; requests already queued are answered first.
@@ -594,6 +674,7 @@ class ModelRegistry:
 
     async def close(self) -> None:
         """Drain every batcher: queued and running requests are answered first."""
+        await asyncio.gather(*(s.stop() for s in self._shadows.values()))
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         await asyncio.gather(*(m.batcher.close() for m in self._models.values()))

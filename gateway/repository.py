@@ -58,6 +58,7 @@ class ServingState(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     live: str
     previous: str | None = None
     canary: Canary | None = None  # absent in files written before canaries existed
+    shadow: str | None = None  # a version mirrored live traffic, off the hot path
 
 
 def is_valid_name(name: str) -> bool:
@@ -263,7 +264,23 @@ class Repository:
         previous = current.live if current is not None else None
         if previous == version:
             previous = current.previous if current is not None else None
-        state = ServingState(live=version, previous=previous)
+        shadow = current.shadow if current is not None and current.shadow != version else None
+        state = ServingState(live=version, previous=previous, shadow=shadow)
+        self._write_serving(name, state)
+        return state
+
+    def set_shadow(self, name: str, version: str | None) -> ServingState:
+        """Mirror `name`'s live requests to `version`; None ends the shadow."""
+        current = self.serving(name)
+        live = current.live if current is not None else self.live_version(name)
+        if version is not None:
+            if version not in self.versions(name):
+                raise RepositoryError(f"model {name!r} has no version {version!r}")
+            if version == live:
+                raise RepositoryError(f"{name}:{version} is already live; a shadow needs another version")
+        if current is None:
+            current = ServingState(live)
+        state = msgspec.structs.replace(current, shadow=version)
         self._write_serving(name, state)
         return state
 
@@ -281,7 +298,10 @@ class Repository:
             if version == live:
                 raise RepositoryError(f"{name}:{version} is already live; a canary needs another version")
             canary = Canary(version, weight)
-        state = ServingState(live, current.previous if current is not None else None, canary)
+        state = ServingState(
+            live, current.previous if current is not None else None, canary,
+            current.shadow if current is not None else None,
+        )  # fmt: skip
         self._write_serving(name, state)
         return state
 
@@ -295,7 +315,8 @@ class Repository:
             return state
         if current is None or current.previous is None:
             raise RepositoryError(f"model {name!r} has no previous version to roll back to")
-        state = ServingState(live=current.previous, previous=current.live)
+        shadow = current.shadow if current.shadow != current.previous else None
+        state = ServingState(live=current.previous, previous=current.live, shadow=shadow)
         self._write_serving(name, state)
         return state
 

@@ -228,6 +228,28 @@ class Telemetry:
                 ("model", "version"),
             )
         )
+        self.shadow_requests: Counter = add(
+            Counter(
+                "gateway_shadow_requests_total",
+                "Live requests mirrored to a shadow version, by result (mirrored, dropped, failed).",
+                ("model", "version", "result"),
+            )
+        )
+        self.shadow_rows: Counter = add(
+            Counter(
+                "gateway_shadow_rows_total",
+                "Rows a shadow classifier answered, by whether its label agrees with the live one.",
+                ("model", "version", "agreement"),
+            )
+        )
+        self.shadow_diff: Histogram = add(
+            Histogram(
+                "gateway_shadow_abs_diff",
+                "Per row, the largest |shadow - live| of the probabilities (classifiers) or values.",
+                ("model", "version"),
+                (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0),
+            )
+        )
         self.ready: Gauge = add(
             Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
         )

@@ -1,0 +1,145 @@
+"""Shadow traffic: live requests mirrored to a candidate version off the hot path.
+
+The live answer is sent before the candidate sees the request: the front door hands the
+request's inputs and live outputs to `offer`, which only queues them (a bounded queue;
+full, or the live version has rows waiting, means dropped and counted). A worker task
+runs the candidate on its own batcher and compares: label agreement for classifiers,
+|Δ| of probabilities (the largest per row) or of values for regressors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gateway.registry import LoadedModel
+    from gateway.telemetry import Telemetry
+
+Arrays = dict[str, np.ndarray]
+log = logging.getLogger("gateway.shadow")
+
+QUEUE_REQUESTS = 256  # mirrored requests waiting for the candidate; more are dropped
+TIMEOUT_S = 30.0  # a candidate that takes longer for one request has its answer dropped
+DIFF_BUCKETS = (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0)
+
+
+@dataclass(eq=False)
+class Shadow:
+    candidate: LoadedModel
+    telemetry: Telemetry
+    queue: asyncio.Queue[tuple[LoadedModel, Arrays, int, Arrays]] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_REQUESTS)
+    )
+    mirrored: int = 0
+    dropped: int = 0
+    failed: int = 0
+    rows: int = 0  # rows compared
+    agreed: int = 0  # of those, rows whose labels agree (classifiers)
+    labelled: int = 0  # rows with a label on both sides
+    diff_sum: float = 0.0
+    diff_max: float = 0.0
+    diff_counts: list[int] = field(default_factory=lambda: [0] * (len(DIFF_BUCKETS) + 1))
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def version(self) -> str:
+        return self.candidate.version
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def _count(self, result: str) -> None:
+        self.telemetry.shadow_requests.inc((self.candidate.name, self.version, result))
+
+    def offer(self, live: LoadedModel, feeds: Arrays, rows: int, outputs: Arrays) -> None:
+        """Queue a copy of a live request, or drop it: the live path never waits."""
+        if live.batcher.queued_rows > 0 or self.queue.full():
+            self.dropped += 1
+            self._count("dropped")
+            return
+        self.queue.put_nowait((live, feeds, rows, outputs))
+
+    async def _run(self) -> None:
+        while True:
+            live, feeds, rows, outputs = await self.queue.get()
+            if live.batcher.queued_rows > 0:  # live traffic waits: the shadow yields to it
+                self.dropped += 1
+                self._count("dropped")
+                continue
+            try:
+                shadowed = await self.candidate.batcher.submit(
+                    feeds, rows, time.monotonic() + TIMEOUT_S, None
+                )
+                self.compare(live, outputs, shadowed, rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the candidate's failure is its own: counted, never raised
+                self.failed += 1
+                self._count("failed")
+                log.debug("shadow request failed", extra={"event": "shadow_failed", "error": str(exc)})
+                continue
+            self.mirrored += 1
+            self._count("mirrored")
+
+    def compare(self, live: LoadedModel, ours: Arrays, theirs: Arrays, rows: int) -> None:
+        key = (self.candidate.name, self.version)
+        lm, cm = live.manifest, self.candidate.manifest
+        live_label, cand_label = lm.output("label"), cm.output("label")
+        if live_label is not None and cand_label is not None:
+            same = int((ours[live_label.name].reshape(rows) == theirs[cand_label.name].reshape(rows)).sum())
+            self.labelled += rows
+            self.agreed += same
+            self.telemetry.shadow_rows.inc((*key, "agree"), same)
+            self.telemetry.shadow_rows.inc((*key, "disagree"), rows - same)
+        role: Literal["probabilities", "value"] = (
+            "probabilities" if lm.output("probabilities") is not None else "value"
+        )
+        a, b = lm.output(role), cm.output(role)
+        if a is None or b is None:
+            return
+        left = np.asarray(ours[a.name], dtype=np.float64).reshape(rows, -1)
+        right = np.asarray(theirs[b.name], dtype=np.float64).reshape(rows, -1)
+        if left.shape != right.shape:
+            raise ValueError(f"the candidate's {role} have shape {right.shape}, the live {left.shape}")
+        diffs = np.abs(left - right).max(axis=1)
+        self.rows += rows
+        self.diff_sum += float(diffs.sum())
+        self.diff_max = max(self.diff_max, float(diffs.max()))
+        for i, n in enumerate(
+            np.bincount(np.searchsorted(DIFF_BUCKETS, diffs), minlength=len(DIFF_BUCKETS) + 1)
+        ):
+            self.diff_counts[i] += int(n)
+        self.telemetry.shadow_diff.observe_many(key, diffs)
+
+    def report(self) -> dict[str, Any]:
+        """What GET /admin/models/{name} shows."""
+        return {
+            "version": self.version,
+            "mirrored": self.mirrored,
+            "dropped": self.dropped,
+            "failed": self.failed,
+            "queued": self.queue.qsize(),
+            "rows": self.rows,
+            "label_agreement": self.agreed / self.labelled if self.labelled else None,
+            "abs_diff": {
+                "mean": self.diff_sum / self.rows if self.rows else None,
+                "max": self.diff_max if self.rows else None,
+                # cumulative counts per upper bound, as Prometheus histograms have them
+                "buckets": dict(
+                    zip([*map(str, DIFF_BUCKETS), "+Inf"], np.cumsum(self.diff_counts).tolist(), strict=True)
+                ),
+            },
+        }

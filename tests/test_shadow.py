@@ -1,0 +1,163 @@
+"""Shadow traffic: live requests mirrored to a candidate off the hot path, the live answers
+unchanged, and agreement measured exactly on rows whose answers we know."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import msgspec
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+
+from converters import convert
+from gateway.cli import main as cli
+from gateway.repository import Repository
+from gateway.shadow import DIFF_BUCKETS
+from tests.conftest import start_server
+
+TOKEN = "shadow-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """clf 1, and a clf 2 trained with the labels flipped where f0 > 0.5: the two disagree
+    on part of the rows, and which rows is known from the artifacts themselves."""
+    tmp = tmp_path_factory.mktemp("shadow")
+    x, y = make_classification(n_samples=400, n_features=4, n_informative=3, n_redundant=0, random_state=1)
+    frame = pd.DataFrame(x, columns=["f0", "f1", "f2", "f3"])
+    for version, labels in (("1", y), ("2", np.where(frame["f0"] > 0.5, 1 - y, y))):
+        joblib.dump(LogisticRegression().fit(frame, labels), tmp / f"clf{version}.joblib")
+        convert(tmp / f"clf{version}.joblib", name="clf", version=version, repo=tmp / "repo", sample=frame)
+    Repository(tmp / "repo").set_live("clf", "1")
+    return tmp / "repo", frame
+
+
+@pytest.fixture
+def repo(built, tmp_path) -> Path:
+    shutil.copytree(built[0], tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def _onnx(repo: Path, version: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities straight from ONNX Runtime."""
+    manifest, data = Repository(repo).load_verified("clf", version)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    label = manifest.output("label").name
+    probs = manifest.output("probabilities").name
+    labels, probabilities = session.run([label, probs], {"input": frame.to_numpy(np.float64)})
+    return labels.reshape(-1), probabilities.reshape(len(frame), -1)
+
+
+def _report(url: str) -> dict:
+    return httpx.get(f"{url}/admin/models/clf", headers=AUTH).json()
+
+
+def _wait(condition, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_shadow_leaves_answers_alone_and_measures_agreement_exactly(repo, built, tmp_path):
+    frame = built[1]
+    batches = [frame.iloc[i : i + 100] for i in range(0, 300, 100)]
+    srv = start_server(
+        repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0", env={"GATEWAY_ADMIN_TOKEN": TOKEN}
+    )
+    try:
+        predict = f"{srv.url}/v1/models/clf/predict"
+
+        def answers() -> list[tuple[bytes, str]]:
+            out = []
+            for batch in batches:
+                r = httpx.post(predict, json={"instances": batch.to_dict(orient="records")})
+                assert r.status_code == 200, r.text
+                out.append((r.content, r.headers["x-model-version"]))
+                # One at a time: each mirror is taken before the next live request queues.
+                count = len(out)
+                _wait(lambda: _report(srv.url)["shadow"] is None or _done(srv.url) >= count)  # noqa: B023
+            return out
+
+        without = answers()
+        r = httpx.post(f"{srv.url}/admin/models/clf/shadow", json={"version": "2"}, headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.json() == {"model": "clf", "live": "1", "shadow": "2"}, r.text
+        assert Repository(repo).serving("clf").shadow == "2"
+        with_shadow = answers()
+        assert with_shadow == without  # byte for byte, and version 1 answered
+        assert {v for _, v in with_shadow} == {"1"}
+
+        shown = _report(srv.url)["shadow"]
+        sent = pd.concat(batches)
+        live_labels, live_probs = _onnx(repo, "1", sent)
+        cand_labels, cand_probs = _onnx(repo, "2", sent)
+        agree = int((live_labels == cand_labels).sum())
+        assert 0 < agree < len(sent), "the candidate must disagree on some rows, not all"
+        diffs = np.abs(live_probs - cand_probs).max(axis=1)
+        assert (shown["mirrored"], shown["dropped"], shown["failed"], shown["rows"]) == (3, 0, 0, 300)
+        assert shown["label_agreement"] == pytest.approx(agree / len(sent), abs=1e-12)
+        assert shown["abs_diff"]["mean"] == pytest.approx(diffs.mean(), rel=1e-6)
+        assert shown["abs_diff"]["max"] == pytest.approx(diffs.max(), rel=1e-6)
+        assert shown["abs_diff"]["buckets"]["+Inf"] == 300
+        assert shown["abs_diff"]["buckets"]["0.1"] == int((diffs <= 0.1).sum())
+
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(httpx.get(f"{srv.url}/metrics").text)
+            for s in family.samples
+        }
+        key = (("model", "clf"), ("version", "2"))
+        assert samples[("gateway_shadow_rows_total", (("agreement", "agree"), *key))] == agree
+        assert samples[("gateway_shadow_rows_total", (("agreement", "disagree"), *key))] == 300 - agree
+        mirrored = (*key[:1], ("result", "mirrored"), key[1])
+        assert samples[("gateway_shadow_requests_total", mirrored)] == 3
+        assert samples[("gateway_shadow_abs_diff_count", key)] == 300
+        assert len(DIFF_BUCKETS) + 1 == len(shown["abs_diff"]["buckets"])
+
+        # Ending it: the candidate leaves, answers stay the same.
+        r = httpx.post(f"{srv.url}/admin/models/clf/shadow", json={"version": None}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["shadow"] is None
+        _wait(lambda: _report(srv.url)["loaded"] == ["1"])
+        assert Repository(repo).serving("clf").shadow is None
+    finally:
+        srv.stop()
+
+
+def _done(url: str) -> int:
+    shadow = _report(url)["shadow"]
+    return shadow["mirrored"] + shadow["dropped"] + shadow["failed"]
+
+
+def test_shadow_from_the_cli_survives_a_restart_and_ends_on_promote(repo, tmp_path, capsys):
+    assert cli(["models", "shadow", "clf", "2", "--repo", str(repo)]) == 0
+    assert capsys.readouterr().out.strip() == "clf: live 1, shadow 2 (previous None)"
+    assert msgspec.json.decode((repo / "clf" / "serving.json").read_bytes()) == {"live": "1", "shadow": "2"}
+    assert cli(["models", "shadow", "clf", "--repo", str(repo)]) == 2  # neither VERSION nor --stop
+    assert cli(["models", "shadow", "clf", "1", "--repo", str(repo)]) == 2  # the live version
+    env = {"GATEWAY_ADMIN_TOKEN": TOKEN}
+    srv = start_server(repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0.2", env=env)
+    try:
+        assert _report(srv.url)["shadow"]["version"] == "2"  # read from serving.json at start
+        assert httpx.get(f"{srv.url}/admin/models/clf").status_code == 401
+        r = httpx.post(f"{srv.url}/admin/models/clf/unload", json={"version": "2"}, headers=AUTH)
+        assert r.status_code == 409, r.text
+        # Promoting the shadow ends it: the candidate is now what answers.
+        assert cli(["models", "promote", "clf", "2", "--repo", str(repo)]) == 0
+        _wait(lambda: _report(srv.url)["live"] == "2")
+        assert _report(srv.url)["shadow"] is None
+        assert msgspec.json.decode((repo / "clf" / "serving.json").read_bytes()) == {
+            "live": "2",
+            "previous": "1",
+        }
+    finally:
+        srv.stop()
