@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from gateway.tabular import NUMPY_DTYPES
+
 if TYPE_CHECKING:
     from gateway.registry import LoadedModel
     from gateway.telemetry import Telemetry
@@ -28,6 +30,18 @@ log = logging.getLogger("gateway.shadow")
 QUEUE_REQUESTS = 256  # mirrored requests waiting for the candidate; more are dropped
 TIMEOUT_S = 30.0  # a candidate that takes longer for one request has its answer dropped
 DIFF_BUCKETS = (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0)
+
+
+def conform(candidate: LoadedModel, feeds: Arrays) -> Arrays:
+    """The live request's inputs in the candidate's dtypes: the same features may be read
+    as float32 by one graph and float64 by the other (a forest vs a linear model)."""
+    out = dict(feeds)
+    for spec in candidate.manifest.inputs:
+        given = out.get(spec.name)
+        dtype = NUMPY_DTYPES[spec.datatype]
+        if given is not None and given.dtype != dtype and dtype.kind != "O":
+            out[spec.name] = given.astype(dtype)
+    return out
 
 
 @dataclass(eq=False)
@@ -46,6 +60,7 @@ class Shadow:
     diff_sum: float = 0.0
     diff_max: float = 0.0
     diff_counts: list[int] = field(default_factory=lambda: [0] * (len(DIFF_BUCKETS) + 1))
+    last_error: str | None = None
     task: asyncio.Task[None] | None = None
 
     @property
@@ -80,6 +95,7 @@ class Shadow:
                 self._count("dropped")
                 continue
             try:
+                feeds = conform(self.candidate, feeds)
                 shadowed = await self.candidate.batcher.submit(
                     feeds, rows, time.monotonic() + TIMEOUT_S, None
                 )
@@ -88,6 +104,7 @@ class Shadow:
                 raise
             except Exception as exc:  # the candidate's failure is its own: counted, never raised
                 self.failed += 1
+                self.last_error = str(exc)[:300]
                 self._count("failed")
                 log.debug("shadow request failed", extra={"event": "shadow_failed", "error": str(exc)})
                 continue
@@ -132,6 +149,7 @@ class Shadow:
             "dropped": self.dropped,
             "failed": self.failed,
             "queued": self.queue.qsize(),
+            "last_error": self.last_error,
             "rows": self.rows,
             "label_agreement": self.agreed / self.labelled if self.labelled else None,
             "abs_diff": {

@@ -161,3 +161,50 @@ def test_shadow_from_the_cli_survives_a_restart_and_ends_on_promote(repo, tmp_pa
         }
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_under_overload_the_shadow_is_dropped_never_the_live_path(repo, built, tmp_path):
+    """A 300-tree forest shadows a logistic regression: the candidate cannot keep up, so
+    its queue fills and mirrored requests are dropped (and counted); every live request
+    is still answered by the live version."""
+    import asyncio
+
+    from sklearn.ensemble import RandomForestClassifier
+
+    frame = built[1]
+    labels = (frame["f0"] + frame["f1"] > 0).astype(int)
+    joblib.dump(
+        RandomForestClassifier(n_estimators=300, random_state=0).fit(frame, labels), tmp_path / "f.joblib"
+    )
+    convert(tmp_path / "f.joblib", name="clf", version="3", repo=repo, sample=frame)
+    srv = start_server(
+        repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0", env={"GATEWAY_ADMIN_TOKEN": TOKEN}
+    )
+    try:
+        r = httpx.post(f"{srv.url}/admin/models/clf/shadow", json={"version": "3"}, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        body = {"instances": frame.iloc[:200].to_dict(orient="records")}
+        total = 600
+
+        async def flood() -> list[tuple[int, str | None]]:
+            limit = asyncio.Semaphore(16)
+            async with httpx.AsyncClient(timeout=60) as client:
+
+                async def one() -> tuple[int, str | None]:
+                    async with limit:
+                        r = await client.post(f"{srv.url}/v1/models/clf/predict", json=body)
+                    return r.status_code, r.headers.get("x-model-version")
+
+                return list(await asyncio.gather(*(one() for _ in range(total))))
+
+        answers = asyncio.run(flood())
+        assert answers == [(200, "1")] * total
+        shown = _report(srv.url)["shadow"]
+        assert shown["dropped"] > 0, shown
+        # Every mirrored request is accounted for: compared, dropped, failed or still queued.
+        _wait(lambda: _done(srv.url) == total, timeout=60)
+        shown = _report(srv.url)["shadow"]
+        assert shown["failed"] == 0 and shown["mirrored"] > 0 and shown["rows"] == 200 * shown["mirrored"]
+    finally:
+        srv.stop()
