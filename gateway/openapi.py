@@ -358,7 +358,16 @@ def _admin_paths(names: list[str]) -> dict[str, Any]:
     }
     security: list[dict[str, list[str]]] = [{"bearer": []}]
 
-    def post(summary: str, body: bool, with_name: bool = True) -> dict[str, Any]:
+    def body_of(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties}
+        schema["additionalProperties"] = False
+        return {"required": True, "content": {_JSON: {"schema": schema}}}
+
+    weight = {"type": "number", "minimum": 0, "maximum": 100}
+    canary_body = body_of({"version": {"type": "string"}, "weight": weight}, ["weight"])
+    shadow_body = body_of({"version": {"type": ["string", "null"]}}, ["version"])
+
+    def post(summary: str, body: bool | dict[str, Any], with_name: bool = True) -> dict[str, Any]:
         op: dict[str, Any] = {
             "summary": summary + " (admin; off unless GATEWAY_ADMIN_TOKEN is set)",
             "security": security,
@@ -367,7 +376,7 @@ def _admin_paths(names: list[str]) -> dict[str, Any]:
         if with_name:
             op["parameters"] = [name]
         if body:
-            op["requestBody"] = version_body
+            op["requestBody"] = version_body if body is True else body
         return {"post": op}
 
     admin_models = {
@@ -383,6 +392,16 @@ def _admin_paths(names: list[str]) -> dict[str, Any]:
         "/admin/models/{name}/rollback": post("make the previous version live", body=False),
         "/admin/models/{name}/load": post("load an extra version", body=True),
         "/admin/models/{name}/unload": post("unload an extra version", body=True),
+        "/admin/models/{name}/canary": post("send weight % of requests to a version; 0 ends it", canary_body),
+        "/admin/models/{name}/shadow": post("mirror live requests to a version; null ends it", shadow_body),
+        "/admin/models/{name}": {
+            "get": {
+                "summary": "one model: live version, canary, shadow agreement (admin)",
+                "security": security,
+                "parameters": [name],
+                "responses": {"200": _ok("the model"), **_errors((401, 403, 404))},
+            }
+        },
         "/v2/repository/index": post("Triton repository index", body=False, with_name=False),
         "/v2/repository/models/{name}/load": post("Triton repository load", body=False),
         "/v2/repository/models/{name}/unload": post("Triton repository unload", body=False),
