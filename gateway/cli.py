@@ -79,6 +79,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     try:
         for name in repo.models():
             live = repo.live_version(name) if repo.versions(name) else ""
+            state = repo.serving(name)
             for version in repo.versions(name):
                 m = repo.manifest(name, version)
                 parity = f"{m.parity.max_abs_diff:.1e}/{m.parity.rows}" if m.parity else "-"
@@ -86,7 +87,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                     [
                         name,
                         version,
-                        "*" if version == live else "",
+                        _role(version, live, state),
                         m.created_at,
                         f"{m.onnx.size / 1024:.1f}K",
                         parity,
@@ -96,6 +97,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(_table(rows) if len(rows) > 1 else f"no models in {args.repo}")
     return 0
+
+
+def _role(version: str, live: str, state: ServingState | None) -> str:
+    """The LIVE column: `*` for the live version, `canary:P%` and `shadow` for candidates."""
+    roles = ["*"] if version == live else []
+    if state is not None and state.canary is not None and state.canary.version == version:
+        roles.append(f"canary:{state.canary.weight:g}%")
+    if state is not None and state.shadow == version:
+        roles.append("shadow")
+    return ",".join(roles)
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:

@@ -214,6 +214,9 @@ def test_serving_json_with_and_without_a_canary(repo, capsys):
     assert cli(["models", "canary", "clf", "2", "--weight", "12.5", "--repo", str(repo)]) == 0
     assert capsys.readouterr().out.strip() == "clf: live 1, canary 2 at 12.5% (previous None)"
     assert msgspec.json.decode(path.read_bytes()) == {"live": "1", "canary": {"version": "2", "weight": 12.5}}
+    assert cli(["models", "list", "--repo", str(repo)]) == 0
+    listing = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listing == [["clf", "1", "*"], ["clf", "2", "canary:12.5%"]]
     assert cli(["models", "canary", "clf", "2", "--weight", "0", "--repo", str(repo)]) == 0
     assert msgspec.json.decode(path.read_bytes()) == {"live": "1"}
     assert cli(["models", "canary", "clf", "1", "--weight", "5", "--repo", str(repo)]) == 2  # live already
