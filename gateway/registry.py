@@ -449,6 +449,7 @@ class ModelRegistry:
         shadow = self._shadows.pop(name, None)
         if shadow is None:
             return
+        shadow.restore()
         if shadow.task is not None:
             shadow.task.cancel()
         log.info("shadow ended", extra={"event": "shadow_end", "model": name, "version": shadow.version,

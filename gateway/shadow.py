@@ -67,6 +67,12 @@ class Shadow:
     last_error: str | None = None
     paused_until: float = 0.0
     task: asyncio.Task[None] | None = None
+    inline_rows: int = 0  # the candidate's own setting, restored when the shadow ends
+
+    def __post_init__(self) -> None:
+        # Its batches run in the worker threads, never inline on the event loop that
+        # answers live requests (ONNX Runtime releases the GIL there).
+        self.inline_rows, self.candidate.batcher.inline_rows = self.candidate.batcher.inline_rows, 0
 
     @property
     def version(self) -> str:
@@ -75,7 +81,12 @@ class Shadow:
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
+    def restore(self) -> None:
+        """Give the candidate back its inline setting (it may go live or stay a canary)."""
+        self.candidate.batcher.inline_rows = self.inline_rows
+
     async def stop(self) -> None:
+        self.restore()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
