@@ -264,3 +264,103 @@ def test_readme_shows_the_tested_config():
     (block,) = re.findall(r"```nginx\n(.*?)```", readme, re.DOTALL)
     missing = _statements(block) - _statements(SHIPPED.read_text())
     assert not missing, f"README's nginx config says what deploy/nginx/gateway.conf does not: {missing}"
+
+
+@pytest.mark.slow
+def test_rolling_model_promote_across_replicas_behind_nginx(demo_repo, tmp_path):
+    """Each replica has its own copy of the repository (a pod's volume); version 2 is
+    promoted on one replica, then the other, under steady load through nginx: no request
+    fails, both versions answer during the rollout, and only version 2 after it."""
+    import joblib
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+
+    from converters import convert
+    from gateway.repository import Repository
+
+    nginx = _nginx()
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    joblib.dump(Ridge(alpha=0.5).fit(x, y), tmp_path / "ridge.joblib")
+    token = "rolling-promote-token"
+    ports, replicas, repos = [free_port(), free_port()], [], []
+    proxy = None
+    try:
+        for i, port in enumerate(ports):
+            repo = tmp_path / f"repo-{i}"
+            shutil.copytree(demo_repo, repo)
+            convert(tmp_path / "ridge.joblib", name="diabetes", version="2", repo=repo, sample=x)
+            Repository(repo).set_live("diabetes", "1")  # version 2 waits for its promote
+            logs = tmp_path / f"replica-{i}"
+            logs.mkdir()
+            env = {"GATEWAY_ADMIN_TOKEN": token, "GATEWAY_DRAIN_SECONDS": "10"}
+            replicas.append(start_server(repo, logs, "--poll-seconds", "0", env=env, port=port))
+            repos.append(repo)
+        prefix = tmp_path / "nginx"
+        prefix.mkdir()
+        listen = free_port()
+        config = _write_config(prefix, listen, ports)
+        proxy = subprocess.Popen(
+            [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{listen}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/ml/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proxy.poll() is None and time.monotonic() < deadline, (prefix / "error.log").read_text()
+            time.sleep(0.1)
+        versions: Counter[str] = Counter()
+        statuses: Counter[int | str] = Counter()
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=30) as client:
+                for _ in range(MAX_REQUESTS):
+                    if stop.is_set():
+                        return
+                    try:
+                        r = client.post(url + PREDICT, json=BODY)
+                        statuses[r.status_code] += 1
+                        versions[r.headers.get("x-model-version", "?")] += 1
+                    except httpx.HTTPError as exc:
+                        statuses[type(exc).__name__] += 1
+                    time.sleep(0.02)
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        time.sleep(1.0)
+        for replica in replicas:
+            r = httpx.post(
+                f"{replica.url}/admin/models/diabetes/promote",
+                json={"version": "2"},
+                headers={"authorization": f"Bearer {token}"},
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+            time.sleep(1.5)  # the load sees one replica on 2 and the other on 1
+        before = versions["2"]
+        time.sleep(1.0)
+        stop.set()
+        thread.join(30)
+        after = {r.url: httpx.post(r.url + "/v1/models/diabetes/predict", json=BODY) for r in replicas}
+    finally:
+        if proxy is not None:
+            proxy.send_signal(signal.SIGQUIT)
+            try:
+                proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+        for replica in replicas:
+            replica.stop()
+    total = sum(statuses.values())
+    assert total >= 100 and statuses == Counter({200: total}), statuses
+    assert versions["1"] > 0 and before > 0 and versions["2"] > before, versions
+    assert all(r.headers["x-model-version"] == "2" for r in after.values()), after
+    for repo in repos:  # each replica recorded its promote where a restart reads it
+        assert json.loads((repo / "diabetes" / "serving.json").read_text())["live"] == "2"
+    print(f"rolling promote behind nginx: {total} requests, {dict(statuses)}, versions {dict(versions)}")
