@@ -103,6 +103,38 @@ http {{
     return main
 
 
+def _start_nginx(nginx: str, prefix: Path, replicas: list[int]) -> tuple[subprocess.Popen[bytes], str]:
+    """nginx in front of `replicas`, checked with -t, answering /ml/readyz: (process, url)."""
+    prefix.mkdir()
+    listen = free_port()
+    config = _write_config(prefix, listen, replicas)
+    args = ["-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+    check = subprocess.run([nginx, "-t", *args], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proxy = subprocess.Popen([nginx, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{listen}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(url + "/ml/readyz", timeout=1).status_code == 200:
+                return proxy, url
+        except httpx.HTTPError:
+            pass
+        if proxy.poll() is not None or time.monotonic() > deadline:
+            _stop_nginx(proxy)
+            raise AssertionError("nginx did not answer /ml/readyz: " + (prefix / "error.log").read_text())
+        time.sleep(0.1)
+
+
+def _stop_nginx(proxy: subprocess.Popen[bytes]) -> None:
+    proxy.send_signal(signal.SIGQUIT)  # graceful stop
+    try:
+        proxy.wait(10)
+    except subprocess.TimeoutExpired:
+        proxy.kill()
+        proxy.wait(5)
+
+
 @pytest.fixture(scope="module")
 def fleet(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Fleet]]:
     nginx = _nginx()
@@ -118,41 +150,11 @@ def fleet(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     proxy: subprocess.Popen[bytes] | None = None
     try:
         fleet.replicas = [fleet.start(port) for port in fleet.ports]
-        listen = free_port()
-        prefix = tmp / "nginx"
-        prefix.mkdir()
-        config = _write_config(prefix, listen, fleet.ports)
-        check = subprocess.run(
-            [nginx, "-t", "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
-            capture_output=True,
-            text=True,
-        )
-        assert check.returncode == 0, check.stderr
-        proxy = subprocess.Popen(
-            [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{listen}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/ml/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proxy.poll() is None, (prefix / "error.log").read_text()
-            assert time.monotonic() < deadline, "nginx did not answer /ml/readyz"
-            time.sleep(0.1)
+        proxy, url = _start_nginx(nginx, tmp / "nginx", fleet.ports)
         yield url, fleet
     finally:
         if proxy is not None:
-            proxy.send_signal(signal.SIGQUIT)  # graceful stop
-            try:
-                proxy.wait(10)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
-                proxy.wait(5)
+            _stop_nginx(proxy)
         for replica in fleet.replicas:
             replica.stop()
         sink.shutdown()
@@ -295,25 +297,7 @@ def test_rolling_model_promote_across_replicas_behind_nginx(demo_repo, tmp_path)
             env = {"GATEWAY_ADMIN_TOKEN": token, "GATEWAY_DRAIN_SECONDS": "10"}
             replicas.append(start_server(repo, logs, "--poll-seconds", "0", env=env, port=port))
             repos.append(repo)
-        prefix = tmp_path / "nginx"
-        prefix.mkdir()
-        listen = free_port()
-        config = _write_config(prefix, listen, ports)
-        proxy = subprocess.Popen(
-            [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{listen}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/ml/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proxy.poll() is None and time.monotonic() < deadline, (prefix / "error.log").read_text()
-            time.sleep(0.1)
+        proxy, url = _start_nginx(nginx, tmp_path / "nginx", ports)
         versions: Counter[str] = Counter()
         statuses: Counter[int | str] = Counter()
         stop = threading.Event()
@@ -350,11 +334,7 @@ def test_rolling_model_promote_across_replicas_behind_nginx(demo_repo, tmp_path)
         after = {r.url: httpx.post(r.url + "/v1/models/diabetes/predict", json=BODY) for r in replicas}
     finally:
         if proxy is not None:
-            proxy.send_signal(signal.SIGQUIT)
-            try:
-                proxy.wait(10)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
+            _stop_nginx(proxy)
         for replica in replicas:
             replica.stop()
     total = sum(statuses.values())
