@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
+import orjson
 
 from converters.errors import ConversionError
 from converters.schema import is_nan
@@ -75,7 +76,7 @@ def serve_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -
                 + "; clean the sample or the model's schema"
             ) from None
         _same_through_v2(manifest, feeds, len(served))
-        served += codec.encode(runtime.run(feeds))
+        served += orjson.loads(codec.encode(runtime.run(feeds)))
     return _as_predictions(manifest, served)
 
 
@@ -96,8 +97,14 @@ def _same_through_v2(manifest: Manifest, feeds: dict[str, np.ndarray], first_row
     decoded = decode_infer(manifest, request, rest, max_rows=rows).feeds
     for name, want in feeds.items():
         got = decoded[name]
-        same = got.dtype == want.dtype and got.shape == want.shape and (
-            np.array_equal(got, want, equal_nan=True) if want.dtype.kind == "f" else bool((got == want).all())
+        same = (
+            got.dtype == want.dtype
+            and got.shape == want.shape
+            and (
+                np.array_equal(got, want, equal_nan=True)
+                if want.dtype.kind == "f"
+                else bool((got == want).all())
+            )
         )
         if not same:
             raise ConversionError(

@@ -150,10 +150,13 @@ class PredictEndpoint(InferenceEndpoint):
         self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         codec: RecordCodec = decoded.request
-        payload = {"model": model.name, "version": model.version, "predictions": codec.encode(outputs)}
-        if header(scope, b"accept") == MSGPACK:
+        predictions = codec.encode(outputs)
+        if header(scope, b"accept") == MSGPACK:  # the same predictions, re-encoded
+            payload = {"model": model.name, "version": model.version}
+            payload["predictions"] = orjson.loads(predictions)
             return _msgpack_encoder.encode(payload), [(b"content-type", MSGPACK)]
-        return orjson.dumps(payload), [(b"content-type", JSON)]
+        head = orjson.dumps({"model": model.name, "version": model.version})
+        return head[:-1] + b',"predictions":' + predictions + b"}", [(b"content-type", JSON)]
 
 
 class InferV2Endpoint(InferenceEndpoint):

@@ -11,10 +11,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import orjson
 
 from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.manifest import Feature, Manifest, RangePolicy
@@ -153,6 +155,20 @@ class RecordCodec:
         self.row_type = row
         self._json = (msgspec.json.Decoder(row), msgspec.json.Decoder(list[row]))  # type: ignore[valid-type]
         self._msgpack = (msgspec.msgpack.Decoder(row), msgspec.msgpack.Decoder(list[row]))  # type: ignore[valid-type]
+        # `{"instances": [...]}` in one pass, for a well-formed body; anything else takes the
+        # slower path below, which says exactly what is wrong. Not when a feature itself is
+        # named "instances": such a body is one record.
+        instances = msgspec.defstruct(
+            "Instances",
+            [("instances", list[row])],  # type: ignore[valid-type]
+            forbid_unknown_fields=True,
+            gc=False,
+        )
+        self._instances = (
+            None
+            if "instances" in row.__struct_encode_fields__
+            else (msgspec.json.Decoder(instances), msgspec.msgpack.Decoder(instances))
+        )
         self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
@@ -189,6 +205,14 @@ class RecordCodec:
             return [one.decode(body)], True
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
+        if self._instances is not None:
+            try:
+                records: list[Any] = self._instances[msgpack].decode(body).instances  # type: ignore[attr-defined]
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                pass
+            else:
+                if records and len(records) <= self.max_rows:
+                    return records, False
         envelope = self._envelope_msgpack if msgpack else self._envelope_json
         try:
             top = envelope.decode(body)
@@ -223,16 +247,15 @@ class RecordCodec:
 
     def to_feeds(self, records: list[Any], single: bool) -> tuple[Arrays, int]:
         """Columns from records, checked for finiteness and range, as model tensors."""
-        tuples = [msgspec.structs.astuple(r) for r in records]
         names = self._names
         if self.all_numeric:
             if self._matrix_input is not None:  # the rows already are the input tensor
                 name, dtype = self._matrix_input
-                return {name: self._check_numeric(np.array(tuples, dtype=dtype), single)}, len(records)
-            matrix = self._check_numeric(np.array(tuples, dtype=self._numeric_dtype), single)
+                return {name: self._check_numeric(_matrix(records, len(names), dtype), single)}, len(records)
+            matrix = self._check_numeric(_matrix(records, len(names), self._numeric_dtype), single)
             columns = {name: matrix[:, i] for i, name in enumerate(names)}
         else:
-            raw = list(zip(*tuples, strict=True))
+            raw = list(zip(*[msgspec.structs.astuple(r) for r in records], strict=True))
             columns = {}
             numeric = np.array([raw[i] for i in self._numeric], dtype=self._numeric_dtype).T
             numeric = self._check_numeric(numeric.reshape(len(records), len(self._numeric)), single)
@@ -259,31 +282,79 @@ class RecordCodec:
     def _loc(single: bool, row: int, name: str) -> list[str | int]:
         return ["body", name] if single else ["body", "instances", row, name]
 
-    def encode(self, outputs: Arrays) -> list[dict[str, Any]]:
-        """Per-row predictions: label and class probabilities, or a value."""
+    def encode(self, outputs: Arrays) -> bytes:
+        """Per-row predictions as a JSON array: label and class probabilities, or a value.
+
+        Written from a template per row with the numbers spliced in: orjson formats each
+        output array in one call, and no dict is built per row (256 rows: 55 µs, against
+        ~200 µs for dicts). The numbers are those `.tolist()` gives: float32 outputs are
+        written as the float64 values they equal."""
         if self._proba is not None:
-            proba = outputs[self._proba].tolist()
-            classes = self._classes or [str(i) for i in range(len(proba[0]) if proba else 0)]
-            if self._label is not None:
-                labels = outputs[self._label].tolist()
-                if self._bool_labels:
-                    labels = [bool(v) for v in labels]
-            else:
-                best = np.argmax(outputs[self._proba], axis=1).tolist()
-                known = self.manifest.classes
-                labels = [known[i] for i in best] if known else best
-            return [
-                {"label": _plain(label), "probabilities": dict(zip(classes, p, strict=True))}
-                for label, p in zip(labels, proba, strict=True)
-            ]
+            proba = outputs[self._proba]
+            rows = proba.shape[0]
+            width = proba.shape[1] if proba.ndim == 2 else 1
+            classes = self._classes or [str(i) for i in range(width)]
+            template = (
+                b'{"label":%s,"probabilities":{'
+                + b",".join(_template_key(c) + b":%s" for c in classes)
+                + b"}}"
+            )
+            cells: list[bytes] = [b""] * (rows * (width + 1))
+            cells[0 :: width + 1] = self._labels(outputs, proba)
+            numbers = _json_values(proba)
+            for j in range(width):
+                cells[j + 1 :: width + 1] = numbers[j::width]
+            return _json_rows(template, rows, cells)
         if self._label is not None:
-            labels = outputs[self._label].tolist()
-            return [{"label": bool(v) if self._bool_labels else _plain(v)} for v in labels]
+            labels = self._labels(outputs, None)
+            return _json_rows(b'{"label":%s}', len(labels), labels)
         values = outputs[self._value]
         flat = values.reshape(values.shape[0], -1)
         if flat.shape[1] == 1:
-            return [{"value": v} for v in flat[:, 0].tolist()]
-        return [{"value": v} for v in flat.tolist()]
+            return _json_rows(b'{"value":%s}', flat.shape[0], _json_values(flat[:, 0]))
+        numbers, width = _json_values(flat), flat.shape[1]
+        vectors = [b"[" + b",".join(numbers[i : i + width]) + b"]" for i in range(0, len(numbers), width)]
+        return _json_rows(b'{"value":%s}', flat.shape[0], vectors or [b"[]"] * flat.shape[0])
+
+    def _labels(self, outputs: Arrays, proba: np.ndarray | None) -> list[bytes]:
+        """Each row's label as JSON: the label output, or the most probable known class."""
+        if self._label is not None:
+            labels = outputs[self._label]
+            return _json_values(labels.astype(bool) if self._bool_labels else labels)
+        assert proba is not None
+        best = np.argmax(proba, axis=1).tolist()
+        known = self.manifest.classes
+        return [orjson.dumps(known[i] if known else i) for i in best]
+
+
+def _matrix(records: list[Any], width: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """Numeric records as a rows x features matrix in `dtype`, null as NaN; one pass over
+    the values with no tuple per row kept. Overflow to infinity is refused by the checks."""
+    values = chain.from_iterable(map(msgspec.structs.astuple, records))
+    with np.errstate(over="ignore"):
+        return np.fromiter(values, dtype, count=len(records) * width).reshape(len(records), width)
+
+
+def _json_values(array: np.ndarray) -> list[bytes]:
+    """Each element of `array` (row-major) as JSON text."""
+    flat = array.reshape(-1)
+    if flat.dtype.kind == "f":
+        flat = flat.astype(np.float64)  # the digits .tolist() would give, NaN as null
+    if flat.dtype.kind in "fiub":
+        if flat.size == 0:
+            return []
+        text = orjson.dumps(np.ascontiguousarray(flat), option=orjson.OPT_SERIALIZE_NUMPY)
+        return text[1:-1].split(b",")
+    return [orjson.dumps(_plain(v)) for v in flat.tolist()]
+
+
+def _template_key(name: str) -> bytes:
+    return orjson.dumps(name).replace(b"%", b"%%")
+
+
+def _json_rows(template: bytes, rows: int, cells: list[bytes]) -> bytes:
+    """`[template % row's cells, ...]` in one formatting call."""
+    return b"[" + b",".join([template] * rows) % tuple(cells) + b"]"
 
 
 def _record_detail(message: str, single: bool) -> list[dict[str, Any]]:
