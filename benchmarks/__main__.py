@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from benchmarks import grpc_bench, inprocess, load, models, perf_analyzer, report, servers
+from benchmarks import grpc_bench, inprocess, large, load, models, perf_analyzer, report, servers
 from benchmarks.progress import progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -140,26 +140,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             heavy[label] = load.closed_loop(target, 64, seconds, servers.LOAD_CPU).as_dict()
     results["heavy_mlp_c64"] = heavy
 
-    progress("256-row requests: V2 binary and records JSON vs in-process")
-    rows256 = forest.sample(256, replace=True, random_state=0)
-    matrix = np.ascontiguousarray(rows256.to_numpy(np.float32))
-    header = msgspec.json.encode({"inputs": [{"name": "input", "shape": [256, 30], "datatype": "FP32",
-                                              "parameters": {"binary_data_size": matrix.nbytes}}],
-                                  "parameters": {"binary_data_output": True}})  # fmt: skip
-    big = {}
-    with servers.running([*gw, "--no-metrics"], "/readyz", None, log) as url:
-        for label, target in (
-            ("v2 binary", load.Target(url + "/v2/models/forest/infer", header + matrix.tobytes(),
-                                      "application/octet-stream",
-                                      (("Inference-Header-Content-Length", str(len(header))),))),
-            ("records json", load.Target(url + "/v1/models/forest/predict",
-                                         msgspec.json.encode({"instances": rows256.to_dict(orient="records")}))),
-        ):  # fmt: skip
-            load.closed_loop(target, 4, 1.0, servers.LOAD_CPU)
-            r = load.closed_loop(target, 4, seconds, servers.LOAD_CPU).as_dict()
-            r["rows_per_s"] = round(r["rps"] * 256, 1)  # type: ignore[operator]
-            big[label] = r
-    results["batch256_forest_c4"] = big
+    progress("256-row requests: V2 binary and records JSON vs in-process on the same rows")
+    results["batch256_forest_c4"] = large.measure(repo, forest, seconds, 1, log)
 
     _summarize(results)
     stem = f"{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
@@ -187,10 +169,9 @@ def _summarize(results: dict[str, Any]) -> None:
     g["heavy MLP: batched / unbatched throughput"] = heavy["batched"]["rps"] / max(
         heavy["unbatched"]["rps"], 1e-9
     )
-    inproc256 = float(results["in_process"]["forest"]["256"])
     big = results["batch256_forest_c4"]
-    g["256-row V2 binary rows/s / in-process ORT at 256"] = big["v2 binary"]["rows_per_s"] / inproc256
-    g["256-row records JSON rows/s / in-process ORT at 256"] = big["records json"]["rows_per_s"] / inproc256
+    g["256-row V2 binary rows/s / in-process ORT at 256"] = big["v2 binary"]["ratio"]
+    g["256-row records JSON rows/s / in-process ORT at 256"] = big["records json"]["ratio"]
     if "grpc" in results:
         grpc_bench.summarize(results["grpc"], g)
     for label, sweep in o.items():
@@ -208,6 +189,8 @@ def _summarize(results: dict[str, Any]) -> None:
         target("gateway+metrics+1% traces/gateway", "gateway +metrics +1% traces / gateway", 0.9),
         target("heavy batched/unbatched", "heavy MLP: batched / unbatched throughput", 5),
         target("256-row V2 / in-process", "256-row V2 binary rows/s / in-process ORT at 256", 0.4),
+        target("256-row records JSON / in-process", "256-row records JSON rows/s / in-process ORT at 256",
+               large.TARGET_RECORDS),
     ]  # fmt: skip
     if "grpc" in results:
         results["targets"].append(target(
@@ -232,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("perf", help="perf_analyzer beside wrk on the gateway's V2 endpoint")
     p.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
     p.add_argument("--out", type=Path, default=RESULTS)
+    lg = sub.add_parser("large", help="256-row V2 binary and records JSON vs in-process ORT, same rows")
+    lg.add_argument("--quick", action="store_true", help="one short round: a smoke test")
+    lg.add_argument("--out", type=Path, default=RESULTS)
     pr = sub.add_parser("production", help="the production configuration against the bare gateway")
     pr.add_argument("--quick", action="store_true", help="one short round: a smoke test")
     pr.add_argument("--out", type=Path, default=RESULTS)
@@ -243,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import production
 
         print(production.markdown(production.run(args.quick, args.out, WORK)))
+        return 0
+    if args.command == "large":
+        print(large.markdown(large.run(args.quick, args.out, WORK)))
         return 0
     if args.command == "soak":
         from benchmarks import soak

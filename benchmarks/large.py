@@ -1,0 +1,159 @@
+"""`python -m benchmarks large`: 256-row requests against in-process ONNX Runtime.
+
+The same 256 forest rows sent as V2 binary tensors and as records JSON
+(`{"instances": [...]}` with the data set's own column names), 4 connections, closed
+loop, against ONNX Runtime called in-process on one thread on those same rows, measured
+in each round on the server's CPU (a tree ensemble's time depends on the rows it walks).
+The compute-ceiling table's figure at 256 (uniform random rows) is reported beside it.
+Rounds alternate the request kinds; the median round counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+from benchmarks import inprocess, load, models, servers
+from benchmarks.progress import progress
+from gateway.repository import Repository
+
+ROWS = 256
+TARGET_RECORDS = 0.60  # records JSON rows/s / in-process ORT rows/s on the same rows
+
+
+def requests(rows: pd.DataFrame) -> dict[str, tuple[str, bytes, str, tuple[tuple[str, str], ...]]]:
+    """Path, body, content type and extra headers of each request kind."""
+    matrix = np.ascontiguousarray(rows.to_numpy(np.float32))
+    header = msgspec.json.encode({
+        "inputs": [{"name": "input", "shape": list(matrix.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": matrix.nbytes}}],
+        "parameters": {"binary_data_output": True},
+    })  # fmt: skip
+    return {
+        "v2 binary": ("/v2/models/forest/infer", header + matrix.tobytes(), "application/octet-stream",
+                      (("Inference-Header-Content-Length", str(len(header))),)),
+        "records json": ("/v1/models/forest/predict",
+                         msgspec.json.encode({"instances": rows.to_dict(orient="records")}),
+                         "application/json", ()),
+    }  # fmt: skip
+
+
+def in_process_same_rows(repo: Path, rows: pd.DataFrame, seconds: float) -> float:
+    """Rows/s of ONNX Runtime on one thread, on exactly the rows the requests carry."""
+    _, data = Repository(repo).load_verified("forest", "1")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    feeds = {"input": np.ascontiguousarray(rows.to_numpy(np.float32))}
+    session.run(None, feeds)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, feeds)
+        runs += 1
+    return runs * len(rows) / (time.perf_counter() - started)
+
+
+def measure(repo: Path, forest: pd.DataFrame, seconds: float, rounds: int, log: Path) -> dict[str, Any]:
+    """Each request kind's rows/s (median round) and the in-process figures beside them."""
+    rows = forest.sample(ROWS, replace=True, random_state=0)
+    kinds = requests(rows)
+    found: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    same_rows: list[float] = []
+    with servers.running([*servers.gateway(repo), "--no-metrics"], "/readyz", None, log) as url:
+        targets = {
+            k: load.Target(url + path, body, ctype, extra) for k, (path, body, ctype, extra) in kinds.items()
+        }
+        for target in targets.values():
+            load.closed_loop(target, 4, 1.0, servers.LOAD_CPU)
+        for n in range(rounds):
+            progress(f"{ROWS}-row requests, round {n + 1}/{rounds}")
+            for kind, target in targets.items():
+                r = load.closed_loop(target, 4, seconds, servers.LOAD_CPU).as_dict()
+                r["rows_per_s"] = round(r["rps"] * ROWS, 1)  # type: ignore[operator]
+                found[kind].append(r)
+            # In the same round, on the server's CPU, as the server would run it.
+            same_rows.append(_pinned(lambda: in_process_same_rows(repo, rows, min(seconds, 2.0))))
+    random_rows = _pinned(lambda: inprocess.rows_per_second(repo, "forest", [ROWS], 1.0)[ROWS])
+    in_process = statistics.median(same_rows)
+    result: dict[str, Any] = {
+        "rows": ROWS,
+        "connections": 4,
+        "in_process_same_rows": round(in_process, 1),
+        "in_process_same_rows_rounds": [round(x, 1) for x in same_rows],
+        "in_process_uniform_random_rows": round(random_rows, 1),
+    }
+    for kind, runs in found.items():
+        median = statistics.median(r["rows_per_s"] for r in runs)
+        result[kind] = {"rows_per_s": median, "ratio": median / in_process, "rounds": runs}
+    return result
+
+
+def _pinned(fn: Callable[[], float]) -> float:
+    """Run `fn` on the server CPU (where the gateway's session runs), then move back."""
+    if not servers.can_pin():
+        return fn()
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {servers.SERVER_CPU})
+    try:
+        return fn()
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
+    servers.pin_self()
+    started = dt.datetime.now(dt.UTC)
+    progress("training and converting the forest")
+    repo, bench = models.build(work, ("forest",))
+    result = measure(repo, bench["forest"].sample, 2.0 if quick else 4.0, 1 if quick else 5,
+                     work / "large-servers.log")  # fmt: skip
+    result |= {"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
+               "mode": "quick" if quick else "full"}  # fmt: skip
+    stem = f"large-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    progress(f"wrote {out / stem}.{{json,md}}")
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# {result['rows']}-row requests vs in-process ONNX Runtime, {result.get('started', '')} "
+        f"on {result.get('host', '')}",
+        "",
+        f"100-tree forest, {result['connections']} connections, closed loop; server pinned to CPU 0. "
+        "In-process: one ONNX Runtime thread on CPU 0 on the same rows, measured in each round.",
+        "",
+        "| request | rows/s (median) | / in-process, same rows | rounds rows/s |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for kind in ("v2 binary", "records json"):
+        r = result[kind]
+        rounds = ", ".join(f"{x['rows_per_s']:,.0f}" for x in r["rounds"])
+        lines.append(f"| {kind} | {r['rows_per_s']:,.0f} | {r['ratio']:.2f} | {rounds} |")
+    lines += [
+        "",
+        f"In-process on the same rows: {result['in_process_same_rows']:,.0f} rows/s (rounds: "
+        + ", ".join(f"{x:,.0f}" for x in result["in_process_same_rows_rounds"])
+        + f"); on uniform random rows (the compute-ceiling table): "
+        f"{result['in_process_uniform_random_rows']:,.0f} rows/s.",
+        "",
+        f"Goal: records JSON >= {TARGET_RECORDS:.2f} of in-process on the same rows: "
+        + ("met" if result["records json"]["ratio"] >= TARGET_RECORDS else "not met")
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
