@@ -63,7 +63,8 @@ def serve_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -
     codec = RecordCodec(manifest, max_rows=PARITY_CHUNK)
     served: list[dict[str, Any]] = []
     for start in range(0, len(table), PARITY_CHUNK):
-        body = msgspec.json.encode({"instances": _records(table.iloc[start : start + PARITY_CHUNK])})
+        records = _records(table.iloc[start : start + PARITY_CHUNK])
+        body = msgspec.json.encode({"instances": records})
         try:
             feeds, _ = codec.to_feeds(*codec.decode(body))
         except GatewayError as exc:
@@ -76,8 +77,31 @@ def serve_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -
                 + "; clean the sample or the model's schema"
             ) from None
         _same_through_v2(manifest, feeds, len(served))
+        _same_as_columns(codec, records, feeds, len(served))
         served += orjson.loads(codec.encode(runtime.run(feeds)))
     return _as_predictions(manifest, served)
+
+
+def _same_as_columns(
+    codec: Any, records: list[dict[str, object]], feeds: dict[str, np.ndarray], first_row: int
+) -> None:
+    """The same rows sent as columns (`{"inputs": {name: [...]}}`) make the same tensors."""
+    if "inputs" in records[0]:  # a feature named "inputs": such a body is one record
+        return
+    body = msgspec.json.encode({"inputs": {name: [r[name] for r in records] for name in records[0]}})
+    got, _ = codec.to_feeds(*codec.decode(body))
+    for name, want in feeds.items():
+        if not _same_tensor(got[name], want):
+            raise ConversionError(
+                f"parity: the records API decodes input {name!r} of sample rows {first_row}.. "
+                "differently as columns than as records; this is a gateway bug, please report it"
+            )
+
+
+def _same_tensor(got: np.ndarray, want: np.ndarray) -> bool:
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return False
+    return np.array_equal(got, want, equal_nan=True) if want.dtype.kind == "f" else bool((got == want).all())
 
 
 def _same_through_v2(manifest: Manifest, feeds: dict[str, np.ndarray], first_row: int) -> None:
@@ -96,17 +120,7 @@ def _same_through_v2(manifest: Manifest, feeds: dict[str, np.ndarray], first_row
     request, rest = parse_request(header + tail, str(len(header)))
     decoded = decode_infer(manifest, request, rest, max_rows=rows).feeds
     for name, want in feeds.items():
-        got = decoded[name]
-        same = (
-            got.dtype == want.dtype
-            and got.shape == want.shape
-            and (
-                np.array_equal(got, want, equal_nan=True)
-                if want.dtype.kind == "f"
-                else bool((got == want).all())
-            )
-        )
-        if not same:
+        if not _same_tensor(decoded[name], want):
             raise ConversionError(
                 f"parity: the V2 API decodes input {name!r} of sample rows {first_row}.. differently "
                 "from the records API; this is a gateway bug, please report it"

@@ -114,7 +114,30 @@ def _prediction_schema(manifest: Manifest) -> dict[str, Any]:
     return {"type": "object", "properties": {"value": {}}}
 
 
-def _predict(model: LoadedModel, record: str, max_rows: int) -> dict[str, Any]:
+def _columns(record: dict[str, Any], max_rows: int) -> dict[str, Any]:
+    """`{"inputs": {feature: [values]}}`: each feature's record schema as an array's items.
+    That the columns are of one length is checked by the server only (422)."""
+    columns = {
+        name: {"type": "array", "minItems": 1, "maxItems": max_rows,
+               "items": {k: v for k, v in prop.items() if k != "description"}}
+        for name, prop in record["properties"].items()
+    }  # fmt: skip
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "inputs": {
+                "type": "object",
+                "required": list(record.get("required", [])),
+                "additionalProperties": False,
+                "properties": columns,
+            }
+        },
+    }
+
+
+def _predict(model: LoadedModel, record: str, schema: dict[str, Any], max_rows: int) -> dict[str, Any]:
     ref = {"$ref": _REF + record}
     body = {
         "oneOf": [
@@ -127,6 +150,7 @@ def _predict(model: LoadedModel, record: str, max_rows: int) -> dict[str, Any]:
                     "instances": {"type": "array", "minItems": 1, "maxItems": max_rows, "items": ref}
                 },
             },
+            _columns(schema, max_rows),
         ]
     }
     example = example_record(model.manifest)
@@ -142,8 +166,9 @@ def _predict(model: LoadedModel, record: str, max_rows: int) -> dict[str, Any]:
     return {
         "post": {
             "summary": f"Predict with {model.name} (live version {model.version}): named features",
-            "description": 'One record, or `{"instances": [...]}`; JSON or msgpack. '
-            "`X-Request-Timeout` (ms) sets the deadline.",
+            "description": 'One record, `{"instances": [records]}`, or columns: '
+            '`{"inputs": {"feature": [values], ...}}` (each feature once, not once a row); JSON or '
+            "msgpack. `X-Request-Timeout` (ms) sets the deadline.",
             "operationId": f"predict_{model.name}",
             "tags": [model.name],
             "requestBody": {
@@ -416,7 +441,7 @@ def build_openapi(models: list[LoadedModel], version: str, max_rows: int = 4096)
         if model.records is not None:
             record = f"{name}_record"
             schemas[record] = _record_schema(model)
-            predict = _predict(model, record, max_rows)
+            predict = _predict(model, record, schemas[record], max_rows)
             paths[f"/v1/models/{name}/predict"] = predict
             paths[f"/v1/models/{name}/versions/{{version}}/predict"] = _versioned(predict, model)
         schemas[f"{name}_infer_request"] = _infer_request(model.manifest)

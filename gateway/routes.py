@@ -142,8 +142,8 @@ class PredictEndpoint(InferenceEndpoint):
             raise NotFound(
                 f"model {model.name!r} takes tensors, not records: use /v2/models/{model.name}/infer"
             )
-        records, single = model.records.decode(body, media_type(scope) == MSGPACK)
-        feeds, rows = model.records.to_feeds(records, single)
+        payload, form = model.records.decode(body, media_type(scope) == MSGPACK)
+        feeds, rows = model.records.to_feeds(payload, form)
         return Decoded(feeds, rows, deadline_from(scope, self.settings), model.records)
 
     def encode(

@@ -24,12 +24,15 @@ from gateway.settings import RangePolicyOverride
 from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns, non_finite_reason
 
 Arrays = dict[str, np.ndarray]
+# How a request spelt its rows: one record, `{"instances": [records]}`, `{"inputs": {columns}}`.
+Form = Literal["record", "instances", "inputs"]
 
 
 # The longest invalid value or message echoed back in an error: a client's 10 MiB string
 # is not worth returning.
 MAX_ECHO = 200
 _RECORD_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?:\[(?P<row>\d+)\])?(?:\.(?P<field>.*))?`$", re.DOTALL)
+_COLUMN_PATH = re.compile(r"^(?P<msg>.*) - at `\$\.(?P<field>.*?)(?:\[(?P<row>\d+)\])?`$", re.DOTALL)
 _NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(.*)`$", re.DOTALL)
 
 
@@ -134,7 +137,8 @@ class NumericChecks:
 
 
 class RecordCodec:
-    """Decode `{...}` or `{"instances": [{...}, ...]}` into the model's input tensors."""
+    """Decode `{...}`, `{"instances": [{...}, ...]}` or `{"inputs": {"name": [...], ...}}` into
+    the model's input tensors."""
 
     def __init__(
         self, manifest: Manifest, max_rows: int, policy_override: RangePolicyOverride = "manifest"
@@ -155,20 +159,28 @@ class RecordCodec:
         self.row_type = row
         self._json = (msgspec.json.Decoder(row), msgspec.json.Decoder(list[row]))  # type: ignore[valid-type]
         self._msgpack = (msgspec.msgpack.Decoder(row), msgspec.msgpack.Decoder(list[row]))  # type: ignore[valid-type]
-        # `{"instances": [...]}` in one pass, for a well-formed body; anything else takes the
-        # slower path below, which says exactly what is wrong. Not when a feature itself is
-        # named "instances": such a body is one record.
-        instances = msgspec.defstruct(
-            "Instances",
-            [("instances", list[row])],  # type: ignore[valid-type]
+        # The same features as columns, `{"inputs": {"name": [values...], ...}}` (TF Serving's
+        # columnar format, MLflow's "inputs"): a name once per request, not once per row.
+        columns = msgspec.defstruct(
+            "Columns",
+            [(f"f{i}", list[_field_type(f)]) for i, f in enumerate(manifest.features)],  # type: ignore[misc]
+            rename={f"f{i}": f.name for i, f in enumerate(manifest.features)},
             forbid_unknown_fields=True,
             gc=False,
         )
-        self._instances = (
-            None
-            if "instances" in row.__struct_encode_fields__
-            else (msgspec.json.Decoder(instances), msgspec.msgpack.Decoder(instances))
-        )
+        self.columns_type = columns
+        self._columns = (msgspec.json.Decoder(columns), msgspec.msgpack.Decoder(columns))
+        # `{"instances": [...]}` or `{"inputs": {...}}` in one pass, for a well-formed body;
+        # anything else takes the slower path below, which says exactly what is wrong. A
+        # feature named "instances" or "inputs" makes such a body one record instead.
+        self._envelopes: dict[Form, tuple[Any, Any]] = {}
+        forms: tuple[tuple[Form, Any], ...] = (("instances", list[row]), ("inputs", columns))  # type: ignore[valid-type]
+        for form, inner in forms:
+            if form not in row.__struct_encode_fields__:
+                envelope = msgspec.defstruct(
+                    form.title(), [(form, inner)], forbid_unknown_fields=True, gc=False
+                )
+                self._envelopes[form] = (msgspec.json.Decoder(envelope), msgspec.msgpack.Decoder(envelope))
         self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
@@ -196,91 +208,113 @@ class RecordCodec:
             isinstance(c, bool) for c in manifest.classes or []
         )
 
-    def decode(self, body: bytes, msgpack: bool = False) -> tuple[list[Any], bool]:
-        """The records and whether the body was a single record."""
+    def decode(self, body: bytes, msgpack: bool = False) -> tuple[Any, Form]:
+        """The body's rows and its form: one record, a list of them, or columns."""
         one, many = self._msgpack if msgpack else self._json
         # Most requests are one well-formed record: decode it straight into the row type.
-        # Only when that fails is the envelope read, to tell instances from a bad record.
+        # Only when that fails is the envelope read, to tell the forms from a bad record.
         try:
-            return [one.decode(body)], True
+            return [one.decode(body)], "record"
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
-        if self._instances is not None:
+        for form, decoders in self._envelopes.items():
             try:
-                records: list[Any] = self._instances[msgpack].decode(body).instances  # type: ignore[attr-defined]
+                payload = getattr(decoders[msgpack].decode(body), form)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                pass
-            else:
-                if records and len(records) <= self.max_rows:
-                    return records, False
+                continue
+            if form == "inputs" or (payload and len(payload) <= self.max_rows):
+                return payload, form
         envelope = self._envelope_msgpack if msgpack else self._envelope_json
         try:
             top = envelope.decode(body)
         except msgspec.ValidationError:  # before DecodeError: it is a subclass
             raise Unprocessable(
-                'the body must be an object: one record or {"instances": [...]}',
+                'the body must be an object: one record, {"instances": [...]} or {"inputs": {...}}',
                 [{"loc": ["body"], "msg": "expected an object"}],
             ) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed body: {exc}") from None
         except RecursionError:
             raise BadRequest("malformed body: nested too deeply") from None
-        single = "instances" not in top or "instances" in self.row_type.__struct_encode_fields__
-        if not single and len(top) != 1:
+        form = next((f for f in self._envelopes if f in top), "record")
+        if form != "record" and len(top) != 1:
             raise Unprocessable(
                 "unknown top-level fields",
-                [{"loc": ["body", k], "msg": "unknown field"} for k in sorted(top) if k != "instances"],
+                [{"loc": ["body", k], "msg": "unknown field"} for k in sorted(top) if k != form],
             )
+        decoder: Any = {"record": one, "instances": many, "inputs": self._columns[msgpack]}[form]
         try:
-            records = [one.decode(body)] if single else many.decode(top["instances"])
+            payload = decoder.decode(body if form == "record" else top[form])
         except msgspec.ValidationError as exc:
-            raise Unprocessable("invalid record", _record_detail(str(exc), single)) from None
+            raise Unprocessable("invalid record", _record_detail(str(exc), form)) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"malformed body: {exc}") from None
         except RecursionError:
             raise BadRequest("malformed body: nested too deeply") from None
-        if not records:
+        if form == "record":
+            return [payload], form
+        if form == "instances" and not payload:
             raise Unprocessable("no instances", [{"loc": ["body", "instances"], "msg": "empty list"}])
-        if len(records) > self.max_rows:
-            raise TooLarge(f"{len(records)} instances in one request; the limit is {self.max_rows}")
-        return records, single
+        if form == "instances" and len(payload) > self.max_rows:
+            raise TooLarge(f"{len(payload)} instances in one request; the limit is {self.max_rows}")
+        return payload, form
 
-    def to_feeds(self, records: list[Any], single: bool) -> tuple[Arrays, int]:
-        """Columns from records, checked for finiteness and range, as model tensors."""
+    def to_feeds(self, payload: Any, form: Form) -> tuple[Arrays, int]:
+        """Columns from records (or columns as sent), checked for finiteness and range, as
+        model tensors."""
         names = self._names
-        if self.all_numeric:
+        if form == "inputs":
+            raw: list[Any] = list(msgspec.structs.astuple(payload))
+            rows = self._column_rows(raw)
+        elif self.all_numeric:
+            rows = len(payload)
             if self._matrix_input is not None:  # the rows already are the input tensor
                 name, dtype = self._matrix_input
-                return {name: self._check_numeric(_matrix(records, len(names), dtype), single)}, len(records)
-            matrix = self._check_numeric(_matrix(records, len(names), self._numeric_dtype), single)
-            columns = {name: matrix[:, i] for i, name in enumerate(names)}
+                return {name: self._check_numeric(_matrix(payload, len(names), dtype), form)}, rows
+            matrix = self._check_numeric(_matrix(payload, len(names), self._numeric_dtype), form)
+            return feeds_from_columns(self.manifest, {n: matrix[:, i] for i, n in enumerate(names)}), rows
         else:
-            raw = list(zip(*[msgspec.structs.astuple(r) for r in records], strict=True))
-            columns = {}
-            numeric = np.array([raw[i] for i in self._numeric], dtype=self._numeric_dtype).T
-            numeric = self._check_numeric(numeric.reshape(len(records), len(self._numeric)), single)
+            rows = len(payload)
+            raw = list(zip(*[msgspec.structs.astuple(r) for r in payload], strict=True))
+        numeric_dtype = self._matrix_input[1] if self._matrix_input is not None else self._numeric_dtype
+        numeric = np.empty((rows, len(self._numeric)), dtype=numeric_dtype)
+        with np.errstate(over="ignore"):  # overflow to infinity is refused by the checks
             for j, i in enumerate(self._numeric):
-                columns[names[i]] = numeric[:, j]
-            for i, f in enumerate(self.manifest.features):
-                if f.dtype == "string":
-                    column = np.array(raw[i], dtype=object)
-                    column[column == None] = ""  # noqa: E711 -- elementwise; null is "missing"
-                    columns[f.name] = column
-        return feeds_from_columns(self.manifest, columns), len(records)
+                numeric[:, j] = raw[i]
+        numeric = self._check_numeric(numeric, form)
+        if self._matrix_input is not None:
+            return {self._matrix_input[0]: numeric}, rows
+        columns = {names[i]: numeric[:, j] for j, i in enumerate(self._numeric)}
+        for i, f in enumerate(self.manifest.features):
+            if f.dtype == "string":
+                column = np.array(raw[i], dtype=object)
+                column[column == None] = ""  # noqa: E711 -- elementwise; null is "missing"
+                columns[f.name] = column
+        return feeds_from_columns(self.manifest, columns), rows
 
-    def _check_numeric(self, matrix: np.ndarray, single: bool) -> np.ndarray:
+    def _column_rows(self, columns: list[list[Any]]) -> int:
+        """The row count of columnar input: every column as long as the first, 1..max_rows."""
+        rows = len(columns[0])
+        for name, column in zip(self._names, columns, strict=True):
+            if len(column) != rows:
+                raise Unprocessable(
+                    "columns of different lengths",
+                    [{"loc": ["body", "inputs", name],
+                      "msg": f"{len(column)} values where {self._names[0]!r} has {rows}"}],
+                )  # fmt: skip
+        if rows == 0:
+            raise Unprocessable("no rows", [{"loc": ["body", "inputs"], "msg": "empty columns"}])
+        if rows > self.max_rows:
+            raise TooLarge(f"{rows} rows in one request; the limit is {self.max_rows}")
+        return rows
+
+    def _check_numeric(self, matrix: np.ndarray, form: Form) -> np.ndarray:
         violations = self._checks.apply(matrix)
         if violations:
             first = violations[0]
             row = int(np.argmax(first.rows))
-            raise Unprocessable(
-                first.title, [{"loc": self._loc(single, row, first.name), "msg": first.reason(row)}]
-            )
+            raise Unprocessable(first.title, [{"loc": _loc(form, row, first.name), "msg": first.reason(row)}])
         return matrix
-
-    @staticmethod
-    def _loc(single: bool, row: int, name: str) -> list[str | int]:
-        return ["body", name] if single else ["body", "instances", row, name]
 
     def encode(self, outputs: Arrays) -> bytes:
         """Per-row predictions as a JSON array: label and class probabilities, or a value.
@@ -357,20 +391,31 @@ def _json_rows(template: bytes, rows: int, cells: list[bytes]) -> bytes:
     return b"[" + b",".join([template] * rows) % tuple(cells) + b"]"
 
 
-def _record_detail(message: str, single: bool) -> list[dict[str, Any]]:
-    """msgspec's 'Expected `float`, got `str` - at `$[3].mean radius`' as a loc list.
+def _loc(form: Form, row: int, name: str) -> list[str | int]:
+    if form == "record":
+        return ["body", name]
+    return ["body", "instances", row, name] if form == "instances" else ["body", "inputs", name, row]
+
+
+def _record_detail(message: str, form: Form) -> list[dict[str, Any]]:
+    """msgspec's 'Expected `float`, got `str` - at `$[3].mean radius`' as a loc list
+    (columns: '- at `$.mean radius[3]`').
 
     A record is flat, so everything after the row is one field name, dots and brackets
     included: the generic path splitter would cut "od280/od315.x" apart."""
-    loc: list[str | int] = ["body"] if single else ["body", "instances"]
-    match = _RECORD_PATH.match(message)
+    loc: list[str | int] = ["body"] if form == "record" else ["body", form]
+    pattern = _COLUMN_PATH if form == "inputs" else _RECORD_PATH
+    match = pattern.match(message)
     msg = match.group("msg") if match else message
-    if match and match.group("row") is not None:
-        loc.append(int(match.group("row")))
+    row = int(match.group("row")) if match and match.group("row") is not None else None
+    if row is not None and form != "inputs":
+        loc.append(row)
     named = _NAMED_FIELD.match(msg)
     field = match.group("field") if match else None
     if field is not None or named is not None:
         loc.append(field if field is not None else named.group(1))  # type: ignore[union-attr]
+    if row is not None and form == "inputs":
+        loc.append(row)
     return [{"loc": loc, "msg": msg if len(msg) <= MAX_ECHO else msg[:MAX_ECHO] + "…"}]
 
 

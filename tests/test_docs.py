@@ -106,12 +106,28 @@ def _mutations(example_v1, example_v2):
         ("/v1/models/diabetes/predict", wrong_type),
         ("/v1/models/diabetes/predict", missing),
         ("/v1/models/diabetes/predict", {"instances": []}),
+        ("/v1/models/diabetes/predict", {"inputs": {k: [v] for k, v in unknown.items()}}),
+        ("/v1/models/diabetes/predict", {"inputs": {k: [v] for k, v in missing.items()}}),
+        ("/v1/models/diabetes/predict", {"inputs": {k: [] for k in example_v1}}),
+        ("/v1/models/diabetes/predict", {"inputs": example_v1}),
         ("/v2/models/diabetes/infer", v2_extra),
         ("/v2/models/diabetes/infer", v2_dtype),
         ("/v2/models/diabetes/infer", v2_name),
         ("/v2/models/diabetes/infer", v2_output),
         ("/v2/models/diabetes/infer", v2_rank),
     ]
+
+
+def test_the_columnar_form_of_each_example_is_valid_and_answered_alike(spec, server):
+    for name in ("diabetes", "breast_cancer"):
+        path = f"/v1/models/{name}/predict"
+        schema, example = _body(spec, path)
+        columns = {"inputs": {k: [v, v] for k, v in example.items()}}
+        _validator(spec, schema).validate(columns)
+        got = httpx.post(server.url + path, json=columns)
+        assert got.status_code == 200, got.text
+        one = httpx.post(server.url + path, json=example).json()["predictions"]
+        assert got.json()["predictions"] == one * 2
 
 
 def test_what_the_schema_refuses_the_server_refuses(spec, server):

@@ -182,3 +182,79 @@ def test_trained_bounds_are_inside_the_range_in_the_models_own_dtype(float32_rep
     above = {**at_max, manifest.features[0].name: manifest.features[0].max * 1.01}
     with pytest.raises(Unprocessable):
         codec.to_feeds(*codec.decode(msgspec.json.encode(above)))
+
+
+def test_columns_answer_as_the_same_records(mixed, mixed_server):
+    """`{"inputs": {feature: [values]}}` (TF Serving's columnar form, pandas' to_dict("list")),
+    with nulls and text categories, answers exactly as the same rows sent as records."""
+    _, frame, _ = mixed
+    rows = frame.iloc[:40].astype(object).where(frame.iloc[:40].notna(), None)
+    url = f"{mixed_server.url}/v1/models/mixed/predict"
+    as_records = httpx.post(url, json={"instances": rows.to_dict(orient="records")})
+    as_columns = httpx.post(url, json={"inputs": rows.to_dict(orient="list")})
+    assert as_records.status_code == as_columns.status_code == 200, as_columns.text
+    assert as_columns.json() == as_records.json()
+    packed = httpx.post(
+        url,
+        content=msgspec.msgpack.encode({"inputs": rows.to_dict(orient="list")}),
+        headers={"content-type": "application/msgpack", "accept": "application/msgpack"},
+    )
+    assert msgspec.msgpack.decode(packed.content) == as_records.json()
+
+
+def _columns(rows=3, **overrides):
+    base = {"age": [0.01] * rows, "bmi": [0.02, None, 0.0][:rows], "bp": [-0.01] * rows,
+            "sex": ["male"] * rows, "region": ["north", "south", "east"][:rows]}  # fmt: skip
+    return {"inputs": {**base, **overrides}}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "loc", "fragment"),
+    [
+        (_columns(region=["north", "mars", "east"]), 422, ["body", "inputs", "region", 1], "Invalid enum"),
+        (_columns(age=[0.01, 0.02, "old"]), 422, ["body", "inputs", "age", 2], "Expected `float"),
+        (_columns(sex=["male", None, "male"]), 422, ["body", "inputs", "sex", 1], "got `null`"),
+        (_columns(age=0.01), 422, ["body", "inputs", "age"], "Expected `array`"),
+        ({"inputs": {k: v for k, v in _columns()["inputs"].items() if k != "bp"}}, 422,
+         ["body", "inputs", "bp"], "missing required field"),
+        (_columns(colour=[1, 2, 3]), 422, ["body", "inputs", "colour"], "unknown field"),
+        (_columns(bp=[0.1, 0.2]), 422, ["body", "inputs", "bp"], "2 values where 'age' has 3"),
+        (_columns(rows=0), 422, ["body", "inputs"], "empty"),
+        ({**_columns(), "instances": []}, 422, ["body", "inputs"], "unknown field"),  # one form a body
+        (_columns(age=[0.01, float("nan"), 0.0]), 400, None, "malformed"),
+    ],
+)
+def test_column_violations_name_the_column_and_row(mixed_server, body, status, loc, fragment):
+    content = msgspec.json.encode(body) if loc is not None else b'{"inputs": {"age": [NaN]}}'
+    r = httpx.post(f"{mixed_server.url}/v1/models/mixed/predict", content=content,
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == status, r.text
+    if loc is not None:
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == loc and fragment in detail["msg"], detail
+    else:
+        assert fragment in r.json()["error"]
+
+
+def test_columns_beyond_the_row_limit_are_refused(mixed, tmp_path):
+    srv = start_server(mixed[0], tmp_path, "--max-request-rows", "4", "--log-level", "warning")
+    try:
+        url = f"{srv.url}/v1/models/mixed/predict"
+        body = {"inputs": {k: v * 2 for k, v in _columns()["inputs"].items()}}
+        assert httpx.post(url, json=body).status_code == 413
+        assert httpx.post(url, json=_columns()).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_column_range_violation_names_column_and_row(mixed, tmp_path):
+    repo, frame, _ = mixed
+    srv = start_server(repo, tmp_path, "--range-policy", "reject", "--log-level", "warning")
+    try:
+        body = _columns(age=[0.01, 0.02, float(frame["age"].max()) + 1.0])
+        r = httpx.post(f"{srv.url}/v1/models/mixed/predict", json=body)
+        assert r.status_code == 422
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "inputs", "age", 2] and "trained range" in detail["msg"]
+    finally:
+        srv.stop()
