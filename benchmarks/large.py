@@ -1,7 +1,8 @@
 """`python -m benchmarks large`: 256-row requests against in-process ONNX Runtime.
 
-The same 256 forest rows sent as V2 binary tensors and as records JSON
-(`{"instances": [...]}` with the data set's own column names), 4 connections, closed
+The same 256 forest rows sent as V2 binary tensors, as records JSON (`{"instances":
+[...]}` with the data set's own column names) and as columns JSON (`{"inputs": {name:
+[...]}}`, each name once), 4 connections, closed
 loop, against ONNX Runtime called in-process on one thread on those same rows, measured
 in each round on the server's CPU (a tree ensemble's time depends on the rows it walks).
 The compute-ceiling table's figure at 256 (uniform random rows) is reported beside it.
@@ -46,6 +47,9 @@ def requests(rows: pd.DataFrame) -> dict[str, tuple[str, bytes, str, tuple[tuple
                       (("Inference-Header-Content-Length", str(len(header))),)),
         "records json": ("/v1/models/forest/predict",
                          msgspec.json.encode({"instances": rows.to_dict(orient="records")}),
+                         "application/json", ()),
+        "columns json": ("/v1/models/forest/predict",
+                         msgspec.json.encode({"inputs": rows.to_dict(orient="list")}),
                          "application/json", ()),
     }  # fmt: skip
 
@@ -141,7 +145,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| request | rows/s (median) | / in-process, same rows | rounds rows/s |",
         "| --- | ---: | ---: | --- |",
     ]
-    for kind in ("v2 binary", "records json"):
+    for kind in ("v2 binary", "records json", "columns json"):
         r = result[kind]
         rounds = ", ".join(f"{x['rows_per_s']:,.0f}" for x in r["rounds"])
         lines.append(f"| {kind} | {r['rows_per_s']:,.0f} | {r['ratio']:.2f} | {rounds} |")
