@@ -69,6 +69,7 @@ class Call:
     span: Span | None = None
     model: LoadedModel | None = None  # once found: the version that answers
     routing_key: bytes | None = None  # X-Routing-Key: keeps a client on one side of a canary
+    logged: bool = False  # the access log wants this request: asked once, at the start
     # Set by the front door: the span attributes naming its protocol.
     attributes: dict[str, Any] = field(default_factory=dict)
 
@@ -113,6 +114,7 @@ class InferenceCore:
         span_name: str,
     ) -> Call:  # fmt: skip
         call = Call(Outcome(route, request_id(rid), 200, 0.0), time.perf_counter())
+        call.logged = self.telemetry.access_log.enabled()
         if self.telemetry.tracer is not None:
             call.span = self.telemetry.start_span(span_name, traceparent, tracestate)
         return call
@@ -139,7 +141,7 @@ class InferenceCore:
         outputs = await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
         result = encode(model, decoded, outputs)
         self.registry.mirror(model, decoded.feeds, decoded.rows, outputs)  # queued only: no wait
-        if self.telemetry.access_log.enabled():
+        if call.logged:
             outcome.input_sha256 = input_digest(raw)
             outcome.prediction = summarize(model, outputs)
             if self.settings.log_inputs:
@@ -152,7 +154,7 @@ class InferenceCore:
         outcome.seconds = time.perf_counter() - call.started
         if call.span is not None:
             _end_span(call.span, outcome, call.attributes)
-        self.telemetry.observe_request(outcome)
+        self.telemetry.observe_request(outcome, call.logged)
         if call.model is not None:  # the request reached its model: Triton's statistics count it
             call.model.stats.request(200 <= status < 300, int(outcome.seconds * 1e9))
 

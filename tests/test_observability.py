@@ -4,6 +4,7 @@ drift that rises on shifted traffic."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -122,7 +123,10 @@ def test_json_request_log_lines(observed):
     assert len(requests) == 30
     entry = requests[0]
     assert entry["model"] == "diabetes" and entry["version"] == "1" and entry["status"] == 200
-    assert entry["latency_ms"] > 0 and entry["rows"] == 1 and len(entry["input_sha256"]) == 16
+    assert entry["latency_ms"] > 0 and entry["rows"] == 1
+    # The body's own sha256: `sha256sum` of a logged request finds its line.
+    sent = {hashlib.sha256(httpx.Request("POST", srv.url, json=r).content).hexdigest() for r in _records(30)}
+    assert {e["input_sha256"] for e in requests} == sent
     assert set(entry["prediction"]) == {"mean", "min", "max"}
     assert "inputs" not in entry  # raw inputs only when explicitly enabled
     assert entry["ts"].endswith("+00:00") and entry["level"] == "info"
