@@ -155,8 +155,7 @@ class PredictEndpoint(InferenceEndpoint):
             payload = {"model": model.name, "version": model.version}
             payload["predictions"] = orjson.loads(predictions)
             return _msgpack_encoder.encode(payload), [(b"content-type", MSGPACK)]
-        head = orjson.dumps({"model": model.name, "version": model.version})
-        return head[:-1] + b',"predictions":' + predictions + b"}", [(b"content-type", JSON)]
+        return codec.head + predictions + b"}", [(b"content-type", JSON)]
 
 
 class InferV2Endpoint(InferenceEndpoint):
