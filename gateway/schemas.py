@@ -282,7 +282,7 @@ class RecordCodec:
             return feeds_from_columns(self.manifest, {n: matrix[:, i] for i, n in enumerate(names)}), rows
         else:
             rows = len(payload)
-            raw = list(zip(*[msgspec.structs.astuple(r) for r in payload], strict=True))
+            raw = list(zip(*map(msgspec.structs.astuple, payload), strict=True))
         numeric_dtype = self._matrix_input[1] if self._matrix_input is not None else self._numeric_dtype
         numeric = np.empty((rows, len(self._numeric)), dtype=numeric_dtype)
         with np.errstate(over="ignore"):  # overflow to infinity is refused by the checks
@@ -370,7 +370,7 @@ class RecordCodec:
 
 def _matrix(records: list[Any], width: int, dtype: np.dtype[Any]) -> np.ndarray:
     """Numeric records as a rows x features matrix in `dtype`, null as NaN."""
-    return np.array([msgspec.structs.astuple(r) for r in records], dtype=dtype).reshape(len(records), width)
+    return np.array(list(map(msgspec.structs.astuple, records)), dtype=dtype).reshape(len(records), width)
 
 
 def _json_values(array: np.ndarray) -> list[bytes]:
