@@ -140,7 +140,7 @@ class Histogram(_Metric):
         return series
 
     def observe(self, key: Labels, value: float) -> None:
-        series = self._get(key)
+        series = self._series.get(key) or self._get(key)
         series[0][bisect_left(self.buckets, value)] += 1
         series[1] += value
 
@@ -185,6 +185,47 @@ class Histogram(_Metric):
             lines.append(f"{self.name}_sum{_labels(self.labels, values)} {_number(sum_)}")
             lines.append(f"{self.name}_count{_labels(self.labels, values)} {cumulative}")
         return lines
+
+
+class Pending:
+    """Per-request observations for a histogram (and the counter of the same requests),
+    kept as plain lists and added up in blocks with numpy: a list append on the request
+    path instead of a bisect and three increments. Flushed at every scrape (a collect
+    hook) and whenever a series has `block` values waiting."""
+
+    def __init__(self, histogram: Histogram, counter: Counter | None = None, block: int = 1024) -> None:
+        self.histogram = histogram
+        self.counter = counter
+        self.block = block
+        self._values: dict[Labels, list[float]] = {}
+
+    def add(self, key: Labels, value: float) -> None:
+        values = self._values.get(key)
+        if values is None:
+            values = self._values[key] = []
+        values.append(value)
+        if len(values) >= self.block:
+            self._flush(key)
+
+    def extend(self, key: Labels, values: Iterable[float]) -> None:
+        waiting = self._values.get(key)
+        if waiting is None:
+            waiting = self._values[key] = []
+        waiting.extend(values)
+        if len(waiting) >= self.block:
+            self._flush(key)
+
+    def flush(self) -> None:
+        for key in list(self._values):
+            self._flush(key)
+
+    def _flush(self, key: Labels) -> None:
+        values = self._values.pop(key, None)
+        if not values:
+            return
+        self.histogram.observe_many(key, np.asarray(values, dtype=np.float64))
+        if self.counter is not None:
+            self.counter.inc(key, len(values))
 
 
 def _split(key: str, labels: Labels) -> Labels:

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 
@@ -76,6 +76,14 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @cached_property
+    def summary_outputs(self) -> tuple[str | None, str]:
+        """The label output (if any) and the value output, summarised per request in the
+        access log: looked up once, not per request."""
+        label = self.manifest.output("label")
+        value = self.manifest.output("value") or self.manifest.outputs[0]
+        return (label.name if label is not None else None), value.name
 
     @property
     def version(self) -> str:

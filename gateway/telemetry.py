@@ -23,7 +23,7 @@ import numpy as np
 
 from gateway.drift import DriftMonitor
 from gateway.logging import AccessLog
-from gateway.metrics import LATENCY_BUCKETS, ROW_BUCKETS, Counter, Gauge, Histogram, Registry
+from gateway.metrics import LATENCY_BUCKETS, ROW_BUCKETS, Counter, Gauge, Histogram, Pending, Registry
 from gateway.tabular import columns_from_feeds
 
 if TYPE_CHECKING:
@@ -268,7 +268,9 @@ class Telemetry:
         self.ready: Gauge = add(
             Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
         )
-        self.registry.collect_hooks.append(self._collect_drift)
+        self._durations = Pending(self.request_duration, self.requests)
+        self._waits = Pending(self.queue_wait)
+        self.registry.collect_hooks += [self._durations.flush, self._waits.flush, self._collect_drift]
         self._pending: dict[tuple[str, str], tuple[LoadedModel, list[tuple[Arrays, Arrays]]]] = {}
         self._pending_rows = 0
         self._drift: dict[tuple[str, str], DriftMonitor] = {}
@@ -344,8 +346,7 @@ class Telemetry:
         model, version = outcome.model or "", outcome.version or ""
         code = _CODES.get(outcome.status) or str(outcome.status)
         key = (model, version, outcome.route, code)
-        self.request_duration.observe(key, outcome.seconds)
-        self.requests.inc(key)
+        self._durations.add(key, outcome.seconds)
         reason = _REJECTIONS.get(outcome.status)
         if reason is not None:
             self.rejected.inc((model, version, reason))
@@ -395,8 +396,8 @@ class Telemetry:
             return
         m = model.manifest
         mv = (m.name, m.version)
-        for enqueued in report.enqueued:
-            self.queue_wait.observe(mv, report.started - enqueued)
+        started = report.started
+        self._waits.extend(mv, [started - enqueued for enqueued in report.enqueued])
         self.inference.observe((*mv, model.runtime.provider), report.seconds)
         self.batch_rows.observe((*mv, report.reason), report.rows)
         if report.feeds is not None and report.outputs is not None:
@@ -489,16 +490,14 @@ class Telemetry:
 
 def summarize(model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """A few numbers that describe a response, for the access log."""
-    m = model.manifest
-    label = m.output("label")
+    label, value_output = model.summary_outputs
     if label is not None:
-        labels = outputs[label.name]
+        labels = outputs[label]
         if labels.size == 1:  # the common case, without np.unique's sort (item: no numpy scalar)
             return _one_label(labels.item(0))
         values, counts = np.unique(labels, return_counts=True)
         return {"labels": {str(v): int(n) for v, n in zip(values[:10], counts[:10], strict=False)}}
-    spec = m.output("value") or m.outputs[0]
-    data = outputs[spec.name]
+    data = outputs[value_output]
     if data.dtype.kind not in "fiub" or data.size == 0:
         return {}
     if data.size == 1:
