@@ -267,17 +267,3 @@ def test_values_at_the_trained_bounds_are_not_counted_out_of_range(float32_repo,
         and s.value
     ]
     assert outside == []
-
-
-def test_span_exports_are_small_and_frequent_unless_configured(monkeypatch):
-    """An export encodes its spans holding the GIL: the SDK's 512-span batches would stall
-    the event loop ~20 ms every 5 s; ours are 64 spans every 0.5 s, and the standard
-    variables still win."""
-    from gateway.telemetry import _export_batches
-
-    monkeypatch.delenv("OTEL_BSP_SCHEDULE_DELAY", raising=False)
-    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
-    assert _export_batches() == (500.0, 64)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "5000")
-    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512")
-    assert _export_batches() == (None, None)
