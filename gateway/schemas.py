@@ -183,6 +183,9 @@ class RecordCodec:
                     form.title(), [(form, inner)], forbid_unknown_fields=True, gc=False
                 )
                 self._envelopes[form] = (msgspec.json.Decoder(envelope), msgspec.msgpack.Decoder(envelope))
+        raw_columns = msgspec.defstruct("RawColumns", [("inputs", dict[str, msgspec.Raw])], gc=False)
+        self._raw_columns = (msgspec.json.Decoder(raw_columns), msgspec.msgpack.Decoder(raw_columns))
+        self._features = {f.name: f for f in manifest.features}
         self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
@@ -225,6 +228,8 @@ class RecordCodec:
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
         for form, decoders in self._envelopes.items():
+            if form == "inputs":
+                self._check_column_lengths(body, msgpack)
             try:
                 payload = getattr(decoders[msgpack].decode(body), form)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -298,6 +303,33 @@ class RecordCodec:
                 column[column == None] = ""  # noqa: E711 -- elementwise; null is "missing"
                 columns[f.name] = column
         return feeds_from_columns(self.manifest, columns), rows
+
+    def _check_column_lengths(self, body: bytes, msgpack: bool) -> None:
+        """413 before a column's values are decoded when it holds more than the row limit.
+
+        Columns spell a number in as little as two bytes ("1,"), which decodes to a Python
+        float and a list slot of 32: a body within its limit could otherwise allocate 16
+        times its size before the row count is known. Each column is first read as raw
+        bytes (no values made) and its length bounded: the array header in msgpack; in
+        JSON the commas of a number or bool column, and the unescaped quotes (two a
+        string) and nulls of a string column, which can only over-count."""
+        try:
+            columns = self._raw_columns[msgpack].decode(body).inputs  # type: ignore[attr-defined]
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return  # not well-formed columns: the typed decoders say what is wrong
+        for name, raw in columns.items():
+            feature = self._features.get(name)
+            if feature is None:
+                continue
+            if msgpack:
+                count = _msgpack_array_length(bytes(raw))
+            elif feature.dtype == "string":
+                data = bytes(raw)
+                count = (data.count(b'"') - data.count(b'\\"')) // 2 + data.count(b"null")
+            else:
+                count = bytes(raw).count(b",") + 1
+            if count > self.max_rows:
+                raise TooLarge(f"column {name!r} holds more than {self.max_rows} values, the row limit")
 
     def _column_rows(self, columns: list[list[Any]]) -> int:
         """The row count of columnar input: every column as long as the first, 1..max_rows."""
@@ -384,6 +416,20 @@ def _json_values(array: np.ndarray) -> list[bytes]:
         flat = flat.astype(np.float64)  # the digits .tolist() would give, NaN as null
     text = orjson.dumps(np.ascontiguousarray(flat), option=orjson.OPT_SERIALIZE_NUMPY)
     return text[1:-1].split(b",")
+
+
+def _msgpack_array_length(data: bytes) -> int:
+    """The element count an msgpack array declares in its header (0 for anything else)."""
+    if not data:
+        return 0
+    tag = data[0]
+    if 0x90 <= tag <= 0x9F:
+        return tag & 0x0F
+    if tag == 0xDC and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big")
+    if tag == 0xDD and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big")
+    return 0
 
 
 def _json_rows(template: bytes, rows: int, cells: list[bytes]) -> bytes:

@@ -243,8 +243,32 @@ def test_columns_beyond_the_row_limit_are_refused(mixed, tmp_path):
         body = {"inputs": {k: v * 2 for k, v in _columns()["inputs"].items()}}
         assert httpx.post(url, json=body).status_code == 413
         assert httpx.post(url, json=_columns()).status_code == 200
+        # Quotes and commas inside strings do not count as values: the enum is what is wrong.
+        odd = httpx.post(url, json=_columns(rows=3, region=["north", 'so"u,t,h, ea"st', "east"]))
+        assert odd.status_code == 422 and odd.json()["detail"][0]["loc"] == ["body", "inputs", "region", 1]
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("column", ["age", "region"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_column_of_tiny_values_is_refused_before_it_is_decoded(mixed_server, column, packed):
+    """Two bytes a value ("1," or msgpack's one) would decode to 16-32 times the body's
+    size in Python objects: the column's length is bounded from its raw bytes first, so
+    a body within the model's byte bound still cannot make it allocate."""
+    # Within the model's body bound (1.6 MB here): 700,000 values of 1 or 350,000 of "x".
+    values = [1] * 700_000 if column == "age" else ["x"] * 350_000
+    body = {"inputs": {**_columns()["inputs"], column: values}}
+    if packed:
+        content, kind = msgspec.msgpack.encode(body), "application/msgpack"
+    else:
+        content, kind = msgspec.json.encode(body), "application/json"
+    started = time.perf_counter()
+    r = httpx.post(f"{mixed_server.url}/v1/models/mixed/predict", content=content,
+                   headers={"content-type": kind}, timeout=30)  # fmt: skip
+    assert r.status_code == 413, r.text
+    assert f"column {column!r} holds more than" in r.json()["error"]
+    assert time.perf_counter() - started < 2.0
 
 
 def test_column_range_violation_names_column_and_row(mixed, tmp_path):
