@@ -311,8 +311,8 @@ class RecordCodec:
         float and a list slot of 32: a body within its limit could otherwise allocate 16
         times its size before the row count is known. Each column is first read as raw
         bytes (no values made) and its length bounded: the array header in msgpack; in
-        JSON the commas of a number or bool column, and the unescaped quotes (two a
-        string) and nulls of a string column, which can only over-count."""
+        JSON the commas of a number or bool column, and for a string column the lower of
+        its commas and its unescaped quotes (two a string) plus nulls."""
         try:
             columns = self._raw_columns[msgpack].decode(body).inputs  # type: ignore[attr-defined]
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -324,8 +324,11 @@ class RecordCodec:
             if msgpack:
                 count = _msgpack_array_length(bytes(raw))
             elif feature.dtype == "string":
+                # Two upper bounds, each too high only for some strings (commas in them;
+                # "null" in them): the lower of the two is still an upper bound.
                 data = bytes(raw)
-                count = (data.count(b'"') - data.count(b'\\"')) // 2 + data.count(b"null")
+                quoted = (data.count(b'"') - data.count(b'\\"')) // 2 + data.count(b"null")
+                count = min(quoted, data.count(b",") + 1)
             else:
                 count = bytes(raw).count(b",") + 1
             if count > self.max_rows:
