@@ -234,8 +234,9 @@ class RecordCodec:
                 payload = getattr(decoders[msgpack].decode(body), form)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 continue
-            if form == "inputs" or (payload and len(payload) <= self.max_rows):
-                return payload, form
+            if form == "instances":
+                self._check_instances(payload)
+            return payload, form
         envelope = self._envelope_msgpack if msgpack else self._envelope_json
         try:
             top = envelope.decode(body)
@@ -265,11 +266,15 @@ class RecordCodec:
             raise BadRequest("malformed body: nested too deeply") from None
         if form == "record":
             return [payload], form
-        if form == "instances" and not payload:
-            raise Unprocessable("no instances", [{"loc": ["body", "instances"], "msg": "empty list"}])
-        if form == "instances" and len(payload) > self.max_rows:
-            raise TooLarge(f"{len(payload)} instances in one request; the limit is {self.max_rows}")
+        if form == "instances":
+            self._check_instances(payload)
         return payload, form
+
+    def _check_instances(self, records: list[Any]) -> None:
+        if not records:
+            raise Unprocessable("no instances", [{"loc": ["body", "instances"], "msg": "empty list"}])
+        if len(records) > self.max_rows:
+            raise TooLarge(f"{len(records)} instances in one request; the limit is {self.max_rows}")
 
     def to_feeds(self, payload: Any, form: Form) -> tuple[Arrays, int]:
         """Columns from records (or columns as sent), checked for finiteness and range, as
@@ -388,15 +393,14 @@ class RecordCodec:
         flat = values.reshape(values.shape[0], -1)
         if flat.shape[1] == 1:
             return _json_rows(b'{"value":%s}', flat.shape[0], _json_values(flat[:, 0]))
-        numbers, width = _json_values(flat), flat.shape[1]
-        vectors = [b"[" + b",".join(numbers[i : i + width]) + b"]" for i in range(0, len(numbers), width)]
-        return _json_rows(b'{"value":%s}', flat.shape[0], vectors or [b"[]"] * flat.shape[0])
+        return _json_rows(b'{"value":%s}', flat.shape[0], _json_vectors(flat))
 
     def _labels(self, outputs: Arrays, proba: np.ndarray | None) -> list[bytes]:
         """Each row's label as JSON: the label output, or the most probable known class."""
         if self._label is not None:
             labels = outputs[self._label]
-            return _json_values(labels.astype(bool) if self._bool_labels else labels)
+            labels = labels.astype(bool) if self._bool_labels else labels
+            return _json_values(labels) if labels.ndim == 1 else _json_vectors(labels)
         assert proba is not None
         best = np.argmax(proba, axis=1).tolist()
         known = self.manifest.classes
@@ -433,6 +437,17 @@ def _msgpack_array_length(data: bytes) -> int:
     if tag == 0xDD and len(data) >= 5:
         return int.from_bytes(data[1:5], "big")
     return 0
+
+
+def _json_vectors(array: np.ndarray) -> list[bytes]:
+    """Each row of `array` (rows x anything) as a flat JSON list, as `.tolist()` of the
+    rows flattened would give."""
+    flat = array.reshape(array.shape[0], -1)
+    width = flat.shape[1]
+    if width == 0:
+        return [b"[]"] * flat.shape[0]
+    numbers = _json_values(flat)
+    return [b"[" + b",".join(numbers[i : i + width]) + b"]" for i in range(0, len(numbers), width)]
 
 
 def _json_rows(template: bytes, rows: int, cells: list[bytes]) -> bytes:

@@ -96,3 +96,52 @@ def test_label_only_classifier_with_string_labels():
     outputs = {"label": np.array(["x,y", "z", "x,y"] * 7, dtype=object)}
     codec = RecordCodec(manifest, max_rows=4096)
     assert _served(codec, outputs) == _reference(codec, manifest, outputs)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_zero_width_values_are_empty_lists(rows):
+    manifest = _manifest([TensorSpec("value", "FP32", [-1, 0], "value")])
+    codec = RecordCodec(manifest, max_rows=4096)
+    outputs = {"value": np.zeros((rows, 0), dtype=np.float32)}
+    assert _served(codec, outputs) == _reference(codec, manifest, outputs)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 20])
+@pytest.mark.parametrize("width", [1, 3])
+def test_a_label_of_several_values_a_row_stays_one_cell_a_row(rows, width):
+    """A label output of shape (rows, k), as an imported ONNX model may have: one list per
+    row, as `.tolist()` gives, alone or beside probabilities."""
+    labels = np.arange(rows * width, dtype=np.int64).reshape(rows, width)
+    alone = _manifest([TensorSpec("label", "INT64", [-1, width], "label")])
+    codec = RecordCodec(alone, max_rows=4096)
+    got = orjson.loads(codec.encode({"label": labels}))
+    assert got == [{"label": row} for row in labels.tolist()]
+    both = _manifest(
+        [TensorSpec("label", "INT64", [-1, width], "label"), TensorSpec("p", "FP32", [-1, 2], "probabilities")],
+        [0, 1],
+    )
+    proba = np.full((rows, 2), 0.5, dtype=np.float32)
+    got = orjson.loads(RecordCodec(both, max_rows=4096).encode({"label": labels, "p": proba}))
+    assert got == [{"label": row, "probabilities": {"0": 0.5, "1": 0.5}} for row in labels.tolist()]
+
+
+@pytest.mark.parametrize("rows", [1, 20])
+def test_bool_and_non_ascii_classes(rows):
+    rng = np.random.default_rng(rows)
+    for classes in ([False, True], ["não", "日本", "ünï%s"]):
+        label = TensorSpec("label", "INT64", [-1], "label")
+        manifest = _manifest([label], classes) if isinstance(classes[0], bool) else _manifest(
+            [label, TensorSpec("p", "FP32", [-1, 3], "probabilities")], classes
+        )
+        codec = RecordCodec(manifest, max_rows=4096)
+        if isinstance(classes[0], bool):
+            outputs = {"label": rng.integers(0, 2, rows)}
+            expected = [{"label": bool(v)} for v in outputs["label"].tolist()]
+        else:
+            outputs = {"label": np.array([classes[i] for i in rng.integers(0, 3, rows)], dtype=object),
+                       "p": rng.random((rows, 3)).astype(np.float32)}  # fmt: skip
+            expected = [
+                {"label": lab, "probabilities": dict(zip(classes, p, strict=True))}
+                for lab, p in zip(outputs["label"].tolist(), outputs["p"].tolist(), strict=True)
+            ]
+        assert orjson.loads(codec.encode(outputs)) == expected
