@@ -150,7 +150,8 @@ def _predict(model: LoadedModel, record: str, schema: dict[str, Any], max_rows: 
                     "instances": {"type": "array", "minItems": 1, "maxItems": max_rows, "items": ref}
                 },
             },
-            _columns(schema, max_rows),
+            # A feature named "inputs" makes {"inputs": ...} one record: no columns form then.
+            *([] if "inputs" in schema["properties"] else [_columns(schema, max_rows)]),
         ]
     }
     example = example_record(model.manifest)
