@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -29,7 +29,9 @@ import pandas as pd
 from benchmarks import inprocess, load, models, servers
 from benchmarks.progress import progress
 from gateway.repository import Repository
+from gateway.schemas import RecordCodec
 
+T = TypeVar("T")
 ROWS = 256
 TARGET_RECORDS = 0.60  # records JSON rows/s / in-process ORT rows/s on the same rows
 
@@ -70,6 +72,46 @@ def in_process_same_rows(repo: Path, rows: pd.DataFrame, seconds: float) -> floa
     return runs * len(rows) / (time.perf_counter() - started)
 
 
+def codec_ceiling(repo: Path, rows: pd.DataFrame, runs: int = 200) -> dict[str, Any]:
+    """Best-of timings (µs) of the records codec's steps and of the model on these rows:
+    the highest share of in-process speed each JSON form could reach if HTTP cost nothing."""
+    manifest, data = Repository(repo).load_verified("forest", "1")
+    codec = RecordCodec(manifest, max_rows=ROWS)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def best(fn: Callable[[], object]) -> float:
+        fn()
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return min(times) * 1e6
+
+    out: dict[str, Any] = {}
+    for form, body in (("records json", {"instances": rows.to_dict(orient="records")}),
+                       ("columns json", {"inputs": rows.to_dict(orient="list")})):  # fmt: skip
+        raw = msgspec.json.encode(body)
+        payload, shape = codec.decode(raw)
+        feeds, _ = codec.to_feeds(payload, shape)
+        outputs = dict(zip(names, session.run(None, feeds), strict=True))
+        model = best(lambda: session.run(None, feeds))  # noqa: B023 -- called at once
+        steps = {
+            "decode_us": best(lambda: codec.decode(raw)),  # noqa: B023
+            "to_feeds_us": best(lambda: codec.to_feeds(payload, shape)),  # noqa: B023
+            "encode_us": best(lambda: codec.encode(outputs)),  # noqa: B023
+        }
+        out[form] = {"body_bytes": len(raw), "model_us": round(model, 1),
+                     **{k: round(v, 1) for k, v in steps.items()},
+                     "codec_over_model": sum(steps.values()) / model,
+                     "ceiling": model / (model + sum(steps.values()))}  # fmt: skip
+    return out
+
+
 def measure(repo: Path, forest: pd.DataFrame, seconds: float, rounds: int, log: Path) -> dict[str, Any]:
     """Each request kind's rows/s (median round) and the in-process figures beside them."""
     rows = forest.sample(ROWS, replace=True, random_state=0)
@@ -91,6 +133,7 @@ def measure(repo: Path, forest: pd.DataFrame, seconds: float, rounds: int, log: 
             # In the same round, on the server's CPU, as the server would run it.
             same_rows.append(_pinned(lambda: in_process_same_rows(repo, rows, min(seconds, 2.0))))
     random_rows = _pinned(lambda: inprocess.rows_per_second(repo, "forest", [ROWS], 1.0)[ROWS])
+    ceiling = _pinned(lambda: codec_ceiling(repo, rows))
     in_process = statistics.median(same_rows)
     result: dict[str, Any] = {
         "rows": ROWS,
@@ -98,6 +141,7 @@ def measure(repo: Path, forest: pd.DataFrame, seconds: float, rounds: int, log: 
         "in_process_same_rows": round(in_process, 1),
         "in_process_same_rows_rounds": [round(x, 1) for x in same_rows],
         "in_process_uniform_random_rows": round(random_rows, 1),
+        "codec_ceiling": ceiling,
     }
     for kind, runs in found.items():
         median = statistics.median(r["rows_per_s"] for r in runs)
@@ -105,7 +149,7 @@ def measure(repo: Path, forest: pd.DataFrame, seconds: float, rounds: int, log: 
     return result
 
 
-def _pinned(fn: Callable[[], float]) -> float:
+def _pinned(fn: Callable[[], T]) -> T:
     """Run `fn` on the server CPU (where the gateway's session runs), then move back."""
     if not servers.can_pin():
         return fn()
@@ -155,6 +199,17 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{x:,.0f}" for x in result["in_process_same_rows_rounds"])
         + f"); on uniform random rows (the compute-ceiling table): "
         f"{result['in_process_uniform_random_rows']:,.0f} rows/s.",
+        "",
+        "The codec alone, best of 200 runs in-process on CPU 0 (µs): the most each JSON form "
+        "could reach if HTTP cost nothing is model / (model + codec).",
+        "",
+        "| form | body bytes | model | decode | to tensors | encode | codec / model | ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {form} | {c['body_bytes']:,} | {c['model_us']:.0f} | {c['decode_us']:.0f} | "
+            f"{c['to_feeds_us']:.0f} | {c['encode_us']:.0f} | {c['codec_over_model']:.2f} | {c['ceiling']:.2f} |"
+            for form, c in result.get("codec_ceiling", {}).items()
+        ),
         "",
         f"Goal: records JSON >= {TARGET_RECORDS:.2f} of in-process on the same rows: "
         + ("met" if result["records json"]["ratio"] >= TARGET_RECORDS else "not met")
