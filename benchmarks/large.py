@@ -12,7 +12,6 @@ Rounds alternate the request kinds; the median round counts.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import statistics
@@ -26,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from benchmarks import inprocess, load, models, servers
+from benchmarks import inprocess, load, models, report, servers
 from benchmarks.progress import progress
 from gateway.repository import Repository
 from gateway.schemas import RecordCodec
@@ -171,10 +170,8 @@ def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
     result |= {"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
                "mode": "quick" if quick else "full"}  # fmt: skip
     stem = f"large-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
-    progress(f"wrote {out / stem}.{{json,md}}")
+    path = report.save(result, markdown(result), out, stem)
+    progress(f"wrote {path}.{{json,md}}")
     return result
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import socket
 import statistics
@@ -21,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from benchmarks import asgi_ab, load, models, servers
+from benchmarks import asgi_ab, load, models, report, servers
 from benchmarks.progress import progress
 
 TARGET_RATIO = 0.85  # production keeps >= 85 % of the bare gateway's throughput
@@ -126,10 +125,8 @@ def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
         },
     }
     stem = f"production-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(results))
-    progress(f"wrote {out / stem}.{{json,md}}")
+    path = report.save(results, markdown(results), out, stem)
+    progress(f"wrote {path}.{{json,md}}")
     return results
 
 

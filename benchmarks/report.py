@@ -7,6 +7,14 @@ from pathlib import Path
 from typing import Any
 
 
+def save(results: dict[str, Any], text: str, out: Path, stem: str) -> Path:
+    """`<stem>.json` (the figures) and `<stem>.md` (`text`) under `out`; the path without suffix."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(text)
+    return out / stem
+
+
 def write(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md"]

@@ -12,7 +12,6 @@ time, with the interpreter's start and the model's load, is reported beside it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import models
+from benchmarks import models, report
 from benchmarks.progress import progress
 
 BATCH = 4_096
@@ -158,10 +157,8 @@ def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
          "goal": f">= {GOAL}", "met": forest >= GOAL},
     ]  # fmt: skip
     stem = f"score-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(results))
-    progress(f"wrote {out / stem}.json and .md")
+    path = report.save(results, markdown(results), out, stem)
+    progress(f"wrote {path}.json and .md")
     return results
 
 
