@@ -208,11 +208,9 @@ class Pending:
             self._flush(key)
 
     def extend(self, key: Labels, values: Iterable[float]) -> None:
-        waiting = self._values.get(key)
-        if waiting is None:
-            waiting = self._values[key] = []
-        waiting.extend(values)
-        if len(waiting) >= self.block:
+        """A batch's worth at once (`add` is the per-request path, kept to one lookup)."""
+        self._values.setdefault(key, []).extend(values)
+        if len(self._values[key]) >= self.block:
             self._flush(key)
 
     def flush(self) -> None:

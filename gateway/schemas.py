@@ -170,7 +170,6 @@ class RecordCodec:
             forbid_unknown_fields=True,
             gc=False,
         )
-        self.columns_type = columns
         self._columns = (msgspec.json.Decoder(columns), msgspec.msgpack.Decoder(columns))
         # `{"instances": [...]}` or `{"inputs": {...}}` in one pass, for a well-formed body;
         # anything else takes the slower path below, which says exactly what is wrong. A
