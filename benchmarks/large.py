@@ -169,8 +169,7 @@ def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
                      work / "large-servers.log")  # fmt: skip
     result |= {"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
                "mode": "quick" if quick else "full"}  # fmt: skip
-    stem = f"large-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
-    path = report.save(result, markdown(result), out, stem)
+    path = report.save(result, markdown(result), out, "large", started, quick)
     progress(f"wrote {path}.{{json,md}}")
     return result
 

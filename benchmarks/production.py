@@ -124,8 +124,7 @@ def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
             for c in map(str, conns)
         },
     }
-    stem = f"production-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
-    path = report.save(results, markdown(results), out, stem)
+    path = report.save(results, markdown(results), out, "production", started, quick)
     progress(f"wrote {path}.{{json,md}}")
     return results
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
 
-def save(results: dict[str, Any], text: str, out: Path, stem: str) -> Path:
-    """`<stem>.json` (the figures) and `<stem>.md` (`text`) under `out`; the path without suffix."""
+def save(
+    results: dict[str, Any], text: str, out: Path, name: str, started: dt.datetime, quick: bool
+) -> Path:
+    """`<name>-<date>-<host>[-quick].json` (the figures) and `.md` (`text`) under `out`; the
+    path without its suffix."""
+    stem = f"{name}-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{stem}.md").write_text(text)

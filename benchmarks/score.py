@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -156,8 +155,7 @@ def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
         {"name": "gateway score (forest, Parquet) / in-process ORT at 4,096", "value": forest,
          "goal": f">= {GOAL}", "met": forest >= GOAL},
     ]  # fmt: skip
-    stem = f"score-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
-    path = report.save(results, markdown(results), out, stem)
+    path = report.save(results, markdown(results), out, "score", started, quick)
     progress(f"wrote {path}.json and .md")
     return results
 
