@@ -185,6 +185,20 @@ class RecordCodec:
         raw_columns = msgspec.defstruct("RawColumns", [("inputs", dict[str, msgspec.Raw])], gc=False)
         self._raw_columns = (msgspec.json.Decoder(raw_columns), msgspec.msgpack.Decoder(raw_columns))
         self._features = {f.name: f for f in manifest.features}
+        raw_instances = msgspec.defstruct("RawInstances", [("instances", msgspec.Raw)], gc=False)
+        self._raw_instances = (msgspec.json.Decoder(raw_instances), msgspec.msgpack.Decoder(raw_instances))
+        # The fewest bytes max_rows rows can take, as records (a map header and, per feature,
+        # its name with a length byte or two quotes, and a one-byte value) and as columns (a
+        # byte a value): a shorter body cannot hold too many rows and is not counted.
+        names = sum(len(f.name.encode()) for f in manifest.features)
+        self._records_beyond = max_rows * (1 + names + 2 * len(manifest.features))
+        self._columns_beyond = max_rows * len(manifest.features) + names
+        # Braces bound the records of a JSON body unless some string could hold a brace.
+        self._braces_count = all(
+            f.dtype != "string"
+            or (f.categories is not None and not any("{" in c or "}" in c for c in f.categories))
+            for f in manifest.features
+        )
         self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
@@ -227,8 +241,11 @@ class RecordCodec:
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
         for form, decoders in self._envelopes.items():
-            if form == "inputs":
+            # Only a body long enough to spell more rows than the limit is counted first.
+            if form == "inputs" and len(body) > self._columns_beyond:
                 self._check_column_lengths(body, msgpack)
+            if form == "instances" and len(body) > self._records_beyond:
+                self._check_instance_count(body, msgpack)
             try:
                 payload = getattr(decoders[msgpack].decode(body), form)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -337,6 +354,22 @@ class RecordCodec:
                 count = bytes(raw).count(b",") + 1
             if count > self.max_rows:
                 raise TooLarge(f"column {name!r} holds more than {self.max_rows} values, the row limit")
+
+    def _check_instance_count(self, body: bytes, msgpack: bool) -> None:
+        """413 before the records are decoded when the list holds more than the row limit:
+        many small records within the byte bound would otherwise all be built first."""
+        try:
+            raw = bytes(self._raw_instances[msgpack].decode(body).instances)  # type: ignore[attr-defined]
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return  # not a well-formed list: the typed decoders say what is wrong
+        if msgpack:
+            count = _msgpack_array_length(raw)
+        elif self._braces_count:
+            count = min(raw.count(b"{"), raw.count(b"}"))
+        else:
+            return
+        if count > self.max_rows:
+            raise TooLarge(f"more than {self.max_rows} instances in one request, the row limit")
 
     def _column_rows(self, columns: list[list[Any]]) -> int:
         """The row count of columnar input: every column as long as the first, 1..max_rows."""

@@ -282,3 +282,19 @@ def test_column_range_violation_names_column_and_row(mixed, tmp_path):
         assert detail["loc"] == ["body", "inputs", "age", 2] and "trained range" in detail["msg"]
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_many_small_records_are_refused_before_they_are_decoded(mixed_server, packed):
+    """25,000 short records fit the model's byte bound (1.6 MB) and would all be built
+    before the row limit (4,096) is known: the list is counted from its raw bytes first."""
+    record = {"age": 1, "bmi": None, "bp": 1, "sex": "male", "region": "east"}
+    body = {"instances": [record] * 25_000}
+    if packed:
+        content, kind = msgspec.msgpack.encode(body), "application/msgpack"
+    else:
+        content, kind = msgspec.json.encode(body), "application/json"
+    r = httpx.post(f"{mixed_server.url}/v1/models/mixed/predict", content=content,
+                   headers={"content-type": kind}, timeout=30)  # fmt: skip
+    assert r.status_code == 413, r.text
+    assert "more than 4096 instances" in r.json()["error"]
