@@ -15,15 +15,13 @@ import datetime as dt
 import json
 import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import models, perf_analyzer, servers
+from benchmarks import inprocess, models, perf_analyzer, servers
 from benchmarks.progress import progress
-from gateway.repository import Repository
 
 BIG_BATCH = 256
 BIG_CONCURRENCY = 4
@@ -39,23 +37,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def in_process(repo: Path, model: str, feeds: dict[str, np.ndarray], seconds: float) -> float:
-    """Rows/s of ONNX Runtime on one thread, in this process, on exactly `feeds`."""
-    import onnxruntime as ort
-
-    _, data = Repository(repo).load_verified(model, "1")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-    session.run(None, feeds)
-    rows = next(iter(feeds.values())).shape[0]
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, feeds)
-        runs += 1
-    return runs * rows / (time.perf_counter() - started)
-
-
 def run(repo: Path, model: str, row: np.ndarray, conns: list[int], seconds: float, log: Path) -> dict[str, Any]:
     """Start the gateway with gRPC on, and measure both protocols against it, every
     request made of `row` (one real input row; perf_analyzer repeats it to fill a batch)."""
@@ -64,7 +45,9 @@ def run(repo: Path, model: str, row: np.ndarray, conns: list[int], seconds: floa
     address = f"127.0.0.1:{port}"
     out: dict[str, Any] = {
         "single_row": {}, "batch256": {},
-        "in_process_256": in_process(repo, model, {"input": np.repeat(row, BIG_BATCH, axis=0)}, seconds),
+        "in_process_256": inprocess.rows_per_second_on(
+            repo, model, {"input": np.repeat(row, BIG_BATCH, axis=0)}, seconds
+        ),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, servers.running(argv, "/readyz", None, log) as url:
         data = Path(tmp) / "input.json"

@@ -15,14 +15,34 @@ from gateway.repository import Repository
 from gateway.tabular import feeds_from_columns
 
 
-def rows_per_second(repo: Path, name: str, batch_sizes: list[int], seconds: float,
-                    provider: str = "CPUExecutionProvider") -> dict[int, float]:  # fmt: skip
+def one_thread_session(
+    repo: Path, name: str, provider: str = "CPUExecutionProvider"
+) -> tuple[Manifest, ort.InferenceSession]:
+    """Version 1 of `name` in a plain ONNX Runtime session on one thread."""
     manifest, data = Repository(repo).load_verified(name, "1")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(data, sess_options=options, providers=[provider])
+    return manifest, ort.InferenceSession(data, sess_options=options, providers=[provider])
+
+
+def rows_per_second(repo: Path, name: str, batch_sizes: list[int], seconds: float,
+                    provider: str = "CPUExecutionProvider") -> dict[int, float]:  # fmt: skip
+    manifest, session = one_thread_session(repo, name, provider)
     return measure(manifest, lambda feeds: session.run(None, feeds), batch_sizes, seconds)
+
+
+def rows_per_second_on(repo: Path, name: str, feeds: dict[str, np.ndarray], seconds: float) -> float:
+    """Rows/s of one ONNX Runtime thread on exactly `feeds` (a tree ensemble's speed depends
+    on the rows it walks)."""
+    _, session = one_thread_session(repo, name)
+    session.run(None, feeds)
+    rows: int = next(iter(feeds.values())).shape[0]
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, feeds)
+        runs += 1
+    return runs * rows / (time.perf_counter() - started)
 
 
 def measure(

@@ -22,12 +22,10 @@ from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 
 from benchmarks import inprocess, load, models, report, servers
 from benchmarks.progress import progress
-from gateway.repository import Repository
 from gateway.schemas import RecordCodec
 
 T = TypeVar("T")
@@ -55,31 +53,11 @@ def requests(rows: pd.DataFrame) -> dict[str, tuple[str, bytes, str, tuple[tuple
     }  # fmt: skip
 
 
-def in_process_same_rows(repo: Path, rows: pd.DataFrame, seconds: float) -> float:
-    """Rows/s of ONNX Runtime on one thread, on exactly the rows the requests carry."""
-    _, data = Repository(repo).load_verified("forest", "1")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-    feeds = {"input": np.ascontiguousarray(rows.to_numpy(np.float32))}
-    session.run(None, feeds)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, feeds)
-        runs += 1
-    return runs * len(rows) / (time.perf_counter() - started)
-
-
 def codec_ceiling(repo: Path, rows: pd.DataFrame, runs: int = 200) -> dict[str, Any]:
     """Best-of timings (µs) of the records codec's steps and of the model on these rows:
     the highest share of in-process speed each JSON form could reach if HTTP cost nothing."""
-    manifest, data = Repository(repo).load_verified("forest", "1")
+    manifest, session = inprocess.one_thread_session(repo, "forest")
     codec = RecordCodec(manifest, max_rows=ROWS)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 
     def best(fn: Callable[[], object]) -> float:
@@ -115,6 +93,7 @@ def measure(repo: Path, forest: pd.DataFrame, seconds: float, rounds: int, log: 
     """Each request kind's rows/s (median round) and the in-process figures beside them."""
     rows = forest.sample(ROWS, replace=True, random_state=0)
     kinds = requests(rows)
+    feeds = {"input": np.ascontiguousarray(rows.to_numpy(np.float32))}
     found: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     same_rows: list[float] = []
     with servers.running([*servers.gateway(repo), "--no-metrics"], "/readyz", None, log) as url:
@@ -130,7 +109,9 @@ def measure(repo: Path, forest: pd.DataFrame, seconds: float, rounds: int, log: 
                 r["rows_per_s"] = round(r["rps"] * ROWS, 1)  # type: ignore[operator]
                 found[kind].append(r)
             # In the same round, on the server's CPU, as the server would run it.
-            same_rows.append(_pinned(lambda: in_process_same_rows(repo, rows, min(seconds, 2.0))))
+            same_rows.append(
+                _pinned(lambda: inprocess.rows_per_second_on(repo, "forest", feeds, min(seconds, 2.0)))
+            )
     random_rows = _pinned(lambda: inprocess.rows_per_second(repo, "forest", [ROWS], 1.0)[ROWS])
     ceiling = _pinned(lambda: codec_ceiling(repo, rows))
     in_process = statistics.median(same_rows)
