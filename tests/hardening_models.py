@@ -95,6 +95,19 @@ def publish_identity(repo: Path, name: str = "ident", version: str = "1", width:
     )  # fmt: skip
 
 
+def publish_records(
+    repo: Path, name: str = "rec", version: str = "1", features: tuple[str, ...] = ("a", "b")
+) -> Manifest:
+    """A float identity with one named float32 feature per column: the records API's model."""
+    width = len(features)
+    return publish(
+        repo, name, version, float_identity(width),
+        [TensorSpec(name="x", datatype="FP32", shape=[-1, width])],
+        [TensorSpec(name="y", datatype="FP32", shape=[-1, width], role="value")],
+        features=[Feature(name=f, dtype="float32") for f in features],
+    )  # fmt: skip
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -11,14 +11,12 @@ import httpx
 import msgspec
 import pytest
 
-from gateway.manifest import Feature, TensorSpec
 from tests.conftest import start_server
 from tests.hardening_models import (
     bytes_tensor,
-    float_identity,
-    publish,
     publish_echo,
     publish_identity,
+    publish_records,
     rss_mb,
 )
 
@@ -31,12 +29,7 @@ def srv(tmp_path_factory):
     repo = tmp_path_factory.mktemp("hardening-repo")
     publish_echo(repo)
     publish_identity(repo)
-    publish(
-        repo, "rec", "1", float_identity(2),
-        [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])],
-        [TensorSpec(name="y", datatype="FP32", shape=[-1, 2], role="value")],
-        features=[Feature(name="a", dtype="float32"), Feature(name="b", dtype="float32")],
-    )  # fmt: skip
+    publish_records(repo)
     server = start_server(repo, tmp_path_factory.mktemp("hardening"), "--log-level", "warning")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield server, client

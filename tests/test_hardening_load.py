@@ -16,14 +16,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from gateway.manifest import Feature, TensorSpec
 from tests.conftest import start_server
 from tests.hardening_models import (
     bytes_tensor,
-    float_identity,
-    publish,
     publish_echo,
     publish_identity,
+    publish_records,
     rss_mb,
 )
 
@@ -87,12 +85,7 @@ def test_the_worst_single_request_costs_under_100ms(tmp_path):
     repo = tmp_path / "repo"
     publish_echo(repo)
     publish_identity(repo)
-    publish(
-        repo, "rec", "1", float_identity(2),
-        [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])],
-        [TensorSpec(name="y", datatype="FP32", shape=[-1, 2], role="value")],
-        features=[Feature(name="a", dtype="float32"), Feature(name="b", dtype="float32")],
-    )  # fmt: skip
+    publish_records(repo)
     srv = start_server(repo, tmp_path, "--log-level", "error", "--poll-seconds", "0")
     pid = srv.process.pid
     try:

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gateway.app import _publish_metrics
-from gateway.manifest import Feature, TensorSpec
+from gateway.manifest import TensorSpec
 from gateway.onnx_refs import ExternalDataError, check_external_data, external_data
 from gateway.registry import ModelRegistry, ort_runtime
 from gateway.repository import IntegrityError, Repository, RepositoryError, sha256_bytes
@@ -30,6 +30,7 @@ from tests.hardening_models import (
     publish,
     publish_echo,
     publish_identity,
+    publish_records,
     reads_external,
     wait_for,
 )
@@ -132,12 +133,7 @@ def _broken_repository(repo: Path) -> None:
     file through external data."""
     publish_echo(repo)
     publish_identity(repo)
-    publish(
-        repo, "codec", "1", float_identity(2),
-        [TensorSpec(name="x", datatype="FP32", shape=[-1, 2])],
-        [TensorSpec(name="y", datatype="FP32", shape=[-1, 2], role="value")],
-        features=[Feature(name="a", dtype="float32"), Feature(name="a", dtype="float32")],
-    )  # fmt: skip
+    publish_records(repo, "codec", features=("a", "a"))
     publish(repo, "corrupt", "1", b"\x08\x07" + b"\x12\x04abcd" * 8, *LEAK_SPECS)
     publish(repo, "leak", "1", reads_external("pyproject.toml"), *LEAK_SPECS)
 
