@@ -11,7 +11,6 @@ Left out where perf_analyzer is not installed (`bash .ci/run` installs it).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import socket
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import inprocess, models, perf_analyzer, servers
+from benchmarks import inprocess, perf_analyzer, servers
 from benchmarks.progress import progress
 
 BIG_BATCH = 256
@@ -106,14 +105,7 @@ def markdown(rows: dict[str, Any]) -> list[str]:
 
 def main(quick: bool, out: Path, work: Path) -> dict[str, Any]:
     """`python -m benchmarks grpc`: only this comparison, written to `out`."""
-    if not available():
-        raise SystemExit(f"no perf_analyzer at {perf_analyzer.BINARY}: `bash .ci/run` installs it")
-    started = dt.datetime.now(dt.UTC)
-    servers.pin_self()
-    work.mkdir(exist_ok=True)
-    progress("training and converting the forest")
-    repo, bench = models.build(work, ("forest",))
-    conns, seconds = ([16], 2.0) if quick else ([1, 16, 64], 6.0)
+    started, repo, bench, conns, seconds = perf_analyzer.prepare(quick, work)
     progress(f"gRPC and HTTP V2 with perf_analyzer at {conns} connections, then 256-row requests")
     row = bench["forest"].sample.iloc[:1].to_numpy(np.float32)
     rows = run(repo, "forest", row, conns, seconds, work / "servers.log")

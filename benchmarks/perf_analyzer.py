@@ -118,8 +118,9 @@ def v2_single_row(bench: dict[str, models.BenchModel], model: str = "forest") ->
     )
 
 
-def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
-    """`python -m benchmarks perf`: only this comparison, written to `out`."""
+def prepare(quick: bool, work: Path) -> tuple[dt.datetime, Path, dict[str, Any], list[int], float]:
+    """What a standalone perf_analyzer comparison starts from: its start time, the forest
+    converted into a repository, and its connections and seconds."""
     if not available():
         raise SystemExit(f"no perf_analyzer at {BINARY}: `bash .ci/run` installs it")
     started = dt.datetime.now(dt.UTC)
@@ -128,6 +129,12 @@ def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
     progress("training and converting the forest")
     repo, bench = models.build(work, ("forest",))
     conns, seconds = ([16], 2.0) if quick else ([1, 16, 64], 6.0)
+    return started, repo, bench, conns, seconds
+
+
+def run(quick: bool, out: Path, work: Path) -> dict[str, Any]:
+    """`python -m benchmarks perf`: only this comparison, written to `out`."""
+    started, repo, bench, conns, seconds = prepare(quick, work)
     progress(f"perf_analyzer and wrk at {conns} connections")
     with servers.running([*servers.gateway(repo), "--no-metrics"], "/readyz", None, work / "servers.log") as url:
         rows = compare(url, "forest", v2_single_row(bench), conns, seconds)
