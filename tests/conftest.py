@@ -7,11 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 import uvicorn
 
@@ -150,3 +152,24 @@ class InProcessServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def two_classifier_versions(
+    tmp: Path, samples: int, seed: int, second_labels: Callable[[pd.DataFrame, np.ndarray], np.ndarray]
+) -> tuple[Path, pd.DataFrame]:
+    """clf version 1 fitted on a synthetic task and version 2 on `second_labels(frame, y)`
+    (so the two disagree where that says), converted into a repository; version 1 live."""
+    import joblib
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from converters import convert
+    from gateway.repository import Repository
+
+    x, y = make_classification(n_samples=samples, n_features=4, n_informative=3, n_redundant=0, random_state=seed)
+    frame = pd.DataFrame(x, columns=["f0", "f1", "f2", "f3"])
+    for version, labels in (("1", y), ("2", second_labels(frame, y))):
+        joblib.dump(LogisticRegression().fit(frame, labels), tmp / f"clf{version}.joblib")
+        convert(tmp / f"clf{version}.joblib", name="clf", version=version, repo=tmp / "repo", sample=frame)
+    Repository(tmp / "repo").set_live("clf", "1")
+    return tmp / "repo", frame

@@ -20,14 +20,12 @@ import joblib
 import msgspec
 import pandas as pd
 import pytest
-from sklearn.datasets import make_classification
-from sklearn.linear_model import LogisticRegression
 
 from converters import convert
 from gateway.cli import main as cli
 from gateway.registry import CanaryRoute
 from gateway.repository import Canary, Repository, RepositoryError
-from tests.conftest import ROOT, start_server
+from tests.conftest import ROOT, start_server, two_classifier_versions
 
 TOKEN = "canary-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -37,14 +35,7 @@ ENV = {"GATEWAY_ADMIN_TOKEN": TOKEN}
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """clf version 1 and a version 2 trained on the opposite labels, so the two disagree."""
-    tmp = tmp_path_factory.mktemp("canary")
-    x, y = make_classification(n_samples=300, n_features=4, n_informative=3, n_redundant=0, random_state=0)
-    frame = pd.DataFrame(x, columns=["f0", "f1", "f2", "f3"])
-    for version, labels in (("1", y), ("2", 1 - y)):
-        joblib.dump(LogisticRegression().fit(frame, labels), tmp / f"clf{version}.joblib")
-        convert(tmp / f"clf{version}.joblib", name="clf", version=version, repo=tmp / "repo", sample=frame)
-    Repository(tmp / "repo").set_live("clf", "1")
-    return tmp / "repo", frame
+    return two_classifier_versions(tmp_path_factory.mktemp("canary"), 300, 0, lambda frame, y: 1 - y)
 
 
 @pytest.fixture

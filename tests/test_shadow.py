@@ -15,14 +15,12 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sklearn.datasets import make_classification
-from sklearn.linear_model import LogisticRegression
 
 from converters import convert
 from gateway.cli import main as cli
 from gateway.repository import Repository
 from gateway.shadow import DIFF_BUCKETS
-from tests.conftest import start_server
+from tests.conftest import start_server, two_classifier_versions
 
 TOKEN = "shadow-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -32,14 +30,9 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 def built(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """clf 1, and a clf 2 trained with the labels flipped where f0 > 0.5: the two disagree
     on part of the rows, and which rows is known from the artifacts themselves."""
-    tmp = tmp_path_factory.mktemp("shadow")
-    x, y = make_classification(n_samples=400, n_features=4, n_informative=3, n_redundant=0, random_state=1)
-    frame = pd.DataFrame(x, columns=["f0", "f1", "f2", "f3"])
-    for version, labels in (("1", y), ("2", np.where(frame["f0"] > 0.5, 1 - y, y))):
-        joblib.dump(LogisticRegression().fit(frame, labels), tmp / f"clf{version}.joblib")
-        convert(tmp / f"clf{version}.joblib", name="clf", version=version, repo=tmp / "repo", sample=frame)
-    Repository(tmp / "repo").set_live("clf", "1")
-    return tmp / "repo", frame
+    return two_classifier_versions(
+        tmp_path_factory.mktemp("shadow"), 400, 1, lambda frame, y: np.where(frame["f0"] > 0.5, 1 - y, y)
+    )
 
 
 @pytest.fixture
