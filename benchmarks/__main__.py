@@ -202,26 +202,23 @@ def _summarize(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run every server and write benchmarks/results/")
-    r.add_argument("--quick", action="store_true", help="short runs (about 3 minutes): a smoke test")
-    r.add_argument("--out", type=Path, default=RESULTS)
-    g = sub.add_parser("gpu", help="CUDA: in-process vs the gateway, heavy models, batch 1..4096")
-    g.add_argument("--out", type=Path, default=RESULTS)
-    sc = sub.add_parser("score", help="gateway score rows/s vs in-process ONNX Runtime at batch 4,096")
-    sc.add_argument("--quick", action="store_true", help="200k rows instead of 1M: a smoke test")
-    sc.add_argument("--out", type=Path, default=RESULTS)
-    gr = sub.add_parser("grpc", help="V2 over gRPC beside HTTP (perf_analyzer): single row and 256 rows")
-    gr.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
-    gr.add_argument("--out", type=Path, default=RESULTS)
-    p = sub.add_parser("perf", help="perf_analyzer beside wrk on the gateway's V2 endpoint")
-    p.add_argument("--quick", action="store_true", help="16 connections, 2 s: a smoke test")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    lg = sub.add_parser("large", help="256-row V2 binary and records JSON vs in-process ORT, same rows")
-    lg.add_argument("--quick", action="store_true", help="one short round: a smoke test")
-    lg.add_argument("--out", type=Path, default=RESULTS)
-    pr = sub.add_parser("production", help="the production configuration against the bare gateway")
-    pr.add_argument("--quick", action="store_true", help="one short round: a smoke test")
-    pr.add_argument("--out", type=Path, default=RESULTS)
+    commands = (  # name, help, what --quick does (None: no --quick)
+        ("run", "run every server and write benchmarks/results/", "short runs (about 3 minutes): a smoke test"),
+        ("gpu", "CUDA: in-process vs the gateway, heavy models, batch 1..4096", None),
+        ("score", "gateway score rows/s vs in-process ONNX Runtime at batch 4,096",
+         "200k rows instead of 1M: a smoke test"),
+        ("grpc", "V2 over gRPC beside HTTP (perf_analyzer): single row and 256 rows",
+         "16 connections, 2 s: a smoke test"),
+        ("perf", "perf_analyzer beside wrk on the gateway's V2 endpoint", "16 connections, 2 s: a smoke test"),
+        ("large", "256-row V2 binary, records and columns JSON vs in-process ORT on the same rows",
+         "one short round: a smoke test"),
+        ("production", "the production configuration against the bare gateway", "one short round: a smoke test"),
+    )  # fmt: skip
+    for name, help_text, quick in commands:
+        command = sub.add_parser(name, help=help_text)
+        if quick is not None:
+            command.add_argument("--quick", action="store_true", help=quick)
+        command.add_argument("--out", type=Path, default=RESULTS)
     k = sub.add_parser("soak", help="mixed valid and invalid traffic for a long, bounded time")
     k.add_argument("--seconds", type=float, default=600.0)
     k.add_argument("--out", type=Path, default=RESULTS)

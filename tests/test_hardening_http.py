@@ -39,9 +39,10 @@ def _connect(url: str) -> socket.socket:
     return sock
 
 
-def _read_response(sock: socket.socket) -> bytes:
+def _read_response(sock: socket.socket, until: bytes = b"\r\n\r\n") -> bytes:
+    """What arrives until `until` has (the end of the headers by default) or the peer closes."""
     data = b""
-    while b"\r\n\r\n" not in data:
+    while until not in data:
         chunk = sock.recv(65536)
         if not chunk:
             break
@@ -267,12 +268,7 @@ def test_a_shed_requests_unread_body_is_never_read_as_a_request(srv):
             held_sock.close()
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         sock.settimeout(3)
-        rest = b""
-        while b'{"live":true}' not in rest:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
+        rest = _read_response(sock, b'{"live":true}')
         assert b"HTTP/1.1 200" in rest and b"404" not in rest and b"smuggled" not in rest
     finally:
         sock.close()
