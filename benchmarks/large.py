@@ -27,6 +27,7 @@ import pandas as pd
 from benchmarks import inprocess, load, models, report, servers
 from benchmarks.progress import progress
 from gateway.schemas import RecordCodec
+from gateway.settings import Settings
 
 T = TypeVar("T")
 ROWS = 256
@@ -57,7 +58,8 @@ def codec_ceiling(repo: Path, rows: pd.DataFrame, runs: int = 200) -> dict[str, 
     """Best-of timings (µs) of the records codec's steps and of the model on these rows:
     the highest share of in-process speed each JSON form could reach if HTTP cost nothing."""
     manifest, session = inprocess.one_thread_session(repo, "forest")
-    codec = RecordCodec(manifest, max_rows=ROWS)
+    # The server's own row limit: below it a body is not counted before it is decoded.
+    codec = RecordCodec(manifest, max_rows=Settings(repo=str(repo)).request_rows_limit)
     names = [o.name for o in session.get_outputs()]
 
     def best(fn: Callable[[], object]) -> float:

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from gateway.errors import BadRequest, TooLarge, Unprocessable
+from gateway.floats import float_rows
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
 from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns, non_finite_reason
@@ -203,6 +204,8 @@ class RecordCodec:
         self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string"]
         self.all_numeric = len(self._numeric) == len(manifest.features)
+        # Every numeric feature decodes to a Python float (or null): the fast matrix applies.
+        self._floats_only = all(manifest.features[i].dtype in ("float32", "float64") for i in self._numeric)
         self._numeric_dtype = numeric_dtype(manifest)
         self._checks = NumericChecks(
             [manifest.features[i] for i in self._numeric], self._numeric_dtype, policy_override
@@ -303,18 +306,14 @@ class RecordCodec:
             rows = len(payload)
             if self._matrix_input is not None:  # the rows already are the input tensor
                 name, dtype = self._matrix_input
-                return {name: self._check_numeric(_matrix(payload, len(names), dtype), form)}, rows
-            matrix = self._check_numeric(_matrix(payload, len(names), self._numeric_dtype), form)
+                return {name: self._check_numeric(self._matrix(payload, dtype), form)}, rows
+            matrix = self._check_numeric(self._matrix(payload, self._numeric_dtype), form)
             return feeds_from_columns(self.manifest, {n: matrix[:, i] for i, n in enumerate(names)}), rows
         else:
             rows = len(payload)
             raw = list(zip(*map(msgspec.structs.astuple, payload), strict=True))
         numeric_dtype = self._matrix_input[1] if self._matrix_input is not None else self._numeric_dtype
-        numeric = np.empty((rows, len(self._numeric)), dtype=numeric_dtype)
-        with np.errstate(over="ignore"):  # overflow to infinity is refused by the checks
-            for j, i in enumerate(self._numeric):
-                numeric[:, j] = raw[i]
-        numeric = self._check_numeric(numeric, form)
+        numeric = self._check_numeric(self._numeric_matrix(raw, rows, numeric_dtype), form)
         if self._matrix_input is not None:
             return {self._matrix_input[0]: numeric}, rows
         columns = {names[i]: numeric[:, j] for j, i in enumerate(self._numeric)}
@@ -324,6 +323,27 @@ class RecordCodec:
                 column[column == None] = ""  # noqa: E711 -- elementwise; null is "missing"
                 columns[f.name] = column
         return feeds_from_columns(self.manifest, columns), rows
+
+    def _matrix(self, records: list[Any], dtype: np.dtype[Any]) -> np.ndarray:
+        """Numeric records as a rows x features matrix in `dtype`, null as NaN."""
+        tuples = list(map(msgspec.structs.astuple, records))
+        block = float_rows(tuples, len(self._names)) if self._floats_only else None
+        with np.errstate(over="ignore"):  # overflow to infinity is refused by the checks
+            if block is not None:
+                return block.astype(dtype)
+            return np.array(tuples, dtype=dtype).reshape(len(records), len(self._names))
+
+    def _numeric_matrix(self, columns: list[Any], rows: int, dtype: np.dtype[Any]) -> np.ndarray:
+        """The numeric features' columns (each `rows` long) as a rows x features matrix."""
+        numeric = [columns[i] for i in self._numeric]
+        block = float_rows(numeric, rows) if self._floats_only else None
+        with np.errstate(over="ignore"):
+            if block is not None:
+                return block.T.astype(dtype, order="C")
+            matrix = np.empty((rows, len(numeric)), dtype=dtype)
+            for j, column in enumerate(numeric):
+                matrix[:, j] = column
+            return matrix
 
     def _check_column_lengths(self, body: bytes, msgpack: bool) -> None:
         """413 before a column's values are decoded when it holds more than the row limit.
@@ -437,11 +457,6 @@ class RecordCodec:
         best = np.argmax(proba, axis=1).tolist()
         known = self.manifest.classes
         return [orjson.dumps(known[i] if known else i) for i in best]
-
-
-def _matrix(records: list[Any], width: int, dtype: np.dtype[Any]) -> np.ndarray:
-    """Numeric records as a rows x features matrix in `dtype`, null as NaN."""
-    return np.array(list(map(msgspec.structs.astuple, records)), dtype=dtype).reshape(len(records), width)
 
 
 def _json_values(array: np.ndarray) -> list[bytes]:

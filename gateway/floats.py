@@ -1,0 +1,42 @@
+"""Python floats to a numpy matrix without a Python step per value.
+
+msgspec writes a list of equal-length float sequences as msgpack in a fixed layout: an
+array header, then per sequence an array header and one 9-byte cell per float (0xcb, then
+the big-endian double). Encoding runs in C at ~2.5 ns a value and the cells read back as
+one strided numpy view; numpy's own conversion of nested lists inspects every element
+(~17 ns a value, 130 µs of a 256-row, 30-feature request). Any other value (None, an int,
+a bool) is spelt in a different cell, so the layout check fails and the caller converts
+with numpy as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+
+_CELL = np.dtype([("marker", "u1"), ("value", ">f8")])
+_FLOAT64 = 0xCB
+_ENCODE = msgspec.msgpack.Encoder().encode
+
+
+def _header_bytes(items: int) -> int:
+    """A msgpack array header's size: fixarray, array 16 or array 32."""
+    return 1 if items <= 15 else 3 if items <= 0xFFFF else 5
+
+
+def float_rows(rows: Sequence[Sequence[object]], width: int) -> np.ndarray | None:
+    """`rows`, each `width` values long, as a (len(rows), width) float64 array (a read-only
+    big-endian view), or None when some value is not a Python float."""
+    data = _ENCODE(rows)
+    head, row_head = _header_bytes(len(rows)), _header_bytes(width)
+    if len(data) != head + len(rows) * (row_head + _CELL.itemsize * width):
+        return None
+    row = np.dtype([("head", f"V{row_head}"), ("cells", _CELL, (width,))])
+    cells = np.frombuffer(data, dtype=row, offset=head, count=len(rows))["cells"]
+    # The length alone cannot tell a float from a 9-byte integer (0xcf, 0xd3).
+    if not np.all(cells["marker"] == _FLOAT64):
+        return None
+    values: np.ndarray = cells["value"]
+    return values
