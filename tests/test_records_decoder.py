@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.errors import Unprocessable
-from gateway.floats import float_rows
+from gateway.floats import FROM_VALUES, float_rows
 from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
 from gateway.schemas import RecordCodec
 
@@ -86,7 +86,8 @@ def test_float32_overflow_is_refused_either_way(form):
 
 
 def test_float_rows_refuses_what_is_not_a_float():
-    rows = [[1.0, 2.0], [3.0, 4.0]]
+    rows = [[float(i), 0.5] for i in range(FROM_VALUES // 2)]
     np.testing.assert_array_equal(float_rows(rows, 2), np.array(rows))
     for odd in (None, True, 3, 2**63 + 1, -(2**63)):
-        assert float_rows([[1.0, odd], [3.0, 4.0]], 2) is None
+        assert float_rows([[1.0, odd], *rows[1:]], 2) is None
+    assert float_rows(rows[1:], 2) is None  # too few values to be worth it
