@@ -194,10 +194,15 @@ class RecordCodec:
         names = sum(len(f.name.encode()) for f in manifest.features)
         self._records_beyond = max_rows * (1 + names + 2 * len(manifest.features))
         self._columns_beyond = max_rows * len(manifest.features) + names
-        # Braces bound the records of a JSON body unless some string could hold a brace.
+        # Braces bound the records of a JSON body unless some string could hold a brace: a
+        # value, or a feature's name (spelt in every record, it would count each twice).
         self._braces_count = all(
-            f.dtype != "string"
-            or (f.categories is not None and not any("{" in c or "}" in c for c in f.categories))
+            "{" not in f.name
+            and "}" not in f.name
+            and (
+                f.dtype != "string"
+                or (f.categories is not None and not any("{" in c or "}" in c for c in f.categories))
+            )
             for f in manifest.features
         )
         self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])

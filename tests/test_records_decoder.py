@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from gateway.errors import Unprocessable
+from gateway.errors import TooLarge, Unprocessable
 from gateway.floats import FROM_VALUES, float_rows
 from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
 from gateway.schemas import RecordCodec
@@ -91,3 +91,19 @@ def test_float_rows_refuses_what_is_not_a_float():
     for odd in (None, True, 3, 2**63 + 1, -(2**63)):
         assert float_rows([[1.0, odd], *rows[1:]], 2) is None
     assert float_rows(rows[1:], 2) is None  # too few values to be worth it
+
+
+def test_braces_in_a_feature_name_do_not_count_as_records():
+    """A long body is counted before it is decoded; a name like "x{1}" is spelt in every
+    record, and counting its braces would refuse a list within the row limit."""
+    manifest = _manifest(2, "FP64", nullable=False)
+    manifest = msgspec.structs.replace(
+        manifest, features=[Feature("x{1}", "float64", policy="off"), Feature("y}", "float64", policy="off")]
+    )
+    codec = RecordCodec(manifest, max_rows=8)
+    body = msgspec.json.encode({"instances": [{"x{1}": 1.0, "y}": 2.0}] * 8})
+    assert len(body) > codec._records_beyond  # long enough to be counted first
+    payload, form = codec.decode(body)
+    assert codec.to_feeds(payload, form)[1] == 8
+    with pytest.raises(TooLarge):
+        codec.decode(msgspec.json.encode({"instances": [{"x{1}": 1.0, "y}": 2.0}] * 9}))
