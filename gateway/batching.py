@@ -29,7 +29,8 @@ from gateway.errors import (
     InferenceFailed,
     Overloaded,
     Unavailable,
-    first_line,
+    Unprocessable,
+    public_reason,
 )
 from gateway.runtime import Runtime
 
@@ -334,11 +335,17 @@ def _concat(parts: list[Arrays]) -> Arrays:
 def _fail(item: _Item, exc: Exception) -> None:
     if item.future.done():
         return
-    error = (
-        exc
-        if isinstance(exc, GatewayError)
-        else InferenceFailed(f"inference failed: {type(exc).__name__}: {first_line(exc, 300, 'no message')}")
-    )
+    error: Exception = exc
+    if not isinstance(exc, GatewayError):
+        reason = public_reason(exc, 300, "no message")
+        # ONNX Runtime's INVALID_ARGUMENT: inputs each valid for the signature that the graph
+        # still cannot combine (two inputs that do not broadcast): the request, not the server.
+        if type(exc).__name__ == "InvalidArgument":
+            error = Unprocessable(
+                "the model cannot run on these inputs", [{"loc": ["body", "inputs"], "msg": reason}]
+            )
+        else:
+            error = InferenceFailed(f"inference failed: {type(exc).__name__}: {reason}")
     item.future.set_exception(error)
 
 

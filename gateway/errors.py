@@ -19,6 +19,15 @@ def first_line(exc: BaseException, limit: int = 200, default: str | None = None)
     return text.splitlines()[0][:limit] if text else (default or type(exc).__name__)
 
 
+# An absolute path inside a message: the repository's location, ONNX Runtime's sources.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s:'\"`,;()]+")
+
+
+def public_reason(exc: BaseException, limit: int = 300, default: str | None = None) -> str:
+    """`first_line`, with absolute paths replaced by <path>: fit for a client or /readyz."""
+    return _ABSOLUTE_PATH.sub("<path>", first_line(exc, limit, default))
+
+
 class GatewayError(Exception):
     status = 500
     headers: dict[str, str] = {}  # noqa: RUF012 -- read-only per class

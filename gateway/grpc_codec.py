@@ -9,13 +9,14 @@ same checks and the same error messages for both protocols. Outputs always go ba
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from gateway import protocol_v2
-from gateway.errors import BadRequest, Unprocessable, validation_detail
+from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
 from gateway.manifest import Manifest
 from gateway.proto import grpc_service_pb2 as pb
 
@@ -43,10 +44,16 @@ def parameters(entries: Any) -> dict[str, Any]:
     return out
 
 
-def _typed_data(tensor: Any, index: int) -> list[Any] | None:
-    """The tensor's typed contents as a flat list, from the field its datatype names."""
+def _typed_data(tensor: Any, index: int, budget: int) -> list[Any] | None:
+    """The tensor's typed contents as a flat list, from the field its datatype names; at
+    most `budget` numbers (what the request's limit leaves)."""
     if not tensor.HasField("contents"):
         return None
+    if len(tensor.shape) > protocol_v2.MAX_RANK:  # before the product of a million dimensions
+        raise Unprocessable(
+            f"input {tensor.name!r} has {len(tensor.shape)} dimensions; the limit is {protocol_v2.MAX_RANK}",
+            [{"loc": ["body", "inputs", index, "shape"], "msg": "too many dimensions"}],
+        )
     contents = tensor.contents
     field = CONTENTS_FIELD.get(tensor.datatype)
     given = [f.name for f, _ in contents.ListFields()]
@@ -57,6 +64,20 @@ def _typed_data(tensor: Any, index: int) -> list[Any] | None:
             [{"loc": ["body", "inputs", index, "contents"], "msg": f"found {given}"}],
         )
     values = getattr(contents, field)
+    # Each value becomes a Python object: the count is checked first, against the shape it
+    # must fill and the request limit, not after millions were made.
+    declared = math.prod(tensor.shape)
+    if len(values) != declared:
+        raise Unprocessable(
+            f"input {tensor.name!r}: contents hold {len(values)} values for shape {list(tensor.shape)[:8]}",
+            [{"loc": ["body", "inputs", index, "contents", field], "msg": f"expected {declared} values"}],
+        )
+    limit = protocol_v2.MAX_BYTES_ELEMENTS if field == "bytes_contents" else budget
+    if len(values) > limit:
+        raise TooLarge(
+            f"input {tensor.name!r}: {len(values)} values in contents; the limit is {limit}: "
+            "send larger tensors in raw_input_contents"
+        )
     if field == "bytes_contents":
         return [v.decode("utf-8", errors="replace") for v in values]
     return list(values)
@@ -71,6 +92,7 @@ def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
             "give one per input, in the order of inputs"
         )
     inputs = []
+    budget = protocol_v2.MAX_DATA_ELEMENTS
     for index, tensor in enumerate(message.inputs):
         entry: dict[str, Any] = {
             "name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
@@ -83,7 +105,9 @@ def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
                 )
             params["binary_data_size"] = len(raw[index])
         else:
-            entry["data"] = _typed_data(tensor, index)
+            entry["data"] = data = _typed_data(tensor, index, budget)
+            if data is not None and tensor.datatype != "BYTES":
+                budget -= len(data)
         if params:
             entry["parameters"] = params
         inputs.append(entry)

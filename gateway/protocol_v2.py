@@ -27,6 +27,13 @@ BINARY_HEADER = "inference-header-content-length"
 ID_LIMIT = 256  # characters of a request id (it is echoed in the answer)
 ECHO_LIMIT = 64  # characters of a client's value quoted back in an error
 MAX_BYTES_ELEMENTS = 65_536  # BYTES elements per input: each becomes a Python string
+# Elements of one request's inputs sent as JSON/msgpack `data` (or gRPC typed contents):
+# each becomes a Python number (~32 bytes) before it is an array, so a body of "0,0,..."
+# would otherwise take 16 times its size. Larger tensors travel as binary data.
+MAX_DATA_ELEMENTS = 1 << 22
+# Strings the classification extension writes per request ("score:index:label", each a
+# Python string and a formatting step on the event loop).
+MAX_CLASSIFICATION_STRINGS = 65_536
 MAX_TIMEOUT_US = 86_400 * 1_000_000
 MAX_ELEMENT_BYTES = 64  # JSON bytes one number may take, whitespace and nesting included
 _LENGTH = struct.Struct("<I")
@@ -151,6 +158,10 @@ def parse_request(
 
 def _clip(value: object) -> str:
     """A client's value, short enough to quote back in an error (never the whole of it)."""
+    if isinstance(value, int) and value.bit_length() > 64:  # Python will not print 4,300+ digits
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, list) and any(isinstance(v, int) and v.bit_length() > 64 for v in value):
+        return "[" + ", ".join(_clip(v) for v in value[:8]) + ("]" if len(value) <= 8 else ", ...]")
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "..."
 
@@ -228,7 +239,13 @@ def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: in
     rows = shape[0] if shape else 1
     if rows > max_rows:
         raise TooLarge(f"{_clip(rows)} rows in one request; the limit is {max_rows}")
-    return math.prod(shape)  # Python integers: a huge declared shape cannot overflow here
+    count = math.prod(shape)  # Python integers: a huge declared shape cannot overflow here
+    if count == 0 and rows > 0:  # no model runs on it, and [[],[],...] has no byte bound
+        raise Unprocessable(
+            f"input {spec.name!r} has no elements",
+            [{"loc": [*loc, "shape"], "msg": f"a dimension of {_clip(shape)} is 0"}],
+        )
+    return count
 
 
 def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
@@ -242,11 +259,8 @@ def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: byte
             raise Unprocessable("input has no data", [{"loc": [*loc, "data"], "msg": "missing"}])
         if spec.datatype == "BYTES" and count > max_bytes_elements:
             raise TooLarge(f"{_clip(count)} BYTES elements in one input; the limit is {max_bytes_elements}")
-        if raw is not None and spec.datatype != "BYTES" and len(raw) > count * MAX_ELEMENT_BYTES + 4096:
-            raise Unprocessable(  # more bytes than `count` numbers can take, even spelt out long
-                "data is larger than its shape",
-                [{"loc": [*loc, "data"], "msg": f"{len(raw)} bytes for {count} elements"}],
-            )
+        if raw is not None and spec.datatype != "BYTES":
+            _check_raw_data(bytes(raw), tensor.shape, count, msgpack, [*loc, "data"])
         return _Plan(tensor, spec, loc, count, None, raw, msgpack)
     where = [*loc, "parameters", "binary_data_size"]
     if has_data:
@@ -264,20 +278,47 @@ def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: byte
         if 4 * count > size:
             raise Unprocessable(
                 "binary tensor size does not match its shape",
-                [{"loc": where, "msg": f"{size} bytes cannot hold {count} BYTES elements"}],
+                [{"loc": where, "msg": f"{size} bytes cannot hold {_clip(count)} BYTES elements"}],
             )
     elif size != count * NUMPY_DTYPES[spec.datatype].itemsize:
         raise Unprocessable(
             "binary tensor size does not match its shape",
-            [{"loc": where, "msg": f"expected {count * NUMPY_DTYPES[spec.datatype].itemsize} bytes "
+            [{"loc": where, "msg": f"expected {_clip(count * NUMPY_DTYPES[spec.datatype].itemsize)} bytes "
                                    f"for shape {_clip(tensor.shape)}"}],
         )  # fmt: skip
     return _Plan(tensor, spec, loc, count, (offset, size))
 
 
-@functools.cache
-def _data_decoder(datatype: str, depth: int, msgpack: bool) -> Any:
-    kind = _data_type(datatype, depth)
+def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc: list[Any]) -> None:
+    """Refuse `data` whose bytes cannot be `shape`'s numbers, before a value is decoded.
+
+    Every number takes at least a byte, and at most MAX_ELEMENT_BYTES as JSON. A JSON
+    array of `count` numbers, flat or nested as the shape, holds exactly count - 1 commas
+    and one `[` per list of the shape: beyond those, the data holds more values (or empty
+    lists) than the shape, and each would be a Python object. msgpack states each array's
+    length in its header, which the shape-bounded decoder checks before reading on."""
+    sizes = [{"loc": loc, "msg": f"{len(raw)} bytes for {_clip(count)} elements"}]
+    if len(raw) > count * MAX_ELEMENT_BYTES + 4096:
+        raise Unprocessable("data is larger than its shape", sizes)
+    if count > len(raw):
+        raise Unprocessable("data is smaller than its shape", sizes)
+    if msgpack:
+        return
+    lists = 1 + sum(math.prod(shape[:i]) for i in range(1, len(shape)))
+    if raw.count(b",") >= max(count, math.prod(d for d in shape[:-1] if d)) or raw.count(b"[") > lists:
+        raise Unprocessable(
+            "data holds more values than its shape",
+            [{"loc": loc, "msg": f"more than {_clip(count)} elements for shape {_clip(shape)}"}],
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _data_decoder(datatype: str, shape: tuple[int, ...], msgpack: bool) -> Any:
+    """`datatype` values nested as `shape` (one dimension: flat), each list no longer than
+    its dimension: msgpack's length headers are checked before the items are read."""
+    kind = _element_type(datatype)
+    for size in reversed(shape):  # larger sizes were refused by MAX_DATA_ELEMENTS first
+        kind = Annotated[GenericAlias(list, (kind,)), msgspec.Meta(max_length=min(size, MAX_DATA_ELEMENTS))]
     return msgspec.msgpack.Decoder(kind) if msgpack else msgspec.json.Decoder(kind)
 
 
@@ -300,11 +341,11 @@ def _typed_values(plan: _Plan) -> tuple[Any, bool]:
                 raise
         return _bytes_decoder(tuple(plan.tensor.shape), plan.msgpack).decode(plan.raw), True
     try:
-        return _data_decoder(spec.datatype, 1, plan.msgpack).decode(plan.raw), False
+        return _data_decoder(spec.datatype, (plan.count,), plan.msgpack).decode(plan.raw), False
     except msgspec.ValidationError as exc:
         if rank < 2 or not str(exc).endswith("got `array` - at `$[0]`"):
             raise
-    return _data_decoder(spec.datatype, rank, plan.msgpack).decode(plan.raw), True
+    return _data_decoder(spec.datatype, tuple(plan.tensor.shape), plan.msgpack).decode(plan.raw), True
 
 
 @functools.lru_cache(maxsize=32)
@@ -417,6 +458,12 @@ def decode_infer(
         plans.append(plan)
     if offset != len(tail):
         raise BadRequest(f"{len(tail) - offset} unclaimed bytes after the binary tensors")
+    elements = sum(p.count for p in plans if p.binary is None and p.spec.datatype != "BYTES")
+    if elements > MAX_DATA_ELEMENTS:
+        raise TooLarge(
+            f"{_clip(elements)} elements as data in one request; the limit is {MAX_DATA_ELEMENTS}: "
+            "send larger tensors as binary data (binary_data_size, or raw_input_contents)"
+        )
     rows_by_input = {p.tensor.shape[0] if p.tensor.shape else 1 for p in plans}
     if len(rows_by_input) != 1:
         raise Unprocessable(
@@ -428,12 +475,19 @@ def decode_infer(
         raise Unprocessable("empty batch", [{"loc": ["body", "inputs"], "msg": "no rows"}])
     if request.outputs is not None:
         known = {o.name for o in manifest.outputs}
+        seen: set[str] = set()
         for i, out in enumerate(request.outputs):
             if out.name not in known:
                 raise NotFound(
                     f"model has no output {_clip(out.name)}; it has {sorted(known)}",
                     [{"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}],
                 )
+            if out.name in seen:  # each copy would be encoded again: one answer, many times
+                raise Unprocessable(
+                    f"output {out.name!r} is requested more than once",
+                    [{"loc": ["body", "outputs", i, "name"], "msg": "repeated output"}],
+                )
+            seen.add(out.name)
     feeds: Arrays = {p.tensor.name: _tensor_array(p, tail, missing_allowed(manifest, p.spec)) for p in plans}
     return DecodedInfer(feeds, rows, request)
 
@@ -480,12 +534,14 @@ def _json_data(array: np.ndarray) -> Any:
     return flat  # orjson writes numpy arrays natively
 
 
-def class_counts(manifest: Manifest, request: InferRequest) -> dict[str, int]:
+def class_counts(manifest: Manifest, request: InferRequest, rows: int = 1) -> dict[str, int]:
     """The classification extension: `classification: k` on a requested output (Triton's
     name on the wire; `class_count`, its name in Triton's clients, too), checked before
-    inference so that a bad k costs no model time."""
+    inference so that a bad k, or too many strings to write, costs no model time."""
     counts: dict[str, int] = {}
     datatypes = {o.name: o.datatype for o in manifest.outputs}
+    widths = {o.name: math.prod(o.shape[1:]) if all(d >= 0 for d in o.shape[1:]) else None
+              for o in manifest.outputs}  # fmt: skip
     for i, out in enumerate(request.outputs or []):
         parameters = out.parameters or {}
         key = "classification" if "classification" in parameters else "class_count"
@@ -499,6 +555,13 @@ def class_counts(manifest: Manifest, request: InferRequest) -> dict[str, int]:
             raise Unprocessable(
                 f"output {out.name!r} holds no scores to classify", [{"loc": loc, "msg": "not numeric"}]
             )
+        width = widths.get(out.name)
+        strings = rows * (min(k, width) if width is not None else k)
+        if strings > MAX_CLASSIFICATION_STRINGS:
+            raise TooLarge(
+                f"{key} {k} on {rows} rows writes {strings} strings; "
+                f"the limit is {MAX_CLASSIFICATION_STRINGS}"
+            )
         counts[out.name] = k
     return counts
 
@@ -511,11 +574,13 @@ def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     values = np.take_along_axis(scores, top, axis=1)
     labels = classes if classes is not None and len(classes) == scores.shape[1] else None
-    out = np.empty(top.shape, dtype=object)
-    for (row, col), index in np.ndenumerate(top):
-        text = f"{float(values[row, col]):f}:{index}"
-        out[row, col] = text if labels is None else f"{text}:{labels[index]}"
-    return out
+    indices = top.ravel().tolist()
+    texts = [f"{v:f}:{i}" for v, i in zip(values.astype(np.float64).ravel().tolist(), indices, strict=True)]
+    if labels is not None:
+        texts = [f"{t}:{labels[i]}" for t, i in zip(texts, indices, strict=True)]
+    out = np.empty(top.size, dtype=object)
+    out[:] = texts
+    return out.reshape(top.shape)
 
 
 def encode_infer(manifest: Manifest, request: InferRequest, outputs: Arrays) -> tuple[bytes, dict[str, str]]:

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import logging
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import numpy as np
 
 from gateway import protocol_v2
 from gateway.batching import BatchReport, MicroBatcher
-from gateway.errors import NotFound, Unavailable, first_line
+from gateway.errors import NotFound, Unavailable, first_line, public_reason
 from gateway.manifest import Manifest
 from gateway.metrics import Counter
 from gateway.repository import Canary, Repository, RepositoryError, is_valid_name, is_valid_version
@@ -39,13 +38,12 @@ RuntimeFactory = Callable[[bytes, Manifest, Settings], Runtime]
 # `load` turns any other exception (a codec that cannot be built, a bug) into a
 # ModelLoadError, so one bad model fails alone, whatever it raises.
 LOAD_ERRORS = (RepositoryError, OSError, RuntimeError, ValueError)
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s:'\"`,;()]+")
 
 
 def short_reason(exc: BaseException) -> str:
     """Why a load failed, for /readyz and the admin API: one line, no absolute paths
     (the repository's location, ONNX Runtime's source files)."""
-    return _ABSOLUTE_PATH.sub("<path>", first_line(exc, 300))
+    return public_reason(exc)
 
 
 def ort_runtime(model: bytes, manifest: Manifest, settings: Settings) -> Runtime:

@@ -171,7 +171,7 @@ class InferV2Endpoint(InferenceEndpoint):
         )
         _check_body_model(request, model)
         decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
-        protocol_v2.class_counts(model.manifest, request)  # a bad class_count costs no model time
+        protocol_v2.class_counts(model.manifest, request, decoded.rows)  # before any model time
         timeout = (request.parameters or {}).get("timeout")
         return Decoded(decoded.feeds, decoded.rows, deadline_from(scope, self.settings, timeout), request)
 

@@ -126,6 +126,7 @@ def _empty_working_directory(settings: Settings) -> tuple[Settings, str]:
     """Serve from an empty directory of our own: nothing a relative path (a model's
     external data, anything else) could name is there. Local paths in the settings are
     made absolute first. The directory is removed when the server stops."""
+
     def absolute(path: str | None) -> str | None:
         return os.path.abspath(path) if path is not None and "://" not in path else path
 

@@ -25,7 +25,9 @@ def echo_strings() -> bytes:
     """text BYTES [-1, 1] -> echo BYTES [-1, 1]."""
     text = helper.make_tensor_value_info("text", TensorProto.STRING, [None, 1])
     echo = helper.make_tensor_value_info("echo", TensorProto.STRING, [None, 1])
-    return _model(helper.make_graph([helper.make_node("Identity", ["text"], ["echo"])], "echo", [text], [echo]))
+    return _model(
+        helper.make_graph([helper.make_node("Identity", ["text"], ["echo"])], "echo", [text], [echo])
+    )
 
 
 def float_identity(width: int = 4) -> bytes:
@@ -65,7 +67,10 @@ def publish(
         task="other",
         layout="matrix" if features else "tensors",
         source=Source(
-            framework="onnx", framework_version="1", estimator="graph", file_name="m.onnx",
+            framework="onnx",
+            framework_version="1",
+            estimator="graph",
+            file_name="m.onnx",
             file_sha256=sha256_bytes(model),
         ),
         onnx=OnnxInfo(
@@ -132,3 +137,46 @@ def bytes_tensor(values: list[bytes]) -> bytes:
 def fifo(path: Path) -> Path:
     os.mkfifo(path)
     return path
+
+
+def float_identity_any() -> bytes:
+    """x FP32 [-1, -1] -> y FP32 [-1, -1]: no per-model byte bound applies."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])
+    return _model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "any", [x], [y]))
+
+
+def float_add() -> bytes:
+    """a, b FP32 [-1, -1] -> s = a + b: inputs each valid that may not broadcast together."""
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, None])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [None, None])
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [None, None])
+    return _model(helper.make_graph([helper.make_node("Add", ["a", "b"], ["s"])], "add", [a, b], [s]))
+
+
+def publish_identity_any(repo: Path, name: str = "var", version: str = "1") -> Manifest:
+    return publish(
+        repo, name, version, float_identity_any(),
+        [TensorSpec(name="x", datatype="FP32", shape=[-1, -1])],
+        [TensorSpec(name="y", datatype="FP32", shape=[-1, -1], role="value")],
+    )  # fmt: skip
+
+
+def publish_add(repo: Path, name: str = "add2", version: str = "1") -> Manifest:
+    return publish(
+        repo, name, version, float_add(),
+        [TensorSpec(name="a", datatype="FP32", shape=[-1, -1]), TensorSpec(name="b", datatype="FP32", shape=[-1, -1])],
+        [TensorSpec(name="s", datatype="FP32", shape=[-1, -1], role="value")],
+    )  # fmt: skip
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start the process's peak RSS (VmHWM) again from its current RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
