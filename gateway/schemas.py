@@ -46,7 +46,9 @@ def _field_type(feature: Feature) -> Any:
     elif feature.dtype == "string":
         base = Literal[tuple(feature.categories)] if feature.categories else str
     elif feature.dtype == "int64":
-        base = int
+        # Numbers reach the model through float64 (ranges and missing values are checked
+        # there): integers it holds exactly, not 10**20 wrapped or 400 digits raising.
+        base = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
     elif feature.dtype == "bool":
         base = bool
     else:
@@ -194,6 +196,7 @@ class RecordCodec:
         names = sum(len(f.name.encode()) for f in manifest.features)
         self._records_beyond = max_rows * (1 + names + 2 * len(manifest.features))
         self._columns_beyond = max_rows * len(manifest.features) + names
+        self._count_beyond = min(self._records_beyond, self._columns_beyond)
         # Braces bound the records of a JSON body unless some string could hold a brace: a
         # value, or a feature's name (spelt in every record, it would count each twice).
         self._braces_count = all(
@@ -248,6 +251,8 @@ class RecordCodec:
             return [one.decode(body)], "record"
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
+        if len(body) > self._count_beyond:
+            self._refuse_repeated_keys(body, msgpack)
         for form, decoders in self._envelopes.items():
             # Only a body long enough to spell more rows than the limit is counted first.
             if form == "inputs" and len(body) > self._columns_beyond:
@@ -350,6 +355,27 @@ class RecordCodec:
                 matrix[:, j] = column
             return matrix
 
+    def _refuse_repeated_keys(self, body: bytes, msgpack: bool) -> None:
+        """422 for a long body that names a key twice, at the top or among its columns: the
+        counts below read a dict, which keeps the last value, while the typed decoder
+        would build every earlier one in full (a first "inputs" of 8 M numbers)."""
+        decoder = self._envelope_msgpack if msgpack else self._envelope_json
+        try:
+            top = decoder.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return  # not an object: the typed decoders say what is wrong
+        where: list[str | int] = ["body"]
+        repeated = _repeats_key(body, top, msgpack)
+        if not repeated and "inputs" in self._envelopes and "inputs" in top:
+            inner = bytes(top["inputs"])
+            try:
+                columns = decoder.decode(inner)
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                return
+            where, repeated = ["body", "inputs"], _repeats_key(inner, columns, msgpack)
+        if repeated:
+            raise Unprocessable("a key appears more than once", [{"loc": where, "msg": "repeated key"}])
+
     def _check_column_lengths(self, body: bytes, msgpack: bool) -> None:
         """413 before a column's values are decoded when it holds more than the row limit.
 
@@ -368,7 +394,7 @@ class RecordCodec:
             if feature is None:
                 continue
             if msgpack:
-                count = _msgpack_array_length(bytes(raw))
+                count = _msgpack_length(bytes(raw))
             elif feature.dtype == "string":
                 # Two upper bounds, each too high only for some strings (commas in them;
                 # "null" in them): the lower of the two is still an upper bound.
@@ -388,7 +414,7 @@ class RecordCodec:
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return  # not a well-formed list: the typed decoders say what is wrong
         if msgpack:
-            count = _msgpack_array_length(raw)
+            count = _msgpack_length(raw)
         elif self._braces_count:
             count = min(raw.count(b"{"), raw.count(b"}"))
         else:
@@ -477,18 +503,30 @@ def _json_values(array: np.ndarray) -> list[bytes]:
     return text[1:-1].split(b",")
 
 
-def _msgpack_array_length(data: bytes) -> int:
-    """The element count an msgpack array declares in its header (0 for anything else)."""
+def _msgpack_length(data: bytes) -> int:
+    """The element (array) or entry (map) count an msgpack header declares (0 for anything
+    else)."""
     if not data:
         return 0
     tag = data[0]
-    if 0x90 <= tag <= 0x9F:
+    if 0x80 <= tag <= 0x9F:
         return tag & 0x0F
-    if tag == 0xDC and len(data) >= 3:
+    if tag in (0xDC, 0xDE) and len(data) >= 3:
         return int.from_bytes(data[1:3], "big")
-    if tag == 0xDD and len(data) >= 5:
+    if tag in (0xDD, 0xDF) and len(data) >= 5:
         return int.from_bytes(data[1:5], "big")
     return 0
+
+
+def _repeats_key(text: bytes, members: dict[str, msgspec.Raw], msgpack: bool) -> bool:
+    """Whether the object spelt by `text` (decoded as `members`) names a key twice. msgpack
+    states its entry count. A JSON object of n distinct keys holds n - 1 commas of its own:
+    more, beside those inside its keys and values, are the members a dict dropped."""
+    if msgpack:
+        return _msgpack_length(text) > len(members)
+    inner = sum(bytes(v).count(b",") for v in members.values()) + sum(k.count(",") for k in members)
+    escaped = text.count(b"\\u002c") + text.count(b"\\u002C")  # a key's comma, spelt as an escape
+    return text.count(b",") + escaped - inner >= max(len(members), 1)
 
 
 def _json_vectors(array: np.ndarray) -> list[bytes]:

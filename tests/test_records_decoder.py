@@ -26,7 +26,9 @@ def _manifest(width: int, datatype: str, nullable: bool) -> Manifest:
 
 
 def _values(rng: np.random.Generator, rows: int, width: int, nulls: bool, ints: bool) -> list[list[object]]:
-    values: list[list[object]] = (rng.normal(size=(rows, width)) * 10.0 ** rng.integers(-30, 30, (rows, width))).tolist()
+    values: list[list[object]] = (
+        rng.normal(size=(rows, width)) * 10.0 ** rng.integers(-30, 30, (rows, width))
+    ).tolist()
     if nulls:
         values[rows // 2][width // 3] = None
     if ints:  # JSON integers in float features decode as floats: the fast conversion applies
@@ -107,3 +109,66 @@ def test_braces_in_a_feature_name_do_not_count_as_records():
     assert codec.to_feeds(payload, form)[1] == 8
     with pytest.raises(TooLarge):
         codec.decode(msgspec.json.encode({"instances": [{"x{1}": 1.0, "y}": 2.0}] * 9}))
+
+
+def _msgpack_map(pairs: list[tuple[str, object]]) -> bytes:
+    """An msgpack map that may repeat a key (msgspec will not write one)."""
+    assert len(pairs) < 16
+    return bytes([0x80 | len(pairs)]) + b"".join(
+        msgspec.msgpack.encode(k) + msgspec.msgpack.encode(v) for k, v in pairs
+    )
+
+
+def test_a_repeated_key_cannot_hide_values_from_the_counts():
+    """The counts read a dict, which keeps a repeated key's last value; the typed decoder
+    built the first in full: 8 M numbers behind a one-value repeat were served (200)."""
+    manifest = _manifest(2, "FP64", nullable=False)
+    codec = RecordCodec(manifest, max_rows=16)
+    a, b = (f.name for f in manifest.features)
+    long = [0.0] * 5000
+    for msgpack in (False, True):
+        encode = msgspec.msgpack.encode if msgpack else msgspec.json.encode
+        columns = [(a, long), (b, [1.0]), (a, [1.0])]
+        if msgpack:
+            bodies = [
+                _msgpack_map([("inputs", 0)]).replace(b"\x00", _msgpack_map(columns)),
+                _msgpack_map([("instances", [{a: 1.0, b: 2.0}] * 5000), ("instances", [{a: 1.0, b: 2.0}])]),
+            ]
+        else:
+            inner = b"{" + b",".join(encode(k) + b":" + encode(v) for k, v in columns) + b"}"
+            bodies = [
+                b'{"inputs":' + inner + b"}",
+                b'{"instances":' + encode([{a: 1.0, b: 2.0}] * 5000) + b', "instances": [{}]}',
+            ]
+        for body in bodies:
+            with pytest.raises(Unprocessable) as refused:
+                codec.decode(body, msgpack)
+            assert refused.value.detail[0]["msg"] == "repeated key", body[:40]
+
+
+def test_long_bodies_with_commas_and_whitespace_are_not_taken_for_repeats():
+    manifest = _manifest(2, "FP64", nullable=False)
+    manifest = msgspec.structs.replace(
+        manifest, features=[Feature("x, y", "float64", policy="off"), Feature("z", "float64", policy="off")]
+    )
+    codec = RecordCodec(manifest, max_rows=64)
+    columns = {"x, y": [float(i) for i in range(64)], "z": [0.5] * 64}
+    records = [{"x, y": float(i), "z": 0.5} for i in range(64)]
+    for body in (msgspec.json.encode({"inputs": columns}), msgspec.json.encode({"instances": records})):
+        pretty = msgspec.json.format(body, indent=4)
+        assert len(pretty) > codec._count_beyond
+        for text in (body, pretty):
+            payload, form = codec.decode(text)
+            assert codec.to_feeds(payload, form)[1] == 64
+
+
+def test_int64_features_take_the_integers_float64_holds():
+    manifest = _manifest(1, "FP64", nullable=False)
+    manifest = msgspec.structs.replace(manifest, features=[Feature("n", "int64", policy="off")])
+    codec = RecordCodec(manifest, max_rows=8)
+    payload, form = codec.decode(b'{"n": 9007199254740992}')
+    assert codec.to_feeds(payload, form)[0]["input"][0, 0] == 2**53
+    for bad in (b'{"n": 100000000000000000000}', b'{"n": ' + b"9" * 400 + b"}", b'{"n": 9007199254740993}'):
+        with pytest.raises(Unprocessable) as refused:
+            payload, form = codec.decode(bad)
+        assert refused.value.detail[0]["loc"] == ["body", "n"], refused.value.detail
