@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 _UNSAFE = re.compile(r"[^0-9A-Za-z_]")
 
 
@@ -114,3 +116,22 @@ def dynamic_batch_outputs(model: Any) -> None:
         dims = output.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value"):
             dims[0].dim_param = "N"
+
+
+def rows_of(model: Any, output: str, width: int) -> None:
+    """Reshape `output` to [-1, width]: skl2onnx writes a multi-output MLPRegressor's
+    values as one column of rows x width, which no answer can be sliced by row from."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    flat = f"{output}_flat"
+    for node in graph.node:
+        node.output[:] = [flat if name == output else name for name in node.output]
+        node.input[:] = [flat if name == output else name for name in node.input]
+    shape = numpy_helper.from_array(np.array([-1, width], dtype=np.int64), f"{output}_rows_shape")
+    graph.initializer.append(shape)
+    graph.node.append(helper.make_node("Reshape", [flat, shape.name], [output], name=f"{output}_rows"))
+    for value in graph.output:
+        if value.name == output:
+            elem = value.type.tensor_type.elem_type
+            value.CopyFrom(helper.make_tensor_value_info(output, elem or TensorProto.FLOAT, [None, width]))

@@ -56,7 +56,7 @@ def serve_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -
     """The sample rows through what `gateway serve` runs: JSON records into the manifest's
     record codec, the runtime wrapper, and the records encoder."""
     from gateway.errors import GatewayError
-    from gateway.runtime import OrtRuntime
+    from gateway.runtime import OrtRuntime, check_rows
     from gateway.schemas import RecordCodec
 
     runtime = OrtRuntime(model_bytes, provider="cpu", name=manifest.name)
@@ -78,7 +78,15 @@ def serve_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -
             ) from None
         _same_through_v2(manifest, feeds, len(served))
         _same_as_columns(codec, records, feeds, len(served))
-        served += orjson.loads(codec.encode(runtime.run(feeds)))
+        outputs = runtime.run(feeds)
+        try:
+            check_rows(feeds, outputs)
+        except GatewayError as exc:
+            raise ConversionError(
+                f"parity: the ONNX graph's {exc.message}: `gateway serve` answers by rows and "
+                "would refuse every request"
+            ) from None
+        served += orjson.loads(codec.encode(outputs))
     return _as_predictions(manifest, served)
 
 

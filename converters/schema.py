@@ -92,11 +92,12 @@ def _string_feature(
     return Feature(name=name, dtype="string", categories=categories, nullable=nullable)
 
 
-def _numeric_dtype(column: pd.Series | None, nullable: bool) -> FeatureDType:
-    """bool and int columns keep their type in the API (JSON true, 3); others are floats."""
+def _numeric_dtype(column: pd.Series | None) -> FeatureDType:
+    """bool and int columns keep their type in the API (JSON true, 3), null included where
+    the model imputes (the tensor is a float either way, NaN for null); others are floats."""
     import pandas as pd
 
-    if column is None or nullable:
+    if column is None:
         return "float32"
     if pd.api.types.is_bool_dtype(column):
         return "bool"
@@ -128,7 +129,7 @@ def infer_features(
         features.append(
             Feature(
                 name=name,
-                dtype=_numeric_dtype(column, nullable),
+                dtype=_numeric_dtype(column),
                 min=float(finite.min()) if finite.size else None,
                 max=float(finite.max()) if finite.size else None,
                 nullable=nullable,

@@ -27,7 +27,7 @@ from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
 from converters import _hist_gradient_boosting, _imputer, _svr, _trees
-from converters._graph import cast_then, label_from_probabilities, rename_values, safe_names
+from converters._graph import cast_then, label_from_probabilities, rename_values, rows_of, safe_names
 from converters.errors import ConversionError
 from converters.schema import align_sample, feature_names, infer_features, is_nan
 from converters.types import Converted, Predictions
@@ -73,8 +73,18 @@ def _known_categories(model: Any) -> dict[str, list[str]]:
             if not encoders or not all(isinstance(c, str) for c in np.atleast_1d(columns)):
                 continue
             for column, cats in zip(np.atleast_1d(columns), encoders[0].categories_, strict=False):
-                if not np.issubdtype(np.asarray(cats).dtype, np.number):
-                    known[str(column)] = [str(c) for c in cats if c is not None and not is_nan(c)]
+                if np.issubdtype(np.asarray(cats).dtype, np.number):
+                    continue
+                if any(c is None for c in cats):
+                    # scikit-learn's imputers take NaN for missing, not None: None was
+                    # learnt as a category, and a request's null (missing) would be
+                    # imputed instead, silently predicting something else.
+                    raise ConversionError(
+                        f"column {str(column)!r}: the encoder learnt Python None as a category of its "
+                        "own, which no client can send apart from a missing value (null). Refit with "
+                        "None replaced by NaN (imputed) or by a string such as 'unknown'"
+                    )
+                known[str(column)] = [str(c) for c in cats if not is_nan(c)]
     return known
 
 
@@ -152,6 +162,9 @@ class SklearnConverter:
         probabilistic = classifier and hasattr(model, "predict_proba")
         plain = ["label", "probabilities" if probabilistic else "scores"] if classifier else ["value"]
         rename_values(onnx_model, dict(zip(outputs, plain, strict=False)))
+        width = getattr(_final(model), "n_outputs_", 1)
+        if not classifier and isinstance(width, int) and width > 1:
+            rows_of(onnx_model, "value", width)
         if probabilistic and isinstance(_final(model), BaseGradientBoosting):
             label_from_probabilities(onnx_model, model.classes_.tolist())
         roles = {"value": "value"}

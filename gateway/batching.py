@@ -32,7 +32,7 @@ from gateway.errors import (
     Unprocessable,
     public_reason,
 )
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, check_rows
 
 Arrays = dict[str, np.ndarray]
 log = logging.getLogger("gateway.batching")
@@ -266,7 +266,7 @@ class MicroBatcher:
 
     def _infer_now(self, feeds: Arrays) -> Arrays:
         outputs = self.runtime.run(feeds)
-        _check_rows(feeds, outputs)
+        check_rows(feeds, outputs)
         return outputs
 
     async def _infer(self, feeds: Arrays, inline: bool) -> Arrays:
@@ -295,13 +295,6 @@ class MicroBatcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
-
-
-def _check_rows(feeds: Arrays, outputs: Arrays) -> None:
-    rows = next(iter(feeds.values())).shape[0]
-    for name, value in outputs.items():
-        if value.shape[:1] != (rows,):
-            raise InferenceFailed(f"output {name!r} has {value.shape[:1]} rows for {rows} inputs")
 
 
 def _resolve(item: _Item, outputs: Arrays) -> None:

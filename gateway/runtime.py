@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway.errors import first_line
+from gateway.errors import InferenceFailed, first_line
 from gateway.onnx_refs import ExternalDataError, check_external_data
 from gateway.settings import Provider
 
@@ -23,6 +23,16 @@ log = logging.getLogger("gateway.runtime")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+
+
+def check_rows(feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    """Every output has one row per input row: what the batcher slices answers by. The
+    converter's parity check runs it too, so a graph that breaks it is refused at build
+    time rather than answering 500 to every request."""
+    rows = next(iter(feeds.values())).shape[0]
+    for name, value in outputs.items():
+        if value.shape[:1] != (rows,):
+            raise InferenceFailed(f"output {name!r} has {value.shape[:1]} rows for {rows} inputs")
 
 
 class Runtime(Protocol):

@@ -275,7 +275,7 @@ class RecordCodec:
                 [{"loc": ["body"], "msg": "expected an object"}],
             ) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"malformed body: {exc}") from None
+            raise BadRequest(_malformed(exc, body, msgpack)) from None
         except RecursionError:
             raise BadRequest("malformed body: nested too deeply") from None
         form = next((f for f in self._envelopes if f in top), "record")
@@ -290,7 +290,7 @@ class RecordCodec:
         except msgspec.ValidationError as exc:
             raise Unprocessable("invalid record", _record_detail(str(exc), form)) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"malformed body: {exc}") from None
+            raise BadRequest(_malformed(exc, body, msgpack)) from None
         except RecursionError:
             raise BadRequest("malformed body: nested too deeply") from None
         if form == "record":
@@ -516,6 +516,14 @@ def _msgpack_length(data: bytes) -> int:
     if tag in (0xDD, 0xDF) and len(data) >= 5:
         return int.from_bytes(data[1:5], "big")
     return 0
+
+
+def _malformed(exc: Exception, body: bytes, msgpack: bool) -> str:
+    """A parse error's message, with the usual cause named: pandas and Python's json write
+    a missing value as a bare NaN, which JSON does not have."""
+    if not msgpack and any(word in body for word in (b"NaN", b"Infinity")):
+        return f"malformed body: {exc} (NaN and Infinity are not JSON: send null for a missing value)"
+    return f"malformed body: {exc}"
 
 
 def _repeats_key(text: bytes, members: dict[str, msgspec.Raw], msgpack: bool) -> bool:

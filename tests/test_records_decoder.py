@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from gateway.errors import TooLarge, Unprocessable
+from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.floats import FROM_VALUES, float_rows
 from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
 from gateway.schemas import RecordCodec
@@ -172,3 +172,14 @@ def test_int64_features_take_the_integers_float64_holds():
         with pytest.raises(Unprocessable) as refused:
             payload, form = codec.decode(bad)
         assert refused.value.detail[0]["loc"] == ["body", "n"], refused.value.detail
+
+
+def test_a_bare_nan_is_named_as_the_cause():
+    """json.dumps(df.iloc[0].to_dict()) writes NaN for a missing value: say so, and what to send."""
+    codec = RecordCodec(_manifest(2, "FP64", nullable=True), max_rows=8)
+    with pytest.raises(BadRequest) as refused:
+        codec.decode(b'{"feature 0": NaN, "feature 1": 1.0}')
+    assert "send null for a missing value" in refused.value.message
+    with pytest.raises(BadRequest) as refused:
+        codec.decode(b'{"feature 0": 1.0, "feature 1": 1.0')
+    assert "NaN" not in refused.value.message

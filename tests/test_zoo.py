@@ -137,9 +137,8 @@ def test_zoo_single_records_and_v2_tensors_agree_with_records(zoo):
             np.testing.assert_allclose(got, want, atol=1e-7, err_msg=case.name)
         elif "value" in outputs:
             got = np.asarray(outputs["value"]).ravel()
-            np.testing.assert_allclose(
-                got, [p["value"] for p in batch["predictions"]], rtol=1e-7, err_msg=case.name
-            )
+            want = np.ravel([p["value"] for p in batch["predictions"]])  # one value or several a row
+            np.testing.assert_allclose(got, want, rtol=1e-7, err_msg=case.name)
 
 
 @pytest.mark.slow
@@ -225,6 +224,28 @@ def test_an_imputer_with_indicator_is_refused_by_name(tmp_path):
     x = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0] * 10, "b": np.arange(40.0)})
     model = make_pipeline(SimpleImputer(add_indicator=True), LogisticRegression()).fit(x, np.arange(40) % 2)
     assert "add_indicator" in _refused(tmp_path, model, x)
+
+
+def test_none_learnt_as_a_category_is_refused_by_column(tmp_path):
+    """An object column holding Python None: scikit-learn's encoder learns None as a
+    category while its imputer leaves it alone, and a client's null could only ever be
+    imputed; serving it would silently predict something else for those rows."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    x = pd.DataFrame({"job": pd.Series(["a", "b", None, "a"] * 10, dtype=object), "n": np.arange(40.0)})
+    model = make_pipeline(
+        ColumnTransformer([
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder()), ["job"]),
+            ("num", "passthrough", ["n"]),
+        ]),
+        LogisticRegression(),
+    ).fit(x, np.arange(40) % 2)  # fmt: skip
+    message = _refused(tmp_path, model, x)
+    assert "'job'" in message and "None" in message
 
 
 def test_an_unsupported_estimator_names_the_supported_list(tmp_path):

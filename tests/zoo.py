@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.base import is_classifier
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_linnerud, load_wine
 from sklearn.ensemble import (
     ExtraTreesRegressor,
     GradientBoostingClassifier,
@@ -314,7 +314,31 @@ def _sklearn_cases() -> list[Case]:
         shop[2] > 4.5,
     )
     add("shop_hgb_regressor", HistGradientBoostingRegressor(max_iter=40, random_state=0), shop)
+    # Three targets at once: skl2onnx writes an MLP's as one column of rows x 3.
+    add("linnerud_multi_mlp", make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(16,), max_iter=2000, random_state=0)),
+        _linnerud())  # fmt: skip
+    # A bool column where the model imputes: JSON true/false/null, not a float.
+    add("typed_hgb_bool_column", HistGradientBoostingClassifier(max_iter=30, random_state=0),
+        (typed[0].drop(columns="segment"), typed[1].drop(columns="segment"), typed[2]))  # fmt: skip
+    add("typed_imputed_bool", make_pipeline(
+        ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(strategy="most_frequent"), StandardScaler()), ["is_member", "visits"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["segment"]),
+        ]),
+        SVC(probability=True, random_state=0),
+    ), typed)  # fmt: skip
     return cases
+
+
+def _linnerud() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    x, y = load_linnerud(return_X_y=True, as_frame=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    return (
+        x.iloc[order[5:]].reset_index(drop=True),
+        x.iloc[order[:5]].reset_index(drop=True),
+        y.to_numpy()[order[5:]],
+    )
 
 
 def _booster_cases() -> list[Case]:
