@@ -7,7 +7,9 @@ headers, holds a socket forever (with `nofile=1024`, ~1,100 such sockets lock ev
 out). httptools has no header size limit: one 128 MiB header kept the event loop busy for
 14 s. Here the header phase of every request has a deadline and a byte budget, counted
 only while the headers are incomplete, and connections beyond the cap are answered and
-closed at once.
+closed at once. A body must also finish arriving within the body timeout of its headers,
+read or not: uvicorn keeps reading the rest of a body nobody reads (an early 413, /healthz)
+to reach the next request, and each trickled byte put its keep-alive timer off again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _CLOSE = b"connection: close\r\ncontent-type: application/json\r\n"
 class ConnectionLimits:
     max_header_bytes: int = 64 * 1024
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     max_connections: int = 1024
 
 
@@ -62,6 +65,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._headers_done = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -73,6 +78,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -93,7 +99,31 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._cancel_header_timer()
+        self._headers_done = self.loop.time()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_timer()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Answered before its body arrived: the rest has what is left of the body timeout
+        # (no timer otherwise: this is the rare case, not every request's cost).
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            left = self._limits.body_timeout_s - (self.loop.time() - self._headers_done)
+            self._cancel_body_timer()
+            self._body_timer = self.loop.call_later(max(left, 0.0), self._body_too_slow)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if not self.transport.is_closing():  # the answer went out; nobody reads the rest
+            self.transport.close()
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()

@@ -79,6 +79,7 @@ def run(settings: Settings) -> int:
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
         max_connections=settings.max_connections or default_max_connections(),
     )
     config = uvicorn.Config(

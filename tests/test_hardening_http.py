@@ -274,3 +274,36 @@ def test_a_shed_requests_unread_body_is_never_read_as_a_request(srv):
         sock.close()
         for held_sock in held:
             held_sock.close()
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"POST /healthz", b"GET /metrics", b"POST /nope", f"POST {INFER}".encode()]
+)
+def test_a_body_nobody_reads_still_has_the_body_timeout(srv, request_line):
+    """Answered at once (405, 404, or 413 from its Content-Length), a body then trickled at
+    a byte every 0.4 s kept its connection open for good: each byte put uvicorn's keep-alive
+    off. The body must arrive within --body-timeout-s (5 s here) of its headers, read or not."""
+    sock = _connect(srv.url)
+    try:
+        started = time.monotonic()
+        sock.sendall(request_line + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000000\r\n\r\n")  # fmt: skip
+        assert _status(_read_response(sock)) is not None
+        sock.settimeout(0.4)
+        closed = False
+        while time.monotonic() - started < 12:
+            try:
+                sock.sendall(b"x")
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed, "the connection outlived the body timeout"
+        assert 4.5 < time.monotonic() - started < 8
+    finally:
+        sock.close()
+    _ok(srv.url)
