@@ -293,10 +293,11 @@ class GrpcService:
     def _decode(self, model: LoadedModel, message: Any, remaining: float | None) -> Decoded:
         request, tail = grpc_codec.infer_request(message)
         decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
+        feeds = model.records.check_tensors(decoded.feeds) if model.records is not None else decoded.feeds
         deadline = deadline_after(self.settings, (request.parameters or {}).get("timeout"))
         if remaining is not None:  # the client's gRPC deadline is the request's deadline
             deadline = min(deadline, time.monotonic() + remaining)
-        return Decoded(decoded.feeds, decoded.rows, deadline, request)
+        return Decoded(feeds, decoded.rows, deadline, request)
 
     async def _infer(self, call: Call, raw: bytes, remaining: float | None) -> Any:
         try:

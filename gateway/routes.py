@@ -172,8 +172,9 @@ class InferV2Endpoint(InferenceEndpoint):
         _check_body_model(request, model)
         decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
         protocol_v2.class_counts(model.manifest, request, decoded.rows)  # before any model time
+        feeds = model.records.check_tensors(decoded.feeds) if model.records is not None else decoded.feeds
         timeout = (request.parameters or {}).get("timeout")
-        return Decoded(decoded.feeds, decoded.rows, deadline_from(scope, self.settings, timeout), request)
+        return Decoded(feeds, decoded.rows, deadline_from(scope, self.settings, timeout), request)
 
     def encode(
         self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]

@@ -21,7 +21,13 @@ from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.floats import float_rows
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
-from gateway.tabular import NUMPY_DTYPES, all_finite, feeds_from_columns, non_finite_reason
+from gateway.tabular import (
+    NUMPY_DTYPES,
+    all_finite,
+    columns_from_feeds,
+    feeds_from_columns,
+    non_finite_reason,
+)
 
 Arrays = dict[str, np.ndarray]
 # How a request spelt its rows: one record, `{"instances": [records]}`, `{"inputs": {columns}}`.
@@ -112,6 +118,15 @@ class NumericChecks:
             for column, f in enumerate(features)
             if f.min is not None and f.max is not None and _policy(f, policy_override) != "allow"
         ]  # "allow" only counts, per batch, in telemetry
+
+    @property
+    def ranges(self) -> bool:
+        """Whether any feature's trained range is enforced (reject or clip)."""
+        return bool(self._ranges)
+
+    @property
+    def clips(self) -> bool:
+        return any(check.policy == "clip" for check in self._ranges)
 
     def apply(self, matrix: np.ndarray) -> list[Violation]:
         """Check `matrix` (rows x these features, in `dtype`, null as NaN); clip it in place
@@ -375,6 +390,27 @@ class RecordCodec:
             where, repeated = ["body", "inputs"], _repeats_key(inner, columns, msgpack)
         if repeated:
             raise Unprocessable("a key appears more than once", [{"loc": where, "msg": "repeated key"}])
+
+    def check_tensors(self, feeds: Arrays) -> Arrays:
+        """A V2 request's tensors under the records API's range policy: the same features,
+        the same rule whichever door a row comes in by (finiteness V2 checks itself). With
+        the default policy (allow) there is nothing to do."""
+        if not self._checks.ranges:
+            return feeds
+        columns = columns_from_feeds(self.manifest, feeds)
+        numeric = np.column_stack([columns[self._names[i]] for i in self._numeric])
+        violations = self._checks.apply(numeric)  # a copy: clipping leaves the request alone
+        if violations:
+            first = violations[0]
+            row = int(np.argmax(first.rows))
+            where = f"row {row}, feature {first.name!r}"
+            raise Unprocessable(
+                first.title, [{"loc": ["body", "inputs"], "msg": f"{where}: {first.reason(row)}"}]
+            )
+        if not self._checks.clips:
+            return feeds
+        clipped = {**columns, **{self._names[i]: numeric[:, j] for j, i in enumerate(self._numeric)}}
+        return feeds_from_columns(self.manifest, clipped)
 
     def _check_column_lengths(self, body: bytes, msgpack: bool) -> None:
         """413 before a column's values are decoded when it holds more than the row limit.

@@ -280,6 +280,19 @@ def test_column_range_violation_names_column_and_row(mixed, tmp_path):
         assert r.status_code == 422
         detail = r.json()["detail"][0]
         assert detail["loc"] == ["body", "inputs", "age", 2] and "trained range" in detail["msg"]
+        # The same rows as V2 tensors meet the same policy: no door around it.
+        inputs = httpx.get(f"{srv.url}/v2/models/mixed").json()["inputs"]
+        columns = {**body["inputs"], "bmi": [0.02, 0.03, 0.0]}  # V2 JSON has no null
+
+        def v2(columns):
+            return {"inputs": [{"name": i["name"], "shape": [3, 1], "datatype": i["datatype"],
+                                "data": columns[i["name"]]} for i in inputs]}  # fmt: skip
+
+        r = httpx.post(f"{srv.url}/v2/models/mixed/infer", json=v2(columns))
+        assert r.status_code == 422, r.text
+        assert "row 2, feature 'age'" in r.json()["detail"][0]["msg"] and "trained range" in r.text
+        r = httpx.post(f"{srv.url}/v2/models/mixed/infer", json=v2({**columns, "age": [0.01, 0.02, 0.03]}))
+        assert r.status_code == 200, r.text
     finally:
         srv.stop()
 

@@ -183,3 +183,22 @@ def test_a_bare_nan_is_named_as_the_cause():
     with pytest.raises(BadRequest) as refused:
         codec.decode(b'{"feature 0": 1.0, "feature 1": 1.0')
     assert "NaN" not in refused.value.message
+
+
+@pytest.mark.parametrize("policy", ["reject", "clip", "allow"])
+def test_v2_tensors_meet_the_records_range_policy(policy):
+    manifest = _manifest(2, "FP32", nullable=False)
+    manifest = msgspec.structs.replace(
+        manifest, features=[Feature("a", "float64", min=0.0, max=10.0, policy=policy), Feature("b", "float64")]
+    )
+    codec = RecordCodec(manifest, max_rows=8)
+    feeds = {"input": np.array([[5.0, 1.0], [20.0, 2.0]], dtype=np.float32)}
+    if policy == "reject":
+        with pytest.raises(Unprocessable) as refused:
+            codec.check_tensors(feeds)
+        assert "row 1, feature 'a'" in refused.value.detail[0]["msg"]
+        return
+    got = codec.check_tensors(feeds)["input"]
+    assert got.dtype == np.float32 and got.shape == (2, 2)
+    np.testing.assert_array_equal(got, [[5, 1], [10 if policy == "clip" else 20, 2]])
+    assert feeds["input"][1, 0] == 20  # the request's own tensor is left as sent
