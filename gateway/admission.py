@@ -73,7 +73,9 @@ class AdmissionGate:
         if not inference or not scope["path"].endswith(_INFERENCE_SUFFIXES):
             await self.app(scope, receive, send)
             return
-        charged = self.admission.charge(header(scope, b"content-length"))
+        # A compressed body is held inflated, up to the body limit: charged that bound.
+        encoded = header(scope, b"content-encoding") not in (None, b"identity")
+        charged = self.admission.charge(None if encoded else header(scope, b"content-length"))
         if charged is None:
             await _shed(scope, send)
             return

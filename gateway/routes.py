@@ -98,7 +98,7 @@ class InferenceEndpoint:
         if call.outcome.version is not None:
             headers.append((b"x-model-version", call.outcome.version.encode()))
         if status == 200:
-            body, encoding = compression.encode_body(body, header(scope, b"accept-encoding"))
+            body, encoding = await compression.encode_response(body, header(scope, b"accept-encoding"))
             if encoding is not None:
                 headers += [(b"content-encoding", encoding), (b"vary", b"accept-encoding")]
         await send_response(send, status, body, headers)

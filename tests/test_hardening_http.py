@@ -102,6 +102,24 @@ def test_m2_bytes_held_in_flight_are_bounded(srv):
         held.close()
 
 
+def test_a_compressed_body_is_charged_what_it_may_inflate_to(srv):
+    """A gzip body declares its compressed length but is held inflated (up to the body
+    limit, 16 MiB here): charged its 100 bytes, many could hold gigabytes together."""
+    held = _connect(srv.url)
+    held.sendall(
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Encoding: gzip\r\nContent-Length: 100\r\n\r\n".encode()
+    )
+    try:
+        time.sleep(0.3)
+        r = httpx.post(srv.url + INFER, json=VALID, timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    finally:
+        held.close()
+    time.sleep(0.3)
+    _ok(srv.url)
+
+
 def test_m3_huge_headers_are_refused_early(srv):
     sock = _connect(srv.url)
     try:
