@@ -312,14 +312,24 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
         )
 
 
-@functools.lru_cache(maxsize=64)
 def _data_decoder(datatype: str, shape: tuple[int, ...], msgpack: bool) -> Any:
-    """`datatype` values nested as `shape` (one dimension: flat), each list no longer than
-    its dimension: msgpack's length headers are checked before the items are read."""
+    """`datatype` values nested as `shape` (one dimension: flat). JSON's commas and brackets
+    were counted against the shape already: one decoder per depth. msgpack's lists are
+    bounded by their dimensions, whose headers msgspec checks before reading the items."""
+    return _msgpack_data_decoder(datatype, shape) if msgpack else _json_data_decoder(datatype, len(shape))
+
+
+@functools.cache
+def _json_data_decoder(datatype: str, depth: int) -> Any:
+    return msgspec.json.Decoder(_data_type(datatype, depth))
+
+
+@functools.lru_cache(maxsize=64)
+def _msgpack_data_decoder(datatype: str, shape: tuple[int, ...]) -> Any:
     kind = _element_type(datatype)
     for size in reversed(shape):  # larger sizes were refused by MAX_DATA_ELEMENTS first
         kind = Annotated[GenericAlias(list, (kind,)), msgspec.Meta(max_length=min(size, MAX_DATA_ELEMENTS))]
-    return msgspec.msgpack.Decoder(kind) if msgpack else msgspec.json.Decoder(kind)
+    return msgspec.msgpack.Decoder(kind)
 
 
 def _typed_values(plan: _Plan) -> tuple[Any, bool]:

@@ -200,18 +200,13 @@ class RecordCodec:
                     form.title(), [(form, inner)], forbid_unknown_fields=True, gc=False
                 )
                 self._envelopes[form] = (msgspec.json.Decoder(envelope), msgspec.msgpack.Decoder(envelope))
-        raw_columns = msgspec.defstruct("RawColumns", [("inputs", dict[str, msgspec.Raw])], gc=False)
-        self._raw_columns = (msgspec.json.Decoder(raw_columns), msgspec.msgpack.Decoder(raw_columns))
         self._features = {f.name: f for f in manifest.features}
-        raw_instances = msgspec.defstruct("RawInstances", [("instances", msgspec.Raw)], gc=False)
-        self._raw_instances = (msgspec.json.Decoder(raw_instances), msgspec.msgpack.Decoder(raw_instances))
         # The fewest bytes max_rows rows can take, as records (a map header and, per feature,
         # its name with a length byte or two quotes, and a one-byte value) and as columns (a
         # byte a value): a shorter body cannot hold too many rows and is not counted.
         names = sum(len(f.name.encode()) for f in manifest.features)
         self._records_beyond = max_rows * (1 + names + 2 * len(manifest.features))
         self._columns_beyond = max_rows * len(manifest.features) + names
-        self._count_beyond = min(self._records_beyond, self._columns_beyond)
         # Braces bound the records of a JSON body unless some string could hold a brace: a
         # value, or a feature's name (spelt in every record, it would count each twice).
         self._braces_count = all(
@@ -266,8 +261,6 @@ class RecordCodec:
             return [one.decode(body)], "record"
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass
-        if len(body) > self._count_beyond:
-            self._refuse_repeated_keys(body, msgpack)
         for form, decoders in self._envelopes.items():
             # Only a body long enough to spell more rows than the limit is counted first.
             if form == "inputs" and len(body) > self._columns_beyond:
@@ -370,26 +363,19 @@ class RecordCodec:
                 matrix[:, j] = column
             return matrix
 
-    def _refuse_repeated_keys(self, body: bytes, msgpack: bool) -> None:
-        """422 for a long body that names a key twice, at the top or among its columns: the
-        counts below read a dict, which keeps the last value, while the typed decoder
-        would build every earlier one in full (a first "inputs" of 8 M numbers)."""
+    def _members(self, text: bytes, msgpack: bool, where: list[str | int]) -> dict[str, msgspec.Raw] | None:
+        """An object's members as raw bytes (no values made), or None if `text` is not an
+        object. 422 if it names a key twice: a dict keeps the last value, so a count made
+        from it would miss what the typed decoder builds for the earlier ones (a first
+        "inputs" of 8 M numbers behind a second of one)."""
         decoder = self._envelope_msgpack if msgpack else self._envelope_json
         try:
-            top = decoder.decode(body)
+            members: dict[str, msgspec.Raw] = decoder.decode(text)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return  # not an object: the typed decoders say what is wrong
-        where: list[str | int] = ["body"]
-        repeated = _repeats_key(body, top, msgpack)
-        if not repeated and "inputs" in self._envelopes and "inputs" in top:
-            inner = bytes(top["inputs"])
-            try:
-                columns = decoder.decode(inner)
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                return
-            where, repeated = ["body", "inputs"], _repeats_key(inner, columns, msgpack)
-        if repeated:
+            return None  # not an object: the typed decoders say what is wrong
+        if _repeats_key(text, members, msgpack):
             raise Unprocessable("a key appears more than once", [{"loc": where, "msg": "repeated key"}])
+        return members
 
     def check_tensors(self, feeds: Arrays) -> Arrays:
         """A V2 request's tensors under the records API's range policy: the same features,
@@ -421,11 +407,10 @@ class RecordCodec:
         bytes (no values made) and its length bounded: the array header in msgpack; in
         JSON the commas of a number or bool column, and for a string column the lower of
         its commas and its unescaped quotes (two a string) plus nulls."""
-        try:
-            columns = self._raw_columns[msgpack].decode(body).inputs  # type: ignore[attr-defined]
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return  # not well-formed columns: the typed decoders say what is wrong
-        for name, raw in columns.items():
+        top = self._members(body, msgpack, ["body"])
+        inputs = top.get("inputs") if top is not None else None
+        columns = self._members(bytes(inputs), msgpack, ["body", "inputs"]) if inputs is not None else None
+        for name, raw in (columns or {}).items():
             feature = self._features.get(name)
             if feature is None:
                 continue
@@ -445,10 +430,10 @@ class RecordCodec:
     def _check_instance_count(self, body: bytes, msgpack: bool) -> None:
         """413 before the records are decoded when the list holds more than the row limit:
         many small records within the byte bound would otherwise all be built first."""
-        try:
-            raw = bytes(self._raw_instances[msgpack].decode(body).instances)  # type: ignore[attr-defined]
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return  # not a well-formed list: the typed decoders say what is wrong
+        top = self._members(body, msgpack, ["body"])
+        if top is None or "instances" not in top:
+            return
+        raw = bytes(top["instances"])
         if msgpack:
             count = _msgpack_length(raw)
         elif self._braces_count:

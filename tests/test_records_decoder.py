@@ -156,7 +156,7 @@ def test_long_bodies_with_commas_and_whitespace_are_not_taken_for_repeats():
     records = [{"x, y": float(i), "z": 0.5} for i in range(64)]
     for body in (msgspec.json.encode({"inputs": columns}), msgspec.json.encode({"instances": records})):
         pretty = msgspec.json.format(body, indent=4)
-        assert len(pretty) > codec._count_beyond
+        assert len(pretty) > max(codec._records_beyond, codec._columns_beyond)
         for text in (body, pretty):
             payload, form = codec.decode(text)
             assert codec.to_feeds(payload, form)[1] == 64
