@@ -24,9 +24,26 @@ _FLOAT64 = 0xCB
 _ENCODE = msgspec.msgpack.Encoder().encode
 
 
-def _header_bytes(items: int) -> int:
-    """A msgpack array header's size: fixarray, array 16 or array 32."""
-    return 1 if items <= 15 else 3 if items <= 0xFFFF else 5
+def _header(items: int) -> bytes:
+    """A msgpack array header: fixarray, array 16 or array 32."""
+    if items <= 15:
+        return bytes([0x90 | items])
+    return b"\xdc" + items.to_bytes(2, "big") if items <= 0xFFFF else b"\xdd" + items.to_bytes(4, "big")
+
+
+def msgpack_length(data: bytes) -> int:
+    """The element (array) or entry (map) count an msgpack header declares (0 for anything
+    else): read before what follows is decoded."""
+    if not data:
+        return 0
+    tag = data[0]
+    if 0x80 <= tag <= 0x9F:
+        return tag & 0x0F
+    if tag in (0xDC, 0xDE) and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big")
+    if tag in (0xDD, 0xDF) and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big")
+    return 0
 
 
 def float_rows(rows: Sequence[Sequence[object]], width: int) -> np.ndarray | None:
@@ -36,13 +53,17 @@ def float_rows(rows: Sequence[Sequence[object]], width: int) -> np.ndarray | Non
     if len(rows) * width < FROM_VALUES:
         return None
     data = _ENCODE(rows)
-    head, row_head = _header_bytes(len(rows)), _header_bytes(width)
-    stride = row_head + _CELL * width
+    head, row_head = len(_header(len(rows))), _header(width)
+    stride = len(row_head) + _CELL * width
     if len(data) != head + len(rows) * stride:
         return None
+    # The length alone cannot tell a float from a 9-byte integer (0xcf, 0xd3), nor rows of
+    # `width` from a longer one beside a shorter one: every marker and row header is read.
+    heads = np.ndarray((len(rows), len(row_head)), np.uint8, data, head, (stride, 1))
+    if not (heads == np.frombuffer(row_head, np.uint8)).all():
+        return None
     shape, strides = (len(rows), width), (stride, _CELL)
-    # The length alone cannot tell a float from a 9-byte integer (0xcf, 0xd3).
-    markers = np.ndarray(shape, np.uint8, data, head + row_head, strides)
+    markers = np.ndarray(shape, np.uint8, data, head + len(row_head), strides)
     if not (markers == _FLOAT64).all():
         return None
-    return np.ndarray(shape, np.dtype(">f8"), data, head + row_head + 1, strides)
+    return np.ndarray(shape, np.dtype(">f8"), data, head + len(row_head) + 1, strides)

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from gateway.errors import BadRequest, TooLarge, Unprocessable
-from gateway.floats import float_rows
+from gateway.floats import float_rows, msgpack_length
 from gateway.manifest import Feature, Manifest, RangePolicy
 from gateway.settings import RangePolicyOverride
 from gateway.tabular import (
@@ -415,7 +415,7 @@ class RecordCodec:
             if feature is None:
                 continue
             if msgpack:
-                count = _msgpack_length(bytes(raw))
+                count = msgpack_length(bytes(raw))
             elif feature.dtype == "string":
                 # Two upper bounds, each too high only for some strings (commas in them;
                 # "null" in them): the lower of the two is still an upper bound.
@@ -435,7 +435,7 @@ class RecordCodec:
             return
         raw = bytes(top["instances"])
         if msgpack:
-            count = _msgpack_length(raw)
+            count = msgpack_length(raw)
         elif self._braces_count:
             count = min(raw.count(b"{"), raw.count(b"}"))
         else:
@@ -524,21 +524,6 @@ def _json_values(array: np.ndarray) -> list[bytes]:
     return text[1:-1].split(b",")
 
 
-def _msgpack_length(data: bytes) -> int:
-    """The element (array) or entry (map) count an msgpack header declares (0 for anything
-    else)."""
-    if not data:
-        return 0
-    tag = data[0]
-    if 0x80 <= tag <= 0x9F:
-        return tag & 0x0F
-    if tag in (0xDC, 0xDE) and len(data) >= 3:
-        return int.from_bytes(data[1:3], "big")
-    if tag in (0xDD, 0xDF) and len(data) >= 5:
-        return int.from_bytes(data[1:5], "big")
-    return 0
-
-
 def _malformed(exc: Exception, body: bytes, msgpack: bool) -> str:
     """A parse error's message, with the usual cause named: pandas and Python's json write
     a missing value as a bare NaN, which JSON does not have."""
@@ -552,10 +537,13 @@ def _repeats_key(text: bytes, members: dict[str, msgspec.Raw], msgpack: bool) ->
     states its entry count. A JSON object of n distinct keys holds n - 1 commas of its own:
     more, beside those inside its keys and values, are the members a dict dropped."""
     if msgpack:
-        return _msgpack_length(text) > len(members)
-    inner = sum(bytes(v).count(b",") for v in members.values()) + sum(k.count(",") for k in members)
-    escaped = text.count(b"\\u002c") + text.count(b"\\u002C")  # a key's comma, spelt as an escape
-    return text.count(b",") + escaped - inner >= max(len(members), 1)
+        return msgpack_length(text) > len(members)
+    # Commas spelt as escapes count too: a key's comma may be spelt so (its decoded name has
+    # it), and a value's then counts the same in the object and in the value.
+    commas = [(raw, raw.count(b",") + raw.count(b"\\u002c") + raw.count(b"\\u002C"))
+              for raw in (text, *map(bytes, members.values()))]  # fmt: skip
+    inner = sum(n for _, n in commas[1:]) + sum(k.count(",") for k in members)
+    return commas[0][1] - inner >= max(len(members), 1)
 
 
 def _json_vectors(array: np.ndarray) -> list[bytes]:

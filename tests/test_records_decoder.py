@@ -93,6 +93,11 @@ def test_float_rows_refuses_what_is_not_a_float():
     for odd in (None, True, 3, 2**63 + 1, -(2**63)):
         assert float_rows([[1.0, odd], *rows[1:]], 2) is None
     assert float_rows(rows[1:], 2) is None  # too few values to be worth it
+    # A longer row beside a shorter one has the right length and markers: the row headers
+    # still tell them apart.
+    wide = [[0.5] * 31 for _ in range(20)]
+    wide[0], wide[1] = [0.5] * 31 + [-3.25], [0.5] * 30
+    assert float_rows(wide, 31) is None
 
 
 def test_braces_in_a_feature_name_do_not_count_as_records():
@@ -154,7 +159,12 @@ def test_long_bodies_with_commas_and_whitespace_are_not_taken_for_repeats():
     codec = RecordCodec(manifest, max_rows=64)
     columns = {"x, y": [float(i) for i in range(64)], "z": [0.5] * 64}
     records = [{"x, y": float(i), "z": 0.5} for i in range(64)]
-    for body in (msgspec.json.encode({"inputs": columns}), msgspec.json.encode({"instances": records})):
+    escaped = msgspec.json.encode({"inputs": columns}).replace(b'"x, y"', b'"x\\u002c y"')
+    for body in (
+        msgspec.json.encode({"inputs": columns}),
+        msgspec.json.encode({"instances": records}),
+        escaped,
+    ):
         pretty = msgspec.json.format(body, indent=4)
         assert len(pretty) > max(codec._records_beyond, codec._columns_beyond)
         for text in (body, pretty):
@@ -189,7 +199,8 @@ def test_a_bare_nan_is_named_as_the_cause():
 def test_v2_tensors_meet_the_records_range_policy(policy):
     manifest = _manifest(2, "FP32", nullable=False)
     manifest = msgspec.structs.replace(
-        manifest, features=[Feature("a", "float64", min=0.0, max=10.0, policy=policy), Feature("b", "float64")]
+        manifest,
+        features=[Feature("a", "float64", min=0.0, max=10.0, policy=policy), Feature("b", "float64")],
     )
     codec = RecordCodec(manifest, max_rows=8)
     feeds = {"input": np.array([[5.0, 1.0], [20.0, 2.0]], dtype=np.float32)}
@@ -202,3 +213,19 @@ def test_v2_tensors_meet_the_records_range_policy(policy):
     assert got.dtype == np.float32 and got.shape == (2, 2)
     np.testing.assert_array_equal(got, [[5, 1], [10 if policy == "clip" else 20, 2]])
     assert feeds["input"][1, 0] == 20  # the request's own tensor is left as sent
+
+
+def test_commas_spelt_as_escapes_in_values_are_not_taken_for_repeats():
+    """A string value may spell a comma as \\u002c; it counts in its value as in the object."""
+    manifest = _manifest(2, "FP64", nullable=False)
+    manifest = msgspec.structs.replace(
+        manifest, features=[Feature("s", "string", max_length=50), Feature("x", "float64", policy="off")]
+    )
+    codec = RecordCodec(manifest, max_rows=64)
+    record = b'{"s": "a\\u002cb, c\\u002C", "x": 1.0}'
+    body = b'{"instances": [' + b", ".join([record] * 64) + b"]}"
+    assert len(body) > codec._records_beyond
+    payload, _ = codec.decode(body)
+    assert len(payload) == 64 and payload[0].f0 == "a,b, c,"
+    with pytest.raises(Unprocessable):
+        codec.decode(body[:-1] + b', "instances": []}')
