@@ -10,6 +10,7 @@ it declares none) while it holds it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import orjson
@@ -52,6 +53,18 @@ class Admission:
         self.bytes += size
         return size
 
+    def grow(self, ticket: list[int], extra: int) -> bool:
+        """Charge an admitted request `extra` bytes more (its body, inflated), or False when
+        that passes the byte bound and others are in flight (nothing is then charged)."""
+        if self.requests > 1 and self.bytes + extra > self.max_bytes:
+            self.shed += 1
+            if self.on_shed is not None:
+                self.on_shed()
+            return False
+        self.bytes += extra
+        ticket[0] += extra
+        return True
+
     def release(self, size: int) -> None:
         self.requests -= 1
         self.bytes -= size
@@ -73,16 +86,19 @@ class AdmissionGate:
         if not inference or not scope["path"].endswith(_INFERENCE_SUFFIXES):
             await self.app(scope, receive, send)
             return
-        # A compressed body is held inflated, up to the body limit: charged that bound.
-        encoded = header(scope, b"content-encoding") not in (None, b"identity")
-        charged = self.admission.charge(None if encoded else header(scope, b"content-length"))
+        charged = self.admission.charge(header(scope, b"content-length"))
         if charged is None:
             await _shed(scope, send)
             return
+        ticket = [charged]
+        if header(scope, b"content-encoding") not in (None, b"identity"):
+            # Held inflated: what it inflates to is charged as soon as it is known, before
+            # it is decoded (503 then if that passes the bound).
+            scope["gateway.hold"] = functools.partial(self.admission.grow, ticket)
         try:
             await self.app(scope, receive, send)
         finally:
-            self.admission.release(charged)
+            self.admission.release(ticket[0])
 
 
 async def _shed(scope: Scope, send: Send) -> None:

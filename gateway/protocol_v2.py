@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
+from gateway.floats import msgpack_length
 from gateway.manifest import Manifest, TensorSpec
 from gateway.tabular import NUMPY_DTYPES, all_finite, missing_allowed, non_finite_reason
 
@@ -303,32 +304,40 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
     if count > len(raw):
         raise Unprocessable("data is smaller than its shape", sizes)
     if msgpack:
-        return
-    lists = 1 + sum(math.prod(shape[:i]) for i in range(1, len(shape)))
-    if raw.count(b",") >= max(count, math.prod(d for d in shape[:-1] if d)) or raw.count(b"[") > lists:
+        # The outer array's header, read here, bounds a flat decode; a nested one is bounded
+        # level by level by its decoder.
+        too_many = msgpack_length(raw) > count
+    else:
+        lists = 1 + sum(math.prod(shape[:i]) for i in range(1, len(shape)))
+        too_many = raw.count(b",") >= max(count, 1) or raw.count(b"[") > lists
+    if too_many:
         raise Unprocessable(
-            "data holds more values than its shape",
-            [{"loc": loc, "msg": f"more than {_clip(count)} elements for shape {_clip(shape)}"}],
+            "data does not fit its shape",
+            [{"loc": loc, "msg": f"more values or lists than shape {_clip(shape)} holds"}],
         )
 
 
 def _data_decoder(datatype: str, shape: tuple[int, ...], msgpack: bool) -> Any:
-    """`datatype` values nested as `shape` (one dimension: flat). JSON's commas and brackets
-    were counted against the shape already: one decoder per depth. msgpack's lists are
-    bounded by their dimensions, whose headers msgspec checks before reading the items."""
-    return _msgpack_data_decoder(datatype, shape) if msgpack else _json_data_decoder(datatype, len(shape))
+    """`datatype` values nested as `shape` (one dimension: flat). The raw checks bounded a
+    flat decode, and JSON's nesting too: one decoder per depth. Nested msgpack is bounded
+    level by level: each list no longer than its dimension, which msgspec checks from the
+    header before reading the items."""
+    if msgpack and len(shape) > 1:
+        return _nested_msgpack_decoder(datatype, shape)
+    return _plain_data_decoder(datatype, len(shape), msgpack)
 
 
 @functools.cache
-def _json_data_decoder(datatype: str, depth: int) -> Any:
-    return msgspec.json.Decoder(_data_type(datatype, depth))
+def _plain_data_decoder(datatype: str, depth: int, msgpack: bool) -> Any:
+    kind = _data_type(datatype, depth)
+    return msgspec.msgpack.Decoder(kind) if msgpack else msgspec.json.Decoder(kind)
 
 
 @functools.lru_cache(maxsize=64)
-def _msgpack_data_decoder(datatype: str, shape: tuple[int, ...]) -> Any:
+def _nested_msgpack_decoder(datatype: str, shape: tuple[int, ...]) -> Any:
     kind = _element_type(datatype)
-    for size in reversed(shape):  # larger sizes were refused by MAX_DATA_ELEMENTS first
-        kind = Annotated[GenericAlias(list, (kind,)), msgspec.Meta(max_length=min(size, MAX_DATA_ELEMENTS))]
+    for size in reversed(shape):
+        kind = Annotated[GenericAlias(list, (kind,)), msgspec.Meta(max_length=size)]
     return msgspec.msgpack.Decoder(kind)
 
 
@@ -565,15 +574,19 @@ def class_counts(manifest: Manifest, request: InferRequest, rows: int = 1) -> di
             raise Unprocessable(
                 f"output {out.name!r} holds no scores to classify", [{"loc": loc, "msg": "not numeric"}]
             )
-        width = widths.get(out.name)
-        strings = rows * (min(k, width) if width is not None else k)
-        if strings > MAX_CLASSIFICATION_STRINGS:
-            raise TooLarge(
-                f"{key} {k} on {rows} rows writes {strings} strings; "
-                f"the limit is {MAX_CLASSIFICATION_STRINGS}"
-            )
+        width = widths.get(out.name)  # None: known after inference, checked in _classify
+        if width is not None:
+            _check_strings(rows, min(k, width))
         counts[out.name] = k
     return counts
+
+
+def _check_strings(rows: int, k: int) -> None:
+    if rows * k > MAX_CLASSIFICATION_STRINGS:
+        raise TooLarge(
+            f"classification of the top {k} on {rows} rows writes {rows * k} strings; "
+            f"the limit is {MAX_CLASSIFICATION_STRINGS}"
+        )
 
 
 def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None) -> np.ndarray:
@@ -581,6 +594,7 @@ def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None)
     when the output's width is not the model's class list."""
     scores = array.reshape(array.shape[0] if array.ndim else 1, -1)
     k = min(k, scores.shape[1])
+    _check_strings(scores.shape[0], k)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     values = np.take_along_axis(scores, top, axis=1)
     labels = classes if classes is not None and len(classes) == scores.shape[1] else None

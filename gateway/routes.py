@@ -32,6 +32,7 @@ from gateway.errors import (
     GatewayError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     UnsupportedMediaType,
 )
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
@@ -121,7 +122,11 @@ class InferenceEndpoint:
         params = scope["path_params"]  # the model's own bound: 413 before megabytes are parsed
         limit = self.core.registry.body_limit(params["name"], params.get("version"), self.route)
         raw = await read_body(scope, receive, limit, self.settings.body_timeout_s)
-        return compression.decode_body(raw, header(scope, b"content-encoding"), limit)
+        body = compression.decode_body(raw, header(scope, b"content-encoding"), limit)
+        hold = scope.get("gateway.hold")  # admission's charge for a compressed body, inflated
+        if hold is not None and len(body) > len(raw) and not hold(len(body) - len(raw)):
+            raise Overloaded("the server is at its limit of bytes in flight; retry shortly")
+        return body
 
     def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
         raise NotImplementedError

@@ -52,9 +52,9 @@ def _field_type(feature: Feature) -> Any:
     elif feature.dtype == "string":
         base = Literal[tuple(feature.categories)] if feature.categories else str
     elif feature.dtype == "int64":
-        # Numbers reach the model through float64 (ranges and missing values are checked
-        # there): integers it holds exactly, not 10**20 wrapped or 400 digits raising.
-        base = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
+        # int64's range, less what float64 (the checks' matrix) would round past its top and
+        # wrap: 10**20 was fed as -2**63, and 400 digits raised (500).
+        base = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1024)]
     elif feature.dtype == "bool":
         base = bool
     else:

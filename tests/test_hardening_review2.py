@@ -116,8 +116,10 @@ def test_an_output_asked_for_many_times_is_refused(srv):
     _still_serves(client)
 
 
-def test_classification_is_bounded_before_inference(srv):
-    """rows x k strings were formatted one by one on the event loop after inference (6 s)."""
+def test_classification_is_bounded_before_formatting(srv):
+    """rows x k strings were formatted one by one on the event loop after inference (6 s).
+    An output of fixed width is checked before inference; this one's width (-1) is known
+    only after it, and is checked before a string is made."""
     server, client = srv
     rows = np.random.default_rng(0).random((100, 1000), dtype=np.float32)
     header = {"inputs": [{"name": "x", "shape": [100, 1000], "datatype": "FP32",
@@ -126,7 +128,7 @@ def test_classification_is_bounded_before_inference(srv):
     body, headers = _binary(header, rows.tobytes())
     with _Cost(server) as cost:
         r = client.post(VAR, content=body, headers=headers)
-    assert "classification 1000 on 100 rows" in _error(r, 413)["error"]
+    assert "top 1000 on 100 rows" in _error(r, 413)["error"]
     assert cost.seconds < 1.0
     header["outputs"] = [{"name": "y", "parameters": {"classification": 3}}]
     body, headers = _binary(header, rows.tobytes())

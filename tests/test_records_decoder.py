@@ -172,13 +172,14 @@ def test_long_bodies_with_commas_and_whitespace_are_not_taken_for_repeats():
             assert codec.to_feeds(payload, form)[1] == 64
 
 
-def test_int64_features_take_the_integers_float64_holds():
+def test_int64_features_take_int64_without_wrapping():
     manifest = _manifest(1, "FP64", nullable=False)
     manifest = msgspec.structs.replace(manifest, features=[Feature("n", "int64", policy="off")])
     codec = RecordCodec(manifest, max_rows=8)
-    payload, form = codec.decode(b'{"n": 9007199254740992}')
-    assert codec.to_feeds(payload, form)[0]["input"][0, 0] == 2**53
-    for bad in (b'{"n": 100000000000000000000}', b'{"n": ' + b"9" * 400 + b"}", b'{"n": 9007199254740993}'):
+    for fine in (2**53 + 1, 2**63 - 1024, -(2**63), 1_700_000_000_000_000_000):  # a timestamp in ns
+        payload, form = codec.decode(b'{"n": %d}' % fine)
+        assert codec.to_feeds(payload, form)[0]["input"][0, 0] == float(fine)
+    for bad in (b'{"n": 100000000000000000000}', b'{"n": ' + b"9" * 400 + b"}", b'{"n": 9223372036854775807}'):
         with pytest.raises(Unprocessable) as refused:
             payload, form = codec.decode(bad)
         assert refused.value.detail[0]["loc"] == ["body", "n"], refused.value.detail
