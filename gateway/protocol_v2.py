@@ -298,17 +298,21 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
     and one `[` per list of the shape: beyond those, the data holds more values (or empty
     lists) than the shape, and each would be a Python object. msgpack states each array's
     length in its header, which the shape-bounded decoder checks before reading on."""
-    sizes = [{"loc": loc, "msg": f"{len(raw)} bytes for {_clip(count)} elements"}]
-    if len(raw) > count * MAX_ELEMENT_BYTES + 4096:
-        raise Unprocessable("data is larger than its shape", sizes)
-    if count > len(raw):
-        raise Unprocessable("data is smaller than its shape", sizes)
+    size = len(raw)
+    if size > count * MAX_ELEMENT_BYTES + 4096 or count > size:
+        raise Unprocessable(
+            f"data is {'larger' if size > count else 'smaller'} than its shape",
+            [{"loc": loc, "msg": f"{size} bytes for {_clip(count)} elements"}],
+        )
     if msgpack:
         # The outer array's header, read here, bounds a flat decode; a nested one is bounded
         # level by level by its decoder.
         too_many = msgpack_length(raw) > count
     else:
-        lists = 1 + sum(math.prod(shape[:i]) for i in range(1, len(shape)))
+        lists = level = 1  # the lists of a tensor of this shape: 1, then d0, d0 * d1, ...
+        for d in shape[:-1]:
+            level *= d
+            lists += level
         too_many = raw.count(b",") >= max(count, 1) or raw.count(b"[") > lists
     if too_many:
         raise Unprocessable(
@@ -360,7 +364,7 @@ def _typed_values(plan: _Plan) -> tuple[Any, bool]:
                 raise
         return _bytes_decoder(tuple(plan.tensor.shape), plan.msgpack).decode(plan.raw), True
     try:
-        return _data_decoder(spec.datatype, (plan.count,), plan.msgpack).decode(plan.raw), False
+        return _plain_data_decoder(spec.datatype, 1, plan.msgpack).decode(plan.raw), False
     except msgspec.ValidationError as exc:
         if rank < 2 or not str(exc).endswith("got `array` - at `$[0]`"):
             raise
@@ -466,18 +470,20 @@ def decode_infer(
             ],
         )
     plans: list[_Plan] = []
-    offset = 0
+    offset = elements = 0
     parsed = isinstance(request, _ParsedRequest)
     raws = request.raw_data if isinstance(request, _ParsedRequest) else [None] * len(request.inputs)
     msgpack = parsed and request.msgpack  # type: ignore[attr-defined]
     for index, tensor in enumerate(request.inputs):
         plan = _plan(tensor, specs[tensor.name], index, offset, tail, max_rows, max_bytes_elements,
                      raws[index], msgpack)  # fmt: skip
-        offset += plan.binary[1] if plan.binary is not None else 0
+        if plan.binary is not None:
+            offset += plan.binary[1]
+        elif plan.spec.datatype != "BYTES":
+            elements += plan.count
         plans.append(plan)
     if offset != len(tail):
         raise BadRequest(f"{len(tail) - offset} unclaimed bytes after the binary tensors")
-    elements = sum(p.count for p in plans if p.binary is None and p.spec.datatype != "BYTES")
     if elements > MAX_DATA_ELEMENTS:
         raise TooLarge(
             f"{_clip(elements)} elements as data in one request; the limit is {MAX_DATA_ELEMENTS}: "

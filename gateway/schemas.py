@@ -346,6 +346,8 @@ class RecordCodec:
         """Numeric records as a rows x features matrix in `dtype`, null as NaN."""
         tuples = list(map(msgspec.structs.astuple, records))
         block = float_rows(tuples, len(self._names)) if self._floats_only else None
+        if block is None and dtype.itemsize == 8:  # every Python float fits: nothing to guard
+            return np.array(tuples, dtype=dtype).reshape(len(records), len(self._names))
         with np.errstate(over="ignore"):  # overflow to infinity is refused by the checks
             if block is not None:
                 return block.astype(dtype)
