@@ -542,10 +542,12 @@ def _repeats_key(text: bytes, members: dict[str, msgspec.Raw], msgpack: bool) ->
         return msgpack_length(text) > len(members)
     # Commas spelt as escapes count too: a key's comma may be spelt so (its decoded name has
     # it), and a value's then counts the same in the object and in the value.
-    commas = [(raw, raw.count(b",") + raw.count(b"\\u002c") + raw.count(b"\\u002C"))
-              for raw in (text, *map(bytes, members.values()))]  # fmt: skip
-    inner = sum(n for _, n in commas[1:]) + sum(k.count(",") for k in members)
-    return commas[0][1] - inner >= max(len(members), 1)
+    inner = sum(_commas(bytes(v)) for v in members.values()) + sum(k.count(",") for k in members)
+    return _commas(text) - inner >= max(len(members), 1)
+
+
+def _commas(raw: bytes) -> int:
+    return raw.count(b",") + raw.count(b"\\u002c") + raw.count(b"\\u002C")
 
 
 def _json_vectors(array: np.ndarray) -> list[bytes]:
