@@ -344,26 +344,25 @@ class RecordCodec:
 
     def _matrix(self, records: list[Any], dtype: np.dtype[Any]) -> np.ndarray:
         """Numeric records as a rows x features matrix in `dtype`, null as NaN."""
-        tuples = list(map(msgspec.structs.astuple, records))
-        block = float_rows(tuples, len(self._names)) if self._floats_only else None
-        if block is None and dtype.itemsize == 8:  # every Python float fits: nothing to guard
-            return np.array(tuples, dtype=dtype).reshape(len(records), len(self._names))
-        with np.errstate(over="ignore"):  # overflow to infinity is refused by the checks
-            if block is not None:
-                return block.astype(dtype)
-            return np.array(tuples, dtype=dtype).reshape(len(records), len(self._names))
+        return self._numbers(list(map(msgspec.structs.astuple, records)), len(self._names), dtype)
 
     def _numeric_matrix(self, columns: list[Any], rows: int, dtype: np.dtype[Any]) -> np.ndarray:
         """The numeric features' columns (each `rows` long) as a rows x features matrix."""
-        numeric = [columns[i] for i in self._numeric]
-        block = float_rows(numeric, rows) if self._floats_only else None
-        with np.errstate(over="ignore"):
-            if block is not None:
-                return block.T.astype(dtype, order="C")
-            matrix = np.empty((rows, len(numeric)), dtype=dtype)
-            for j, column in enumerate(numeric):
-                matrix[:, j] = column
-            return matrix
+        return self._numbers([columns[i] for i in self._numeric], rows, dtype, by_column=True)
+
+    def _numbers(
+        self, seqs: list[Any], inner: int, dtype: np.dtype[Any], by_column: bool = False
+    ) -> np.ndarray:
+        """Python numbers (null as NaN) as a C-ordered matrix in `dtype`: `seqs` are its
+        rows, or with `by_column` its columns, each `inner` long."""
+        block = float_rows(seqs, inner) if self._floats_only else None
+        if block is None and dtype.itemsize == 8:  # every Python number fits: nothing to guard
+            matrix = np.array(seqs, dtype=dtype).reshape(len(seqs), inner)
+            return np.ascontiguousarray(matrix.T) if by_column else matrix
+        with np.errstate(over="ignore"):  # overflow to infinity is refused by the checks
+            if block is None:
+                block = np.array(seqs, dtype=dtype).reshape(len(seqs), inner)
+            return (block.T if by_column else block).astype(dtype, order="C", copy=False)
 
     def _members(self, text: bytes, msgpack: bool, where: list[str | int]) -> dict[str, msgspec.Raw] | None:
         """An object's members as raw bytes (no values made), or None if `text` is not an
