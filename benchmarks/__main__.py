@@ -94,7 +94,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     }  # fmt: skip
     on_granian = {
         "gateway records (granian)": servers.granian_app(
-            "gateway.serve:app_factory",
+            "gateway.cli.serve:app_factory",
             {"repo": str(repo), "metrics": False, "poll_seconds": 0, "log_level": "warning"},
         ),
         "ceiling asgi (granian)": servers.granian_app("benchmarks.baselines.ceilings:asgi_app"),

@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 
 from benchmarks import inprocess, load, models, servers
-from gateway.repository import Repository
+from gateway.artifacts.repository import Repository
 from gateway.runtime import CUDA, OrtRuntime
 
 BATCHES = [1, 4, 16, 64, 256, 1024, 4096]

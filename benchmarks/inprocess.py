@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from gateway.manifest import Manifest
-from gateway.repository import Repository
-from gateway.tabular import feeds_from_columns
+from gateway.artifacts.manifest import Manifest
+from gateway.artifacts.repository import Repository
+from gateway.artifacts.tabular import feeds_from_columns
 
 
 def one_thread_session(

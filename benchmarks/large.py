@@ -26,7 +26,7 @@ import pandas as pd
 
 from benchmarks import inprocess, load, models, report, servers
 from benchmarks.progress import progress
-from gateway.schemas import RecordCodec
+from gateway.records.codec import RecordCodec
 from gateway.settings import Settings
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from converters import convert
-from gateway.repository import Repository
+from gateway.artifacts.repository import Repository
 
 
 @dataclass(frozen=True)

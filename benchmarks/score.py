@@ -50,10 +50,10 @@ def _in_process(repo: Path, name: str, table: Path, rows: int) -> float:
     as the scorer reads: on a shared machine, a short window would be luckier than a long one."""
     import pandas as pd
 
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
+    from gateway.artifacts.tabular import feeds_from_columns
     from gateway.runtime import OrtRuntime
     from gateway.settings import usable_cpus
-    from gateway.tabular import feeds_from_columns
 
     manifest, data = Repository(repo).load_verified(name, "1")
     runtime = OrtRuntime(data, provider="cpu", threads=usable_cpus(), name=name)

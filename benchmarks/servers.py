@@ -115,7 +115,7 @@ def granian_app(
             "--loop", "uvloop", "--http", "1", "--no-ws", "--log-level", "warning"]  # fmt: skip
     if env_settings is None:
         return [*argv, app], {}
-    from gateway.serve import SETTINGS_ENV
+    from gateway.cli.serve import SETTINGS_ENV
     from gateway.settings import build_settings
 
     settings = msgspec.json.encode(build_settings(env_settings)).decode()

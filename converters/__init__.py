@@ -18,11 +18,11 @@ from converters.loading import load_model
 from converters.onnx_info import onnx_info, signature
 from converters.parity import check_parity
 from converters.schema import align_sample, reference_stats, synthesise
+from gateway.artifacts.manifest import Manifest, Source
+from gateway.artifacts.onnx_refs import check_external_data
+from gateway.artifacts.remote import open_repository
+from gateway.artifacts.repository import RepositoryError, check_name, check_version, sha256_file
 from gateway.errors import first_line
-from gateway.manifest import Manifest, Source
-from gateway.onnx_refs import check_external_data
-from gateway.remote import open_repository
-from gateway.repository import RepositoryError, check_name, check_version, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd

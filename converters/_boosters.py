@@ -12,7 +12,7 @@ import numpy as np
 from converters.errors import ConversionError
 from converters.schema import align_sample, feature_names, infer_features
 from converters.types import Converted, Predictions
-from gateway.manifest import Feature
+from gateway.artifacts.manifest import Feature
 
 if TYPE_CHECKING:
     import pandas as pd

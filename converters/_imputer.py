@@ -4,7 +4,7 @@ skl2onnx 1.20's own refuses a string imputer whose missing value is `np.nan` (th
 in every churn-style pipeline), and emits `ai.onnx.ml.Imputer`, which ONNX Runtime has no
 float64 kernel for. This one uses standard operators only (IsNaN/Equal, Where, Gather), in
 the input's own type. A string the records API receives as null arrives as "" (see
-`gateway.schemas`), so "" is what a string imputer treats as missing when scikit-learn's
+`gateway.records.codec`), so "" is what a string imputer treats as missing when scikit-learn's
 missing value is NaN or None.
 """
 

@@ -12,7 +12,7 @@ from converters.errors import ConversionError
 from converters.onnx_info import signature
 from converters.schema import align_sample, feature_names, infer_features
 from converters.types import Converted, Predictions
-from gateway.manifest import Feature, Layout
+from gateway.artifacts.manifest import Feature, Layout
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.manifest import OnnxInfo, TensorSpec, V2DType
-from gateway.repository import sha256_bytes
+from gateway.artifacts.manifest import OnnxInfo, TensorSpec, V2DType
+from gateway.artifacts.repository import sha256_bytes
 
 # onnx.TensorProto element types to Open Inference Protocol datatypes.
 _ELEM_TO_V2: dict[int, V2DType] = {

@@ -11,7 +11,7 @@ import orjson
 from converters.errors import ConversionError
 from converters.schema import is_nan
 from converters.types import Converted, Predictions
-from gateway.manifest import Manifest, Parity
+from gateway.artifacts.manifest import Manifest, Parity
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,8 +56,8 @@ def serve_predict(model_bytes: bytes, manifest: Manifest, table: pd.DataFrame) -
     """The sample rows through what `gateway serve` runs: JSON records into the manifest's
     record codec, the runtime wrapper, and the records encoder."""
     from gateway.errors import GatewayError
+    from gateway.records.codec import RecordCodec
     from gateway.runtime import OrtRuntime, check_rows
-    from gateway.schemas import RecordCodec
 
     runtime = OrtRuntime(model_bytes, provider="cpu", name=manifest.name)
     codec = RecordCodec(manifest, max_rows=PARITY_CHUNK)
@@ -123,7 +123,7 @@ def _same_tensor(got: np.ndarray, want: np.ndarray) -> bool:
 def _same_through_v2(manifest: Manifest, feeds: dict[str, np.ndarray], first_row: int) -> None:
     """The tensors the records API built, sent as a V2 binary request, decode to the same
     tensors: a V2 client gets what a records client gets, missing values included."""
-    from gateway.protocol_v2 import decode_infer, parse_request, tensor_bytes
+    from gateway.v2.protocol import decode_infer, parse_request, tensor_bytes
 
     inputs, tail = [], b""
     for spec in manifest.inputs:

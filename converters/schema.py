@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from converters.errors import ConversionError
-from gateway.manifest import Feature, FeatureDType, FeatureReference, Reference
+from gateway.artifacts.manifest import Feature, FeatureDType, FeatureReference, Reference
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -31,7 +31,7 @@ from converters._graph import cast_then, label_from_probabilities, rename_values
 from converters.errors import ConversionError
 from converters.schema import align_sample, feature_names, infer_features, is_nan
 from converters.types import Converted, Predictions
-from gateway.manifest import Feature, Layout
+from gateway.artifacts.manifest import Feature, Layout
 
 if TYPE_CHECKING:
     import pandas as pd

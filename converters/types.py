@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from gateway.manifest import Feature, Layout, Task
+from gateway.artifacts.manifest import Feature, Layout, Task
 
 if TYPE_CHECKING:
     import onnx

@@ -3,10 +3,10 @@
 Importing this package never imports scikit-learn, torch or pickle.
 """
 
+from gateway.artifacts.manifest import Feature, Manifest, TensorSpec
+from gateway.artifacts.repository import IntegrityError, Repository, RepositoryError
 from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import GatewayError
-from gateway.manifest import Feature, Manifest, TensorSpec
-from gateway.repository import IntegrityError, Repository, RepositoryError
 from gateway.runtime import OrtRuntime, Runtime, choose_provider
 from gateway.settings import Settings, SettingsError, build_settings
 

@@ -16,20 +16,20 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from gateway import __version__
-from gateway.admin import Admin
-from gateway.admission import Admission, AdmissionGate
-from gateway.asgi import RequestIdHeader
-from gateway.docs import docs_page
+from gateway.artifacts.remote import open_repository
+from gateway.docs.examples import ready_fields
+from gateway.docs.openapi import build_openapi
+from gateway.docs.page import docs_page
 from gateway.errors import GatewayError
-from gateway.examples import ready_fields
-from gateway.failures import LogFailures
-from gateway.hotpath import HotPathRouter
-from gateway.openapi import build_openapi
-from gateway.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
-from gateway.remote import open_repository
-from gateway.routes import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
+from gateway.http.admin import Admin
+from gateway.http.admission import Admission, AdmissionGate
+from gateway.http.asgi import RequestIdHeader
+from gateway.http.endpoints import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
+from gateway.http.failures import LogFailures
+from gateway.http.hotpath import HotPathRouter
+from gateway.lifecycle.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
+from gateway.observability.telemetry import Telemetry
 from gateway.settings import Settings
-from gateway.telemetry import Telemetry
 from gateway.types import ASGIApp
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def create_app(
     predict = PredictEndpoint(settings, registry, telemetry)
     grpc_service = None
     if settings.grpc_port is not None:
-        from gateway.grpc_service import GrpcService  # grpc loads only when it serves
+        from gateway.grpc.service import GrpcService  # grpc loads only when it serves
 
         grpc_service = GrpcService(settings, registry, telemetry)
     infer = InferV2Endpoint(settings, registry, telemetry)

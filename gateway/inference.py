@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from gateway.errors import BadRequest
-from gateway.registry import LoadedModel, ModelRegistry
+from gateway.lifecycle.registry import LoadedModel, ModelRegistry
+from gateway.observability.telemetry import Telemetry, input_digest, summarize
 from gateway.settings import Settings
-from gateway.telemetry import Telemetry, input_digest, summarize
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span

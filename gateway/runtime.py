@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gateway.artifacts.onnx_refs import ExternalDataError, check_external_data
 from gateway.errors import InferenceFailed, first_line
-from gateway.onnx_refs import ExternalDataError, check_external_data
 from gateway.settings import Provider
 
 log = logging.getLogger("gateway.runtime")

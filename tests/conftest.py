@@ -164,7 +164,7 @@ def two_classifier_versions(
     from sklearn.linear_model import LogisticRegression
 
     from converters import convert
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
 
     x, y = make_classification(n_samples=samples, n_features=4, n_informative=3, n_redundant=0, random_state=seed)
     frame = pd.DataFrame(x, columns=["f0", "f1", "f2", "f3"])

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
-from gateway.repository import Repository, sha256_bytes
+from gateway.artifacts.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
+from gateway.artifacts.repository import Repository, sha256_bytes
 
 OPSET = [helper.make_opsetid("", 17)]
 

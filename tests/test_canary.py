@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 
 from converters import convert
+from gateway.artifacts.repository import Canary, Repository, RepositoryError
 from gateway.cli import main as cli
-from gateway.registry import CanaryRoute
-from gateway.repository import Canary, Repository, RepositoryError
+from gateway.lifecycle.registry import CanaryRoute
 from tests.conftest import ROOT, start_server, two_classifier_versions
 
 TOKEN = "canary-admin-token"

@@ -156,8 +156,8 @@ def test_bad_compressed_bodies_are_refused(srv):
 
 
 def test_a_zip_bomb_is_refused_without_inflating_it():
-    from gateway.compression import decode_body
     from gateway.errors import TooLarge
+    from gateway.http.compression import decode_body
 
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB in ~65 kB
     assert len(bomb) < MAX_BODY
@@ -262,8 +262,8 @@ def test_every_failure_on_any_route_is_in_the_access_log(srv):
 def test_model_config_of_an_unbatched_model_and_a_bytes_tensor():
     """A fixed first dimension is not a batch: max_batch_size 0, whole shapes, no scheduler;
     BYTES is Triton's TYPE_STRING."""
-    from gateway.manifest import TensorSpec
-    from gateway.triton import Scheduling, model_config
+    from gateway.artifacts.manifest import TensorSpec
+    from gateway.v2.triton import Scheduling, model_config
     from tests.test_repository import manifest
 
     scheduling = Scheduling(32, 0.0, 100, 2, 5000.0, "cuda")
@@ -290,7 +290,7 @@ def test_a_large_response_is_deflated_off_the_event_loop():
     import gzip
     import os
 
-    from gateway import compression
+    from gateway.http import compression
 
     body = os.urandom(8 * 1024 * 1024) * 3
 

@@ -32,8 +32,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from converters import ConversionError, convert
-from gateway.repository import Repository
-from gateway.tabular import feeds_from_columns
+from gateway.artifacts.repository import Repository
+from gateway.artifacts.tabular import feeds_from_columns
 from tests.conftest import ROOT
 
 

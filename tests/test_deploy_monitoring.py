@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from gateway.telemetry import Telemetry
+from gateway.observability.telemetry import Telemetry
 from tests.conftest import ROOT
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"

@@ -278,7 +278,7 @@ def test_rolling_model_promote_across_replicas_behind_nginx(demo_repo, tmp_path)
     from sklearn.linear_model import Ridge
 
     from converters import convert
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
 
     nginx = _nginx()
     x, y = load_diabetes(return_X_y=True, as_frame=True)

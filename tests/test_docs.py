@@ -154,7 +154,7 @@ def test_docs_page_is_self_contained_with_a_form_per_model(spec, server):
 
 def test_docs_form_offers_categories_and_shows_ranges():
     """A categorical feature is a choice among its categories (and none, when nullable)."""
-    from gateway.docs import docs_page
+    from gateway.docs.page import docs_page
 
     record = {
         "type": "object",

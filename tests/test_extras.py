@@ -19,11 +19,11 @@ EXTRAS: dict[str, list[str]] = tomllib.loads((ROOT / "pyproject.toml").read_text
 # What each extra promises, as imports. convert and dev need an ONNX Runtime beside them
 # (the README says so): they are installed with `cpu`.
 IMPORTS = {
-    "cpu": ["onnxruntime", "gateway.serve"],
+    "cpu": ["onnxruntime", "gateway.cli.serve"],
     "convert": ["converters", "skl2onnx", "onnxmltools", "sklearn", "pandas"],
     "dev": ["pytest", "hypothesis", "schemathesis", "moto", "xgboost", "lightgbm"],
     "otlp": ["opentelemetry.exporter.otlp.proto.http.trace_exporter"],
-    "remote": ["fsspec", "s3fs", "gateway.remote"],
+    "remote": ["fsspec", "s3fs", "gateway.artifacts.remote"],
     "score": ["pyarrow"],
     "mlflow": ["mlflow"],
 }

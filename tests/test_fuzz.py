@@ -322,7 +322,7 @@ def test_ten_thousand_hostile_bodies_over_both_apis(demo_repo, tmp_path):
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
     from tests.hardening_models import publish_echo, publish_identity, rss_mb
 
     repo = tmp_path / "repo"

@@ -32,8 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.artifacts.repository import Repository
 from gateway.proto.__main__ import stale
-from gateway.repository import Repository
 from tests.conftest import ROOT, free_port, start_server
 
 TOKEN = "grpc-admin-token"

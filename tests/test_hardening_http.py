@@ -254,7 +254,7 @@ def test_l8_two_authorization_headers_are_refused(tmp_path):
 
 
 def test_l2_admin_errors_carry_no_absolute_paths(tmp_path):
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
 
     repo = tmp_path / "repo"
     publish_identity(repo, version="1")

@@ -16,13 +16,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gateway.app import _publish_metrics
-from gateway.manifest import TensorSpec
-from gateway.onnx_refs import ExternalDataError, check_external_data, external_data
-from gateway.registry import ModelRegistry, ort_runtime
-from gateway.repository import IntegrityError, Repository, RepositoryError, sha256_bytes
+from gateway.artifacts.manifest import TensorSpec
+from gateway.artifacts.onnx_refs import ExternalDataError, check_external_data, external_data
+from gateway.artifacts.repository import IntegrityError, Repository, RepositoryError, sha256_bytes
+from gateway.lifecycle.registry import ModelRegistry, ort_runtime
+from gateway.observability.telemetry import Telemetry
 from gateway.runtime import ModelLoadError, OrtRuntime
 from gateway.settings import build_settings
-from gateway.telemetry import Telemetry
 from tests.conftest import ROOT, start_server
 from tests.hardening_models import (
     fifo,
@@ -305,7 +305,7 @@ def test_l4_devices_fifos_and_symlinks_are_refused_at_once(tmp_path):
 def test_l4_size_caps_are_checked_before_reading(tmp_path, monkeypatch):
     repo = Repository(tmp_path)
     publish_identity(tmp_path)
-    monkeypatch.setattr("gateway.repository.MAX_MODEL_BYTES", 64)
+    monkeypatch.setattr("gateway.artifacts.repository.MAX_MODEL_BYTES", 64)
     with pytest.raises(RepositoryError, match="the limit is 64"):
         repo.load_verified("ident", "1")
     (tmp_path / "ident" / "serving.json").write_bytes(b" " * (70 * 1024))
@@ -331,7 +331,7 @@ def test_l4_a_remote_repository_is_bounded_like_a_local_one(tmp_path, monkeypatc
     """Oversized remote files are refused before they are fetched: the manifest's version
     is not mirrored, the model's blob is not cached; the other versions are."""
     fsspec = pytest.importorskip("fsspec")
-    from gateway.remote import RemoteRepository
+    from gateway.artifacts.remote import RemoteRepository
 
     local = tmp_path / "source"
     publish_identity(local, version="1")
@@ -341,7 +341,7 @@ def test_l4_a_remote_repository_is_bounded_like_a_local_one(tmp_path, monkeypatc
         if path.is_file():
             fs.pipe_file(f"/bounded/{path.relative_to(local).as_posix()}", path.read_bytes())
     model_size = (local / "ident" / "1" / "model.onnx").stat().st_size
-    monkeypatch.setattr("gateway.remote.MAX_MODEL_BYTES", model_size - 1)
+    monkeypatch.setattr("gateway.artifacts.remote.MAX_MODEL_BYTES", model_size - 1)
     fs.pipe_file("/bounded/ident/3/manifest.json", b" " * (17 * 1024 * 1024))  # over 16 MiB
     repo = RemoteRepository("memory://bounded", tmp_path / "cache")
     repo.refresh()

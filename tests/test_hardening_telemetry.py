@@ -9,8 +9,8 @@ import sys
 import msgspec
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.metrics import RETIRED_FILE, Counter, Gauge, Registry
-from gateway.telemetry import Telemetry
+from gateway.observability.metrics import RETIRED_FILE, Counter, Gauge, Registry
+from gateway.observability.telemetry import Telemetry
 
 SAMPLED = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

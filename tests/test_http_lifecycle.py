@@ -171,7 +171,7 @@ def wait_for_live(url: str, timeout: float = 60) -> bool:
 
 
 def _bc_features(repo):
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
 
     return [f.name for f in Repository(repo).manifest("breast_cancer", "1").features]
 

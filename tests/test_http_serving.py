@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from gateway.repository import Repository
+from gateway.artifacts.repository import Repository
 from tests.conftest import start_server
 
 
@@ -390,7 +390,7 @@ def test_deadline_passed_is_504(server):
 
 
 def test_v2_bytes_inputs_are_length_prefixed():
-    from gateway.protocol_v2 import _bytes_elements
+    from gateway.v2.protocol import _bytes_elements
 
     raw = b"".join(struct.pack("<I", len(s)) + s for s in (b"ab", b"", b"xyz"))
     assert _bytes_elements(raw, 3, []).tolist() == ["ab", "", "xyz"]

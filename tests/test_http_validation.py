@@ -169,8 +169,8 @@ def test_several_workers_share_the_port_and_a_killed_one_is_replaced(demo_repo, 
 def test_trained_bounds_are_inside_the_range_in_the_models_own_dtype(float32_repo):
     """Records for a float32 matrix are built in float32; a value at a trained bound must
     not be rounded past it and refused (28.11 becomes 28.1100006 in float32)."""
-    from gateway.repository import Repository
-    from gateway.schemas import RecordCodec
+    from gateway.artifacts.repository import Repository
+    from gateway.records.codec import RecordCodec
 
     manifest = Repository(float32_repo).manifest("breast_cancer", "1")
     assert manifest.layout == "matrix" and manifest.inputs[0].datatype == "FP32"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.repository import Repository
+from gateway.artifacts.repository import Repository
 from tests.conftest import ROOT, free_port, start_server
 
 TOKEN = "s3cret-admin-token"

@@ -101,7 +101,7 @@ def test_access_log_writes_every_line_off_the_loop_in_order(monkeypatch):
     import io
     import logging
 
-    from gateway.logging import AccessLog
+    from gateway.observability.logging import AccessLog
 
     out = io.BytesIO()
     monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(out, write_through=True))

@@ -126,7 +126,7 @@ def converted(store: dict[str, Logged], tmp_path_factory: pytest.TempPathFactory
 
 
 def test_each_uri_form_converts_with_its_provenance(store: dict[str, Logged], converted: Path) -> None:
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
 
     repo = Repository(converted)
     for key in ("pipe", "xgb", "net"):
@@ -153,7 +153,7 @@ def test_converted_models_serve_the_original_predictions(
             if key not in store:
                 continue
             logged = store[key]
-            from gateway.repository import Repository
+            from gateway.artifacts.repository import Repository
 
             names = [f.name for f in Repository(converted).manifest(key, "1").features]
             rows = [dict(zip(names, map(float, r), strict=True)) for r in logged.example.to_numpy()]
@@ -194,7 +194,7 @@ def test_a_local_mlflow_model_directory_is_a_source(store: dict[str, Logged], tm
         )
     code, _ = convert(local, "local", tmp_path / "repo")
     assert code == 0
-    from gateway.repository import Repository
+    from gateway.artifacts.repository import Repository
 
     source = Repository(tmp_path / "repo").manifest("local", "1").source
     assert (source.uri, source.run_id) == (local, store["pipe"].run_id)

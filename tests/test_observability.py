@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_diabetes
 
 from gateway.app import create_app
-from gateway.drift import DriftMonitor
-from gateway.repository import Repository
+from gateway.artifacts.repository import Repository
+from gateway.observability.drift import DriftMonitor
 from gateway.settings import build_settings
 from tests.conftest import InProcessServer, start_server
 
@@ -226,7 +226,7 @@ def test_traces_request_queue_and_linked_batch_spans(demo_repo):
 
 
 def test_sampling_is_parent_based_with_a_root_ratio(monkeypatch):
-    from gateway.telemetry import Telemetry
+    from gateway.observability.telemetry import Telemetry
 
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.0")

@@ -1,6 +1,6 @@
 """The records API's tensors, value for value: records and columns, as JSON and msgpack,
 give what numpy makes of the same values, whichever conversion the codec takes (floats
-through `gateway.floats`, or numpy's own for nulls and integers)."""
+through `gateway.artifacts.floats`, or numpy's own for nulls and integers)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import msgspec
 import numpy as np
 import pytest
 
+from gateway.artifacts.floats import FROM_VALUES, float_rows
+from gateway.artifacts.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
 from gateway.errors import BadRequest, TooLarge, Unprocessable
-from gateway.floats import FROM_VALUES, float_rows
-from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
-from gateway.schemas import RecordCodec
+from gateway.records.codec import RecordCodec
 
 
 def _manifest(width: int, datatype: str, nullable: bool) -> Manifest:

@@ -7,8 +7,8 @@ import numpy as np
 import orjson
 import pytest
 
-from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
-from gateway.schemas import RecordCodec
+from gateway.artifacts.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec
+from gateway.records.codec import RecordCodec
 
 
 def _manifest(outputs: list[TensorSpec], classes=None) -> Manifest:

@@ -18,8 +18,8 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from gateway.app import create_app
-from gateway.registry import ort_runtime
-from gateway.repository import Repository, sha256_bytes
+from gateway.artifacts.repository import Repository, sha256_bytes
+from gateway.lifecycle.registry import ort_runtime
 from gateway.settings import build_settings
 from tests.conftest import InProcessServer, start_server
 
@@ -156,7 +156,7 @@ def test_full_disk_during_convert_leaves_no_version(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("gateway.repository.os.fsync", full)
+    monkeypatch.setattr("gateway.artifacts.repository.os.fsync", full)
     with pytest.raises(ConversionError, match="No space left"):
         convert(tmp_path / "m.joblib", name="iris", version="1", repo=tmp_path / "repo", sample=x)
     assert Repository(tmp_path / "repo").versions("iris") == []

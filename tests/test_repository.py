@@ -3,8 +3,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.manifest import Manifest, OnnxInfo, Source, TensorSpec
-from gateway.repository import (
+from gateway.artifacts.manifest import Manifest, OnnxInfo, Source, TensorSpec
+from gateway.artifacts.repository import (
     IntegrityError,
     Repository,
     RepositoryError,
@@ -52,7 +52,7 @@ def test_failed_publish_leaves_no_version(tmp_path, monkeypatch):
     def broken_rename(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("gateway.repository.os.rename", broken_rename)
+    monkeypatch.setattr("gateway.artifacts.repository.os.rename", broken_rename)
     with pytest.raises(OSError, match="No space"):
         repo.publish(manifest(), b"onnx")
     assert repo.versions("m") == []

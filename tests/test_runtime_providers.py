@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from gateway.repository import Repository
+from gateway.artifacts.repository import Repository
 from gateway.runtime import CPU, CUDA, OrtRuntime, choose_provider
 
 HAS_CUDA = CUDA in ort.get_available_providers()
@@ -108,10 +108,10 @@ def test_listed_but_broken_cuda_falls_back_to_cpu(demo_repo, monkeypatch, caplog
 
 _INLINE_ROWS = """
 import sys
-from gateway.registry import ModelRegistry, ort_runtime
-from gateway.remote import open_repository
+from gateway.lifecycle.registry import ModelRegistry, ort_runtime
+from gateway.artifacts.remote import open_repository
 from gateway.settings import build_settings
-from gateway.telemetry import Telemetry
+from gateway.observability.telemetry import Telemetry
 s = build_settings({"repo": sys.argv[1], "inline_budget_us": sys.argv[2], "metrics": False}, {})
 registry = ModelRegistry(s, open_repository(s.repo, s.cache_dir, refresh=False), ort_runtime, Telemetry(enabled=False))
 print(registry._build("breast_cancer", "1").batcher.inline_rows)

@@ -20,10 +20,10 @@ from tests.conftest import ROOT, Server
 pa = pytest.importorskip("pyarrow", reason="batch scoring needs the score extra (pyarrow)")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from gateway.artifacts.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec  # noqa: E402
+from gateway.artifacts.repository import Repository  # noqa: E402
 from gateway.errors import GatewayError  # noqa: E402
-from gateway.manifest import Feature, Manifest, OnnxInfo, Source, TensorSpec  # noqa: E402
-from gateway.repository import Repository  # noqa: E402
-from gateway.schemas import RecordCodec  # noqa: E402
+from gateway.records.codec import RecordCodec  # noqa: E402
 from gateway.scoring import ColumnCodec, ScoreError, Scorer, score_file  # noqa: E402
 from gateway.scoring.progress import Progress  # noqa: E402
 

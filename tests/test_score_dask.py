@@ -16,7 +16,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 dd = pytest.importorskip("dask.dataframe", reason="the Dask scorer's test needs dask[dataframe]")
 distributed = pytest.importorskip("distributed", reason="the Dask scorer's test needs distributed")
 
-from gateway.repository import Repository  # noqa: E402
+from gateway.artifacts.repository import Repository  # noqa: E402
 from gateway.scoring import Scorer, score_file  # noqa: E402
 from gateway.scoring.dask_engine import loaded_models, score_dataframe  # noqa: E402
 

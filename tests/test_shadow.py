@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from converters import convert
+from gateway.artifacts.repository import Repository
 from gateway.cli import main as cli
-from gateway.repository import Repository
-from gateway.shadow import DIFF_BUCKETS
+from gateway.lifecycle.shadow import DIFF_BUCKETS
 from tests.conftest import start_server, two_classifier_versions
 
 TOKEN = "shadow-admin-token"

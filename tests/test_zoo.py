@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from converters import ConversionError, convert
-from gateway.repository import Repository
+from gateway.artifacts.repository import Repository
 from tests.conftest import ROOT, Server, start_server
 from tests.zoo import Case, all_cases, churn_frame, churn_preprocessor
 

@@ -1,11 +1,11 @@
 """Columns of a table in, model tensors and per-row rejects out: the records API's checks,
 applied to whole Arrow columns so that one bad row is set aside instead of failing its chunk.
 
-What is checked, and how it is worded, follows `gateway.schemas.RecordCodec`: a value of
+What is checked, and how it is worded, follows `gateway.records.codec.RecordCodec`: a value of
 the wrong type, null where the feature is not nullable, a category the model never saw,
 NaN or infinity (in the dtype the model reads), and a value outside the trained range
 under the `reject` policy (`clip` clips, `allow` passes). The tensors are then built by
-`gateway.tabular.feeds_from_columns`, the same function the records API and the
+`gateway.artifacts.tabular.feeds_from_columns`, the same function the records API and the
 converter's parity check use. The encoder turns output tensors into columns, with the
 records API's labels and class names.
 """
@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
-from gateway.manifest import Feature, Manifest
-from gateway.schemas import NumericChecks, Violation, numeric_dtype
+from gateway.artifacts.manifest import Feature, Manifest
+from gateway.artifacts.tabular import feeds_from_columns
+from gateway.records.codec import NumericChecks, Violation, numeric_dtype
 from gateway.settings import RangePolicyOverride
-from gateway.tabular import feeds_from_columns
 
 Arrays = dict[str, np.ndarray]
 
@@ -79,7 +79,7 @@ class ColumnCodec:
             )
         self.manifest = manifest
         self.features = list(manifest.features)
-        # The records API's own rules for numbers (gateway.schemas.NumericChecks), in the
+        # The records API's own rules for numbers (gateway.records.codec.NumericChecks), in the
         # type it checks them in.
         self._check_dtype = numeric_dtype(manifest)
         self._numeric_checks = NumericChecks(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from gateway.remote import open_repository
+from gateway.artifacts.remote import open_repository
 from gateway.scoring.scorer import ScoreError, Scorer
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from gateway.manifest import Manifest
-from gateway.remote import open_repository
+from gateway.artifacts.manifest import Manifest
+from gateway.artifacts.remote import open_repository
 from gateway.runtime import OrtRuntime
 from gateway.scoring.columns import Checked, ColumnCodec, SchemaMismatch
 from gateway.scoring.progress import Mode, Progress
@@ -76,7 +76,7 @@ class Scorer:
         self.runtime = OrtRuntime(
             model, provider=provider, threads=threads or usable_cpus(), name=manifest.name
         )
-        from gateway.registry import warmup_feeds
+        from gateway.lifecycle.registry import warmup_feeds
 
         # One run before the first chunk warms the session and fixes the output types,
         # even when the first chunk's rows are all rejected.

@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from gateway import protocol_v2
+from gateway.artifacts.manifest import Manifest
 from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
-from gateway.manifest import Manifest
 from gateway.proto import grpc_service_pb2 as pb
+from gateway.v2 import protocol as protocol_v2
 
 Arrays = dict[str, np.ndarray]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.manifest import Manifest, decode_manifest
-from gateway.repository import (
+from gateway.artifacts.manifest import Manifest, decode_manifest
+from gateway.artifacts.repository import (
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
     MAX_MODEL_BYTES,

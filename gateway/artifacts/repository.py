@@ -21,8 +21,8 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.manifest import Manifest, decode_manifest, encode_manifest
-from gateway.onnx_refs import ExternalDataError, check_external_data
+from gateway.artifacts.manifest import Manifest, decode_manifest, encode_manifest
+from gateway.artifacts.onnx_refs import ExternalDataError, check_external_data
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.manifest import Manifest, TensorSpec
+from gateway.artifacts.manifest import Manifest, TensorSpec
 
 if TYPE_CHECKING:
     from gateway.batching import BatchReport

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import orjson
 
-from gateway.asgi import JSON, header, request_id
+from gateway.http.asgi import JSON, header, request_id
 from gateway.types import ASGIApp, Receive, Scope, Send
 
 _INFERENCE_SUFFIXES = ("/predict", "/infer")

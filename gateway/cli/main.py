@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.remote import open_repository
-from gateway.repository import Repository, RepositoryError, ServingState
+from gateway.artifacts.remote import open_repository
+from gateway.artifacts.repository import Repository, RepositoryError, ServingState
 
 EXIT_USAGE = 2
 
@@ -164,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.no_serve:
         return cmd_models_list(args)
-    from gateway.serve import serve_from_args
+    from gateway.cli.serve import serve_from_args
 
     return serve_from_args(args)
 
@@ -227,9 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a model repository over HTTP")
     add_serve_arguments(s, repo_default=None)
-    s.set_defaults(func=lambda a: __import__("gateway.serve", fromlist=["x"]).serve_from_args(a))
+    s.set_defaults(func=lambda a: __import__("gateway.cli.serve", fromlist=["x"]).serve_from_args(a))
 
-    from gateway.score import add_score_parser  # argparse only: pyarrow loads when it runs
+    from gateway.cli.score import add_score_parser  # argparse only: pyarrow loads when it runs
 
     add_score_parser(sub)
     return parser
@@ -240,6 +240,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: int = args.func(args)
     return result
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -61,7 +61,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         from gateway.scoring import ScoreError, Scorer, score_file
     except ImportError as exc:
         return _fail(f"batch scoring needs pyarrow ({exc.name}): pip install 'onnx-gateway[score]'")
-    from gateway.repository import RepositoryError
+    from gateway.artifacts.repository import RepositoryError
     from gateway.runtime import ModelLoadError
 
     if args.chunk_rows < 1 or args.batch_rows < 1 or args.threads < 0:

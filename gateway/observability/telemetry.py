@@ -21,10 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.drift import DriftMonitor
-from gateway.logging import AccessLog
-from gateway.metrics import LATENCY_BUCKETS, ROW_BUCKETS, Counter, Gauge, Histogram, Pending, Registry
-from gateway.tabular import columns_from_feeds
+from gateway.artifacts.tabular import columns_from_feeds
+from gateway.observability.drift import DriftMonitor
+from gateway.observability.logging import AccessLog
+from gateway.observability.metrics import (
+    LATENCY_BUCKETS,
+    ROW_BUCKETS,
+    Counter,
+    Gauge,
+    Histogram,
+    Pending,
+    Registry,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -32,7 +40,7 @@ if TYPE_CHECKING:
 
     from gateway.batching import BatchReport
     from gateway.inference import Outcome
-    from gateway.registry import LoadedModel
+    from gateway.lifecycle.registry import LoadedModel
 
 lifecycle_log = logging.getLogger("gateway.lifecycle")
 

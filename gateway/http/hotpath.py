@@ -7,7 +7,7 @@ to them but its cost (measured: ~10 % of a single-row request).
 
 from __future__ import annotations
 
-from gateway.routes import InferenceEndpoint
+from gateway.http.endpoints import InferenceEndpoint
 from gateway.types import ASGIApp, Receive, Scope, Send
 
 

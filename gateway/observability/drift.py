@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.manifest import FeatureReference, Manifest
-from gateway.tabular import all_finite
+from gateway.artifacts.manifest import FeatureReference, Manifest
+from gateway.artifacts.tabular import all_finite
 
 EPSILON = 1e-4  # keeps empty bins from making the index infinite
 MIN_ROWS = 50  # fewer rows than this say nothing about a distribution

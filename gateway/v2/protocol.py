@@ -17,10 +17,10 @@ import msgspec
 import numpy as np
 import orjson
 
+from gateway.artifacts.floats import msgpack_length
+from gateway.artifacts.manifest import Manifest, TensorSpec
+from gateway.artifacts.tabular import NUMPY_DTYPES, all_finite, missing_allowed, non_finite_reason
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
-from gateway.floats import msgpack_length
-from gateway.manifest import Manifest, TensorSpec
-from gateway.tabular import NUMPY_DTYPES, all_finite, missing_allowed, non_finite_reason
 
 Arrays = dict[str, np.ndarray]
 BINARY_HEADER = "inference-header-content-length"

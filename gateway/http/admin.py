@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.artifacts.repository import RepositoryError, is_valid_name, is_valid_version
 from gateway.errors import (
     BadRequest,
     Conflict,
@@ -27,9 +28,8 @@ from gateway.errors import (
     Unprocessable,
     validation_detail,
 )
-from gateway.registry import LOAD_ERRORS, ModelRegistry, short_reason
-from gateway.repository import RepositoryError, is_valid_name, is_valid_version
-from gateway.routes import json_response
+from gateway.http.endpoints import json_response
+from gateway.lifecycle.registry import LOAD_ERRORS, ModelRegistry, short_reason
 from gateway.settings import Settings
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -17,17 +17,17 @@ import msgspec
 import numpy as np
 import orjson
 
-from gateway.errors import BadRequest, TooLarge, Unprocessable
-from gateway.floats import float_rows, msgpack_length
-from gateway.manifest import Feature, Manifest, RangePolicy
-from gateway.settings import RangePolicyOverride
-from gateway.tabular import (
+from gateway.artifacts.floats import float_rows, msgpack_length
+from gateway.artifacts.manifest import Feature, Manifest, RangePolicy
+from gateway.artifacts.tabular import (
     NUMPY_DTYPES,
     all_finite,
     columns_from_feeds,
     feeds_from_columns,
     non_finite_reason,
 )
+from gateway.errors import BadRequest, TooLarge, Unprocessable
+from gateway.settings import RangePolicyOverride
 
 Arrays = dict[str, np.ndarray]
 # How a request spelt its rows: one record, `{"instances": [records]}`, `{"inputs": {columns}}`.

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from gateway.manifest import Manifest, TensorSpec, V2DType
+from gateway.artifacts.manifest import Manifest, TensorSpec, V2DType
 
 NUMPY_DTYPES: dict[V2DType, np.dtype[np.generic]] = {
     "BOOL": np.dtype(np.bool_),

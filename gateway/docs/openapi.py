@@ -3,7 +3,7 @@
 Each model gets its own predict and infer operations, with a schema that allows what the
 server accepts (feature types and categories, V2 input names, datatypes, outputs and
 parameters; no unknown fields) and an example the server answers with 200
-(`gateway.examples`). The other routes share templated paths."""
+(`gateway.docs.examples`). The other routes share templated paths."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import msgspec
 
-from gateway.examples import example_record, example_v2
-from gateway.manifest import Feature, Manifest, TensorSpec
-from gateway.protocol_v2 import ID_LIMIT, MAX_TIMEOUT_US
-from gateway.registry import LoadedModel
+from gateway.artifacts.manifest import Feature, Manifest, TensorSpec
+from gateway.docs.examples import example_record, example_v2
+from gateway.lifecycle.registry import LoadedModel
+from gateway.v2.protocol import ID_LIMIT, MAX_TIMEOUT_US
 
 _REF = "#/components/schemas/"
 _JSON = "application/json"

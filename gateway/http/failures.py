@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.telemetry import Telemetry
+from gateway.observability.telemetry import Telemetry
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
 
 _REASON_BYTES = 2048  # error bodies are small; never hold more of one than this

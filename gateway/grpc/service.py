@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 
-from gateway import __version__, grpc_codec, protocol_v2, triton
+from gateway import __version__
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -34,11 +34,14 @@ from gateway.errors import (
     Unavailable,
     Unprocessable,
 )
+from gateway.grpc import codec as grpc_codec
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
+from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
+from gateway.observability.telemetry import Telemetry
 from gateway.proto import grpc_service_pb2 as pb
-from gateway.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.settings import Settings
-from gateway.telemetry import Telemetry
+from gateway.v2 import protocol as protocol_v2
+from gateway.v2 import triton
 
 log = logging.getLogger("gateway.errors")
 lifecycle_log = logging.getLogger("gateway.lifecycle")

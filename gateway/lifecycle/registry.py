@@ -17,19 +17,19 @@ from functools import cached_property, partial
 
 import numpy as np
 
-from gateway import protocol_v2
+from gateway.artifacts.manifest import Manifest
+from gateway.artifacts.repository import Canary, Repository, RepositoryError, is_valid_name, is_valid_version
+from gateway.artifacts.tabular import NUMPY_DTYPES, feeds_from_columns
 from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import NotFound, Unavailable, first_line, public_reason
-from gateway.manifest import Manifest
-from gateway.metrics import Counter
-from gateway.repository import Canary, Repository, RepositoryError, is_valid_name, is_valid_version
+from gateway.lifecycle.shadow import Shadow
+from gateway.observability.metrics import Counter
+from gateway.observability.telemetry import Telemetry
+from gateway.records.codec import RecordCodec
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
-from gateway.schemas import RecordCodec
 from gateway.settings import Settings, usable_cpus
-from gateway.shadow import Shadow
-from gateway.tabular import NUMPY_DTYPES, feeds_from_columns
-from gateway.telemetry import Telemetry
-from gateway.triton import ModelStats
+from gateway.v2 import protocol as protocol_v2
+from gateway.v2.triton import ModelStats
 
 log = logging.getLogger("gateway.registry")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from gateway.manifest import Feature, Manifest, TensorSpec
+from gateway.artifacts.manifest import Feature, Manifest, TensorSpec
 
 JSON_HEADER = "-H 'content-type: application/json'"
 

@@ -17,16 +17,6 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import compression, protocol_v2, triton
-from gateway.asgi import (
-    JSON,
-    MSGPACK,
-    ClientDisconnected,
-    header,
-    media_type,
-    read_body,
-    send_response,
-)
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -35,12 +25,24 @@ from gateway.errors import (
     Overloaded,
     UnsupportedMediaType,
 )
+from gateway.http import compression
+from gateway.http.asgi import (
+    JSON,
+    MSGPACK,
+    ClientDisconnected,
+    header,
+    media_type,
+    read_body,
+    send_response,
+)
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
-from gateway.registry import LoadedModel, ModelRegistry
-from gateway.schemas import RecordCodec
+from gateway.lifecycle.registry import LoadedModel, ModelRegistry
+from gateway.observability.telemetry import Telemetry
+from gateway.records.codec import RecordCodec
 from gateway.settings import Settings
-from gateway.telemetry import Telemetry
 from gateway.types import Receive, Scope, Send
+from gateway.v2 import protocol as protocol_v2
+from gateway.v2 import triton
 
 log = logging.getLogger("gateway.errors")
 

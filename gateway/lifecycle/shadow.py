@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from gateway.tabular import NUMPY_DTYPES
+from gateway.artifacts.tabular import NUMPY_DTYPES
 
 if TYPE_CHECKING:
-    from gateway.registry import LoadedModel
-    from gateway.telemetry import Telemetry
+    from gateway.lifecycle.registry import LoadedModel
+    from gateway.observability.telemetry import Telemetry
 
 Arrays = dict[str, np.ndarray]
 log = logging.getLogger("gateway.shadow")

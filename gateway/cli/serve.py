@@ -22,9 +22,9 @@ import msgspec
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from gateway import logging as gateway_logging
 from gateway.app import create_app
-from gateway.http_protocol import ConnectionLimits, GatewayHttpProtocol, default_max_connections
+from gateway.http.server import ConnectionLimits, GatewayHttpProtocol, default_max_connections
+from gateway.observability import logging as gateway_logging
 from gateway.settings import Settings, SettingsError, build_settings
 from gateway.types import ASGIApp
 
@@ -73,7 +73,7 @@ def run(settings: Settings) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         settings = msgspec.structs.replace(settings, metrics_dir=metrics_dir)
         os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
-        target = "gateway.serve:app_factory"
+        target = "gateway.cli.serve:app_factory"
     else:
         target = create_app(settings)
     limits = ConnectionLimits(

@@ -1,0 +1,1 @@
+"""The gRPC front door: `inference.GRPCInferenceService` and the conversion of its messages."""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus instruments, traces, request and lifecycle logs, drift."""

@@ -1,0 +1,2 @@
+"""The Open Inference Protocol (KServe V2): tensors in JSON and binary, and Triton's configuration and
+statistics extensions."""
