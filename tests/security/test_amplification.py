@@ -15,7 +15,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import free_port, start_server
-from tests.hardening_models import (
+from tests.security.models import (
     peak_rss_mb,
     publish_add,
     publish_identity,

@@ -20,7 +20,7 @@ import pytest
 from converters import ConversionError, convert
 from gateway.artifacts.repository import Repository
 from tests.conftest import ROOT, Server, start_server
-from tests.zoo import Case, all_cases, churn_frame, churn_preprocessor
+from tests.convert.zoo import Case, all_cases, churn_frame, churn_preprocessor
 
 PROBABILITY_ATOL = 1e-5
 VALUE_RTOL = 1e-6

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import start_server
-from tests.hardening_models import (
+from tests.security.models import (
     bytes_tensor,
     publish_echo,
     publish_identity,

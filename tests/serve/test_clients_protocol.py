@@ -1,7 +1,7 @@
 """What the official V2 and Triton clients need from the wire, checked over real HTTP:
 the request fields they send, Triton's model configuration and statistics, compressed
 bodies both ways, classification, the repository extension's answers, and an access-log
-line for every failure. (tests/test_clients_official.py drives the clients themselves.)"""
+line for every failure. (tests/serve/test_clients_official.py drives the clients themselves.)"""
 
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ def test_model_config_of_an_unbatched_model_and_a_bytes_tensor():
     BYTES is Triton's TYPE_STRING."""
     from gateway.artifacts.manifest import TensorSpec
     from gateway.v2.triton import Scheduling, model_config
-    from tests.test_repository import manifest
+    from tests.artifacts.test_repository import manifest
 
     scheduling = Scheduling(32, 0.0, 100, 2, 5000.0, "cuda")
     fixed = msgspec_replace(

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from tests.conftest import start_server
-from tests.hardening_models import publish_identity
+from tests.security.models import publish_identity
 
 VALID = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 INFER = "/v2/models/ident/infer"

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from tests.conftest import start_server
-from tests.hardening_models import (
+from tests.security.models import (
     bytes_tensor,
     publish_echo,
     publish_identity,

@@ -24,7 +24,7 @@ from gateway.observability.telemetry import Telemetry
 from gateway.runtime import ModelLoadError, OrtRuntime
 from gateway.settings import build_settings
 from tests.conftest import ROOT, start_server
-from tests.hardening_models import (
+from tests.security.models import (
     fifo,
     float_identity,
     publish,

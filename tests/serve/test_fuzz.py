@@ -323,7 +323,7 @@ def test_ten_thousand_hostile_bodies_over_both_apis(demo_repo, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from gateway.artifacts.repository import Repository
-    from tests.hardening_models import publish_echo, publish_identity, rss_mb
+    from tests.security.models import publish_echo, publish_identity, rss_mb
 
     repo = tmp_path / "repo"
     shutil.copytree(demo_repo, repo)
