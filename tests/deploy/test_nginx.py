@@ -261,11 +261,11 @@ def _statements(text: str) -> set[str]:
     return {" ".join(s.split()) for s in re.split(r"[;{}]", text) if s.strip()}
 
 
-def test_readme_shows_the_tested_config():
-    readme = (ROOT / "README.md").read_text()
-    (block,) = re.findall(r"```nginx\n(.*?)```", readme, re.DOTALL)
+def test_docs_show_the_tested_config():
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    (block,) = re.findall(r"```nginx\n(.*?)```", page, re.DOTALL)
     missing = _statements(block) - _statements(SHIPPED.read_text())
-    assert not missing, f"README's nginx config says what deploy/nginx/gateway.conf does not: {missing}"
+    assert not missing, f"docs/deploy.md's nginx config says what deploy/nginx/gateway.conf does not: {missing}"
 
 
 @pytest.mark.slow

@@ -257,9 +257,9 @@ def diabetes_repo(tmp_path_factory) -> Path:
 
 
 def _walkthrough() -> list[tuple[str, str]]:
-    """(command, what the README says it prints) from the shadow and canary subsection."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Shadow and canary", 1)[1].split("\n## ", 1)[0]
+    """(command, what docs/rollout.md says it prints) from its shadow and canary section."""
+    page = (ROOT / "docs" / "rollout.md").read_text()
+    section = page.split("## Shadow and canary", 1)[1].split("\n## ", 1)[0]
     block = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)[0]
     steps: list[tuple[str, str]] = []
     command: list[str] = []
@@ -275,7 +275,7 @@ def _walkthrough() -> list[tuple[str, str]]:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
-def test_readme_canary_walkthrough_works_as_printed(diabetes_repo, tmp_path):
+def test_docs_canary_walkthrough_works_as_printed(diabetes_repo, tmp_path):
     srv = start_server(
         diabetes_repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0.2",
         env={"GATEWAY_ADMIN_TOKEN": "change-me"},
