@@ -19,10 +19,10 @@ import numpy as np
 
 from gateway.artifacts.manifest import Manifest
 from gateway.artifacts.repository import Canary, Repository, RepositoryError, is_valid_name, is_valid_version
-from gateway.artifacts.tabular import NUMPY_DTYPES, feeds_from_columns
 from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import NotFound, Unavailable, first_line, public_reason
 from gateway.lifecycle.shadow import Shadow
+from gateway.lifecycle.warmup import warmup_feeds, warmup_sizes
 from gateway.observability.metrics import Counter
 from gateway.observability.telemetry import Telemetry
 from gateway.records.codec import RecordCodec
@@ -110,25 +110,6 @@ class CanaryRoute:
         return int.from_bytes(digest, "big") < self.threshold
 
 
-def warmup_feeds(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
-    """Typical inputs for `rows` rows: mid-range numbers, the first known category."""
-    if manifest.features:
-        columns: dict[str, np.ndarray] = {}
-        for f in manifest.features:
-            if f.dtype == "string":
-                columns[f.name] = np.array([(f.categories or [""])[0]] * rows, dtype=object)
-            else:
-                mid = ((f.min or 0.0) + (f.max or 0.0)) / 2
-                columns[f.name] = np.full(rows, mid)
-        return feeds_from_columns(manifest, columns)
-    feeds = {}
-    for spec in manifest.inputs:
-        shape = [rows if i == 0 else max(d, 1) for i, d in enumerate(spec.shape)]
-        dtype = NUMPY_DTYPES[spec.datatype]
-        feeds[spec.name] = np.full(shape, "", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)
-    return feeds
-
-
 def records_body_bound(manifest: Manifest, max_rows: int) -> int | None:
     """The most bytes a valid records request can need: per row, every feature's name and
     value spelt out long (names and strings JSON-escaped at 6 bytes a character), plus a
@@ -161,11 +142,6 @@ def _one_cpu_inline(settings: Settings, runtime: Runtime) -> bool:
     threaded vs 2.8k inline, p99 55 vs 29 ms; full batches the same either way). So there
     every batch runs inline, unless the inline budget is 0 (never)."""
     return usable_cpus() == 1 and runtime.provider == "cpu" and settings.inline_budget_us > 0
-
-
-def warmup_sizes(max_batch_rows: int) -> list[int]:
-    sizes = [1 << i for i in range(max_batch_rows.bit_length()) if 1 << i <= max_batch_rows]
-    return sizes if sizes[-1] == max_batch_rows else [*sizes, max_batch_rows]
 
 
 class ModelRegistry:
