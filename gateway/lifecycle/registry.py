@@ -23,7 +23,6 @@ from gateway.batching import BatchReport, MicroBatcher
 from gateway.errors import NotFound, Unavailable, first_line, public_reason
 from gateway.lifecycle.shadow import Shadow
 from gateway.lifecycle.warmup import warmup_feeds, warmup_sizes
-from gateway.observability.metrics import Counter
 from gateway.observability.telemetry import Telemetry
 from gateway.records.codec import RecordCodec
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
@@ -169,13 +168,7 @@ class ModelRegistry:
         self.failures: dict[str, str] = {}
         self._wanted: set[str] = set()  # models the repository holds: each must be served
         self.background: dict[str, str] = {}  # background task -> why it last failed
-        self.background_errors = self.telemetry.registry.add(
-            Counter(
-                "gateway_background_errors_total",
-                "Errors in background tasks (serving.json watcher, metrics publisher).",
-                ("task",),
-            )
-        )
+        self.background_errors = self.telemetry.background_errors
 
     @property
     def live(self) -> dict[str, str]:
@@ -315,7 +308,7 @@ class ModelRegistry:
         model.rows += report.rows
         model.largest_batch = max(model.largest_batch, report.rows)
         model.stats.batch(report)
-        self.telemetry.observe_batch(model, report)
+        self.telemetry.observe_batch(model.manifest, model.runtime.provider, report)
 
     async def load(self, name: str, version: str) -> LoadedModel:
         existing = self._models.get((name, version))
@@ -339,7 +332,7 @@ class ModelRegistry:
         model.batcher.start()
         model.ready = True
         self._models[(name, version)] = model
-        self.telemetry.model_loaded(model, live=False)
+        self.telemetry.model_loaded(model.manifest, model.runtime.provider, live=False)
         log.info(
             "model ready",
             extra={
@@ -358,7 +351,8 @@ class ModelRegistry:
         self._live[name] = version
         for (n, _), model in self._models.items():
             if n == name:
-                self.telemetry.model_loaded(model, live=model.version == version)
+                live = model.version == version
+                self.telemetry.model_loaded(model.manifest, model.runtime.provider, live=live)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -652,7 +646,7 @@ class ModelRegistry:
             # Lookups can no longer find it; requests already queued are answered first.
             await model.batcher.close()
             model.ready = False
-            self.telemetry.model_unloaded(model)
+            self.telemetry.model_unloaded(model.manifest, model.runtime.provider)
             log.info("unloaded", extra={"event": "unload", "model": name, "version": version})
 
     async def close(self) -> None:
