@@ -23,7 +23,7 @@ from gateway.observability.telemetry import DIFF_BUCKETS
 from gateway.types import Arrays
 
 if TYPE_CHECKING:
-    from gateway.lifecycle.registry import LoadedModel
+    from gateway.lifecycle.loading import LoadedModel
     from gateway.observability.telemetry import Telemetry
 
 log = logging.getLogger("gateway.shadow")
