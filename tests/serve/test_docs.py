@@ -1,6 +1,8 @@
 """/openapi.json describes every route, validates as OpenAPI 3.1, and allows what the server
 accepts: its examples are answered 200, and what it refuses the server refuses. /docs works
-with no way out (no external URL) and has a try-it form per model filled from its example."""
+with no way out (no external URL) and has a try-it form per model filled from its example.
+
+Covers `gateway/docs/examples.py`, `gateway/docs/openapi.py`, `gateway/docs/page.py`."""
 
 from __future__ import annotations
 
