@@ -59,6 +59,15 @@ def test_every_route_is_documented(spec, demo_repo):
             assert methods == {m.upper() for m in spec["paths"][path]}, path
 
 
+def test_the_hot_path_routes_are_documented(spec):
+    """predict and infer reach their endpoints through HotPathRouter, not Starlette's routes
+    (which the test above walks): they are documented all the same, POST only."""
+    for name in ("breast_cancer", "diabetes"):
+        for path in (f"/v1/models/{name}/predict", f"/v1/models/{name}/versions/{{version}}/predict",
+                     f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{{version}}/infer"):  # fmt: skip
+            assert set(spec["paths"][path]) == {"post"}, path
+
+
 def test_v2_schemas_are_complete(spec):
     request = spec["components"]["schemas"]["breast_cancer_infer_request"]
     assert {"id", "parameters", "inputs", "outputs"} <= set(request["properties"])
