@@ -19,29 +19,29 @@ from gateway.runtime import ModelLoadError
 from tests.lifecycle.conftest import settings_for, until
 
 
+@pytest.fixture
+def table() -> ServingTable:
+    return ServingTable()
+
+
 @pytest_asyncio.fixture
-async def rollout(repo, repository, runtimes, telemetry):
-    rollout = Rollout(ServingTable(), Loader(settings_for(repo), repository, runtimes, telemetry), telemetry)
+async def rollout(table, repo, repository, runtimes, telemetry):
+    rollout = Rollout(table, Loader(settings_for(repo), repository, runtimes, telemetry), telemetry)
     yield rollout
     await rollout.close()
 
 
 @pytest_asyncio.fixture
-async def threaded(repo, repository, runtimes, telemetry):
+async def threaded(table, repo, repository, runtimes, telemetry):
     """Every batch in a worker thread (no inline budget), so a runtime can be held busy."""
     settings = settings_for(repo, inline_budget_us=0)
-    rollout = Rollout(ServingTable(), Loader(settings, repository, runtimes, telemetry), telemetry)
+    rollout = Rollout(table, Loader(settings, repository, runtimes, telemetry), telemetry)
     yield rollout
     await rollout.close()
-
-
-def _table(rollout: Rollout) -> ServingTable:
-    return rollout._table
 
 
 @pytest.mark.asyncio
-async def test_a_switch_makes_the_version_live_and_retires_the_previous(rollout, telemetry):
-    table = _table(rollout)
+async def test_a_switch_makes_the_version_live_and_retires_the_previous(table, rollout, telemetry):
     assert await rollout.switch("ident", "1") == ("1", None)
     assert await rollout.switch("ident", "2") == ("2", "1")
     assert table.live == {"ident": "2"}
@@ -50,8 +50,7 @@ async def test_a_switch_makes_the_version_live_and_retires_the_previous(rollout,
 
 
 @pytest.mark.asyncio
-async def test_a_version_that_fails_to_load_changes_nothing_and_is_not_persisted(rollout, runtimes, telemetry):
-    table = _table(rollout)
+async def test_a_version_that_fails_to_load_changes_nothing_and_is_not_persisted(table, rollout, runtimes, telemetry):
     await rollout.switch("ident", "1")
     runtimes.broken.add(("ident", "2"))
     persisted = []
@@ -65,8 +64,8 @@ async def test_a_version_that_fails_to_load_changes_nothing_and_is_not_persisted
 
 
 @pytest.mark.asyncio
-async def test_requests_queued_on_the_old_version_are_answered_before_it_is_unloaded(threaded, runtimes):
-    rollout, table = threaded, _table(threaded)
+async def test_requests_queued_on_the_old_version_are_answered_before_it_is_unloaded(table, threaded, runtimes):
+    rollout = threaded
     old = await rollout.switch("ident", "1") and table.models[("ident", "1")]
     busy = runtimes.made[("ident", "1")]
     busy.gate.clear()  # the old version is busy
@@ -87,8 +86,7 @@ async def test_requests_queued_on_the_old_version_are_answered_before_it_is_unlo
 
 
 @pytest.mark.asyncio
-async def test_a_canary_serves_beside_the_live_version_until_ended(rollout, telemetry):
-    table = _table(rollout)
+async def test_a_canary_serves_beside_the_live_version_until_ended(table, rollout, telemetry):
     await rollout.switch("ident", "1")
     await rollout.set_canary("ident", "2", 25.0)
     assert table.canaries["ident"].version == "2" and table.canaries["ident"].weight == 25.0
@@ -99,8 +97,7 @@ async def test_a_canary_serves_beside_the_live_version_until_ended(rollout, tele
 
 
 @pytest.mark.asyncio
-async def test_promoting_the_canary_ends_the_experiment_and_keeps_the_version(rollout):
-    table = _table(rollout)
+async def test_promoting_the_canary_ends_the_experiment_and_keeps_the_version(table, rollout):
     await rollout.switch("ident", "1")
     await rollout.set_canary("ident", "2", 50.0)
     await rollout.switch("ident", "2")
@@ -118,8 +115,7 @@ async def test_a_canary_or_shadow_needs_a_live_version(rollout):
 
 
 @pytest.mark.asyncio
-async def test_a_shadow_runs_off_the_event_loop_and_gets_its_setting_back(rollout):
-    table = _table(rollout)
+async def test_a_shadow_runs_off_the_event_loop_and_gets_its_setting_back(table, rollout):
     await rollout.switch("ident", "1")
     await rollout.set_shadow("ident", "2")
     candidate = table.models[("ident", "2")]
@@ -129,8 +125,7 @@ async def test_a_shadow_runs_off_the_event_loop_and_gets_its_setting_back(rollou
 
 
 @pytest.mark.asyncio
-async def test_a_pinned_version_stays_loaded_when_it_stops_being_live(rollout):
-    table = _table(rollout)
+async def test_a_pinned_version_stays_loaded_when_it_stops_being_live(table, rollout):
     await rollout.switch("ident", "1")
     await rollout.load_pinned("ident", "1")
     await rollout.switch("ident", "2")
@@ -141,8 +136,7 @@ async def test_a_pinned_version_stays_loaded_when_it_stops_being_live(rollout):
 
 
 @pytest.mark.asyncio
-async def test_unloading_the_live_version_leaves_the_model_without_one(rollout, telemetry):
-    table = _table(rollout)
+async def test_unloading_the_live_version_leaves_the_model_without_one(table, rollout, telemetry):
     model = await rollout.switch("ident", "1") and table.models[("ident", "1")]
     await rollout.unload("ident", "1")
     assert table.live == {} and table.models == {} and not model.ready
