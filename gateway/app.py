@@ -75,11 +75,8 @@ def create_app(
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page(spec()))
 
+    # predict and infer are not here: HotPathRouter takes their paths before Starlette.
     routes = [
-        Route("/v1/models/{name}/predict", predict),
-        Route("/v1/models/{name}/versions/{version}/predict", predict),
-        Route("/v2/models/{name}/infer", infer),
-        Route("/v2/models/{name}/versions/{version}/infer", infer),
         Route("/v2", endpoints.server_metadata),
         Route("/v2/health/live", endpoints.healthz),
         Route("/v2/health/ready", endpoints.readyz),

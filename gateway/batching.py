@@ -33,8 +33,8 @@ from gateway.errors import (
     public_reason,
 )
 from gateway.runtime import Runtime, check_rows
+from gateway.types import Arrays
 
-Arrays = dict[str, np.ndarray]
 log = logging.getLogger("gateway.batching")
 DispatchReason = Literal["idle", "full", "delay", "drain"]
 

@@ -14,40 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from gateway.errors import BadRequest
 from gateway.lifecycle.registry import LoadedModel, ModelRegistry
+from gateway.observability.facts import Outcome
 from gateway.observability.telemetry import Telemetry, input_digest, summarize
 from gateway.settings import Settings
+from gateway.types import Arrays
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-Arrays = dict[str, np.ndarray]
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one inference request did, for the access log, metrics and its span.
-
-    `status` is the HTTP status the request got, or for gRPC the one its status code
-    stands for (INVALID_ARGUMENT 400, NOT_FOUND 404, UNAVAILABLE 503 ...): one metric
-    label and one alert rule cover both protocols, and `route` tells them apart."""
-
-    route: str
-    request_id: str
-    status: int
-    seconds: float
-    model: str | None = None
-    version: str | None = None
-    rows: int = 0
-    error: str | None = None
-    input_sha256: str | None = None
-    prediction: dict[str, Any] | None = None
-    inputs: str | None = None
-    trace_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -143,7 +120,7 @@ class InferenceCore:
         self.registry.mirror(model, decoded.feeds, decoded.rows, outputs)  # queued only: no wait
         if call.logged:
             outcome.input_sha256 = input_digest(raw)
-            outcome.prediction = summarize(model, outputs)
+            outcome.prediction = summarize(model.summary_outputs, outputs)
             if self.settings.log_inputs:
                 outcome.inputs = raw[:4096].decode(errors="replace")
         return result

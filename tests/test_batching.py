@@ -1,5 +1,7 @@
 """The batcher against a fake runtime, no HTTP: sizes, splitting, deadlines, isolation,
-cancellation, shedding and shutdown drain."""
+cancellation, shedding and shutdown drain.
+
+Covers `gateway/testing.py`."""
 
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ from gateway.settings import build_settings
 from gateway.observability.telemetry import Telemetry
 s = build_settings({"repo": sys.argv[1], "inline_budget_us": sys.argv[2], "metrics": False}, {})
 registry = ModelRegistry(s, open_repository(s.repo, s.cache_dir, refresh=False), ort_runtime, Telemetry(enabled=False))
-print(registry._build("breast_cancer", "1").batcher.inline_rows)
+print(registry.loader.build("breast_cancer", "1").batcher.inline_rows)
 """
 
 

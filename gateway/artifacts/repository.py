@@ -16,7 +16,6 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -348,8 +347,3 @@ class Repository:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
-
-    def iter_manifests(self) -> Iterator[Manifest]:
-        for name in self.models():
-            for version in self.versions(name):
-                yield self.manifest(name, version)

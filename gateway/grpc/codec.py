@@ -13,14 +13,12 @@ import math
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from gateway.artifacts.manifest import Manifest
 from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
 from gateway.proto import grpc_service_pb2 as pb
+from gateway.types import Arrays
 from gateway.v2 import protocol as protocol_v2
-
-Arrays = dict[str, np.ndarray]
 
 # Where the typed form of each datatype lives in InferTensorContents (FP16 has none).
 CONTENTS_FIELD = {

@@ -26,10 +26,11 @@ from gateway.errors import (
     NotFound,
     Unauthorized,
     Unprocessable,
+    public_reason,
     validation_detail,
 )
 from gateway.http.endpoints import json_response
-from gateway.lifecycle.registry import LOAD_ERRORS, ModelRegistry, short_reason
+from gateway.lifecycle.registry import LOAD_ERRORS, ModelRegistry
 from gateway.settings import Settings
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -119,7 +120,7 @@ class Admin:
             live, previous = await self.registry.switch(name, version, persist=persist, source="admin")
         except LOAD_ERRORS as exc:
             raise Unprocessable(
-                f"{name}:{version} was not made live: {short_reason(exc)}; "
+                f"{name}:{version} was not made live: {public_reason(exc)}; "
                 f"{self.registry.live.get(name)} keeps serving"
             ) from None
         return json_response({"model": name, "version": live, "previous": previous})
@@ -154,7 +155,7 @@ class Admin:
             await self.registry.set_canary(name, version, body.weight, persist, "admin")
         except LOAD_ERRORS as exc:
             raise Unprocessable(
-                f"{name}:{version} did not load as a canary: {short_reason(exc)}; routing is unchanged"
+                f"{name}:{version} did not load as a canary: {public_reason(exc)}; routing is unchanged"
             ) from None
         live = self.registry.live.get(name)
         return json_response({"model": name, "live": live, "canary": self._canary(name)})
@@ -178,7 +179,7 @@ class Admin:
             persist = lambda: self.repository.set_shadow(name, version)  # noqa: E731
             await self.registry.set_shadow(name, version, persist, "admin")
         except LOAD_ERRORS as exc:
-            raise Unprocessable(f"{name}:{version} did not load as a shadow: {short_reason(exc)}") from None
+            raise Unprocessable(f"{name}:{version} did not load as a shadow: {public_reason(exc)}") from None
         return json_response({"model": name, "live": self.registry.live.get(name), "shadow": version})
 
     async def model(self, request: Request) -> Response:
@@ -218,7 +219,7 @@ class Admin:
         try:
             await self.registry.load_pinned(name, version)
         except LOAD_ERRORS as exc:
-            raise Unprocessable(f"{name}:{version} did not load: {short_reason(exc)}") from None
+            raise Unprocessable(f"{name}:{version} did not load: {public_reason(exc)}") from None
         return json_response({"model": name, "version": version, "loaded": True})
 
     async def unload(self, request: Request) -> Response:
@@ -242,7 +243,7 @@ class Admin:
                 state = self.repository.serving(name)
                 versions = self.repository.versions(name)
             except RepositoryError as exc:
-                state, versions = None, [f"unreadable: {short_reason(exc)}"]
+                state, versions = None, [f"unreadable: {public_reason(exc)}"]
             loaded = [
                 {"version": m.version, "ready": m.ready, "provider": m.runtime.provider,
                  "queued_rows": m.batcher.queued_rows, "pinned": self.registry.is_pinned(name, m.version)}

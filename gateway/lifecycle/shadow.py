@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from gateway.artifacts.tabular import NUMPY_DTYPES
+from gateway.observability.telemetry import DIFF_BUCKETS
+from gateway.types import Arrays
 
 if TYPE_CHECKING:
-    from gateway.lifecycle.registry import LoadedModel
+    from gateway.lifecycle.loading import LoadedModel
     from gateway.observability.telemetry import Telemetry
 
-Arrays = dict[str, np.ndarray]
 log = logging.getLogger("gateway.shadow")
 
 QUEUE_REQUESTS = 256  # mirrored requests waiting for the candidate; more are dropped
@@ -33,7 +34,6 @@ TIMEOUT_S = 30.0  # a candidate that takes longer for one request has its answer
 # saturation a queued mirror is almost always dropped anyway, and queueing it (and waking
 # the worker to drop it) costs the live path more than counting it.
 BACKOFF_S = 0.02
-DIFF_BUCKETS = (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0)
 
 
 def conform(candidate: LoadedModel, feeds: Arrays) -> Arrays:

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gateway.artifacts.manifest import Manifest
 from gateway.artifacts.tabular import columns_from_feeds
 from gateway.observability.drift import DriftMonitor
+from gateway.observability.facts import BatchFacts, Outcome
 from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import (
     LATENCY_BUCKETS,
@@ -33,14 +35,12 @@ from gateway.observability.metrics import (
     Pending,
     Registry,
 )
+from gateway.observability.tracing import epoch_ns, make_tracer, root_ratio
+from gateway.types import Arrays
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
-
-    from gateway.batching import BatchReport
-    from gateway.inference import Outcome
-    from gateway.lifecycle.registry import LoadedModel
 
 lifecycle_log = logging.getLogger("gateway.lifecycle")
 
@@ -68,6 +68,8 @@ PREDICTION_BUCKETS = (
     1e3,
     1e4,
 )
+# |shadow - live| per row: the histogram and the admin API's report share these bounds.
+DIFF_BUCKETS = (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0)
 _REJECTIONS = {
     413: "too_large",
     415: "media_type",
@@ -79,65 +81,6 @@ _REJECTIONS = {
 _CODES = {code: str(code) for code in (200, 400, 404, 405, 408, 413, 415, 422, 429, 499, 500, 503, 504)}
 SHED_LOG_INTERVAL = 1.0
 PENDING_ROWS = 512  # small blocks: the per-feature work stays amortised without a long pause
-Arrays = dict[str, np.ndarray]
-
-
-def _tracing_configured() -> bool:
-    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "")
-    if exporter == "none":
-        return False
-    return bool(
-        exporter == "otlp"
-        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-
-
-def _root_ratio() -> float:
-    """The share of requests without a traceparent to trace, from the standard variables."""
-    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
-    if sampler.endswith("always_off"):
-        return 0.0
-    if sampler.endswith("traceidratio"):
-        try:
-            return min(1.0, max(0.0, float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1"))))
-        except ValueError:
-            return 1.0
-    return 1.0
-
-
-def _make_tracer(exporter: SpanExporter | None) -> Tracer | None:
-    if exporter is None and not _tracing_configured():
-        return None
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
-    # Sampling is decided in Telemetry.start_span (parent-based ratio from OTEL_TRACES_SAMPLER
-    # and _ARG); a span that exists is one we keep.
-    provider = TracerProvider(
-        sampler=ALWAYS_ON,
-        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "onnx-gateway")}),
-    )
-    if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-    else:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            lifecycle_log.warning(
-                "an OTLP endpoint is configured but its exporter is not installed: "
-                "pip install 'onnx-gateway[otlp]'",
-                extra={"event": "tracing_disabled"},
-            )
-            return None
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider.get_tracer("onnx-gateway")
-
-
-def epoch_ns(monotonic: float) -> int:
-    return time.time_ns() - int((time.monotonic() - monotonic) * 1e9)
 
 
 class Telemetry:
@@ -257,20 +200,27 @@ class Telemetry:
                 "gateway_shadow_abs_diff",
                 "Per row, the largest |shadow - live| of the probabilities (classifiers) or values.",
                 ("model", "version"),
-                (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0),
+                DIFF_BUCKETS,
             )
         )
         self.ready: Gauge = add(
             Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
         )
+        self.background_errors: Counter = add(
+            Counter(
+                "gateway_background_errors_total",
+                "Errors in background tasks (serving.json watcher, metrics publisher).",
+                ("task",),
+            )
+        )
         self._durations = Pending(self.request_duration, self.requests)
         self._waits = Pending(self.queue_wait)
         self.registry.collect_hooks += [self._durations.flush, self._waits.flush, self._collect_drift]
-        self._pending: dict[tuple[str, str], tuple[LoadedModel, list[tuple[Arrays, Arrays]]]] = {}
+        self._pending: dict[tuple[str, str], tuple[Manifest, list[tuple[Arrays, Arrays]]]] = {}
         self._pending_rows = 0
         self._drift: dict[tuple[str, str], DriftMonitor] = {}
-        self.tracer = _make_tracer(span_exporter)
-        self.root_ratio = _root_ratio()
+        self.tracer = make_tracer(span_exporter)
+        self.root_ratio = root_ratio()
         # A client's sampled traceparent decides only under a parent-based sampler (the
         # default, parentbased_always_on, traces everything anyway); under traceidratio
         # it cannot force tracing beyond the configured share.
@@ -282,17 +232,15 @@ class Telemetry:
 
     # -- models ---------------------------------------------------------------------------
 
-    def model_loaded(self, model: LoadedModel, live: bool) -> None:
-        m = model.manifest
-        self.model_info.set((m.name, m.version, m.onnx.sha256, model.runtime.provider), 1.0 if live else 0.0)
+    def model_loaded(self, m: Manifest, provider: str, live: bool) -> None:
+        self.model_info.set((m.name, m.version, m.onnx.sha256, provider), 1.0 if live else 0.0)
         if (m.name, m.version) not in self._drift:
             monitor = DriftMonitor(m)
             if monitor.enabled:
                 self._drift[(m.name, m.version)] = monitor
 
-    def model_unloaded(self, model: LoadedModel) -> None:
-        m = model.manifest
-        self.model_info.remove((m.name, m.version, m.onnx.sha256, model.runtime.provider))
+    def model_unloaded(self, m: Manifest, provider: str) -> None:
+        self.model_info.remove((m.name, m.version, m.onnx.sha256, provider))
         self._drift.pop((m.name, m.version), None)
 
     def _collect_drift(self) -> None:
@@ -386,41 +334,38 @@ class Telemetry:
 
     # -- batches --------------------------------------------------------------------------
 
-    def observe_batch(self, model: LoadedModel, report: BatchReport) -> None:
+    def observe_batch(self, m: Manifest, provider: str, report: BatchFacts) -> None:
         if not self.enabled:
             return
-        m = model.manifest
         mv = (m.name, m.version)
         started = report.started
         self._waits.extend(mv, [started - enqueued for enqueued in report.enqueued])
-        self.inference.observe((*mv, model.runtime.provider), report.seconds)
+        self.inference.observe((*mv, provider), report.seconds)
         self.batch_rows.observe((*mv, report.reason), report.rows)
         if report.feeds is not None and report.outputs is not None:
             # Per-feature work costs the same for 1 row as for 500: defer it and do it on
             # blocks of rows (at a scrape, or once enough rows are waiting).
-            self._pending.setdefault(mv, (model, []))[1].append((report.feeds, report.outputs))
+            self._pending.setdefault(mv, (m, []))[1].append((report.feeds, report.outputs))
             self._pending_rows += report.rows
             if self._pending_rows >= PENDING_ROWS:
                 self._drain()
         if self.tracer is not None:
-            self._trace_batch(self.tracer, model, report)
+            self._trace_batch(self.tracer, m, provider, report)
 
     def _drain(self) -> None:
         pending, self._pending, self._pending_rows = self._pending, {}, 0
-        for model, blocks in pending.values():
+        for m, blocks in pending.values():
             feeds = {k: np.concatenate([f[k] for f, _ in blocks]) for k in blocks[0][0]}
             outputs = {k: np.concatenate([o[k] for _, o in blocks]) for k in blocks[0][1]}
-            self._observe_predictions(model, outputs)
-            m = model.manifest
+            self._observe_predictions(m, outputs)
             if m.features:
                 columns = columns_from_feeds(m, feeds)
-                self._observe_ranges(model, columns)
+                self._observe_ranges(m, columns)
                 monitor = self._drift.get((m.name, m.version))
                 if monitor is not None:
                     monitor.update(columns)
 
-    def _observe_predictions(self, model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> None:
-        m = model.manifest
+    def _observe_predictions(self, m: Manifest, outputs: Mapping[str, np.ndarray]) -> None:
         proba = m.output("probabilities")
         if proba is not None:
             values = outputs[proba.name]
@@ -432,8 +377,7 @@ class Telemetry:
         if value.datatype != "BYTES":
             self.prediction.observe_many((m.name, m.version, value.name, ""), outputs[value.name])
 
-    def _observe_ranges(self, model: LoadedModel, columns: Mapping[str, np.ndarray]) -> None:
-        m = model.manifest
+    def _observe_ranges(self, m: Manifest, columns: Mapping[str, np.ndarray]) -> None:
         bounded = [f for f in m.features if f.min is not None and f.max is not None and f.dtype != "string"]
         if not bounded:
             return
@@ -447,7 +391,7 @@ class Telemetry:
             if count:
                 self.out_of_range.inc((m.name, m.version, feature.name), count)
 
-    def _trace_batch(self, tracer: Tracer, model: LoadedModel, report: BatchReport) -> None:
+    def _trace_batch(self, tracer: Tracer, m: Manifest, provider: str, report: BatchFacts) -> None:
         # Only sampled requests carry a span context (start_span returns None otherwise).
         sampled: list[tuple[Any, float]] = [
             (c, enq) for c, enq in zip(report.contexts, report.enqueued, strict=True) if c is not None
@@ -475,17 +419,18 @@ class Telemetry:
                 "batch.requests": report.requests,
                 "batch.dispatch_reason": report.reason,
                 "batch.failed": report.failed,
-                "model.name": model.name,
-                "model.version": model.version,
-                "inference.provider": model.runtime.provider,
+                "model.name": m.name,
+                "model.version": m.version,
+                "inference.provider": provider,
             },
         )
         batch.end(end_time=finished)
 
 
-def summarize(model: LoadedModel, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """A few numbers that describe a response, for the access log."""
-    label, value_output = model.summary_outputs
+def summarize(summary_outputs: tuple[str | None, str], outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A few numbers that describe a response, for the access log: `summary_outputs` names
+    the model's label output (if any) and its value output."""
+    label, value_output = summary_outputs
     if label is not None:
         labels = outputs[label]
         if labels.size == 1:  # the common case, without np.unique's sort (item: no numpy scalar)

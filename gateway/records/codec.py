@@ -28,8 +28,8 @@ from gateway.artifacts.tabular import (
 )
 from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.settings import RangePolicyOverride
+from gateway.types import Arrays
 
-Arrays = dict[str, np.ndarray]
 # How a request spelt its rows: one record, `{"instances": [records]}`, `{"inputs": {columns}}`.
 Form = Literal["record", "instances", "inputs"]
 

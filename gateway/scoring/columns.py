@@ -24,8 +24,7 @@ from gateway.artifacts.manifest import Feature, Manifest
 from gateway.artifacts.tabular import feeds_from_columns
 from gateway.records.codec import NumericChecks, Violation, numeric_dtype
 from gateway.settings import RangePolicyOverride
-
-Arrays = dict[str, np.ndarray]
+from gateway.types import Arrays
 
 
 class SchemaMismatch(ValueError):

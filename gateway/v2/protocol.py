@@ -21,8 +21,8 @@ from gateway.artifacts.floats import msgpack_length
 from gateway.artifacts.manifest import Manifest, TensorSpec
 from gateway.artifacts.tabular import NUMPY_DTYPES, all_finite, missing_allowed, non_finite_reason
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
+from gateway.types import Arrays
 
-Arrays = dict[str, np.ndarray]
 BINARY_HEADER = "inference-header-content-length"
 # Limits on what a client declares, checked before anything is allocated or looped over.
 ID_LIMIT = 256  # characters of a request id (it is echoed in the answer)

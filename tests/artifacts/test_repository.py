@@ -1,3 +1,8 @@
+"""The model repository on a local directory: immutable versions published whole,
+artifacts verified by sha256 on load, names and versions checked, serving.json's promote
+and rollback. Every publish and load writes and reads a manifest
+(`gateway/artifacts/manifest.py`)."""
+
 from __future__ import annotations
 
 import msgspec

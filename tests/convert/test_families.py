@@ -1,5 +1,7 @@
 """Each supported family converts on real scikit-learn data sets and predicts the same
-through ONNX Runtime; each bad input fails with a clear error and writes nothing."""
+through ONNX Runtime; each bad input fails with a clear error and writes nothing.
+
+Covers `gateway/artifacts/tabular.py`."""
 
 from __future__ import annotations
 

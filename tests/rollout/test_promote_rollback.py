@@ -1,5 +1,7 @@
 """Hot promote and rollback under load with zero failed requests; the admin API's guard;
-bad artifacts during promote; restarts and the serving.json watcher."""
+bad artifacts during promote; restarts and the serving.json watcher.
+
+Covers `gateway/http/admin.py`."""
 
 from __future__ import annotations
 

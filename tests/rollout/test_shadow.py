@@ -1,5 +1,7 @@
 """Shadow traffic: live requests mirrored to a candidate off the hot path, the live answers
-unchanged, and agreement measured exactly on rows whose answers we know."""
+unchanged, and agreement measured exactly on rows whose answers we know.
+
+Covers `gateway/lifecycle/shadow.py`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The scorer on a real Dask cluster (LocalCluster: worker processes bound to 127.0.0.1, no
 dashboard) gives what `gateway score` gives on one machine, loading the model once per
-worker process."""
+worker process.
+
+Covers `gateway/scoring/dask_engine.py`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """`gateway score`: the real command on real files, checked against the records API of a
-real server on the same repository, and against the records codec row by row."""
+real server on the same repository, and against the records codec row by row.
+
+Covers `gateway/cli/score.py`, `gateway/scoring/scorer.py`, `gateway/scoring/tables.py`,
+`gateway/scoring/columns.py`, `gateway/scoring/progress.py`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Issue 16, the connection side: admission control before a body is read (M2, M6),
 header size and time limits (M3, L5), a cap on connections, X-Request-ID on every answer
 and Allow on every 405 (L10), no redirect built from Host (L9), one reading of repeated
-headers (L8). Raw sockets where a well-behaved client cannot say what an attacker does."""
+headers (L8). Raw sockets where a well-behaved client cannot say what an attacker does.
+
+Covers `gateway/http/admission.py`, `gateway/http/server.py`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Issue 16, the model side: a model never reads files outside its version directory (H2),
 one broken model fails alone and /readyz says so (M7), background tasks outlive their
-errors (M5), repository reads are bounded (L3, L4, L12), reasons carry no paths (L2)."""
+errors (M5), repository reads are bounded (L3, L4, L12), reasons carry no paths (L2).
+
+Covers `gateway/artifacts/onnx_refs.py`."""
 
 from __future__ import annotations
 

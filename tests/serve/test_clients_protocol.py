@@ -1,7 +1,10 @@
 """What the official V2 and Triton clients need from the wire, checked over real HTTP:
 the request fields they send, Triton's model configuration and statistics, compressed
 bodies both ways, classification, the repository extension's answers, and an access-log
-line for every failure. (tests/serve/test_clients_official.py drives the clients themselves.)"""
+line for every failure. (tests/serve/test_clients_official.py drives the clients themselves.)
+
+Covers `gateway/http/compression.py`, `gateway/http/failures.py`, `gateway/v2/protocol.py`,
+`gateway/v2/triton.py`."""
 
 from __future__ import annotations
 

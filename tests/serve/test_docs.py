@@ -1,6 +1,8 @@
 """/openapi.json describes every route, validates as OpenAPI 3.1, and allows what the server
 accepts: its examples are answered 200, and what it refuses the server refuses. /docs works
-with no way out (no external URL) and has a try-it form per model filled from its example."""
+with no way out (no external URL) and has a try-it form per model filled from its example.
+
+Covers `gateway/docs/examples.py`, `gateway/docs/openapi.py`, `gateway/docs/page.py`."""
 
 from __future__ import annotations
 
@@ -55,6 +57,15 @@ def test_every_route_is_documented(spec, demo_repo):
         methods = set(route.methods) - {"HEAD"} if route.methods else {"POST"}
         for path in candidates & documented:
             assert methods == {m.upper() for m in spec["paths"][path]}, path
+
+
+def test_the_hot_path_routes_are_documented(spec):
+    """predict and infer reach their endpoints through HotPathRouter, not Starlette's routes
+    (which the test above walks): they are documented all the same, POST only."""
+    for name in ("breast_cancer", "diabetes"):
+        for path in (f"/v1/models/{name}/predict", f"/v1/models/{name}/versions/{{version}}/predict",
+                     f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{{version}}/infer"):  # fmt: skip
+            assert set(spec["paths"][path]) == {"post"}, path
 
 
 def test_v2_schemas_are_complete(spec):

@@ -5,7 +5,8 @@ behave as over HTTP, on the same batchers.
 
 This process never imports gateway.proto's generated modules: tritonclient registers
 the same `inference.*` message names in protobuf's default pool.
-"""
+
+Covers `gateway/grpc/codec.py`, `gateway/grpc/service.py`."""
 
 from __future__ import annotations
 

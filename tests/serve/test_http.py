@@ -1,5 +1,8 @@
 """Real `gateway serve` processes on loopback: answers equal in-process ONNX Runtime,
-every error class maps to its status with a JSON body, and batching really happens."""
+every error class maps to its status with a JSON body, and batching really happens.
+
+Covers `gateway/app.py`, `gateway/http/asgi.py`, `gateway/http/endpoints.py`,
+`gateway/http/hotpath.py`, `gateway/types.py`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Start-up output a person can read: JSON lines for machines (uvicorn's too), short text
 lines on a terminal, a "ready" line after the models are warm with a curl per model that
-works as printed, and exit 0 after a clean drain."""
+works as printed, and exit 0 after a clean drain.
+
+Covers `gateway/cli/main.py`, `gateway/cli/serve.py`, `gateway/observability/logging.py`."""
 
 from __future__ import annotations
 

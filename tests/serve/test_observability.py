@@ -1,5 +1,7 @@
 """Metrics scraped after real traffic, spans from an in-memory exporter, JSON log lines,
-drift that rises on shifted traffic."""
+drift that rises on shifted traffic.
+
+Covers `gateway/observability/drift.py`, `gateway/observability/metrics.py`."""
 
 from __future__ import annotations
 

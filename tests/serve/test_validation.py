@@ -1,5 +1,7 @@
 """Validation generated from a manifest with categories, nulls and ranges, over real HTTP;
-several workers sharing one port."""
+several workers sharing one port.
+
+Covers `gateway/errors.py`."""
 
 from __future__ import annotations
 
