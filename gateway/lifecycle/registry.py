@@ -19,10 +19,10 @@ import numpy as np
 
 from gateway.artifacts.manifest import Manifest
 from gateway.artifacts.repository import Canary, Repository, RepositoryError, is_valid_name, is_valid_version
-from gateway.artifacts.tabular import NUMPY_DTYPES, feeds_from_columns
 from gateway.batching import BatchReport, MicroBatcher
-from gateway.errors import NotFound, Unavailable, first_line, public_reason
+from gateway.errors import NotFound, Unavailable, public_reason
 from gateway.lifecycle.shadow import Shadow
+from gateway.lifecycle.warmup import warm_up
 from gateway.observability.metrics import Counter
 from gateway.observability.telemetry import Telemetry
 from gateway.records.codec import RecordCodec
@@ -110,25 +110,6 @@ class CanaryRoute:
         return int.from_bytes(digest, "big") < self.threshold
 
 
-def warmup_feeds(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
-    """Typical inputs for `rows` rows: mid-range numbers, the first known category."""
-    if manifest.features:
-        columns: dict[str, np.ndarray] = {}
-        for f in manifest.features:
-            if f.dtype == "string":
-                columns[f.name] = np.array([(f.categories or [""])[0]] * rows, dtype=object)
-            else:
-                mid = ((f.min or 0.0) + (f.max or 0.0)) / 2
-                columns[f.name] = np.full(rows, mid)
-        return feeds_from_columns(manifest, columns)
-    feeds = {}
-    for spec in manifest.inputs:
-        shape = [rows if i == 0 else max(d, 1) for i, d in enumerate(spec.shape)]
-        dtype = NUMPY_DTYPES[spec.datatype]
-        feeds[spec.name] = np.full(shape, "", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)
-    return feeds
-
-
 def records_body_bound(manifest: Manifest, max_rows: int) -> int | None:
     """The most bytes a valid records request can need: per row, every feature's name and
     value spelt out long (names and strings JSON-escaped at 6 bytes a character), plus a
@@ -161,11 +142,6 @@ def _one_cpu_inline(settings: Settings, runtime: Runtime) -> bool:
     threaded vs 2.8k inline, p99 55 vs 29 ms; full batches the same either way). So there
     every batch runs inline, unless the inline budget is 0 (never)."""
     return usable_cpus() == 1 and runtime.provider == "cpu" and settings.inline_budget_us > 0
-
-
-def warmup_sizes(max_batch_rows: int) -> list[int]:
-    sizes = [1 << i for i in range(max_batch_rows.bit_length()) if 1 << i <= max_batch_rows]
-    return sizes if sizes[-1] == max_batch_rows else [*sizes, max_batch_rows]
 
 
 class ModelRegistry:
@@ -234,6 +210,14 @@ class ModelRegistry:
             for n in self._wanted | set(self._live)
         )
 
+    def server_ready(self) -> bool:
+        """Triton's server readiness (V2 /v2/health/ready, gRPC ServerReady): something
+        serves and every version that loaded is ready. A model that failed to load answers
+        not-ready on its own model-ready endpoint, and makes /readyz (the orchestrator's
+        probe, all_ready: every wanted model live) fail, but not every client's server
+        check: clients of the models that work keep a ready server, as with Triton."""
+        return bool(self._live) and all(m.ready for m in self._models.values())
+
     def readiness(self) -> dict[str, object]:
         """The /readyz body: what serves, what does not and why, and background tasks
         that cannot do their job."""
@@ -299,19 +283,9 @@ class ModelRegistry:
         manifest, data = self.repository.load_verified(name, version)
         runtime = self._runtime_factory(data, manifest, self.settings)
         # Warm every batch size; the largest that answers within the inline budget (and all
-        # below it) will run on the event loop.
-        inline_rows, within_budget = 0, True
-        for rows in warmup_sizes(self.settings.max_batch_rows):
-            feeds = warmup_feeds(manifest, rows)
-            try:
-                runtime.run(feeds)
-            except Exception as exc:  # not ready is the answer, whatever the runtime raised
-                raise ModelLoadError(f"warm-up at {rows} rows failed: {first_line(exc)}") from exc
-            started = time.perf_counter()
-            runtime.run(feeds)
-            within_budget &= time.perf_counter() - started <= self.settings.inline_budget_us / 1e6
-            if within_budget:
-                inline_rows = rows
+        # below it) will run on the event loop. The policy (what a failure means) is warmup's.
+        settings = self.settings
+        inline_rows = warm_up(runtime, manifest, settings.max_batch_rows, settings.inline_budget_us / 1e6)
         if _one_cpu_inline(self.settings, runtime):
             inline_rows = self.settings.max_batch_rows
         records = (
@@ -327,6 +301,7 @@ class ModelRegistry:
             max_queue_rows=self.settings.max_queue_rows,
             name=f"{name}-{version}",
             inline_rows=inline_rows,
+            batched=manifest.batched,
         )
         model = LoadedModel(manifest, runtime, batcher, records)
         model.v2_body_limit = protocol_v2.body_bound(manifest, self.settings.request_rows_limit)

@@ -76,7 +76,7 @@ class Scorer:
         self.runtime = OrtRuntime(
             model, provider=provider, threads=threads or usable_cpus(), name=manifest.name
         )
-        from gateway.lifecycle.registry import warmup_feeds
+        from gateway.lifecycle.warmup import warmup_feeds
 
         # One run before the first chunk warms the session and fixes the output types,
         # even when the first chunk's rows are all rejected.
