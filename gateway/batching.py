@@ -56,7 +56,9 @@ class _Item:
     enqueued: float
     future: asyncio.Future[Arrays]
     context: object = None  # the caller's span context, for batch span links
-    kind: Kind = ()  # the non-batch dimensions of every input: only equal kinds are joined
+    # The non-batch dimensions of every input: only equal kinds are joined. Known once a
+    # request has company in the queue (a lone request never pays for it).
+    kind: Kind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,24 +88,19 @@ class BatchReport:
 
 class MicroBatcher:
     def __init__(
-        self,
-        runtime: Runtime,
-        *,
-        max_batch_rows: int = 256,
-        max_delay: float = 0.0,
-        lanes: int = 1,
-        max_queue_rows: int = 8192,
-        on_batch: Callable[[BatchReport], None] | None = None,
-        name: str = "model",
-        inline_rows: int = 0,
-        batched: bool = True,
-    ) -> None:
+        self, runtime: Runtime, *, max_batch_rows: int = 256, max_delay: float = 0.0, lanes: int = 1,
+        max_queue_rows: int = 8192, on_batch: Callable[[BatchReport], None] | None = None,
+        name: str = "model", inline_rows: int = 0, batched: bool = True, ragged: bool = True,
+    ) -> None:  # fmt: skip
         """`batched`: the model's inputs and outputs share a first (batch) dimension;
-        without one, each request runs alone and its outputs are its own."""
+        without one, each request runs alone and its outputs are its own. `ragged`: some
+        non-batch dimension is variable, so requests are grouped by kind; where every one is
+        fixed (and checked before queueing) all requests are of one kind, and pay nothing."""
         if max_batch_rows < 1 or lanes < 1 or max_queue_rows < 1 or max_delay < 0:
             raise ValueError("batch rows, lanes and queue rows must be >= 1, delay >= 0")
         self.runtime = runtime
         self.batched = batched
+        self._grouped = batched and ragged
         # A request to a model without a batch dimension counts as one row: one per batch.
         self.max_batch_rows = max_batch_rows if batched else 1
         self.max_delay = max_delay
@@ -141,13 +138,12 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         step = self.max_batch_rows
-        kind = tuple(v.shape[1:] for v in feeds.values()) if self.batched else ()
         items = (
-            [_Item(feeds, rows, deadline, now, loop.create_future(), context, kind)]
+            [_Item(feeds, rows, deadline, now, loop.create_future(), context)]
             if rows <= step or not self.batched
             else [
                 _Item({k: v[start : start + step] for k, v in feeds.items()}, min(step, rows - start),
-                      deadline, now, loop.create_future(), context, kind)
+                      deadline, now, loop.create_future(), context)
                 for start in range(0, rows, step)
             ]
         )  # fmt: skip
@@ -214,11 +210,14 @@ class MicroBatcher:
         rows = 0
         now = time.monotonic()
         queue = self._queue
+        kind: Kind | None = None
         while queue and len(passed) < SCAN_LIMIT:
             item = queue[0]
-            if batch and item.kind != batch[0].kind and not item.future.done():
-                passed.append(queue.popleft())
-                continue
+            if batch and self._grouped:
+                kind = kind or _kind(batch[0])
+                if (item.kind or _kind(item)) != kind and not item.future.done():
+                    passed.append(queue.popleft())
+                    continue
             if rows + item.rows > self.max_batch_rows:
                 break
             queue.popleft()
@@ -310,6 +309,12 @@ class MicroBatcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
+
+
+def _kind(item: _Item) -> Kind:
+    if item.kind is None:
+        item.kind = tuple([v.shape[1:] for v in item.feeds.values()])
+    return item.kind
 
 
 def _resolve(item: _Item, outputs: Arrays) -> None:

@@ -302,6 +302,7 @@ class ModelRegistry:
             name=f"{name}-{version}",
             inline_rows=inline_rows,
             batched=manifest.batched,
+            ragged=any(d < 0 for s in manifest.inputs for d in s.shape[1:]),
         )
         model = LoadedModel(manifest, runtime, batcher, records)
         model.v2_body_limit = protocol_v2.body_bound(manifest, self.settings.request_rows_limit)
