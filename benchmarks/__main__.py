@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         ("large", "256-row V2 binary, records and columns JSON vs in-process ORT on the same rows",
          "one short round: a smoke test"),
         ("production", "the production configuration against the bare gateway", "one short round: a smoke test"),
+        ("shapes", "batching by shape: mixed sequence lengths vs uniform, in-process", "2 s per case"),
     )  # fmt: skip
     for name, help_text, quick in commands:
         command = sub.add_parser(name, help=help_text)
@@ -227,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import production
 
         print(production.markdown(production.run(args.quick, args.out, WORK)))
+        return 0
+    if args.command == "shapes":
+        from benchmarks import shapes
+
+        print(shapes.markdown(shapes.run(args.quick)))
         return 0
     if args.command == "large":
         print(large.markdown(large.run(args.quick, args.out, WORK)))

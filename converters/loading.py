@@ -94,11 +94,13 @@ def _unpickle(path: Path) -> Any:
 def _load_onnx(path: Path) -> Any:
     import onnx
 
+    from converters.onnx import check_runs
+
     try:
         model = onnx.load_model(str(path))
-        onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ConversionError(f"{path}: not a valid ONNX model: {exc}") from exc
+    check_runs(model, path)
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,17 @@ from gateway.artifacts.manifest import Feature, Layout
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def check_runs(model: Any, path: Path) -> None:
+    """A model given as ONNX serves as given when ONNX Runtime opens it: that, not
+    onnx.checker, is the proof, since the checker refuses graphs ONNX Runtime runs (an
+    input or output declared without a shape, as exporters write them)."""
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's own error types are not a common base
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{path}: ONNX Runtime cannot load this model: {reason}") from exc
 
 
 class OnnxConverter:

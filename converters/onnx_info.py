@@ -26,11 +26,23 @@ _ELEM_TO_V2: dict[int, V2DType] = {
 
 
 def _spec(value_info: Any) -> TensorSpec:
-    tensor = value_info.type.tensor_type
-    if not value_info.type.HasField("tensor_type") or tensor.elem_type not in _ELEM_TO_V2:
+    if not value_info.type.HasField("tensor_type"):
         raise ValueError(
-            f"graph value {value_info.name!r} is not a plain tensor (maps and sequences "
-            "are not served; convert classifiers without ZipMap)"
+            f"graph value {value_info.name!r} is a {value_info.type.WhichOneof('value')}, not a tensor "
+            "(maps and sequences are not served; convert classifiers without ZipMap)"
+        )
+    tensor = value_info.type.tensor_type
+    if tensor.elem_type not in _ELEM_TO_V2:
+        import onnx
+
+        kind = onnx.TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "undefined"
+        raise ValueError(
+            f"graph value {value_info.name!r} holds {kind} elements, which the gateway does not "
+            f"serve (it serves {', '.join(sorted(set(_ELEM_TO_V2.values())))}); cast it in the graph"
+        )
+    if not tensor.HasField("shape"):  # ONNX Runtime takes any rank here: so does the gateway
+        return TensorSpec(
+            name=value_info.name, datatype=_ELEM_TO_V2[tensor.elem_type], shape=[], any_shape=True
         )
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
     return TensorSpec(name=value_info.name, datatype=_ELEM_TO_V2[tensor.elem_type], shape=shape)

@@ -79,7 +79,7 @@ def create_app(
     routes = [
         Route("/v2", endpoints.server_metadata),
         Route("/v2/health/live", endpoints.healthz),
-        Route("/v2/health/ready", endpoints.readyz),
+        Route("/v2/health/ready", endpoints.server_ready),
         # Before /v2/models/{name}: this is every model's statistics, not a model "stats".
         Route("/v2/models/stats", endpoints.model_stats),
         Route("/v2/models/{name}", endpoints.model_metadata),

@@ -7,6 +7,9 @@ split and reassembled. The queue is bounded in rows and refuses at once when ful
 item carries its own future and a monotonic deadline; expired or cancelled items never
 reach the model. If a batch fails, its items are retried one by one so that one bad
 request cannot fail its batch-mates.
+
+Only requests of one kind are joined (the same non-batch dimensions on every input, as
+Triton's dynamic batcher groups them); a model without a batch dimension runs each alone.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ log = logging.getLogger("gateway.batching")
 DispatchReason = Literal["idle", "full", "delay", "drain"]
 
 
+# How far past the head of the queue a batch looks for requests of its kind: bounds the
+# cost of one take when many kinds wait at once.
+SCAN_LIMIT = 1024
+Kind = tuple[tuple[int, ...], ...]
+
+
 @dataclass(slots=True, eq=False)
 class _Item:
     feeds: Arrays
@@ -47,6 +56,9 @@ class _Item:
     enqueued: float
     future: asyncio.Future[Arrays]
     context: object = None  # the caller's span context, for batch span links
+    # The non-batch dimensions of every input: only equal kinds are joined. Known once a
+    # request has company in the queue (a lone request never pays for it).
+    kind: Kind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +88,21 @@ class BatchReport:
 
 class MicroBatcher:
     def __init__(
-        self,
-        runtime: Runtime,
-        *,
-        max_batch_rows: int = 256,
-        max_delay: float = 0.0,
-        lanes: int = 1,
-        max_queue_rows: int = 8192,
-        on_batch: Callable[[BatchReport], None] | None = None,
-        name: str = "model",
-        inline_rows: int = 0,
-    ) -> None:
+        self, runtime: Runtime, *, max_batch_rows: int = 256, max_delay: float = 0.0, lanes: int = 1,
+        max_queue_rows: int = 8192, on_batch: Callable[[BatchReport], None] | None = None,
+        name: str = "model", inline_rows: int = 0, batched: bool = True, ragged: bool = True,
+    ) -> None:  # fmt: skip
+        """`batched`: the model's inputs and outputs share a first (batch) dimension;
+        without one, each request runs alone and its outputs are its own. `ragged`: some
+        non-batch dimension is variable, so requests are grouped by kind; where every one is
+        fixed (and checked before queueing) all requests are of one kind, and pay nothing."""
         if max_batch_rows < 1 or lanes < 1 or max_queue_rows < 1 or max_delay < 0:
             raise ValueError("batch rows, lanes and queue rows must be >= 1, delay >= 0")
         self.runtime = runtime
-        self.max_batch_rows = max_batch_rows
+        self.batched = batched
+        self._grouped = batched and ragged
+        # A request to a model without a batch dimension counts as one row: one per batch.
+        self.max_batch_rows = max_batch_rows if batched else 1
         self.max_delay = max_delay
         self.max_queue_rows = max_queue_rows
         self.on_batch = on_batch
@@ -128,7 +140,7 @@ class MicroBatcher:
         step = self.max_batch_rows
         items = (
             [_Item(feeds, rows, deadline, now, loop.create_future(), context)]
-            if rows <= step
+            if rows <= step or not self.batched
             else [
                 _Item({k: v[start : start + step] for k, v in feeds.items()}, min(step, rows - start),
                       deadline, now, loop.create_future(), context)
@@ -164,7 +176,7 @@ class MicroBatcher:
             if not batch:
                 self._lanes.release()
                 continue
-            if sum(i.rows for i in batch) <= self.inline_rows:
+            if self.inline_rows and sum(i.rows for i in batch) <= self.inline_rows:
                 await self._run(batch, reason, inline=True)
                 continue
             task = asyncio.get_running_loop().create_task(self._run(batch, reason))
@@ -191,11 +203,24 @@ class MicroBatcher:
         return "full" if self._queued_rows >= self.max_batch_rows else "drain"
 
     def _take(self) -> list[_Item]:
+        """The oldest live request and those of its kind behind it, up to max_batch_rows;
+        requests of other kinds keep their places for the next batch."""
         batch: list[_Item] = []
+        passed: list[_Item] = []
         rows = 0
         now = time.monotonic()
-        while self._queue and rows + self._queue[0].rows <= self.max_batch_rows:
-            item = self._queue.popleft()
+        queue = self._queue
+        kind: Kind | None = None
+        while queue and len(passed) < SCAN_LIMIT:
+            item = queue[0]
+            if batch and self._grouped:
+                kind = kind or _kind(batch[0])
+                if (item.kind or _kind(item)) != kind and not item.future.done():
+                    passed.append(queue.popleft())
+                    continue
+            if rows + item.rows > self.max_batch_rows:
+                break
+            queue.popleft()
             self._queued_rows -= item.rows
             if item.future.done():
                 continue  # cancelled by its caller (deadline, disconnect)
@@ -206,6 +231,7 @@ class MicroBatcher:
                 continue
             batch.append(item)
             rows += item.rows
+        queue.extendleft(reversed(passed))
         return batch
 
     async def _run(self, batch: list[_Item], reason: DispatchReason, inline: bool = False) -> None:
@@ -215,8 +241,6 @@ class MicroBatcher:
         feeds = outputs = None
         try:
             try:
-                # Inside the try: requests whose non-batch dimensions differ cannot be
-                # joined, and are then run one by one like any failed batch.
                 feeds = _concat([item.feeds for item in batch])
                 joined = time.monotonic()
                 outputs = await self._infer(feeds, inline)
@@ -244,29 +268,19 @@ class MicroBatcher:
         started, joined, ran = times
         finished = time.monotonic()
         try:
-            self.on_batch(
-                BatchReport(
-                    rows=sum(i.rows for i in batch),
-                    requests=len(batch),
-                    enqueued=[i.enqueued for i in batch],
-                    started=started,
-                    finished=finished,
-                    reason=reason,
-                    failed=failed,
-                    contexts=[i.context for i in batch],
-                    feeds=feeds,
-                    outputs=outputs,
-                    input_seconds=joined - started,
-                    infer_seconds=ran - joined,
-                    output_seconds=finished - ran,
-                )
-            )
+            self.on_batch(BatchReport(
+                rows=sum(i.rows for i in batch), requests=len(batch), enqueued=[i.enqueued for i in batch],
+                started=started, finished=finished, reason=reason, failed=failed,
+                contexts=[i.context for i in batch], feeds=feeds, outputs=outputs,
+                input_seconds=joined - started, infer_seconds=ran - joined, output_seconds=finished - ran,
+            ))  # fmt: skip
         except Exception:  # an observer's bug must never stop the dispatcher
             log.exception("batch observer failed", extra={"event": "observer_error"})
 
     def _infer_now(self, feeds: Arrays) -> Arrays:
         outputs = self.runtime.run(feeds)
-        check_rows(feeds, outputs)
+        if self.batched:
+            check_rows(feeds, outputs)
         return outputs
 
     async def _infer(self, feeds: Arrays, inline: bool) -> Arrays:
@@ -297,6 +311,12 @@ class MicroBatcher:
         self._executor.shutdown(wait=True)
 
 
+def _kind(item: _Item) -> Kind:
+    if item.kind is None:
+        item.kind = tuple([v.shape[1:] for v in item.feeds.values()])
+    return item.kind
+
+
 def _resolve(item: _Item, outputs: Arrays) -> None:
     if not item.future.done():
         item.future.set_result(outputs)
@@ -304,6 +324,9 @@ def _resolve(item: _Item, outputs: Arrays) -> None:
 
 def _deliver(batch: list[_Item], outputs: Arrays) -> None:
     """Slice each item's rows back out of the batch outputs (views, no copies)."""
+    if len(batch) == 1:  # its own outputs, whole: a model without a batch dimension has no rows
+        _resolve(batch[0], outputs)
+        return
     offset = 0
     for item in batch:
         _resolve(item, {k: v[offset : offset + item.rows] for k, v in outputs.items()})
@@ -333,7 +356,8 @@ def _fail(item: _Item, exc: Exception) -> None:
         reason = public_reason(exc, 300, "no message")
         # ONNX Runtime's INVALID_ARGUMENT: inputs each valid for the signature that the graph
         # still cannot combine (two inputs that do not broadcast): the request, not the server.
-        if type(exc).__name__ == "InvalidArgument":
+        # So is a zero-element tensor the graph's operators refuse (Triton passes those on).
+        if type(exc).__name__ == "InvalidArgument" or any(v.size == 0 for v in item.feeds.values()):
             error = Unprocessable(
                 "the model cannot run on these inputs", [{"loc": ["body", "inputs"], "msg": reason}]
             )

@@ -18,6 +18,7 @@ class FakeRuntime:
         self.delay = delay
         self.poison = poison
         self.batches: list[int] = []
+        self.shapes: list[tuple[int, ...]] = []  # the shape of "x" in each batch
         self.gate = threading.Event()
         self.gate.set()
         self._lock = threading.Lock()
@@ -34,7 +35,8 @@ class FakeRuntime:
             if self.delay:
                 time.sleep(self.delay)
             with self._lock:
-                self.batches.append(int(x.shape[0]))
+                self.batches.append(int(x.shape[0]) if x.ndim else 1)
+                self.shapes.append(x.shape)
             if self.poison is not None and np.any(x == self.poison):
                 raise ValueError("poisoned row in batch")
             return {"y": x * 2.0}

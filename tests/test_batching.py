@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.batching import BatchReport, MicroBatcher
-from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
+from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable, Unprocessable
 from gateway.testing import FakeRuntime
 
 
@@ -310,4 +310,140 @@ async def test_requests_that_cannot_be_joined_are_run_alone(inline_rows):
     b = asyncio.create_task(batcher.submit(narrow, 1, later()))
     assert (await a)["y"].shape == (1, 3) and (await b)["y"].shape == (1, 2)
     assert runtime.batches == [1, 1]
+    await batcher.close()
+
+
+def tensor(shape: tuple[int, ...], start: float = 0.0) -> dict[str, np.ndarray]:
+    size = int(np.prod(shape))
+    return {"x": (np.arange(size, dtype=np.float32) + start).reshape(shape)}
+
+
+@pytest.mark.asyncio
+async def test_mixed_shapes_in_flight_form_one_batch_per_kind():
+    """Sequence lengths 3, 5 and 7 interleaved: each length is batched with its own kind,
+    never joined with another and never reduced to one by one."""
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = MicroBatcher(runtime, max_batch_rows=64)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(tensor((1, 2)), 1, later()))
+    await asyncio.sleep(0.02)  # dispatched alone while the batcher was idle; held by the gate
+    lengths = [3, 5, 7] * 6
+    feeds = [tensor((2, n, 4), start=i) for i, n in enumerate(lengths)]
+    tasks = [asyncio.create_task(batcher.submit(f, 2, later())) for f in feeds]
+    await asyncio.sleep(0.02)
+    runtime.gate.set()
+    results = await asyncio.gather(*tasks)
+    await first
+    for f, r in zip(feeds, results, strict=True):
+        np.testing.assert_array_equal(r["y"], f["x"] * 2)
+    assert runtime.shapes[0] == (1, 2)
+    assert sorted(runtime.shapes[1:]) == [(12, 3, 4), (12, 5, 4), (12, 7, 4)]
+    assert runtime.shapes[1] == (12, 3, 4)  # the oldest kind goes first
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_kinds_keep_their_order_and_row_limit():
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = MicroBatcher(runtime, max_batch_rows=4)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(tensor((1, 1)), 1, later()))
+    await asyncio.sleep(0.02)
+    shapes = [(1, 2), (1, 3), (1, 2), (1, 3)] * 3 + [(3, 2)]
+    feeds = [tensor(s, start=i) for i, s in enumerate(shapes)]
+    tasks = [asyncio.create_task(batcher.submit(f, f["x"].shape[0], later())) for f in feeds]
+    await asyncio.sleep(0.02)
+    runtime.gate.set()
+    results = await asyncio.gather(*tasks)
+    await first
+    for f, r in zip(feeds, results, strict=True):
+        np.testing.assert_array_equal(r["y"], f["x"] * 2)
+    assert runtime.shapes[1:] == [(4, 2), (4, 3), (2, 2), (2, 3), (3, 2)]
+    await batcher.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([1, 2, 5])), min_size=1, max_size=24))
+def test_any_mix_of_shapes_answers_as_one_by_one(requests: list[tuple[int, int]]):
+    """Whatever mix of rows (zero included) and widths is in flight, each answer is what
+    the request alone would get, and no batch joins two widths."""
+
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.gate.clear()
+        batcher = MicroBatcher(runtime, max_batch_rows=4)
+        batcher.start()
+        feeds = [tensor((n, w), start=i) for i, (n, w) in enumerate(requests)]
+        tasks = [
+            asyncio.create_task(batcher.submit(f, n, later()))
+            for f, (n, _) in zip(feeds, requests, strict=True)
+        ]
+        await asyncio.sleep(0.01)
+        runtime.gate.set()
+        results = await asyncio.gather(*tasks)
+        for f, r in zip(feeds, results, strict=True):
+            assert r["y"].shape == f["x"].shape
+            np.testing.assert_array_equal(r["y"], f["x"] * 2)
+        assert len(runtime.shapes) <= len(requests)
+        assert all(shape[0] <= 4 for shape in runtime.shapes)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.asyncio
+async def test_zero_row_request_answers_an_empty_output_of_its_shape():
+    runtime = FakeRuntime()
+    batcher = MicroBatcher(runtime, max_batch_rows=8)
+    batcher.start()
+    alone = await batcher.submit(tensor((0, 16)), 0, later())
+    assert alone["y"].shape == (0, 16)
+    runtime.gate.clear()
+    held = asyncio.create_task(batcher.submit(tensor((1, 16)), 1, later()))
+    await asyncio.sleep(0.02)
+    joined = [asyncio.create_task(batcher.submit(tensor((n, 16)), n, later())) for n in (2, 0, 1)]
+    await asyncio.sleep(0.02)
+    runtime.gate.set()
+    results = await asyncio.gather(held, *joined)
+    assert [r["y"].shape for r in results] == [(1, 16), (2, 16), (0, 16), (1, 16)]
+    assert runtime.shapes[-1] == (3, 16)  # the empty one rode along
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_model_without_batch_dimension_runs_each_request_alone():
+    """Inputs of shape [16] (Triton's max_batch_size 0): never concatenated, never split,
+    outputs returned whole, however many wait at once."""
+    runtime = FakeRuntime()
+    runtime.gate.clear()
+    batcher = MicroBatcher(runtime, max_batch_rows=8, batched=False)
+    batcher.start()
+    feeds = [tensor((16,), start=i) for i in range(6)] + [{"x": np.float32(3.0) * np.ones(())}]
+    tasks = [asyncio.create_task(batcher.submit(f, 1, later())) for f in feeds]
+    await asyncio.sleep(0.02)
+    runtime.gate.set()
+    results = await asyncio.gather(*tasks)
+    for f, r in zip(feeds, results, strict=True):
+        assert r["y"].shape == f["x"].shape
+        np.testing.assert_array_equal(r["y"], f["x"] * 2)
+    assert runtime.shapes == [(16,)] * 6 + [()]
+    await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_zero_element_request_the_model_refuses_is_the_requests_fault():
+    class RefusesEmpty(FakeRuntime):
+        def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if feeds["x"].size == 0:
+                raise RuntimeError("Invalid input shape: {0,16}")
+            return super().run(feeds)
+
+    batcher = MicroBatcher(RefusesEmpty(), max_batch_rows=8)
+    batcher.start()
+    with pytest.raises(Unprocessable) as caught:
+        await batcher.submit(tensor((0, 16)), 0, later())
+    assert caught.value.status == 422
+    assert "Invalid input shape" in str(caught.value.detail)
     await batcher.close()

@@ -60,6 +60,9 @@ class TensorSpec(_Struct, frozen=True):
     datatype: V2DType
     shape: list[int]
     role: OutputRole | None = None
+    # The graph declares no shape at all (ONNX Runtime then takes any rank): `shape` is []
+    # and requests are not checked against it.
+    any_shape: bool = False
 
 
 class Source(_Struct, frozen=True):
@@ -123,6 +126,13 @@ class Manifest(_Struct, frozen=True):
 
     def output(self, role: OutputRole) -> TensorSpec | None:
         return next((o for o in self.outputs if o.role == role), None)
+
+    @property
+    def batched(self) -> bool:
+        """Every input and output has a variable first dimension, so requests can be joined
+        by rows (Triton's max_batch_size > 0). Otherwise (a fixed first dimension, a scalar,
+        no shape) each request is one whole call of the model."""
+        return all(s.shape and s.shape[0] == -1 and not s.any_shape for s in [*self.inputs, *self.outputs])
 
 
 _decoder = msgspec.json.Decoder(Manifest)

@@ -179,7 +179,7 @@ class GrpcService:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any, context: Context) -> Any:
-        return pb.ServerReadyResponse(ready=self.serving and self.registry.all_ready())
+        return pb.ServerReadyResponse(ready=self.serving and self.registry.server_ready())
 
     def _model(self, name: str, version: str) -> LoadedModel:
         return self.registry.get(name, version or None)

@@ -242,6 +242,11 @@ class Endpoints:
         body = self.registry.readiness()
         return json_response(body, 200 if body["ready"] else 503)
 
+    async def server_ready(self, request: Request) -> Response:
+        """V2 server readiness: Triton's rule (registry.server_ready), with /readyz's body."""
+        body = self.registry.readiness() | {"ready": self.registry.server_ready()}
+        return json_response(body, 200 if body["ready"] else 503)
+
     async def server_metadata(self, request: Request) -> Response:
         from gateway import __version__
 

@@ -18,8 +18,8 @@ from functools import cached_property, partial
 from gateway.artifacts.manifest import Manifest
 from gateway.artifacts.repository import Repository, RepositoryError
 from gateway.batching import BatchReport, MicroBatcher
-from gateway.errors import first_line, public_reason
-from gateway.lifecycle.warmup import warmup_feeds, warmup_sizes
+from gateway.errors import public_reason
+from gateway.lifecycle.warmup import warm_up
 from gateway.observability.telemetry import Telemetry
 from gateway.records.codec import RecordCodec
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
@@ -173,6 +173,8 @@ class Loader:
             max_queue_rows=self.settings.max_queue_rows,
             name=f"{name}-{version}",
             inline_rows=inline_rows,
+            batched=manifest.batched,
+            ragged=any(d < 0 for s in manifest.inputs for d in s.shape[1:]),
         )
         model = LoadedModel(manifest, runtime, batcher, records)
         model.v2_body_limit = protocol_v2.body_bound(manifest, self.settings.request_rows_limit)
@@ -182,20 +184,10 @@ class Loader:
 
     def _warm(self, manifest: Manifest, runtime: Runtime) -> int:
         """Run every batch size; the largest that answers within the inline budget (and all
-        below it) will run on the event loop: return it."""
-        inline_rows, within_budget = 0, True
-        for rows in warmup_sizes(self.settings.max_batch_rows):
-            feeds = warmup_feeds(manifest, rows)
-            try:
-                runtime.run(feeds)
-            except Exception as exc:  # not ready is the answer, whatever the runtime raised
-                raise ModelLoadError(f"warm-up at {rows} rows failed: {first_line(exc)}") from exc
-            started = time.perf_counter()
-            runtime.run(feeds)
-            within_budget &= time.perf_counter() - started <= self.settings.inline_budget_us / 1e6
-            if within_budget:
-                inline_rows = rows
-        return inline_rows
+        below it) will run on the event loop: return it. The policy (what a failure means)
+        is warmup's."""
+        settings = self.settings
+        return warm_up(runtime, manifest, settings.max_batch_rows, settings.inline_budget_us / 1e6)
 
     def _observe(self, model: LoadedModel, report: BatchReport) -> None:
         model.largest_batch = max(model.largest_batch, report.rows)

@@ -138,6 +138,14 @@ class ModelRegistry:
             for n in self._table.wanted | set(live)
         )
 
+    def server_ready(self) -> bool:
+        """Triton's server readiness (V2 /v2/health/ready, gRPC ServerReady): something
+        serves and every version that loaded is ready. A model that failed to load answers
+        not-ready on its own model-ready endpoint, and makes /readyz (the orchestrator's
+        probe, all_ready: every wanted model live) fail, but not every client's server
+        check: clients of the models that work keep a ready server, as with Triton."""
+        return bool(self._table.live) and all(m.ready for m in self._table.models.values())
+
     def readiness(self) -> dict[str, object]:
         """The /readyz body: what serves, what does not and why, and background tasks
         that cannot do their job."""

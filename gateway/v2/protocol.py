@@ -230,23 +230,20 @@ def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: in
             [{"loc": [*loc, "datatype"], "msg": f"expected {spec.datatype}, got {_clip(tensor.datatype)}"}],
         )
     shape = tensor.shape
-    if len(shape) != len(spec.shape) or any(
-        d < 0 or (want >= 0 and d != want) for d, want in zip(shape, spec.shape, strict=False)
-    ):
+    mismatch = not spec.any_shape and (len(shape) != len(spec.shape) or any(
+        want >= 0 and d != want for d, want in zip(shape, spec.shape, strict=False)
+    ))  # fmt: skip
+    if mismatch or any(d < 0 for d in shape):
         raise Unprocessable(
             f"input {spec.name!r} has shape {_clip(shape)}; the model takes {spec.shape} (-1: any size)",
             [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
         )
-    rows = shape[0] if shape else 1
+    rows = shape[0] if shape and spec.shape[:1] == [-1] else 1  # a fixed first dim is no row count
     if rows > max_rows:
         raise TooLarge(f"{_clip(rows)} rows in one request; the limit is {max_rows}")
-    count = math.prod(shape)  # Python integers: a huge declared shape cannot overflow here
-    if count == 0 and rows > 0:  # no model runs on it, and [[],[],...] has no byte bound
-        raise Unprocessable(
-            f"input {spec.name!r} has no elements",
-            [{"loc": [*loc, "shape"], "msg": f"a dimension of {_clip(shape)} is 0"}],
-        )
-    return count
+    # Python integers: a huge declared shape cannot overflow here. Zero elements (a 0 in
+    # any dimension) are a valid tensor, as in Triton: the data checks bound its bytes.
+    return math.prod(shape)
 
 
 def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
@@ -313,7 +310,8 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
         for d in shape[:-1]:
             level *= d
             lists += level
-        too_many = raw.count(b",") >= max(count, 1) or raw.count(b"[") > lists
+        # count - 1 commas between values; with none, at most one between each empty list
+        too_many = raw.count(b",") >= (count or lists) or raw.count(b"[") > lists
     if too_many:
         raise Unprocessable(
             "data does not fit its shape",
@@ -489,15 +487,14 @@ def decode_infer(
             f"{_clip(elements)} elements as data in one request; the limit is {MAX_DATA_ELEMENTS}: "
             "send larger tensors as binary data (binary_data_size, or raw_input_contents)"
         )
-    rows_by_input = {p.tensor.shape[0] if p.tensor.shape else 1 for p in plans}
+    # A model without a batch dimension takes each request as one whole call: one "row".
+    rows_by_input = {p.tensor.shape[0] for p in plans} if manifest.batched else {1}
     if len(rows_by_input) != 1:
         raise Unprocessable(
             "inputs disagree on the batch size",
             [{"loc": ["body", "inputs"], "msg": "every input's first dimension must match"}],
         )
     rows = rows_by_input.pop()
-    if rows == 0:
-        raise Unprocessable("empty batch", [{"loc": ["body", "inputs"], "msg": "no rows"}])
     if request.outputs is not None:
         known = {o.name for o in manifest.outputs}
         seen: set[str] = set()
@@ -523,11 +520,12 @@ def body_bound(manifest: Manifest, max_rows: int) -> int | None:
     variable dimension after the first). Bodies beyond it are refused by their declared
     length before a byte is read: no parse of megabytes that cannot be valid."""
     total = 64 * 1024
+    rows = max_rows if manifest.batched else 1
     for spec in manifest.inputs:
-        row = spec.shape[1:]
-        if spec.datatype == "BYTES" or any(d < 0 for d in row):
+        row = spec.shape[1:] if manifest.batched else spec.shape
+        if spec.datatype == "BYTES" or spec.any_shape or any(d < 0 for d in row):
             return None
-        total += max_rows * math.prod(row) * MAX_ELEMENT_BYTES
+        total += rows * math.prod(row) * MAX_ELEMENT_BYTES
     return total
 
 

@@ -160,7 +160,7 @@ class Scheduling:
 
 def model_config(manifest: Manifest, versions: list[str], scheduling: Scheduling) -> dict[str, Any]:
     """Triton's model configuration (model_config.proto) as its HTTP endpoint writes it."""
-    batched = all(s.shape and s.shape[0] == -1 for s in [*manifest.inputs, *manifest.outputs])
+    batched = manifest.batched  # the batcher's rule: runs alone, max_batch_size 0
     config: dict[str, Any] = {
         "name": manifest.name,
         "platform": "onnxruntime_onnx",
