@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.artifacts.manifest import Feature
-from gateway.artifacts.repository import IntegrityError
+from gateway.artifacts.repository import IntegrityError, Repository
 from gateway.lifecycle.loading import Loader, records_body_bound
 from gateway.lifecycle.warmup import warmup_feeds, warmup_sizes
 from gateway.observability.telemetry import Telemetry
@@ -47,10 +47,23 @@ def test_batch_sizes_that_answer_within_the_inline_budget_run_inline(repo, repos
 
 
 @pytest.mark.asyncio
-async def test_a_runtime_that_fails_warm_up_is_refused_with_the_batch_size(repo, repository, telemetry):
-    loader = Loader(settings_for(repo), repository, lambda *_: FakeRuntime(poison=0.0), telemetry)
+async def test_a_runtime_that_fails_warm_up_on_its_manifest_sample_is_refused_with_the_batch_size(
+    tmp_path, telemetry
+):
+    publish_records(tmp_path, "rec", "1", ("a", "b"))  # features: warm-up rows are the manifest's
+    loader = Loader(settings_for(tmp_path), Repository(tmp_path), lambda *_: FakeRuntime(poison=0.0), telemetry)
     with pytest.raises(ModelLoadError, match=r"^warm-up at 1 rows failed: poisoned row in batch$"):
-        await loader.load("ident", "1")
+        await loader.load("rec", "1")
+
+
+@pytest.mark.asyncio
+async def test_a_tensor_model_that_refuses_made_up_warm_up_values_is_served_not_warmed(repo, repository, telemetry):
+    loader = Loader(settings_for(repo), repository, lambda *_: FakeRuntime(poison=0.0), telemetry)
+    model = await loader.load("ident", "1")
+    try:
+        assert model.ready and model.batcher.inline_rows == 0  # costs unknown: never inline
+    finally:
+        await model.batcher.close()
 
 
 @pytest.mark.asyncio
