@@ -63,7 +63,6 @@ class ModelRegistry:
         self._lock = self.rollout.lock
         self.load_repository = self.follower.load_repository
         self.poll = self.follower.poll
-        self.follow = self.follower.follow
 
     @property
     def live(self) -> dict[str, str]:
@@ -150,6 +149,11 @@ class ModelRegistry:
         if self.background:
             body["background"] = dict(self.background)
         return body
+
+    async def follow(self, interval: float) -> None:
+        """The follower's loop, each step through `self.poll`: whatever stands there (a
+        test's injected fault included) is what the loop survives."""
+        await self.follower.follow(interval, lambda: self.poll())  # noqa: PLW0108 (read at each step)
 
     def background_failed(self, task: str, exc: BaseException) -> None:
         """A background task's step failed: log it, count it, and show it until it succeeds."""
