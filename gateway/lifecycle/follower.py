@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.artifacts.repository import Canary, Repository, RepositoryError
 from gateway.errors import NotFound, public_reason
@@ -86,13 +86,15 @@ class Follower:
         self._refused[name] = versions[-1]
         raise ModelLoadError(f"no version loads ({'; '.join(reasons)})"[:600])
 
-    async def follow(self, interval: float) -> None:
-        """Poll serving.json and apply what it says. No error ends the loop: each is
-        logged, counted and shown by /readyz until a poll succeeds again."""
+    async def follow(self, interval: float, poll: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Poll serving.json (with `poll`, by default `self.poll`) and apply what it says.
+        No error ends the loop: each is logged, counted and shown by /readyz until a poll
+        succeeds again."""
+        step = poll if poll is not None else self.poll
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.poll()
+                await step()
             except Exception as exc:
                 self._background_failed("watcher", exc)
             else:

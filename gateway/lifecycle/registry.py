@@ -3,7 +3,7 @@
 The one place every front door resolves a model (`route`), and what /readyz says. The
 registry wires the lifecycle together and is what the app, the admin API and gRPC hold:
 loading lives in `lifecycle/loading.py`, changes to what serves in `lifecycle/rollout.py`,
-and following `serving.json` in `lifecycle/follower.py`; all share one `ServingTable`.
+and following `serving.json` in `lifecycle/follower.py`; all share one `ServingTable` (`lifecycle/table.py`).
 """
 
 from __future__ import annotations
@@ -60,10 +60,9 @@ class ModelRegistry:
         self.load_pinned = self.rollout.load_pinned
         self.unload = self.rollout.unload
         self.close = self.rollout.close
-        self._lock = self.rollout.lock
+        self._lock = self.rollout.lock  # per-model: a hung load must not keep it (security tests)
         self.load_repository = self.follower.load_repository
         self.poll = self.follower.poll
-        self.follow = self.follower.follow
 
     @property
     def live(self) -> dict[str, str]:
@@ -158,6 +157,11 @@ class ModelRegistry:
         if self.background:
             body["background"] = dict(self.background)
         return body
+
+    async def follow(self, interval: float) -> None:
+        """The follower's loop, each step through `self.poll`: whatever stands there (a
+        test's injected fault included) is what the loop survives."""
+        await self.follower.follow(interval, lambda: self.poll())  # noqa: PLW0108 (read at each step)
 
     def background_failed(self, task: str, exc: BaseException) -> None:
         """A background task's step failed: log it, count it, and show it until it succeeds."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from gateway.artifacts.tabular import NUMPY_DTYPES
-from gateway.observability.telemetry import DIFF_BUCKETS
+from gateway.observability.instruments import DIFF_BUCKETS
 from gateway.types import Arrays
 
 if TYPE_CHECKING:

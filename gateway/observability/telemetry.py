@@ -1,6 +1,7 @@
-"""Metrics, traces and request logs: instruments defined once, fed from two places.
+"""Metrics, traces and request logs: the instruments (`observability/instruments.py`), fed
+from two places, with plain values only (`observability/facts.py`).
 
-- `observe_request`: once per HTTP inference request (latency, status, the access log).
+- `observe_request`: once per inference request (latency, status, the access log).
 - `observe_batch`: once per batch (queue wait, inference time, batch rows, predictions,
   feature ranges, drift, and the batch span linked to the requests it served).
 
@@ -25,16 +26,9 @@ from gateway.artifacts.manifest import Manifest
 from gateway.artifacts.tabular import columns_from_feeds
 from gateway.observability.drift import DriftMonitor
 from gateway.observability.facts import BatchFacts, Outcome
+from gateway.observability.instruments import Instruments
 from gateway.observability.logging import AccessLog
-from gateway.observability.metrics import (
-    LATENCY_BUCKETS,
-    ROW_BUCKETS,
-    Counter,
-    Gauge,
-    Histogram,
-    Pending,
-    Registry,
-)
+from gateway.observability.metrics import Pending
 from gateway.observability.tracing import epoch_ns, make_tracer, root_ratio
 from gateway.types import Arrays
 
@@ -44,32 +38,6 @@ if TYPE_CHECKING:
 
 lifecycle_log = logging.getLogger("gateway.lifecycle")
 
-PREDICTION_BUCKETS = (
-    -1e4,
-    -1e3,
-    -100.0,
-    -10.0,
-    -1.0,
-    0.0,
-    0.05,
-    0.1,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.6,
-    0.7,
-    0.8,
-    0.9,
-    0.95,
-    1.0,
-    10.0,
-    100.0,
-    1e3,
-    1e4,
-)
-# |shadow - live| per row: the histogram and the admin API's report share these bounds.
-DIFF_BUCKETS = (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0)
 _REJECTIONS = {
     413: "too_large",
     415: "media_type",
@@ -83,136 +51,16 @@ SHED_LOG_INTERVAL = 1.0
 PENDING_ROWS = 512  # small blocks: the per-feature work stays amortised without a long pause
 
 
-class Telemetry:
+class Telemetry(Instruments):
+    """The instruments, fed: requests, batches and models, told as plain values."""
+
     def __init__(
         self, shared_dir: str | None = None, span_exporter: SpanExporter | None = None, enabled: bool = True,
         log_format: str = "json",
     ) -> None:  # fmt: skip
+        super().__init__(shared_dir)
         self.enabled = enabled
         self.access_log = AccessLog(log_format)
-        self.registry = Registry(shared_dir)
-        add = self.registry.add
-        self.request_duration: Histogram = add(
-            Histogram(
-                "gateway_request_duration_seconds",
-                "Inference request latency, receipt to response.",
-                ("model", "version", "route", "code"),
-                LATENCY_BUCKETS,
-            )
-        )
-        self.requests: Counter = add(
-            Counter(
-                "gateway_requests_total",
-                "Inference requests answered.",
-                ("model", "version", "route", "code"),
-            )
-        )
-        self.rejected: Counter = add(
-            Counter(
-                "gateway_rejected_total",
-                "Requests refused before inference, by reason.",
-                ("model", "version", "reason"),
-            )
-        )
-        self.queue_wait: Histogram = add(
-            Histogram(
-                "gateway_queue_wait_seconds",
-                "Time a request waited in its model's queue.",
-                ("model", "version"),
-                LATENCY_BUCKETS,
-            )
-        )
-        self.inference: Histogram = add(
-            Histogram(
-                "gateway_inference_duration_seconds",
-                "ONNX Runtime time per batch.",
-                ("model", "version", "provider"),
-                LATENCY_BUCKETS,
-            )
-        )
-        self.batch_rows: Histogram = add(
-            Histogram(
-                "gateway_batch_rows",
-                "Rows per dispatched batch, by dispatch reason.",
-                ("model", "version", "reason"),
-                ROW_BUCKETS,
-            )
-        )
-        self.prediction: Histogram = add(
-            Histogram(
-                "gateway_prediction",
-                "Predicted class probabilities and values.",
-                ("model", "version", "output", "class"),
-                PREDICTION_BUCKETS,
-            )
-        )
-        self.out_of_range: Counter = add(
-            Counter(
-                "gateway_feature_out_of_range_total",
-                "Feature values outside the trained range.",
-                ("model", "version", "feature"),
-            )
-        )
-        self.drift: Gauge = add(
-            Gauge(
-                "gateway_feature_drift_psi",
-                "Population stability index of recent traffic vs the reference.",
-                ("model", "version", "feature"),
-            )
-        )
-        self.model_info: Gauge = add(
-            Gauge(
-                "gateway_model_info",
-                "Loaded model versions (1 = live).",
-                ("model", "version", "sha256", "provider"),
-            )
-        )
-        self.switches: Counter = add(
-            Counter(
-                "gateway_model_switches_total",
-                "Live-version switches, by result.",
-                ("model", "version", "result"),
-            )
-        )
-        self.canary_weight: Gauge = add(
-            Gauge(
-                "gateway_canary_weight",
-                "Percent of a model's requests routed to its canary version.",
-                ("model", "version"),
-            )
-        )
-        self.shadow_requests: Counter = add(
-            Counter(
-                "gateway_shadow_requests_total",
-                "Live requests mirrored to a shadow version, by result (mirrored, dropped, failed).",
-                ("model", "version", "result"),
-            )
-        )
-        self.shadow_rows: Counter = add(
-            Counter(
-                "gateway_shadow_rows_total",
-                "Rows a shadow classifier answered, by whether its label agrees with the live one.",
-                ("model", "version", "agreement"),
-            )
-        )
-        self.shadow_diff: Histogram = add(
-            Histogram(
-                "gateway_shadow_abs_diff",
-                "Per row, the largest |shadow - live| of the probabilities (classifiers) or values.",
-                ("model", "version"),
-                DIFF_BUCKETS,
-            )
-        )
-        self.ready: Gauge = add(
-            Gauge("gateway_ready", "1 when every live model is loaded and warmed.", (), reduce=min)
-        )
-        self.background_errors: Counter = add(
-            Counter(
-                "gateway_background_errors_total",
-                "Errors in background tasks (serving.json watcher, metrics publisher).",
-                ("task",),
-            )
-        )
         self._durations = Pending(self.request_duration, self.requests)
         self._waits = Pending(self.queue_wait)
         self.registry.collect_hooks += [self._durations.flush, self._waits.flush, self._collect_drift]

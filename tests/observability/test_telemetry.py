@@ -1,7 +1,8 @@
 """Telemetry (`gateway/observability/telemetry.py`) fed plain values, as DESIGN §3 has it:
 an `Outcome` per request and a batch's facts (`gateway/observability/facts.py`), models as
 their manifest and provider. No engine, lifecycle or front-door object is needed here.
-The tracer set-up (`gateway/observability/tracing.py`) is covered with a span exporter."""
+The tracer set-up (`gateway/observability/tracing.py`) is covered with a span exporter, and
+the instruments read here are `gateway/observability/instruments.py`'s."""
 
 from __future__ import annotations
 
