@@ -40,7 +40,7 @@ MAX_ELEMENT_BYTES = 64  # JSON bytes one number may take, whitespace and nesting
 _LENGTH = struct.Struct("<I")
 
 
-class _Tensor(msgspec.Struct, forbid_unknown_fields=True):
+class Tensor(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     shape: list[int]
     datatype: str
@@ -48,16 +48,16 @@ class _Tensor(msgspec.Struct, forbid_unknown_fields=True):
     data: list[Any] | None = None
 
 
-class _RequestedOutput(msgspec.Struct, forbid_unknown_fields=True):
+class RequestedOutput(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     parameters: dict[str, Any] | None = None
 
 
 class InferRequest(msgspec.Struct, forbid_unknown_fields=True):
-    inputs: list[_Tensor]
+    inputs: list[Tensor]
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    outputs: list[_RequestedOutput] | None = None
+    outputs: list[RequestedOutput] | None = None
     # Not in the protocol's request, but KServe's client sends both in every body: they
     # must agree with the URL (checked by the endpoint, which knows the path).
     model_name: str | None = None
@@ -70,7 +70,8 @@ class InferRequest(msgspec.Struct, forbid_unknown_fields=True):
 # A generic decode of `data` cost seconds of event loop for 16 MiB of `[[],[],...]`; a
 # typed decode after the shape check fails at the first wrong element.
 _Scalar = str | int | float | bool | None
-_Parameters = Annotated[dict[str, _Scalar], msgspec.Meta(max_length=64)]
+MAX_PARAMETERS = 64
+_Parameters = Annotated[dict[str, _Scalar], msgspec.Meta(max_length=MAX_PARAMETERS)]
 MAX_RANK = 32
 MAX_INPUTS = 1024
 
@@ -88,11 +89,11 @@ def _wire(name: str, base: type[msgspec.Struct], replace: dict[str, Any]) -> Any
 
 
 _WireTensor = _wire(
-    "_WireTensor", _Tensor,
+    "_WireTensor", Tensor,
     {"data": msgspec.Raw, "parameters": _Parameters | None,
      "shape": Annotated[list[int], msgspec.Meta(max_length=MAX_RANK)]},
 )  # fmt: skip
-_WireOutput = _wire("_WireOutput", _RequestedOutput, {"parameters": _Parameters | None})
+_WireOutput = _wire("_WireOutput", RequestedOutput, {"parameters": _Parameters | None})
 _WireRequest = _wire(
     "_WireRequest", InferRequest,
     {"inputs": Annotated[list[_WireTensor], msgspec.Meta(max_length=MAX_INPUTS)],  # type: ignore[valid-type]
@@ -116,10 +117,10 @@ def _from_wire(wire: Any, msgpack: bool) -> _ParsedRequest:
     for t in wire.inputs:
         raw = t.data if t.data is not None and bytes(t.data).strip() not in (b"null", b"\xc0") else None
         raws.append(raw)
-        inputs.append(_Tensor(name=t.name, shape=t.shape, datatype=t.datatype, parameters=t.parameters))
+        inputs.append(Tensor(name=t.name, shape=t.shape, datatype=t.datatype, parameters=t.parameters))
     fields = {f: getattr(wire, f) for f in InferRequest.__struct_fields__ if f not in ("inputs", "outputs")}
     outputs = (
-        [_RequestedOutput(name=o.name, parameters=o.parameters) for o in wire.outputs]
+        [RequestedOutput(name=o.name, parameters=o.parameters) for o in wire.outputs]
         if wire.outputs is not None
         else None
     )
@@ -155,6 +156,36 @@ def parse_request(
     except RecursionError:
         raise BadRequest("malformed body: nested too deeply") from None
     return request, tail
+
+
+def raw_binary_request(manifest: Manifest, body: bytes) -> tuple[InferRequest, bytes]:
+    """Triton's raw binary request (Inference-Header-Content-Length: 0): no JSON header, the
+    body is the model's single input, its shape the signature's with the batch dimension
+    read from the byte length."""
+    if len(manifest.inputs) != 1:
+        raise BadRequest(
+            f"a raw binary request ({BINARY_HEADER}: 0) is for a model of one input; "
+            f"{manifest.name!r} has {len(manifest.inputs)}: send a JSON header"
+        )
+    spec = manifest.inputs[0]
+    rest = spec.shape[1:]
+    if spec.datatype == "BYTES" or any(d < 0 for d in rest):
+        raise BadRequest(
+            f"a raw binary request needs an input of fixed size per row; {spec.name!r} is "
+            f"{spec.datatype} {spec.shape}: send a JSON header"
+        )
+    row = NUMPY_DTYPES[spec.datatype].itemsize * math.prod(rest)
+    if not spec.shape or spec.shape[0] >= 0:
+        shape = list(spec.shape)
+    elif row and len(body) % row == 0:
+        shape = [len(body) // row, *rest]
+    else:
+        raise BadRequest(
+            f"a raw binary body of {len(body)} bytes is not whole rows of {spec.datatype} {rest} "
+            f"({row} bytes each)"
+        )
+    tensor = Tensor(spec.name, shape, spec.datatype, {"binary_data_size": len(body)})
+    return InferRequest(inputs=[tensor]), body
 
 
 def _clip(value: object) -> str:
@@ -213,7 +244,7 @@ def _bytes_elements(raw: bytes, count: int, loc: list[Any]) -> np.ndarray:
 class _Plan:
     """One input whose declared sizes passed every limit: only now is anything decoded."""
 
-    tensor: _Tensor
+    tensor: Tensor
     spec: TensorSpec
     loc: list[Any]
     count: int
@@ -222,7 +253,7 @@ class _Plan:
     msgpack: bool = False
 
 
-def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: int) -> int:
+def _check_shape(tensor: Tensor, spec: TensorSpec, loc: list[Any], max_rows: int) -> int:
     """The element count the declared shape implies, refused before anything is allocated."""
     if tensor.datatype != spec.datatype:
         raise Unprocessable(
@@ -230,8 +261,13 @@ def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: in
             [{"loc": [*loc, "datatype"], "msg": f"expected {spec.datatype}, got {_clip(tensor.datatype)}"}],
         )
     shape = tensor.shape
+    if any(d < 0 for d in shape):
+        raise BadRequest(
+            f"input {spec.name!r} has a negative dimension in shape {_clip(shape)}",
+            [{"loc": [*loc, "shape"], "msg": "dimensions are sizes: 0 or more"}],
+        )
     if len(shape) != len(spec.shape) or any(
-        d < 0 or (want >= 0 and d != want) for d, want in zip(shape, spec.shape, strict=False)
+        want >= 0 and d != want for d, want in zip(shape, spec.shape, strict=False)
     ):
         raise Unprocessable(
             f"input {spec.name!r} has shape {_clip(shape)}; the model takes {spec.shape} (-1: any size)",
@@ -240,16 +276,12 @@ def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: in
     rows = shape[0] if shape else 1
     if rows > max_rows:
         raise TooLarge(f"{_clip(rows)} rows in one request; the limit is {max_rows}")
-    count = math.prod(shape)  # Python integers: a huge declared shape cannot overflow here
-    if count == 0 and rows > 0:  # no model runs on it, and [[],[],...] has no byte bound
-        raise Unprocessable(
-            f"input {spec.name!r} has no elements",
-            [{"loc": [*loc, "shape"], "msg": f"a dimension of {_clip(shape)} is 0"}],
-        )
-    return count
+    # Python integers: a huge declared shape cannot overflow here. Zero elements are a
+    # tensor like any other (Triton runs them); `data` of [[],[],...] is bounded by bytes.
+    return math.prod(shape)
 
 
-def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
+def _plan(tensor: Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
           max_bytes_elements: int, raw: msgspec.Raw | None, msgpack: bool) -> _Plan:  # fmt: skip
     loc: list[Any] = ["body", "inputs", index]
     count = _check_shape(tensor, spec, loc, max_rows)
@@ -269,8 +301,10 @@ def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: byte
             "an input carries either data or binary_data_size, not both",
             [{"loc": [*loc, "data"], "msg": "remove data, or binary_data_size"}],
         )
-    if type(size) is not int or size < 0 or offset + size > len(tail):
-        raise Unprocessable(
+    if type(size) is not int:
+        raise Unprocessable("binary_data_size must be an integer", [{"loc": where, "msg": f"got {_clip(size)}"}])
+    if size < 0 or offset + size > len(tail):  # Triton: 400, as for any size that overflows
+        raise BadRequest(
             "binary_data_size overruns the body", [{"loc": where, "msg": "outside the binary part"}]
         )
     if spec.datatype == "BYTES":
@@ -443,10 +477,11 @@ def _check_request(request: InferRequest) -> None:
             f"id is longer than {ID_LIMIT} characters", [{"loc": ["body", "id"], "msg": "too long"}]
         )
     timeout = (request.parameters or {}).get("timeout")
+    # 0 is Triton's "no timeout", which tritonclient sends unless told otherwise.
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < MAX_TIMEOUT_US
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < MAX_TIMEOUT_US
     ):
-        raise BadRequest("timeout must be a number of microseconds, positive and under a day")
+        raise BadRequest("timeout must be a number of microseconds, 0 (none) or positive and under a day")
 
 
 def decode_infer(
@@ -496,8 +531,6 @@ def decode_infer(
             [{"loc": ["body", "inputs"], "msg": "every input's first dimension must match"}],
         )
     rows = rows_by_input.pop()
-    if rows == 0:
-        raise Unprocessable("empty batch", [{"loc": ["body", "inputs"], "msg": "no rows"}])
     if request.outputs is not None:
         known = {o.name for o in manifest.outputs}
         seen: set[str] = set()
@@ -508,7 +541,7 @@ def decode_infer(
                     [{"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}],
                 )
             if out.name in seen:  # each copy would be encoded again: one answer, many times
-                raise Unprocessable(
+                raise BadRequest(
                     f"output {out.name!r} is requested more than once",
                     [{"loc": ["body", "outputs", i, "name"], "msg": "repeated output"}],
                 )
@@ -595,15 +628,15 @@ def _check_strings(rows: int, k: int) -> None:
         )
 
 
-def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None) -> np.ndarray:
+def _classify(array: np.ndarray, k: int, labels: list[bool | int | str] | None) -> np.ndarray:
     """Each row's top k as Triton writes them: "score:index:label", or "score:index"
-    when the output's width is not the model's class list."""
+    when the output's width is not its label list's."""
     scores = array.reshape(array.shape[0] if array.ndim else 1, -1)
     k = min(k, scores.shape[1])
     _check_strings(scores.shape[0], k)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     values = np.take_along_axis(scores, top, axis=1)
-    labels = classes if classes is not None and len(classes) == scores.shape[1] else None
+    labels = labels if labels is not None and len(labels) == scores.shape[1] else None
     indices = top.ravel().tolist()
     texts = [f"{v:f}:{i}" for v, i in zip(values.astype(np.float64).ravel().tolist(), indices, strict=True)]
     if labels is not None:
@@ -613,29 +646,65 @@ def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None)
     return out.reshape(top.shape)
 
 
-def encode_infer(manifest: Manifest, request: InferRequest, outputs: Arrays) -> tuple[bytes, dict[str, str]]:
-    """The response body and any headers it needs (binary extension)."""
+def output_labels(manifest: Manifest, name: str) -> list[bool | int | str] | None:
+    """An output's labels: those given for it at convert (`--labels OUTPUT=file`, Triton's
+    label_filename), else the converted classifier's classes."""
+    given = manifest.labels.get(name)
+    return list(given) if given is not None else manifest.classes
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTensor:
+    """One output as the answer carries it, whatever the transport."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool  # HTTP: in the binary part (gRPC always answers raw bytes)
+
+
+def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) -> list[OutputTensor]:
+    """The outputs the request asked for (all, by default), classified where it asked."""
     wanted = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
     datatypes = {o.name: o.datatype for o in manifest.outputs}
     counts = class_counts(manifest, request) if request.outputs else {}
-    tensors: list[dict[str, Any]] = []
-    binary: list[bytes] = []
+    tensors: list[OutputTensor] = []
     for name in wanted:
         array, datatype = outputs[name], datatypes[name]
         if name in counts:
-            array, datatype = _classify(array, counts[name], manifest.classes), "BYTES"
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if _wants_binary(request, name):
-            raw = tensor_bytes(array, datatype)
+            array, datatype = _classify(array, counts[name], output_labels(manifest, name)), "BYTES"
+        tensors.append(OutputTensor(name, datatype, array, _wants_binary(request, name)))
+    return tensors
+
+
+def empty_outputs(manifest: Manifest) -> Arrays:
+    """A request of zero rows answers zero rows, without a model run: each output's shape
+    with its batch dimension (and any other variable one) 0."""
+    return {
+        o.name: np.empty([max(d, 0) for d in o.shape] if o.shape else [0], dtype=NUMPY_DTYPES[o.datatype])
+        for o in manifest.outputs
+    }
+
+
+def encode_infer(
+    manifest: Manifest, request: InferRequest, tensors: list[OutputTensor]
+) -> tuple[bytes, dict[str, str]]:
+    """The HTTP response body and any headers it needs (binary extension)."""
+    entries: list[dict[str, Any]] = []
+    binary: list[bytes] = []
+    for t in tensors:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.array.shape)}
+        if t.binary:
+            raw = tensor_bytes(t.array, t.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:
-            entry["data"] = _json_data(array)
-        tensors.append(entry)
+            entry["data"] = _json_data(t.array)
+        entries.append(entry)
     payload: dict[str, Any] = {
         "model_name": manifest.name,
         "model_version": manifest.version,
-        "outputs": tensors,
+        "outputs": entries,
     }
     if request.id is not None:
         payload["id"] = request.id
