@@ -337,7 +337,7 @@ def _answering(
             try:
                 request = request_class.FromString(raw)
             except DecodeError as exc:
-                log.warning("malformed message", extra={"event": "grpc_malformed", "message": name})
+                log.warning("malformed message", extra={"event": "grpc_malformed", "grpc_message": name})
                 raise BadRequest(f"malformed {name}: {exc}") from None
             return await handler(request, context)
         except GatewayError as exc:

@@ -302,7 +302,9 @@ def _plan(tensor: Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes
             [{"loc": [*loc, "data"], "msg": "remove data, or binary_data_size"}],
         )
     if type(size) is not int:
-        raise Unprocessable("binary_data_size must be an integer", [{"loc": where, "msg": f"got {_clip(size)}"}])
+        raise Unprocessable(
+            "binary_data_size must be an integer", [{"loc": where, "msg": f"got {_clip(size)}"}]
+        )
     if size < 0 or offset + size > len(tail):  # Triton: 400, as for any size that overflows
         raise BadRequest(
             "binary_data_size overruns the body", [{"loc": where, "msg": "outside the binary part"}]
