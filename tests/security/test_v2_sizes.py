@@ -254,3 +254,85 @@ def test_l8_binary_bytes_tensor_round_trip(srv):
                          "parameters": {"binary_data_size": len(bad)}}]}, bad,
         )  # fmt: skip
         _error(client.post(ECHO, content=body, headers=headers), 422)
+
+
+@pytest.fixture(scope="module")
+def grpc_srv(tmp_path_factory):
+    from tests.conftest import free_port
+
+    repo = tmp_path_factory.mktemp("grpc-sizes-repo")
+    publish_identity(repo)
+    port = free_port()
+    server = start_server(repo, tmp_path_factory.mktemp("grpc-sizes"), "--grpc-port", str(port),
+                          "--log-level", "warning")  # fmt: skip
+    yield server, f"127.0.0.1:{port}"
+    server.stop()
+
+
+def _attacks() -> list[tuple[str, object]]:
+    """G1: each message declares a count past a limit; each used to hold the event loop
+    for seconds while gRPC turned its repeated fields into Python lists."""
+    from tritonclient.grpc import service_pb2
+
+    def request() -> service_pb2.ModelInferRequest:
+        return service_pb2.ModelInferRequest(model_name="ident")
+
+    shape = request()
+    shape.inputs.add(name="x", datatype="FP32").shape.extend([1] * 15_000_000)
+    inputs = request()
+    for _ in range(1_500_000):
+        inputs.inputs.add(name="x")
+    outputs = request()
+    for _ in range(2_000_000):
+        outputs.outputs.add(name="y")
+    parameters = request()
+    for i in range(700_000):
+        parameters.parameters[str(i)].int64_param = 1
+    values = request()
+    tensor = values.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([1.0] * 4_190_000)
+    return [("shape", shape), ("inputs", inputs), ("outputs", outputs), ("parameters", parameters),
+            ("values", values)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_g1_grpc_counts_are_checked_before_lists_are_made(grpc_srv):
+    """Refused INVALID_ARGUMENT with HTTP's words, and the loop keeps answering HTTP meanwhile."""
+    import threading
+
+    import grpc
+
+    server, address = grpc_srv
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for name, message in _attacks():
+            raw = message.SerializeToString()  # built here, not on the clock
+            gaps: list[float] = []
+            warm, done = threading.Event(), threading.Event()
+
+            def probe(warm: threading.Event = warm, done: threading.Event = done, gaps: list = gaps) -> None:
+                with httpx.Client(base_url=server.url, timeout=30) as client:
+                    assert client.post(IDENT, json=body).status_code == 200  # connected: not timed
+                    warm.set()
+                    while not done.is_set():
+                        started = time.perf_counter()
+                        assert client.post(IDENT, json=body).status_code == 200
+                        gaps.append(time.perf_counter() - started)
+
+            thread = threading.Thread(target=probe)
+            thread.start()
+            warm.wait(30)
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as info:
+                infer(raw, timeout=30)
+            elapsed = time.perf_counter() - started
+            done.set()
+            thread.join()
+            details = info.value.details() or ""
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value)
+            assert "length <=" in details or "contents hold" in details, details
+            # Seconds before (2.3 s for the shape, 16 s to parse the parameters' map in
+            # full); now the upload and a shallow parse. Loose bounds: CI machines are shared.
+            assert elapsed < 2.0, (name, elapsed)
+            assert max(gaps, default=0) < 0.5, (name, gaps)
