@@ -179,12 +179,11 @@ class InferV2Endpoint(InferenceEndpoint):
             call, params["name"], params.get("version"), lambda model: self.read(model, scope, raw), raw,
             header(scope, b"x-request-timeout"),
         )  # fmt: skip
-        body, extra = protocol_v2.encode_infer(answer.model.manifest, answer.request, answer.outputs)
-        return body, [(k.encode(), v.encode()) for k, v in extra.items()]
+        return protocol_v2.encode_infer(answer.model.manifest, answer.request, answer.outputs)
 
     @staticmethod
     def read(model: LoadedModel, scope: Scope, body: bytes) -> tuple[protocol_v2.InferRequest, bytes]:
-        binary_length = header(scope, protocol_v2.BINARY_HEADER.encode())
+        binary_length = header(scope, _BINARY_HEADER)
         if binary_length is not None and binary_length.strip() == b"0":
             return protocol_v2.raw_binary_request(model.manifest, body)
         request, tail = protocol_v2.parse_request(
@@ -192,6 +191,9 @@ class InferV2Endpoint(InferenceEndpoint):
         )
         _check_body_model(request, model)
         return request, tail
+
+
+_BINARY_HEADER = protocol_v2.BINARY_HEADER.encode()
 
 
 def _check_body_model(request: protocol_v2.InferRequest, model: LoadedModel) -> None:

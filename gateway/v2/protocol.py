@@ -11,7 +11,7 @@ import math
 import struct
 from dataclasses import dataclass
 from types import GenericAlias
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -115,23 +115,28 @@ def _from_wire(wire: Any, msgpack: bool) -> _ParsedRequest:
     raws: list[msgspec.Raw | None] = []
     inputs = []
     for t in wire.inputs:
-        raw = t.data if t.data is not None and bytes(t.data).strip() not in (b"null", b"\xc0") else None
+        data = t.data
+        # `null` (JSON, maybe spaced) or nil (msgpack): no data. Anything longer is data.
+        empty = data is None or (len(data) <= 16 and bytes(data).strip() in (b"null", b"\xc0"))
+        raw = None if empty else data
         raws.append(raw)
         inputs.append(Tensor(name=t.name, shape=t.shape, datatype=t.datatype, parameters=t.parameters))
-    fields = {f: getattr(wire, f) for f in InferRequest.__struct_fields__ if f not in ("inputs", "outputs")}
     outputs = (
         [RequestedOutput(name=o.name, parameters=o.parameters) for o in wire.outputs]
         if wire.outputs is not None
         else None
     )
-    return _ParsedRequest(inputs=inputs, outputs=outputs, raw_data=raws, msgpack=msgpack, **fields)
+    return _ParsedRequest(
+        inputs=inputs, outputs=outputs, raw_data=raws, msgpack=msgpack, id=wire.id,
+        parameters=wire.parameters, model_name=wire.model_name, model_version=wire.model_version,
+    )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class DecodedInfer:
+class DecodedInfer(NamedTuple):
+    """A request's feeds and rows (a tuple: this is made on every request)."""
+
     feeds: Arrays
     rows: int
-    request: InferRequest
 
 
 def parse_request(
@@ -240,7 +245,7 @@ def _bytes_elements(raw: bytes, count: int, loc: list[Any]) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Plan:
     """One input whose declared sizes passed every limit: only now is anything decoded."""
 
@@ -261,14 +266,18 @@ def _check_shape(tensor: Tensor, spec: TensorSpec, loc: list[Any], max_rows: int
             [{"loc": [*loc, "datatype"], "msg": f"expected {spec.datatype}, got {_clip(tensor.datatype)}"}],
         )
     shape = tensor.shape
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise BadRequest(
             f"input {spec.name!r} has a negative dimension in shape {_clip(shape)}",
             [{"loc": [*loc, "shape"], "msg": "dimensions are sizes: 0 or more"}],
         )
-    if len(shape) != len(spec.shape) or any(
-        want >= 0 and d != want for d, want in zip(shape, spec.shape, strict=False)
-    ):
+    fits = len(shape) == len(spec.shape)
+    if fits:  # a loop, not any(<generator>): this runs on every request
+        for d, want in zip(shape, spec.shape, strict=True):
+            if want >= 0 and d != want:
+                fits = False
+                break
+    if not fits:
         raise Unprocessable(
             f"input {spec.name!r} has shape {_clip(shape)}; the model takes {spec.shape} (-1: any size)",
             [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
@@ -430,8 +439,12 @@ def _json_array(plan: _Plan) -> np.ndarray:
     except msgspec.DecodeError:  # after ValidationError, its subclass
         raise BadRequest(f"input {spec.name!r}: malformed data") from None
     try:
-        with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason
-            array = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
+        dtype = NUMPY_DTYPES[spec.datatype]
+        if dtype.kind == "f" and dtype.itemsize < 8:
+            with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason
+                array = np.asarray(values, dtype=dtype)
+        else:
+            array = np.asarray(values, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
         raise Unprocessable(
             f"input {spec.name!r}: data is not a regular {spec.datatype} array",
@@ -450,7 +463,7 @@ def _json_array(plan: _Plan) -> np.ndarray:
     return array
 
 
-def _tensor_array(plan: _Plan, tail: bytes, missing: np.ndarray | bool = False) -> np.ndarray:
+def _tensor_array(plan: _Plan, tail: bytes, manifest: Manifest) -> np.ndarray:
     spec, loc = plan.spec, plan.loc
     if plan.binary is None:
         array = _json_array(plan)
@@ -466,6 +479,7 @@ def _tensor_array(plan: _Plan, tail: bytes, missing: np.ndarray | bool = False) 
     # NaN is a missing value where the model fills it in (the records API's null); infinity,
     # and NaN anywhere else, never.
     refused = array.dtype.kind == "f" and not all_finite(array)
+    missing = missing_allowed(manifest, spec) if refused else False
     if refused and bool((~np.isfinite(array) & ~(np.isnan(array) & missing)).any()):
         raise Unprocessable(
             "non-finite number", [{"loc": [*loc, "data"], "msg": non_finite_reason(array.dtype)}]
@@ -486,15 +500,34 @@ def _check_request(request: InferRequest) -> None:
         raise BadRequest("timeout must be a number of microseconds, 0 (none) or positive and under a day")
 
 
+_SIGNATURES: dict[int, tuple[Manifest, dict[str, TensorSpec], frozenset[str]]] = {}
+
+
+def _signature(manifest: Manifest) -> tuple[dict[str, TensorSpec], frozenset[str]]:
+    """The inputs by name and the output names, built once per loaded manifest, not per
+    request (keyed by identity; the manifest is kept so that an id is never reused)."""
+    entry = _SIGNATURES.get(id(manifest))
+    if entry is None or entry[0] is not manifest:
+        if len(_SIGNATURES) >= 256:  # versions come and go: the oldest are long unloaded
+            _SIGNATURES.clear()
+        entry = _SIGNATURES[id(manifest)] = (
+            manifest,
+            {s.name: s for s in manifest.inputs},
+            frozenset(o.name for o in manifest.outputs),
+        )
+    return entry[1], entry[2]
+
+
 def decode_infer(
     manifest: Manifest, request: InferRequest, tail: bytes, max_rows: int,
     max_bytes_elements: int = MAX_BYTES_ELEMENTS,
 ) -> DecodedInfer:  # fmt: skip
-    """Validate every declared size of every input first, then decode the data."""
+    """Validate every declared size of every input first, then decode the data: the
+    model's feeds and the request's rows."""
     _check_request(request)
-    specs = {s.name: s for s in manifest.inputs}
+    specs, known = _signature(manifest)
     names = [t.name for t in request.inputs]
-    if len(names) != len(specs) or len(set(names)) != len(names) or not all(n in specs for n in names):
+    if len(names) != len(specs) or not all(n in specs for n in names) or len(set(names)) != len(names):
         missing, unknown = sorted(set(specs) - set(names)), sorted(set(names) - set(specs))
         raise Unprocessable(
             "inputs do not match the model",
@@ -534,7 +567,6 @@ def decode_infer(
         )
     rows = rows_by_input.pop()
     if request.outputs is not None:
-        known = {o.name for o in manifest.outputs}
         seen: set[str] = set()
         for i, out in enumerate(request.outputs):
             if out.name not in known:
@@ -548,8 +580,8 @@ def decode_infer(
                     [{"loc": ["body", "outputs", i, "name"], "msg": "repeated output"}],
                 )
             seen.add(out.name)
-    feeds: Arrays = {p.tensor.name: _tensor_array(p, tail, missing_allowed(manifest, p.spec)) for p in plans}
-    return DecodedInfer(feeds, rows, request)
+    feeds: Arrays = {p.tensor.name: _tensor_array(p, tail, manifest) for p in plans}
+    return DecodedInfer(feeds, rows)
 
 
 def body_bound(manifest: Manifest, max_rows: int) -> int | None:
@@ -655,8 +687,7 @@ def output_labels(manifest: Manifest, name: str) -> list[bool | int | str] | Non
     return list(given) if given is not None else manifest.classes
 
 
-@dataclass(frozen=True, slots=True)
-class OutputTensor:
+class OutputTensor(NamedTuple):
     """One output as the answer carries it, whatever the transport."""
 
     name: str
@@ -667,11 +698,13 @@ class OutputTensor:
 
 def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) -> list[OutputTensor]:
     """The outputs the request asked for (all, by default), classified where it asked."""
-    wanted = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
+    if not request.outputs:  # every output, as the model declares it
+        binary = bool((request.parameters or {}).get("binary_data_output", False))
+        return [OutputTensor(o.name, o.datatype, outputs[o.name], binary) for o in manifest.outputs]
     datatypes = {o.name: o.datatype for o in manifest.outputs}
-    counts = class_counts(manifest, request) if request.outputs else {}
+    counts = class_counts(manifest, request)
     tensors: list[OutputTensor] = []
-    for name in wanted:
+    for name in (o.name for o in request.outputs):
         array, datatype = outputs[name], datatypes[name]
         if name in counts:
             array, datatype = _classify(array, counts[name], output_labels(manifest, name)), "BYTES"
@@ -688,14 +721,23 @@ def empty_outputs(manifest: Manifest) -> Arrays:
     }
 
 
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+@functools.lru_cache(maxsize=256)
+def _answer_head(name: str, version: str) -> bytes:
+    """`{"model_name":...,"model_version":...,` once per model version, not per answer."""
+    return orjson.dumps({"model_name": name, "model_version": version})[:-1] + b","
+
+
 def encode_infer(
     manifest: Manifest, request: InferRequest, tensors: list[OutputTensor]
-) -> tuple[bytes, dict[str, str]]:
-    """The HTTP response body and any headers it needs (binary extension)."""
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The HTTP response body and its headers (the binary extension's when it is used)."""
     entries: list[dict[str, Any]] = []
     binary: list[bytes] = []
     for t in tensors:
-        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.array.shape)}
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.array.shape}
         if t.binary:
             raw = tensor_bytes(t.array, t.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -703,20 +745,19 @@ def encode_infer(
         else:
             entry["data"] = _json_data(t.array)
         entries.append(entry)
-    payload: dict[str, Any] = {
-        "model_name": manifest.name,
-        "model_version": manifest.version,
-        "outputs": entries,
-    }
+    tail: dict[str, Any] = {"outputs": entries}
     if request.id is not None:
-        payload["id"] = request.id
-    header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        tail = {"id": request.id, "outputs": entries}
+    header = (
+        _answer_head(manifest.name, manifest.version)
+        + orjson.dumps(tail, option=orjson.OPT_SERIALIZE_NUMPY)[1:]
+    )
     if not binary:
-        return header, {"content-type": "application/json"}
-    return header + b"".join(binary), {
-        "content-type": "application/octet-stream",
-        BINARY_HEADER: str(len(header)),
-    }
+        return header, _JSON_HEADERS
+    return header + b"".join(binary), [
+        (b"content-type", b"application/octet-stream"),
+        (BINARY_HEADER.encode(), str(len(header)).encode()),
+    ]
 
 
 def model_metadata(manifest: Manifest, versions: list[str], provider: str) -> dict[str, Any]:

@@ -13,8 +13,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway import __version__
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized, Unprocessable
@@ -83,8 +82,7 @@ def authorize(settings: Settings, values: Sequence[str], where: str = "the metad
         raise Forbidden("invalid admin token")
 
 
-@dataclass(frozen=True, slots=True)
-class InferAnswer:
+class InferAnswer(NamedTuple):
     """What an inference answers, before a transport writes it."""
 
     model: LoadedModel
@@ -204,14 +202,15 @@ class V2Service:
         timeout_ms: bytes | None = None, remaining: float | None = None,
     ) -> Decoded:  # fmt: skip
         """Every check before any model time: sizes, data, classification's cost, deadline."""
-        decoded = protocol.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
+        feeds, rows = protocol.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
         if request.outputs:
-            protocol.class_counts(model.manifest, request, decoded.rows)
-        feeds = model.records.check_tensors(decoded.feeds) if model.records is not None else decoded.feeds
+            protocol.class_counts(model.manifest, request, rows)
+        if model.records is not None:
+            feeds = model.records.check_tensors(feeds)
         deadline = deadline_after(self.settings, (request.parameters or {}).get("timeout"), timeout_ms)
         if remaining is not None:  # the client's own deadline (gRPC's) is the request's too
             deadline = min(deadline, time.monotonic() + remaining)
-        return Decoded(feeds, decoded.rows, deadline, request)
+        return Decoded(feeds, rows, deadline, request)
 
     async def infer(
         self, call: Call, name: str, version: str | None, read: Reader, raw: bytes,
