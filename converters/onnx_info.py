@@ -27,10 +27,23 @@ _ELEM_TO_V2: dict[int, V2DType] = {
 
 def _spec(value_info: Any) -> TensorSpec:
     tensor = value_info.type.tensor_type
-    if not value_info.type.HasField("tensor_type") or tensor.elem_type not in _ELEM_TO_V2:
+    if not value_info.type.HasField("tensor_type"):
         raise ValueError(
             f"graph value {value_info.name!r} is not a plain tensor (maps and sequences "
             "are not served; convert classifiers without ZipMap)"
+        )
+    if tensor.elem_type not in _ELEM_TO_V2:
+        from onnx import TensorProto
+
+        kind = (
+            TensorProto.DataType.Name(tensor.elem_type)
+            if tensor.elem_type in TensorProto.DataType.values()
+            else str(tensor.elem_type)
+        )
+        why = " (numpy, which carries every tensor here, has no bfloat16)" if kind == "BFLOAT16" else ""
+        raise ValueError(
+            f"graph value {value_info.name!r} is a {kind} tensor, which this gateway does not serve{why}: "
+            "cast it in the graph to a type it serves (FLOAT, FLOAT16, DOUBLE, the integers, BOOL, STRING)"
         )
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
     return TensorSpec(name=value_info.name, datatype=_ELEM_TO_V2[tensor.elem_type], shape=shape)

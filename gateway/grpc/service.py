@@ -56,6 +56,8 @@ CODES = {
 # A gRPC code back to the HTTP status it stands for, for a call gRPC itself ended.
 CANCELLED = 499
 DEADLINE_SLACK_S = 0.005
+# Bytes of a non-inference message (names, versions, a few parameters): far above any real one.
+CONTROL_MESSAGE_LIMIT = 64 * 1024
 
 Metadata = tuple[tuple[str, str], ...]
 if TYPE_CHECKING:
@@ -334,6 +336,8 @@ def _answering(
 
     async def answer(raw: bytes, context: Context) -> Any:
         try:
+            if len(raw) > CONTROL_MESSAGE_LIMIT:  # before a parse: a map of 700 k entries took 16 s
+                raise BadRequest(f"a {name} of {len(raw)} bytes; the limit is {CONTROL_MESSAGE_LIMIT}")
             try:
                 request = request_class.FromString(raw)
             except DecodeError as exc:

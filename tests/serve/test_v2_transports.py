@@ -9,6 +9,7 @@ the same `inference.*` message names in protobuf's default pool.
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -397,6 +398,17 @@ def test_grpc_malformed_messages_are_invalid_argument(server, method):
         call(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)  # a length beyond the message
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
     assert "malformed" in (info.value.details() or "")
+    # A huge one is refused by its size before it is parsed (a big map took seconds).
+    huge = service_pb2.RepositoryModelLoadRequest(model_name="ident")
+    for i in range(20_000):
+        huge.parameters[str(i)].string_param = "x"
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as info:
+        call(huge.SerializeToString(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "the limit is" in (
+        info.value.details() or ""
+    )
+    assert time.perf_counter() - started < 1.0
 
 
 def test_raw_binary_request(server):
