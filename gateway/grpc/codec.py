@@ -45,7 +45,7 @@ def _probe_classes() -> tuple[Any, Any, Any]:
     kind = descriptor_pb2.FieldDescriptorProto
     one, many, raw = kind.LABEL_OPTIONAL, kind.LABEL_REPEATED, kind.TYPE_BYTES
     layouts = {
-        "Request": [("parameters", 4, many), ("inputs", 5, many), ("outputs", 6, many)],
+        "Request": [("id", 3, one), ("parameters", 4, many), ("inputs", 5, many), ("outputs", 6, many)],
         "Tensor": [("name", 1, one), ("datatype", 2, one), ("shape", 3, one), ("parameters", 4, many),
                    ("contents", 5, one)],
         "Output": [("name", 1, one), ("parameters", 2, many)],
@@ -71,6 +71,16 @@ def _too_many(loc: list[Any], count: int, limit: int, kind: str = "array") -> Un
         "invalid inference request",
         [{"loc": loc, "msg": f"Expected `{kind}` of length <= {limit}, got {count}"}],
     )
+
+
+def request_id(raw: bytes) -> str:
+    """The id of a request that failed, read shallowly (a full parse of what failed could
+    cost seconds), clipped as HTTP clips it; empty when it cannot be read."""
+    try:
+        given: bytes = _ProbeRequest.FromString(raw).id
+    except DecodeError:
+        return ""
+    return given[: protocol_v2.ID_LIMIT].decode(errors="replace")
 
 
 def check_sizes(raw: bytes) -> None:

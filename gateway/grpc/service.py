@@ -303,7 +303,8 @@ class GrpcService:
             except GatewayError as exc:
                 self._finish(call, exc.status, exc.message)
                 yield pb.ModelStreamInferResponse(
-                    error_message=_message(exc), infer_response=pb.ModelInferResponse(id=_request_id(raw))
+                    error_message=_message(exc),
+                    infer_response=pb.ModelInferResponse(id=grpc_codec.request_id(raw)),
                 )
                 continue
             except asyncio.CancelledError:
@@ -316,15 +317,6 @@ class GrpcService:
                 continue
             self._finish(call, 200, None)
             yield pb.ModelStreamInferResponse(infer_response=response)
-
-
-def _request_id(raw: bytes) -> str:
-    """The id of a request that failed, if it can be read at all."""
-    try:
-        request_id: str = pb.ModelInferRequest.FromString(raw).id
-    except DecodeError:
-        return ""
-    return request_id
 
 
 def _answering(

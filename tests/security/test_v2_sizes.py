@@ -336,3 +336,29 @@ def test_g1_grpc_counts_are_checked_before_lists_are_made(grpc_srv):
             # full); now the upload and a shallow parse. Loose bounds: CI machines are shared.
             assert elapsed < 2.0, (name, elapsed)
             assert max(gaps, default=0) < 0.5, (name, gaps)
+
+
+def test_g1_a_streamed_oversized_request_is_answered_with_its_id_fast(grpc_srv):
+    """A failed stream request is answered with its id, read without the full parse that
+    700 k parameters would cost (16 s), and the stream goes on."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    _, address = grpc_srv
+    big = service_pb2.ModelInferRequest(model_name="ident", id="big")
+    for i in range(700_000):
+        big.parameters[str(i)].int64_param = 1
+    good = service_pb2.ModelInferRequest(model_name="ident", id="good")
+    good.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])
+    raws = [big.SerializeToString(), good.SerializeToString()]
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        started = time.perf_counter()
+        first, second = list(stream(iter(raws), timeout=30))
+        elapsed = time.perf_counter() - started
+    assert first.infer_response.id == "big" and "length <= 64" in first.error_message, first
+    assert second.infer_response.id == "good" and not second.error_message
+    assert elapsed < 2.0, elapsed
