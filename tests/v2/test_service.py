@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from gateway.artifacts.manifest import TensorSpec
 from gateway.artifacts.remote import open_repository
-from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unprocessable
 from gateway.inference import InferenceCore, deadline_after, request_id
 from gateway.lifecycle.registry import ModelRegistry
 from gateway.observability.telemetry import Telemetry
@@ -178,3 +178,17 @@ async def test_authorization_needs_exactly_one_bearer_token(service):
         authorize(settings, ["Basic s3cret"])
     with pytest.raises(Forbidden):
         authorize(settings, ["Bearer wrong"])
+
+
+@pytest.mark.asyncio
+async def test_json_floats_beyond_fp32_are_refused_not_served_as_infinity(service):
+    manifest = service.registry.get("dbl", "3").manifest
+    for edge in (3.4e38, -3.4e38, 0.0):  # within FP32: served as given
+        feeds, _ = protocol.decode_infer(manifest, _request({"inputs": [{**X, "data": [edge] * 8}]}), b"", 64)
+        assert np.isfinite(feeds["x"]).all()
+    for beyond in (3.5e38, -1e39, 1e300):
+        with pytest.raises(Unprocessable) as info:
+            protocol.decode_infer(
+                manifest, _request({"inputs": [{**X, "data": [1.0] * 7 + [beyond]}]}), b"", 64
+            )
+        assert "float32" in info.value.detail[0]["msg"]
