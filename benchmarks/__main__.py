@@ -143,11 +143,29 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     progress("256-row requests: V2 binary and records JSON vs in-process on the same rows")
     results["batch256_forest_c4"] = large.measure(repo, forest, seconds, 1, log)
 
+    progress("single-row V2 JSON against records, alternating on one app")
+    results["v2_vs_records"] = v2_vs_records(repo, record_json, v2_json, quick)
+
     _summarize(results)
     stem = f"{started.strftime('%Y-%m-%d')}-{socket.gethostname()}" + ("-quick" if quick else "")
     for path in report.write(results, out, stem):
         progress(f"wrote {path}")
     return results
+
+
+def v2_vs_records(repo: Path, record_json: bytes, v2_json: bytes, quick: bool) -> dict[str, Any]:
+    """Both APIs on the forest, one app, alternating rounds (ASGI in-process): the ratio of
+    their CPU per request is V2's throughput as a fraction of records'."""
+    from benchmarks import asgi_ab
+
+    cases = {
+        "records": ("/v1/models/forest/predict", record_json),
+        "v2 json": ("/v2/models/forest/infer", v2_json),
+    }
+    result = asgi_ab.alternate(str(repo), cases, 3 if quick else 9, 1000 if quick else 3000)
+    lowest = result["lowest_cpu_us_per_request"]
+    result["v2_rps_over_records_rps"] = lowest["records"] / lowest["v2 json"]
+    return result
 
 
 def _summarize(results: dict[str, Any]) -> None:
@@ -173,6 +191,9 @@ def _summarize(results: dict[str, Any]) -> None:
     g["256-row V2 binary rows/s / in-process ORT on the same 256 rows"] = big["v2 binary"]["ratio"]
     g["256-row records JSON rows/s / in-process ORT on the same 256 rows"] = big["records json"]["ratio"]
     g["256-row columns JSON rows/s / in-process ORT on the same 256 rows"] = big["columns json"]["ratio"]
+    g["single-row V2 JSON / records throughput (alternating, one app)"] = results["v2_vs_records"][
+        "v2_rps_over_records_rps"
+    ]
     if "grpc" in results:
         grpc_bench.summarize(results["grpc"], g)
     for label, sweep in o.items():
@@ -190,6 +211,7 @@ def _summarize(results: dict[str, Any]) -> None:
         target("gateway+metrics+1% traces/gateway", "gateway +metrics +1% traces / gateway", 0.9),
         target("heavy batched/unbatched", "heavy MLP: batched / unbatched throughput", 5),
         target("256-row V2 / in-process", "256-row V2 binary rows/s / in-process ORT on the same 256 rows", 0.4),
+        target("single-row V2 JSON / records", "single-row V2 JSON / records throughput (alternating, one app)", 0.9),
         target("256-row records JSON / in-process", "256-row records JSON rows/s / in-process ORT on the same 256 rows",
                large.TARGET_RECORDS),
     ]  # fmt: skip
@@ -197,6 +219,16 @@ def _summarize(results: dict[str, Any]) -> None:
         results["targets"].append(target(
             "256-row gRPC raw / in-process", "256-row gRPC raw rows/s / in-process ORT at 256 (perf_analyzer)", 0.7
         ))  # fmt: skip
+
+
+def _v2_command(quick: bool) -> dict[str, Any]:
+    WORK.mkdir(exist_ok=True)
+    repo, bench = models.build(WORK, ("forest",))
+    forest = bench["forest"].sample
+    row = forest.iloc[:1].to_numpy(np.float32)
+    v2_json = msgspec.json.encode({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                                               "data": row.ravel().tolist()}]})  # fmt: skip
+    return v2_vs_records(repo, msgspec.json.encode(forest.iloc[0].to_dict()), v2_json, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
          "one short round: a smoke test"),
         ("production", "the production configuration against the bare gateway", "one short round: a smoke test"),
         ("shapes", "batching by shape: mixed sequence lengths vs uniform, in-process", "2 s per case"),
+        ("v2", "single-row V2 JSON against records on one app, alternating", "3 rounds of 1,000: a smoke test"),
     )  # fmt: skip
     for name, help_text, quick in commands:
         command = sub.add_parser(name, help=help_text)
@@ -233,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import shapes
 
         print(shapes.markdown(shapes.run(args.quick)))
+        return 0
+    if args.command == "v2":
+        print(json.dumps(_v2_command(args.quick), indent=1))
         return 0
     if args.command == "large":
         print(large.markdown(large.run(args.quick, args.out, WORK)))

@@ -106,3 +106,29 @@ def compare(
         "lowest_cpu_us_per_request": {k: round(v, 1) for k, v in lowest.items()},
         "ratio": lowest["bare"] / lowest["production"],
     }
+
+
+def alternate(repo: str, cases: dict[str, tuple[str, bytes]], rounds: int, requests: int) -> dict[str, Any]:
+    """CPU µs per request of each (path, body) on one app, in alternating rounds: the V2
+    JSON endpoint against the records one on the same model, neighbours alike for both."""
+    app = create_app(Settings(repo=repo, metrics=False, log_level="warning", poll_seconds=0))
+
+    async def run() -> dict[str, list[float]]:
+        task, queue = await _lifespan(app)
+        cpu: dict[str, list[float]] = {label: [] for label in cases}
+        for path, body in cases.values():
+            await _burst(app, path, body, 256, 16)  # warm: caches, the batcher's lanes
+        for _ in range(rounds):
+            for label, (path, body) in cases.items():
+                before = time.process_time()
+                await _burst(app, path, body, requests, 16)
+                cpu[label].append((time.process_time() - before) / requests * 1e6)
+        await queue.put({"type": "lifespan.shutdown"})
+        await task
+        return cpu
+
+    cpu = asyncio.run(run())
+    return {
+        "rounds_cpu_us_per_request": {k: [round(x, 1) for x in v] for k, v in cpu.items()},
+        "lowest_cpu_us_per_request": {k: round(min(v), 1) for k, v in cpu.items()},
+    }

@@ -96,8 +96,10 @@ def convert(
     metadata: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda _: None,
     origin: dict[str, str] | None = None,
+    labels: dict[str, Path] | None = None,
 ) -> Manifest:
-    """Convert, verify parity, and publish `<repo>/<name>/<version>`; nothing is written on failure."""
+    """Convert, verify parity, and publish `<repo>/<name>/<version>`; nothing is written on failure.
+    `labels`: a file of labels (one a line) per output, for the classification extension."""
     started = time.perf_counter()
     check_name(name)
     check_version(version)
@@ -144,6 +146,8 @@ def convert(
         classes=converted.classes,
         metadata=metadata or {},
     )
+    if labels:
+        manifest = _with_labels(manifest, labels)
     if converted.layout == "tensors":
         progress("ONNX pass-through: checked with onnx.checker; no tabular parity to run")
         table = None
@@ -172,3 +176,32 @@ def convert(
         raise ConversionError(f"cannot write {name}:{version} to {repo}: {exc}") from exc
     progress(f"done in {time.perf_counter() - started:.1f}s")
     return manifest
+
+
+def _with_labels(manifest: Manifest, files: dict[str, Path]) -> Manifest:
+    """Labels per output, like Triton's label_filename, kept inside the manifest: a served
+    version reads nothing beside its artifact. Each file's sha256 is recorded with it."""
+    outputs = {o.name: o for o in manifest.outputs}
+    labels: dict[str, list[str]] = {}
+    sources: dict[str, dict[str, str]] = {}
+    for output, path in files.items():
+        spec = outputs.get(output)
+        if spec is None:
+            raise ConversionError(
+                f"--labels names output {output!r}; the model's outputs are {sorted(outputs)}"
+            )
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConversionError(f"cannot read the labels of {output!r} from {path}: {exc}") from exc
+        width = spec.shape[-1] if len(spec.shape) > 1 else -1
+        if not lines or (width > 0 and len(lines) != width):
+            raise ConversionError(
+                f"{path} holds {len(lines)} labels; output {output!r} has {width} scores per row"
+                if lines
+                else f"{path} holds no labels"
+            )
+        labels[output] = lines
+        sources[output] = {"file": Path(path).name, "sha256": sha256_file(Path(path))}
+    metadata = {**manifest.metadata, "label_files": sources}
+    return msgspec.structs.replace(manifest, labels=labels, metadata=metadata)

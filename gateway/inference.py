@@ -51,20 +51,27 @@ class Call:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def request_id(given: bytes | None) -> str:
-    """The caller's request id when it is a short ASCII string, else a fresh one."""
-    if given and len(given) <= 128 and given.isascii():
-        return given.decode()
+REQUEST_ID_LIMIT = 128  # bytes of a caller's request id that we echo and log
+
+
+def request_id(given: bytes | str | None) -> str:
+    """The caller's request id when it is short printable ASCII, else a fresh one: one rule
+    for every front door, so a newline, ESC or NUL never reaches a log line or a header."""
+    if given and len(given) <= REQUEST_ID_LIMIT and given.isascii():
+        text = given if isinstance(given, str) else given.decode()
+        if text.isprintable():
+            return text
     # Not a secret, just unique enough: getrandbits is ~50x cheaper than os.urandom here.
     return f"{random.getrandbits(64):016x}"
 
 
 def deadline_after(settings: Settings, timeout_us: object = None, timeout_ms: bytes | None = None) -> float:
     """Monotonic deadline: a V2 `timeout` parameter (µs), else a timeout in ms (the
-    X-Request-Timeout header), else the server default."""
+    X-Request-Timeout header), else the server default. A V2 timeout of 0 is Triton's "no
+    timeout" (tritonclient sends it by default): the server default applies."""
     seconds = settings.timeout_ms / 1000
     try:
-        if timeout_us is not None:
+        if timeout_us is not None and timeout_us != 0:
             if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float):
                 raise ValueError
             seconds = float(timeout_us) / 1e6
@@ -106,24 +113,35 @@ class InferenceCore:
         raw: bytes,
     ) -> T:
         """Run one request; `raw` is its body as received, hashed only for the access log.
-
-        No await between the lookup and the queueing: a version switch cannot retire the
-        model in between, so no request fails during a switch."""
-        outcome = call.outcome
-        model = call.model = self.registry.route(name, version, call.routing_key)
-        outcome.model, outcome.version = model.name, model.version
+        The three steps in order, for a front door that has nothing to add between them."""
+        model = self.resolve(call, name, version)
         decoded = decode(model)
-        outcome.rows = decoded.rows
-        context = call.span.get_span_context() if call.span is not None else None
-        outputs = await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
+        outputs = await self.run(call, model, decoded)
         result = encode(model, decoded, outputs)
+        self.record(call, model, decoded, outputs, raw)
+        return result
+
+    def resolve(self, call: Call, name: str, version: str | None) -> LoadedModel:
+        """The version that answers. The caller decodes and runs with no await in between:
+        a version switch cannot retire the model then, so no request fails during a switch."""
+        model = call.model = self.registry.route(name, version, call.routing_key)
+        call.outcome.model, call.outcome.version = model.name, model.version
+        return model
+
+    async def run(self, call: Call, model: LoadedModel, decoded: Decoded) -> Arrays:
+        call.outcome.rows = decoded.rows
+        context = call.span.get_span_context() if call.span is not None else None
+        return await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
+
+    def record(self, call: Call, model: LoadedModel, decoded: Decoded, outputs: Arrays, raw: bytes) -> None:
+        """After the answer is encoded: the shadow's copy and the access log's summary."""
         self.registry.mirror(model, decoded.feeds, decoded.rows, outputs)  # queued only: no wait
         if call.logged:
+            outcome = call.outcome
             outcome.input_sha256 = input_digest(raw)
             outcome.prediction = summarize(model.summary_outputs, outputs)
             if self.settings.log_inputs:
                 outcome.inputs = raw[:4096].decode(errors="replace")
-        return result
 
     def finish(self, call: Call, status: int, error: str | None = None) -> None:
         outcome = call.outcome

@@ -119,6 +119,9 @@ class Manifest(_Struct, frozen=True):
     outputs: list[TensorSpec]
     features: list[Feature] = []
     classes: list[bool | int | str] | None = None  # a bool target stays bool (True/False)
+    # Labels per output, given at convert (Triton's label_filename): the classification
+    # extension's "score:index:label" for a model that carries no classes of its own.
+    labels: dict[str, list[str]] = {}
     parity: Parity | None = None
     reference: Reference | None = None
     metadata: dict[str, Any] = {}

@@ -27,6 +27,19 @@ def _progress(message: str) -> None:
     print(f"[convert] {message}", file=sys.stderr, flush=True)
 
 
+def _labels(given: list[str] | None) -> dict[str, Path] | None:
+    """`--labels OUTPUT=FILE`, repeatable: one labels file per output."""
+    if not given:
+        return None
+    files: dict[str, Path] = {}
+    for entry in given:
+        output, sep, path = entry.partition("=")
+        if not sep or not output or not path:
+            raise ValueError(f"--labels takes OUTPUT=FILE, got {entry!r}")
+        files[output] = Path(path)
+    return files
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     try:
         from converters import ConversionError, convert, load_sample
@@ -55,8 +68,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             rtol=args.rtol,
             progress=_progress,
             origin=origin,
+            labels=_labels(args.labels),
         )
-    except (ConversionError, RepositoryError) as exc:
+    except (ConversionError, RepositoryError, ValueError) as exc:
         return _fail(str(exc))
     parity = manifest.parity
     print(
@@ -190,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="absolute parity tolerance")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative parity tolerance")
+    p.add_argument(
+        "--labels", action="append", metavar="OUTPUT=FILE",
+        help="labels for an output's scores, one a line (Triton's label_filename): the classification "
+        "extension answers score:index:label; repeat for several outputs",
+    )  # fmt: skip
     p.set_defaults(func=cmd_convert)
 
     models = sub.add_parser("models", help="list, show, promote and roll back model versions")
@@ -239,4 +258,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: Any = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
-

@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import msgspec
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
-from gateway.artifacts.manifest import Manifest
-from gateway.errors import BadRequest, TooLarge, Unprocessable, validation_detail
+from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.proto import grpc_service_pb2 as pb
-from gateway.types import Arrays
 from gateway.v2 import protocol as protocol_v2
+from gateway.v2.service import InferAnswer
 
 # Where the typed form of each datatype lives in InferTensorContents (FP16 has none).
 CONTENTS_FIELD = {
@@ -31,6 +31,94 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }  # fmt: skip
+
+
+def _probe_classes() -> tuple[Any, Any, Any]:
+    """ModelInferRequest read shallowly: inputs, outputs and parameters as undecoded bytes
+    and a tensor's shape as its packed bytes. Parsing one costs a copy per entry, not a
+    Python object, a map entry (~24 µs each in the full parse) or a varint each, so every
+    declared count is checked before the full message is built."""
+    proto = descriptor_pb2.FileDescriptorProto(name="gateway_probe.proto", package="gateway_probe")
+    kind = descriptor_pb2.FieldDescriptorProto
+    one, many, raw = kind.LABEL_OPTIONAL, kind.LABEL_REPEATED, kind.TYPE_BYTES
+    layouts = {
+        "Request": [("id", 3, one), ("parameters", 4, many), ("inputs", 5, many), ("outputs", 6, many)],
+        "Tensor": [("name", 1, one), ("datatype", 2, one), ("shape", 3, one), ("parameters", 4, many),
+                   ("contents", 5, one)],
+        "Output": [("name", 1, one), ("parameters", 2, many)],
+    }  # fmt: skip
+    for name, fields in layouts.items():
+        message = proto.message_type.add(name=name)
+        for field, number, label in fields:
+            message.field.add(name=field, number=number, type=raw, label=label)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return tuple(  # type: ignore[return-value]
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"gateway_probe.{n}")) for n in layouts
+    )
+
+
+_ProbeRequest, _ProbeTensor, _ProbeOutput = _probe_classes()
+_FIELD_OVERHEAD = 11  # a tag and a length prefix, at most
+
+
+def _too_many(loc: list[Any], count: int, limit: int, kind: str = "array") -> Unprocessable:
+    """The words HTTP's typed decode uses for the same limit."""
+    return Unprocessable(
+        "invalid inference request",
+        [{"loc": loc, "msg": f"Expected `{kind}` of length <= {limit}, got {count}"}],
+    )
+
+
+def request_id(raw: bytes) -> str:
+    """The id of a request that failed, read shallowly (a full parse of what failed could
+    cost seconds), clipped as HTTP clips it; empty when it cannot be read."""
+    try:
+        given: bytes = _ProbeRequest.FromString(raw).id
+    except DecodeError:
+        return ""
+    return given[: protocol_v2.ID_LIMIT].decode(errors="replace")
+
+
+def check_sizes(raw: bytes) -> None:
+    """Every count a ModelInferRequest declares, against the limits HTTP applies, before
+    the message is parsed into Python-visible values."""
+    try:
+        probe = _ProbeRequest.FromString(raw)
+    except DecodeError as exc:
+        raise BadRequest(f"malformed ModelInferRequest: {exc}") from None
+    for field, limit, kind in (("parameters", protocol_v2.MAX_PARAMETERS, "object"),
+                               ("inputs", protocol_v2.MAX_INPUTS, "array"),
+                               ("outputs", protocol_v2.MAX_INPUTS, "array")):  # fmt: skip
+        count = len(getattr(probe, field))
+        if count > limit:
+            raise _too_many(["body", field], count, limit, kind)
+    for index, entry in enumerate(probe.inputs):
+        _check_tensor(_ProbeTensor.FromString(entry), len(entry), index)
+    for index, entry in enumerate(probe.outputs):
+        count = len(_ProbeOutput.FromString(entry).parameters)
+        if count > protocol_v2.MAX_PARAMETERS:
+            raise _too_many(
+                ["body", "outputs", index, "parameters"], count, protocol_v2.MAX_PARAMETERS, "object"
+            )
+
+
+def _check_tensor(tensor: Any, size: int, index: int) -> None:
+    loc = ["body", "inputs", index]
+    if len(tensor.parameters) > protocol_v2.MAX_PARAMETERS:
+        raise _too_many([*loc, "parameters"], len(tensor.parameters), protocol_v2.MAX_PARAMETERS, "object")
+    # A packed varint takes 1 to 10 bytes: beyond 10 per dimension, too many dimensions.
+    if len(tensor.shape) > 10 * protocol_v2.MAX_RANK:
+        raise _too_many([*loc, "shape"], len(tensor.shape), protocol_v2.MAX_RANK)
+    known = sum(len(getattr(tensor, f)) for f in ("name", "datatype", "shape", "contents"))
+    known += sum(len(p) for p in tensor.parameters)
+    if size > known + _FIELD_OVERHEAD * (4 + len(tensor.parameters)):
+        # Fields read as unknown here: an unpacked shape, a field repeated. No client sends
+        # them, and each would be parsed one by one.
+        raise BadRequest(
+            "malformed ModelInferRequest: an input carries unpacked or repeated fields",
+            [{"loc": loc, "msg": "send shape packed, each field once"}],
+        )
 
 
 def parameters(entries: Any) -> dict[str, Any]:
@@ -48,10 +136,7 @@ def _typed_data(tensor: Any, index: int, budget: int) -> list[Any] | None:
     if not tensor.HasField("contents"):
         return None
     if len(tensor.shape) > protocol_v2.MAX_RANK:  # before the product of a million dimensions
-        raise Unprocessable(
-            f"input {tensor.name!r} has {len(tensor.shape)} dimensions; the limit is {protocol_v2.MAX_RANK}",
-            [{"loc": ["body", "inputs", index, "shape"], "msg": "too many dimensions"}],
-        )
+        raise _too_many(["body", "inputs", index, "shape"], len(tensor.shape), protocol_v2.MAX_RANK)
     contents = tensor.contents
     field = CONTENTS_FIELD.get(tensor.datatype)
     given = [f.name for f, _ in contents.ListFields()]
@@ -82,7 +167,8 @@ def _typed_data(tensor: Any, index: int, budget: int) -> list[Any] | None:
 
 
 def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
-    """The request and its binary tail, as the HTTP binary extension would have sent them."""
+    """The request and its binary tail, as the HTTP binary extension would have sent them.
+    `check_sizes` has bounded every count this reads."""
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise BadRequest(
@@ -92,10 +178,10 @@ def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
     inputs = []
     budget = protocol_v2.MAX_DATA_ELEMENTS
     for index, tensor in enumerate(message.inputs):
-        entry: dict[str, Any] = {
-            "name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
-        }  # fmt: skip
+        if len(tensor.shape) > protocol_v2.MAX_RANK:
+            raise _too_many(["body", "inputs", index, "shape"], len(tensor.shape), protocol_v2.MAX_RANK)
         params = parameters(tensor.parameters)
+        data = None
         if raw:
             if tensor.HasField("contents"):
                 raise BadRequest(
@@ -103,41 +189,35 @@ def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
                 )
             params["binary_data_size"] = len(raw[index])
         else:
-            entry["data"] = data = _typed_data(tensor, index, budget)
+            data = _typed_data(tensor, index, budget)
             if data is not None and tensor.datatype != "BYTES":
                 budget -= len(data)
-        if params:
-            entry["parameters"] = params
-        inputs.append(entry)
-    body: dict[str, Any] = {"inputs": inputs}
-    if message.id:
-        body["id"] = message.id
-    if message.parameters:
-        body["parameters"] = parameters(message.parameters)
-    if message.outputs:
-        body["outputs"] = [
-            {"name": o.name, **({"parameters": parameters(o.parameters)} if o.parameters else {})}
-            for o in message.outputs
-        ]
-    try:
-        request = msgspec.convert(body, protocol_v2.InferRequest)
-    except msgspec.ValidationError as exc:
-        raise Unprocessable("invalid inference request", validation_detail(str(exc))) from None
+        inputs.append(
+            protocol_v2.Tensor(tensor.name, list(tensor.shape), tensor.datatype, params or None, data)
+        )
+    outputs = [
+        protocol_v2.RequestedOutput(o.name, parameters(o.parameters) if o.parameters else None)
+        for o in message.outputs
+    ]
+    request = protocol_v2.InferRequest(
+        inputs=inputs,
+        id=message.id or None,
+        parameters=parameters(message.parameters) if message.parameters else None,
+        outputs=outputs or None,
+    )
     return request, b"".join(raw)
 
 
-def infer_response(manifest: Manifest, request: protocol_v2.InferRequest, outputs: Arrays) -> Any:
-    """A ModelInferResponse with every wanted output in raw_output_contents."""
-    wanted = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
-    datatypes = {o.name: o.datatype for o in manifest.outputs}
+def infer_response(answer: InferAnswer) -> Any:
+    """A ModelInferResponse with every output in raw_output_contents."""
+    manifest = answer.model.manifest
     response = pb.ModelInferResponse(
-        model_name=manifest.name, model_version=manifest.version, id=request.id or ""
+        model_name=manifest.name, model_version=manifest.version, id=answer.request.id or ""
     )
-    for name in wanted:
-        array = outputs[name]
-        response.outputs.add(name=name, datatype=datatypes[name], shape=array.shape)
+    for tensor in answer.outputs:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
         # The binary extension's little-endian layout is the gRPC raw layout.
-        response.raw_output_contents.append(protocol_v2.tensor_bytes(array, datatypes[name]))
+        response.raw_output_contents.append(protocol_v2.tensor_bytes(tensor.array, tensor.datatype))
     return response
 
 

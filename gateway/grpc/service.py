@@ -13,10 +13,8 @@ from the .proto file, not from this module.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,24 +22,18 @@ import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 
-from gateway import __version__
 from gateway.errors import (
     BadRequest,
-    Forbidden,
     GatewayError,
-    NotFound,
-    Unauthorized,
     Unavailable,
-    Unprocessable,
 )
 from gateway.grpc import codec as grpc_codec
-from gateway.inference import Call, Decoded, InferenceCore, deadline_after
-from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
+from gateway.inference import Call, InferenceCore
+from gateway.lifecycle.registry import LOAD_ERRORS, ModelRegistry
 from gateway.observability.telemetry import Telemetry
 from gateway.proto import grpc_service_pb2 as pb
 from gateway.settings import Settings
-from gateway.v2 import protocol as protocol_v2
-from gateway.v2 import triton
+from gateway.v2.service import V2Service, authorize
 
 log = logging.getLogger("gateway.errors")
 lifecycle_log = logging.getLogger("gateway.lifecycle")
@@ -64,7 +56,8 @@ CODES = {
 # A gRPC code back to the HTTP status it stands for, for a call gRPC itself ended.
 CANCELLED = 499
 DEADLINE_SLACK_S = 0.005
-EXTENSIONS = ("classification", "model_configuration", "parameters", "schedule_policy", "statistics")
+# Bytes of a non-inference message (names, versions, a few parameters): far above any real one.
+CONTROL_MESSAGE_LIMIT = 64 * 1024
 
 Metadata = tuple[tuple[str, str], ...]
 if TYPE_CHECKING:
@@ -103,6 +96,7 @@ class GrpcService:
         self.settings = settings
         self.registry = registry
         self.core = InferenceCore(settings, registry, telemetry)
+        self.service = V2Service(settings, registry, self.core)
         self._server: grpc.aio.Server | None = None
         self.serving = False
 
@@ -164,16 +158,14 @@ class GrpcService:
                 handlers[method.name] = grpc.stream_stream_rpc_method_handler(
                     self.model_stream_infer, response_serializer=_serialize
                 )
-            else:
+            else:  # parsed in the handler: a malformed message is INVALID_ARGUMENT, not UNKNOWN
                 request_class = message_factory.GetMessageClass(method.input_type)
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                    _answering(unary[method.name]),
-                    request_deserializer=request_class.FromString,
-                    response_serializer=_serialize,
+                    _answering(unary[method.name], request_class), response_serializer=_serialize
                 )
         return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
-    # -- health and metadata --------------------------------------------------------------
+    # -- health and metadata: the V2 service's, as messages -------------------------------
 
     async def server_live(self, request: Any, context: Context) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -181,39 +173,18 @@ class GrpcService:
     async def server_ready(self, request: Any, context: Context) -> Any:
         return pb.ServerReadyResponse(ready=self.serving and self.registry.server_ready())
 
-    def _model(self, name: str, version: str) -> LoadedModel:
-        return self.registry.get(name, version or None)
-
     async def model_ready(self, request: Any, context: Context) -> Any:
-        try:
-            model = self._model(request.name, request.version)
-        except NotFound:
-            raise
-        except GatewayError:  # loading, or retired: there, but not ready
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=model.ready)
+        model = self.service.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=model is not None)
 
     async def server_metadata(self, request: Any, context: Context) -> Any:
-        admin = ("model_repository",) if self.settings.admin_token is not None else ()
-        return pb.ServerMetadataResponse(
-            name="onnx-gateway", version=__version__, extensions=[*EXTENSIONS, *admin]
-        )
+        return pb.ServerMetadataResponse(**self.service.server_metadata())
 
     async def model_metadata(self, request: Any, context: Context) -> Any:
-        model = self._model(request.name, request.version)
-        versions = self.registry.versions(model.name)
-        return grpc_codec.model_metadata(
-            protocol_v2.model_metadata(model.manifest, versions, model.runtime.provider)
-        )
+        return grpc_codec.model_metadata(self.service.model_metadata(request.name, request.version or None))
 
     async def model_config(self, request: Any, context: Context) -> Any:
-        model = self._model(request.name, request.version)
-        batcher = model.batcher
-        scheduling = triton.Scheduling(
-            batcher.max_batch_rows, batcher.max_delay, batcher.max_queue_rows, self.settings.lanes,
-            self.settings.timeout_ms, model.runtime.provider,
-        )  # fmt: skip
-        config = triton.model_config(model.manifest, self.registry.versions(model.name), scheduling)
+        config = self.service.model_config(request.name, request.version or None)
         versions = config.get("version_policy", {}).get("specific", {}).get("versions", [])
         if not all(v.isdigit() for v in versions):  # the proto's versions are integers
             config.pop("version_policy")
@@ -222,15 +193,8 @@ class GrpcService:
         )
 
     async def model_statistics(self, request: Any, context: Context) -> Any:
-        if not request.name:
-            models = self.registry.loaded()
-        elif request.version:
-            models = [self._model(request.name, request.version)]
-        else:
-            self.registry.get(request.name)  # NOT_FOUND that says what is loaded
-            models = [m for m in self.registry.loaded() if m.name == request.name]
         response = pb.ModelStatisticsResponse()
-        for model in models:
+        for model in self.service.statistics(request.name, request.version or None):
             json_format.ParseDict(
                 model.stats.json(model.name, model.version), response.model_stats.add(),
                 ignore_unknown_fields=True,
@@ -240,81 +204,39 @@ class GrpcService:
     # -- Triton's repository extension, behind the admin token -----------------------------
 
     def _authorize(self, context: Context) -> None:
-        token = self.settings.admin_token
-        if token is None:
-            raise Forbidden(
-                "the model repository extension is part of the admin API, which is off: set "
-                "GATEWAY_ADMIN_TOKEN to turn it on (calls then need authorization: Bearer <token>)"
-            )
-        if self.settings.admin_port is not None:
-            raise Forbidden(f"the admin API is served on --admin-port {self.settings.admin_port} only")
-        given = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, value = str(given).partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            raise Unauthorized("admin calls need the metadata authorization: Bearer <token>")
-        if not hmac.compare_digest(value.encode(), token.encode()):
-            raise Forbidden("invalid admin token")
+        given = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        authorize(self.settings, [v if isinstance(v, str) else v.decode(errors="replace") for v in given])
 
     async def repository_index(self, request: Any, context: Context) -> Any:
         self._authorize(context)
-        repository, live = self.registry.repository, self.registry.live
-        ready = {(m.name, m.version) for m in self.registry.loaded() if m.ready}
         response = pb.RepositoryIndexResponse()
-        for name in repository.models():
-            for version in repository.versions(name):
-                loaded = (name, version) in ready
-                if request.ready and not loaded:
-                    continue
-                state = "READY" if loaded else "UNAVAILABLE"
-                entry = response.models.add(name=name, version=version, state=state)
-                if name in self.registry.failures and live.get(name) != version:
-                    entry.reason = self.registry.failures[name]
+        for entry in self.service.repository_index(request.ready):
+            response.models.add(**entry)
         return response
 
     async def repository_load(self, request: Any, context: Context) -> Any:
         self._authorize(context)
-        name = request.model_name
-        if name not in self.registry.repository.models():
-            raise NotFound(f"no model {name!r} in the repository")
-        version = self.registry.repository.live_version(name)
-        try:
-            await self.registry.switch(name, version, source="grpc")
-        except LOAD_ERRORS as exc:
-            raise Unprocessable(
-                f"{name}:{version} was not made live: {exc}; {self.registry.live.get(name)} keeps serving"
-            ) from None
+        await self.service.repository_load(request.model_name, "grpc")
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(self, request: Any, context: Context) -> Any:
         self._authorize(context)
-        for model in [m for m in self.registry.loaded() if m.name == request.model_name]:
-            await self.registry.unload(model.name, model.version)
+        await self.service.repository_unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # -- inference ------------------------------------------------------------------------
 
-    def _decode(self, model: LoadedModel, message: Any, remaining: float | None) -> Decoded:
-        request, tail = grpc_codec.infer_request(message)
-        decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
-        feeds = model.records.check_tensors(decoded.feeds) if model.records is not None else decoded.feeds
-        deadline = deadline_after(self.settings, (request.parameters or {}).get("timeout"))
-        if remaining is not None:  # the client's gRPC deadline is the request's deadline
-            deadline = min(deadline, time.monotonic() + remaining)
-        return Decoded(feeds, decoded.rows, deadline, request)
-
     async def _infer(self, call: Call, raw: bytes, remaining: float | None) -> Any:
+        grpc_codec.check_sizes(raw)  # every declared count, before the message is built
         try:
             message = pb.ModelInferRequest.FromString(raw)
         except DecodeError as exc:
             raise BadRequest(f"malformed ModelInferRequest: {exc}") from None
-        return await self.core.infer(
-            call,
-            message.model_name,
-            message.model_version or None,
-            lambda model: self._decode(model, message, remaining),
-            lambda model, decoded, outs: grpc_codec.infer_response(model.manifest, decoded.request, outs),
-            raw,
-        )
+        answer = await self.service.infer(
+            call, message.model_name, message.model_version or None,
+            lambda model: grpc_codec.infer_request(message), raw, remaining=remaining,
+        )  # fmt: skip
+        return grpc_codec.infer_response(answer)
 
     def _begin(self, route: str, context: Context) -> Call:
         metadata = dict(context.invocation_metadata() or ())
@@ -381,7 +303,8 @@ class GrpcService:
             except GatewayError as exc:
                 self._finish(call, exc.status, exc.message)
                 yield pb.ModelStreamInferResponse(
-                    error_message=_message(exc), infer_response=pb.ModelInferResponse(id=_request_id(raw))
+                    error_message=_message(exc),
+                    infer_response=pb.ModelInferResponse(id=grpc_codec.request_id(raw)),
                 )
                 continue
             except asyncio.CancelledError:
@@ -396,22 +319,22 @@ class GrpcService:
             yield pb.ModelStreamInferResponse(infer_response=response)
 
 
-def _request_id(raw: bytes) -> str:
-    """The id of a request that failed, if it can be read at all."""
-    try:
-        request_id: str = pb.ModelInferRequest.FromString(raw).id
-    except DecodeError:
-        return ""
-    return request_id
-
-
 def _answering(
-    handler: Callable[[Any, Context], Awaitable[Any]],
-) -> Callable[[Any, Context], Awaitable[Any]]:
-    """A non-inference handler whose GatewayError becomes its gRPC status."""
+    handler: Callable[[Any, Context], Awaitable[Any]], request_class: Any
+) -> Callable[[bytes, Context], Awaitable[Any]]:
+    """A non-inference handler, given its parsed message, whose GatewayError becomes its
+    gRPC status."""
+    name = request_class.DESCRIPTOR.name
 
-    async def answer(request: Any, context: Context) -> Any:
+    async def answer(raw: bytes, context: Context) -> Any:
         try:
+            if len(raw) > CONTROL_MESSAGE_LIMIT:  # before a parse: a map of 700 k entries took 16 s
+                raise BadRequest(f"a {name} of {len(raw)} bytes; the limit is {CONTROL_MESSAGE_LIMIT}")
+            try:
+                request = request_class.FromString(raw)
+            except DecodeError as exc:
+                log.warning("malformed message", extra={"event": "grpc_malformed", "grpc_message": name})
+                raise BadRequest(f"malformed {name}: {exc}") from None
             return await handler(request, context)
         except GatewayError as exc:
             failure = exc

@@ -42,7 +42,7 @@ from gateway.records.codec import RecordCodec
 from gateway.settings import Settings
 from gateway.types import Receive, Scope, Send
 from gateway.v2 import protocol as protocol_v2
-from gateway.v2 import triton
+from gateway.v2.service import V2Service
 
 log = logging.getLogger("gateway.errors")
 
@@ -76,15 +76,7 @@ class InferenceEndpoint:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             raw = await self._body(scope, receive)
-            params = scope["path_params"]
-            body, extra = await self.core.infer(
-                call,
-                params["name"],
-                params.get("version"),
-                lambda model: self.decode(model, scope, raw),
-                lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
-                raw,
-            )
+            body, extra = await self.answer(call, scope, raw)
             headers += extra
         except ClientDisconnected:
             self._finish(call, 499, "client disconnected")
@@ -130,12 +122,7 @@ class InferenceEndpoint:
             raise Overloaded("the server is at its limit of bytes in flight; retry shortly")
         return body
 
-    def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
-        raise NotImplementedError
-
-    def encode(
-        self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
-    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    async def answer(self, call: Call, scope: Scope, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         raise NotImplementedError
 
 
@@ -143,6 +130,17 @@ class PredictEndpoint(InferenceEndpoint):
     """`/v1/models/{name}[/versions/{version}]/predict`: named-feature records."""
 
     route = "predict"
+
+    async def answer(self, call: Call, scope: Scope, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        params = scope["path_params"]
+        return await self.core.infer(
+            call,
+            params["name"],
+            params.get("version"),
+            lambda model: self.decode(model, scope, raw),
+            lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
+            raw,
+        )
 
     def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
         if model.records is None:
@@ -166,28 +164,36 @@ class PredictEndpoint(InferenceEndpoint):
 
 
 class InferV2Endpoint(InferenceEndpoint):
-    """`/v2/models/{name}[/versions/{version}]/infer`: Open Inference Protocol tensors."""
+    """`/v2/models/{name}[/versions/{version}]/infer`: the V2 service's inference over HTTP."""
 
     route = "infer"
     media_types = (JSON, MSGPACK, b"application/octet-stream")
 
-    def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
-        binary_length = header(scope, protocol_v2.BINARY_HEADER.encode())
+    def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
+        super().__init__(settings, registry, telemetry)
+        self.service = V2Service(settings, registry, self.core)
+
+    async def answer(self, call: Call, scope: Scope, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        params = scope["path_params"]
+        answer = await self.service.infer(
+            call, params["name"], params.get("version"), lambda model: self.read(model, scope, raw), raw,
+            header(scope, b"x-request-timeout"),
+        )  # fmt: skip
+        return protocol_v2.encode_infer(answer.model.manifest, answer.request, answer.outputs)
+
+    @staticmethod
+    def read(model: LoadedModel, scope: Scope, body: bytes) -> tuple[protocol_v2.InferRequest, bytes]:
+        binary_length = header(scope, _BINARY_HEADER)
+        if binary_length is not None and binary_length.strip() == b"0":
+            return protocol_v2.raw_binary_request(model.manifest, body)
         request, tail = protocol_v2.parse_request(
             body, binary_length.decode() if binary_length is not None else None, media_type(scope) == MSGPACK
         )
         _check_body_model(request, model)
-        decoded = protocol_v2.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
-        protocol_v2.class_counts(model.manifest, request, decoded.rows)  # before any model time
-        feeds = model.records.check_tensors(decoded.feeds) if model.records is not None else decoded.feeds
-        timeout = (request.parameters or {}).get("timeout")
-        return Decoded(feeds, decoded.rows, deadline_from(scope, self.settings, timeout), request)
+        return request, tail
 
-    def encode(
-        self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
-    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        body, extra = protocol_v2.encode_infer(model.manifest, decoded.request, outputs)
-        return body, [(k.encode(), v.encode()) for k, v in extra.items()]
+
+_BINARY_HEADER = protocol_v2.BINARY_HEADER.encode()
 
 
 def _check_body_model(request: protocol_v2.InferRequest, model: LoadedModel) -> None:
@@ -204,12 +210,6 @@ def _check_body_model(request: protocol_v2.InferRequest, model: LoadedModel) -> 
             f"/v2/models/{model.name}/versions/{{version}}/infer",
             [{"loc": ["body", "model_version"], "msg": f"expected {model.version!r}"}],
         )
-
-
-EXTENSIONS = (
-    "binary_tensor_data", "classification", "model_configuration", "parameters", "schedule_policy",
-    "statistics",
-)  # fmt: skip
 
 
 def _stats(model: LoadedModel) -> dict[str, Any]:
@@ -229,11 +229,12 @@ def error_response(exc: GatewayError) -> Response:
 
 
 class Endpoints:
-    """Health, readiness and metadata: small Starlette handlers."""
+    """Health, readiness and the V2 service's metadata: small Starlette handlers."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
         self.settings = settings
         self.registry = registry
+        self.service = V2Service(settings, registry)
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"live": True})
@@ -248,64 +249,33 @@ class Endpoints:
         return json_response(body, 200 if body["ready"] else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        from gateway import __version__
+        return json_response(self.service.server_metadata())
 
-        return json_response(
-            {
-                "name": "onnx-gateway",
-                "version": __version__,
-                "extensions": [
-                    *EXTENSIONS,
-                    # Triton's repository extension is the admin API's: only with its token.
-                    *(["model_repository"] if self.settings.admin_token is not None else []),
-                ],
-            }
-        )
-
-    def _model(self, request: Request) -> LoadedModel:
-        return self.registry.get(request.path_params["name"], request.path_params.get("version"))
+    @staticmethod
+    def _names(request: Request) -> tuple[str, str | None]:
+        return request.path_params["name"], request.path_params.get("version")
 
     async def model_metadata(self, request: Request) -> Response:
-        model = self._model(request)
-        return json_response(
-            protocol_v2.model_metadata(
-                model.manifest, self.registry.versions(model.name), model.runtime.provider
-            )
-        )
+        return json_response(self.service.model_metadata(*self._names(request)))
 
     async def model_ready(self, request: Request) -> Response:
         try:
-            model = self._model(request)
+            model = self.service.model_ready(*self._names(request))
         except NotFound as exc:
             return error_response(exc)
-        except GatewayError:
+        if model is None:
             return json_response({"name": request.path_params["name"], "ready": False}, 503)
-        return json_response({"name": model.name, "version": model.version, "ready": model.ready})
+        return json_response({"name": model.name, "version": model.version, "ready": True})
 
     async def model_config(self, request: Request) -> Response:
         """Triton's model configuration extension (perf_analyzer reads it first)."""
-        model = self._model(request)
-        batcher = model.batcher
-        scheduling = triton.Scheduling(
-            batcher.max_batch_rows, batcher.max_delay, batcher.max_queue_rows, self.settings.lanes,
-            self.settings.timeout_ms, model.runtime.provider,
-        )  # fmt: skip
-        return json_response(
-            triton.model_config(model.manifest, self.registry.versions(model.name), scheduling)
-        )
+        return json_response(self.service.model_config(*self._names(request)))
 
     async def model_stats(self, request: Request) -> Response:
         """Triton's statistics extension: one model's versions (or the one named), or,
         on /v2/models/stats, every loaded model."""
-        name = request.path_params.get("name")
-        if name is None:
-            models = self.registry.loaded()
-        elif "version" in request.path_params:
-            models = [self._model(request)]
-        else:
-            self.registry.get(name)  # a 404 that says what is loaded
-            models = [m for m in self.registry.loaded() if m.name == name]
-        return json_response({"model_stats": [_stats(m) for m in models]})
+        name, version = request.path_params.get("name"), request.path_params.get("version")
+        return json_response({"model_stats": [_stats(m) for m in self.service.statistics(name, version)]})
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return error_response(NotFound(f"no route for {request.method} {request.url.path}"))

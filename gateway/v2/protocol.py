@@ -11,7 +11,7 @@ import math
 import struct
 from dataclasses import dataclass
 from types import GenericAlias
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -40,7 +40,7 @@ MAX_ELEMENT_BYTES = 64  # JSON bytes one number may take, whitespace and nesting
 _LENGTH = struct.Struct("<I")
 
 
-class _Tensor(msgspec.Struct, forbid_unknown_fields=True):
+class Tensor(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     shape: list[int]
     datatype: str
@@ -48,16 +48,16 @@ class _Tensor(msgspec.Struct, forbid_unknown_fields=True):
     data: list[Any] | None = None
 
 
-class _RequestedOutput(msgspec.Struct, forbid_unknown_fields=True):
+class RequestedOutput(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     parameters: dict[str, Any] | None = None
 
 
 class InferRequest(msgspec.Struct, forbid_unknown_fields=True):
-    inputs: list[_Tensor]
+    inputs: list[Tensor]
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    outputs: list[_RequestedOutput] | None = None
+    outputs: list[RequestedOutput] | None = None
     # Not in the protocol's request, but KServe's client sends both in every body: they
     # must agree with the URL (checked by the endpoint, which knows the path).
     model_name: str | None = None
@@ -70,7 +70,8 @@ class InferRequest(msgspec.Struct, forbid_unknown_fields=True):
 # A generic decode of `data` cost seconds of event loop for 16 MiB of `[[],[],...]`; a
 # typed decode after the shape check fails at the first wrong element.
 _Scalar = str | int | float | bool | None
-_Parameters = Annotated[dict[str, _Scalar], msgspec.Meta(max_length=64)]
+MAX_PARAMETERS = 64
+_Parameters = Annotated[dict[str, _Scalar], msgspec.Meta(max_length=MAX_PARAMETERS)]
 MAX_RANK = 32
 MAX_INPUTS = 1024
 
@@ -88,11 +89,11 @@ def _wire(name: str, base: type[msgspec.Struct], replace: dict[str, Any]) -> Any
 
 
 _WireTensor = _wire(
-    "_WireTensor", _Tensor,
+    "_WireTensor", Tensor,
     {"data": msgspec.Raw, "parameters": _Parameters | None,
      "shape": Annotated[list[int], msgspec.Meta(max_length=MAX_RANK)]},
 )  # fmt: skip
-_WireOutput = _wire("_WireOutput", _RequestedOutput, {"parameters": _Parameters | None})
+_WireOutput = _wire("_WireOutput", RequestedOutput, {"parameters": _Parameters | None})
 _WireRequest = _wire(
     "_WireRequest", InferRequest,
     {"inputs": Annotated[list[_WireTensor], msgspec.Meta(max_length=MAX_INPUTS)],  # type: ignore[valid-type]
@@ -114,23 +115,28 @@ def _from_wire(wire: Any, msgpack: bool) -> _ParsedRequest:
     raws: list[msgspec.Raw | None] = []
     inputs = []
     for t in wire.inputs:
-        raw = t.data if t.data is not None and bytes(t.data).strip() not in (b"null", b"\xc0") else None
+        data = t.data
+        # `null` (JSON, maybe spaced) or nil (msgpack): no data. Anything longer is data.
+        empty = data is None or (len(data) <= 16 and bytes(data).strip() in (b"null", b"\xc0"))
+        raw = None if empty else data
         raws.append(raw)
-        inputs.append(_Tensor(name=t.name, shape=t.shape, datatype=t.datatype, parameters=t.parameters))
-    fields = {f: getattr(wire, f) for f in InferRequest.__struct_fields__ if f not in ("inputs", "outputs")}
+        inputs.append(Tensor(name=t.name, shape=t.shape, datatype=t.datatype, parameters=t.parameters))
     outputs = (
-        [_RequestedOutput(name=o.name, parameters=o.parameters) for o in wire.outputs]
+        [RequestedOutput(name=o.name, parameters=o.parameters) for o in wire.outputs]
         if wire.outputs is not None
         else None
     )
-    return _ParsedRequest(inputs=inputs, outputs=outputs, raw_data=raws, msgpack=msgpack, **fields)
+    return _ParsedRequest(
+        inputs=inputs, outputs=outputs, raw_data=raws, msgpack=msgpack, id=wire.id,
+        parameters=wire.parameters, model_name=wire.model_name, model_version=wire.model_version,
+    )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class DecodedInfer:
+class DecodedInfer(NamedTuple):
+    """A request's feeds and rows (a tuple: this is made on every request)."""
+
     feeds: Arrays
     rows: int
-    request: InferRequest
 
 
 def parse_request(
@@ -155,6 +161,36 @@ def parse_request(
     except RecursionError:
         raise BadRequest("malformed body: nested too deeply") from None
     return request, tail
+
+
+def raw_binary_request(manifest: Manifest, body: bytes) -> tuple[InferRequest, bytes]:
+    """Triton's raw binary request (Inference-Header-Content-Length: 0): no JSON header, the
+    body is the model's single input, its shape the signature's with the batch dimension
+    read from the byte length."""
+    if len(manifest.inputs) != 1:
+        raise BadRequest(
+            f"a raw binary request ({BINARY_HEADER}: 0) is for a model of one input; "
+            f"{manifest.name!r} has {len(manifest.inputs)}: send a JSON header"
+        )
+    spec = manifest.inputs[0]
+    rest = spec.shape[1:]
+    if spec.datatype == "BYTES" or any(d < 0 for d in rest):
+        raise BadRequest(
+            f"a raw binary request needs an input of fixed size per row; {spec.name!r} is "
+            f"{spec.datatype} {spec.shape}: send a JSON header"
+        )
+    row = NUMPY_DTYPES[spec.datatype].itemsize * math.prod(rest)
+    if not spec.shape or spec.shape[0] >= 0:
+        shape = list(spec.shape)
+    elif row and len(body) % row == 0:
+        shape = [len(body) // row, *rest]
+    else:
+        raise BadRequest(
+            f"a raw binary body of {len(body)} bytes is not whole rows of {spec.datatype} {rest} "
+            f"({row} bytes each)"
+        )
+    tensor = Tensor(spec.name, shape, spec.datatype, {"binary_data_size": len(body)})
+    return InferRequest(inputs=[tensor]), body
 
 
 def _clip(value: object) -> str:
@@ -209,11 +245,11 @@ def _bytes_elements(raw: bytes, count: int, loc: list[Any]) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Plan:
     """One input whose declared sizes passed every limit: only now is anything decoded."""
 
-    tensor: _Tensor
+    tensor: Tensor
     spec: TensorSpec
     loc: list[Any]
     count: int
@@ -222,7 +258,7 @@ class _Plan:
     msgpack: bool = False
 
 
-def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: int) -> int:
+def _check_shape(tensor: Tensor, spec: TensorSpec, loc: list[Any], max_rows: int) -> int:
     """The element count the declared shape implies, refused before anything is allocated."""
     if tensor.datatype != spec.datatype:
         raise Unprocessable(
@@ -230,10 +266,18 @@ def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: in
             [{"loc": [*loc, "datatype"], "msg": f"expected {spec.datatype}, got {_clip(tensor.datatype)}"}],
         )
     shape = tensor.shape
-    mismatch = not spec.any_shape and (len(shape) != len(spec.shape) or any(
-        want >= 0 and d != want for d, want in zip(shape, spec.shape, strict=False)
-    ))  # fmt: skip
-    if mismatch or any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
+        raise BadRequest(
+            f"input {spec.name!r} has a negative dimension in shape {_clip(shape)}",
+            [{"loc": [*loc, "shape"], "msg": "dimensions are sizes: 0 or more"}],
+        )
+    fits = spec.any_shape or len(shape) == len(spec.shape)
+    if fits and not spec.any_shape:  # a loop, not any(<generator>): this runs on every request
+        for d, want in zip(shape, spec.shape, strict=True):
+            if want >= 0 and d != want:
+                fits = False
+                break
+    if not fits:
         raise Unprocessable(
             f"input {spec.name!r} has shape {_clip(shape)}; the model takes {spec.shape} (-1: any size)",
             [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
@@ -241,12 +285,12 @@ def _check_shape(tensor: _Tensor, spec: TensorSpec, loc: list[Any], max_rows: in
     rows = shape[0] if shape and spec.shape[:1] == [-1] else 1  # a fixed first dim is no row count
     if rows > max_rows:
         raise TooLarge(f"{_clip(rows)} rows in one request; the limit is {max_rows}")
-    # Python integers: a huge declared shape cannot overflow here. Zero elements (a 0 in
-    # any dimension) are a valid tensor, as in Triton: the data checks bound its bytes.
+    # Python integers: a huge declared shape cannot overflow here. Zero elements are a
+    # tensor like any other (Triton runs them); `data` of [[],[],...] is bounded by bytes.
     return math.prod(shape)
 
 
-def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
+def _plan(tensor: Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
           max_bytes_elements: int, raw: msgspec.Raw | None, msgpack: bool) -> _Plan:  # fmt: skip
     loc: list[Any] = ["body", "inputs", index]
     count = _check_shape(tensor, spec, loc, max_rows)
@@ -266,8 +310,12 @@ def _plan(tensor: _Tensor, spec: TensorSpec, index: int, offset: int, tail: byte
             "an input carries either data or binary_data_size, not both",
             [{"loc": [*loc, "data"], "msg": "remove data, or binary_data_size"}],
         )
-    if type(size) is not int or size < 0 or offset + size > len(tail):
+    if type(size) is not int:
         raise Unprocessable(
+            "binary_data_size must be an integer", [{"loc": where, "msg": f"got {_clip(size)}"}]
+        )
+    if size < 0 or offset + size > len(tail):  # Triton: 400, as for any size that overflows
+        raise BadRequest(
             "binary_data_size overruns the body", [{"loc": where, "msg": "outside the binary part"}]
         )
     if spec.datatype == "BYTES":
@@ -378,7 +426,11 @@ def _bytes_decoder(shape: tuple[int, ...], msgpack: bool) -> Any:
     return msgspec.msgpack.Decoder(kind) if msgpack else msgspec.json.Decoder(kind)
 
 
-def _json_array(plan: _Plan) -> np.ndarray:
+_FLOAT_LIMITS = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max)}
+
+
+def _json_array(plan: _Plan) -> tuple[np.ndarray, bool]:
+    """The data as an array, and whether it is known finite without looking again."""
     tensor, spec, loc = plan.tensor, plan.spec, plan.loc
     try:
         values, nested = _typed_values(plan)
@@ -391,9 +443,20 @@ def _json_array(plan: _Plan) -> np.ndarray:
         ) from None
     except msgspec.DecodeError:  # after ValidationError, its subclass
         raise BadRequest(f"input {spec.name!r}: malformed data") from None
+    dtype = NUMPY_DTYPES[spec.datatype]
+    # JSON spells no NaN or infinity (msgspec refuses them and 1e400): flat JSON floats
+    # are finite, and within a narrow float's range they stay so. Checked here on the
+    # Python floats, not on the array: the common request skips two array passes.
+    finite = dtype.kind == "f" and plan.raw is not None and not plan.msgpack and not nested
+    if finite and values and dtype.itemsize < 8:
+        limit = _FLOAT_LIMITS[spec.datatype]
+        finite = -limit <= min(values) and max(values) <= limit
     try:
-        with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason
-            array = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
+        if dtype.kind == "f" and dtype.itemsize < 8 and not finite:
+            with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason
+                array = np.asarray(values, dtype=dtype)
+        else:
+            array = np.asarray(values, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
         raise Unprocessable(
             f"input {spec.name!r}: data is not a regular {spec.datatype} array",
@@ -409,13 +472,14 @@ def _json_array(plan: _Plan) -> np.ndarray:
             "element count does not match shape",
             [{"loc": [*loc, "data"], "msg": f"{array.size} elements for shape {_clip(tensor.shape)}"}],
         )
-    return array
+    return array, finite
 
 
-def _tensor_array(plan: _Plan, tail: bytes, missing: np.ndarray | bool = False) -> np.ndarray:
+def _tensor_array(plan: _Plan, tail: bytes, manifest: Manifest) -> np.ndarray:
     spec, loc = plan.spec, plan.loc
+    finite = False
     if plan.binary is None:
-        array = _json_array(plan)
+        array, finite = _json_array(plan)
     else:
         offset, size = plan.binary
         raw = tail[offset : offset + size]
@@ -427,7 +491,8 @@ def _tensor_array(plan: _Plan, tail: bytes, missing: np.ndarray | bool = False) 
     array = array.reshape(plan.tensor.shape)
     # NaN is a missing value where the model fills it in (the records API's null); infinity,
     # and NaN anywhere else, never.
-    refused = array.dtype.kind == "f" and not all_finite(array)
+    refused = array.dtype.kind == "f" and not finite and not all_finite(array)
+    missing = missing_allowed(manifest, spec) if refused else False
     if refused and bool((~np.isfinite(array) & ~(np.isnan(array) & missing)).any()):
         raise Unprocessable(
             "non-finite number", [{"loc": [*loc, "data"], "msg": non_finite_reason(array.dtype)}]
@@ -441,21 +506,41 @@ def _check_request(request: InferRequest) -> None:
             f"id is longer than {ID_LIMIT} characters", [{"loc": ["body", "id"], "msg": "too long"}]
         )
     timeout = (request.parameters or {}).get("timeout")
+    # 0 is Triton's "no timeout", which tritonclient sends unless told otherwise.
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < MAX_TIMEOUT_US
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < MAX_TIMEOUT_US
     ):
-        raise BadRequest("timeout must be a number of microseconds, positive and under a day")
+        raise BadRequest("timeout must be a number of microseconds, 0 (none) or positive and under a day")
+
+
+_SIGNATURES: dict[int, tuple[Manifest, dict[str, TensorSpec], frozenset[str]]] = {}
+
+
+def _signature(manifest: Manifest) -> tuple[dict[str, TensorSpec], frozenset[str]]:
+    """The inputs by name and the output names, built once per loaded manifest, not per
+    request (keyed by identity; the manifest is kept so that an id is never reused)."""
+    entry = _SIGNATURES.get(id(manifest))
+    if entry is None or entry[0] is not manifest:
+        if len(_SIGNATURES) >= 256:  # versions come and go: the oldest are long unloaded
+            _SIGNATURES.clear()
+        entry = _SIGNATURES[id(manifest)] = (
+            manifest,
+            {s.name: s for s in manifest.inputs},
+            frozenset(o.name for o in manifest.outputs),
+        )
+    return entry[1], entry[2]
 
 
 def decode_infer(
     manifest: Manifest, request: InferRequest, tail: bytes, max_rows: int,
     max_bytes_elements: int = MAX_BYTES_ELEMENTS,
 ) -> DecodedInfer:  # fmt: skip
-    """Validate every declared size of every input first, then decode the data."""
+    """Validate every declared size of every input first, then decode the data: the
+    model's feeds and the request's rows."""
     _check_request(request)
-    specs = {s.name: s for s in manifest.inputs}
+    specs, known = _signature(manifest)
     names = [t.name for t in request.inputs]
-    if len(names) != len(specs) or len(set(names)) != len(names) or not all(n in specs for n in names):
+    if len(names) != len(specs) or not all(n in specs for n in names) or len(set(names)) != len(names):
         missing, unknown = sorted(set(specs) - set(names)), sorted(set(names) - set(specs))
         raise Unprocessable(
             "inputs do not match the model",
@@ -496,7 +581,6 @@ def decode_infer(
         )
     rows = rows_by_input.pop()
     if request.outputs is not None:
-        known = {o.name for o in manifest.outputs}
         seen: set[str] = set()
         for i, out in enumerate(request.outputs):
             if out.name not in known:
@@ -505,13 +589,13 @@ def decode_infer(
                     [{"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}],
                 )
             if out.name in seen:  # each copy would be encoded again: one answer, many times
-                raise Unprocessable(
+                raise BadRequest(
                     f"output {out.name!r} is requested more than once",
                     [{"loc": ["body", "outputs", i, "name"], "msg": "repeated output"}],
                 )
             seen.add(out.name)
-    feeds: Arrays = {p.tensor.name: _tensor_array(p, tail, missing_allowed(manifest, p.spec)) for p in plans}
-    return DecodedInfer(feeds, rows, request)
+    feeds: Arrays = {p.tensor.name: _tensor_array(p, tail, manifest) for p in plans}
+    return DecodedInfer(feeds, rows)
 
 
 def body_bound(manifest: Manifest, max_rows: int) -> int | None:
@@ -593,15 +677,15 @@ def _check_strings(rows: int, k: int) -> None:
         )
 
 
-def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None) -> np.ndarray:
+def _classify(array: np.ndarray, k: int, labels: list[bool | int | str] | None) -> np.ndarray:
     """Each row's top k as Triton writes them: "score:index:label", or "score:index"
-    when the output's width is not the model's class list."""
+    when the output's width is not its label list's."""
     scores = array.reshape(array.shape[0] if array.ndim else 1, -1)
     k = min(k, scores.shape[1])
     _check_strings(scores.shape[0], k)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     values = np.take_along_axis(scores, top, axis=1)
-    labels = classes if classes is not None and len(classes) == scores.shape[1] else None
+    labels = labels if labels is not None and len(labels) == scores.shape[1] else None
     indices = top.ravel().tolist()
     texts = [f"{v:f}:{i}" for v, i in zip(values.astype(np.float64).ravel().tolist(), indices, strict=True)]
     if labels is not None:
@@ -611,39 +695,75 @@ def _classify(array: np.ndarray, k: int, classes: list[bool | int | str] | None)
     return out.reshape(top.shape)
 
 
-def encode_infer(manifest: Manifest, request: InferRequest, outputs: Arrays) -> tuple[bytes, dict[str, str]]:
-    """The response body and any headers it needs (binary extension)."""
-    wanted = [o.name for o in request.outputs] if request.outputs else [o.name for o in manifest.outputs]
+def output_labels(manifest: Manifest, name: str) -> list[bool | int | str] | None:
+    """An output's labels: those given for it at convert (`--labels OUTPUT=file`, Triton's
+    label_filename), else the converted classifier's classes."""
+    given = manifest.labels.get(name)
+    return list(given) if given is not None else manifest.classes
+
+
+class OutputTensor(NamedTuple):
+    """One output as the answer carries it, whatever the transport."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool  # HTTP: in the binary part (gRPC always answers raw bytes)
+
+
+def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) -> list[OutputTensor]:
+    """The outputs the request asked for (all, by default), classified where it asked."""
+    if not request.outputs:  # every output, as the model declares it
+        binary = bool((request.parameters or {}).get("binary_data_output", False))
+        return [OutputTensor(o.name, o.datatype, outputs[o.name], binary) for o in manifest.outputs]
     datatypes = {o.name: o.datatype for o in manifest.outputs}
-    counts = class_counts(manifest, request) if request.outputs else {}
-    tensors: list[dict[str, Any]] = []
-    binary: list[bytes] = []
-    for name in wanted:
+    counts = class_counts(manifest, request)
+    tensors: list[OutputTensor] = []
+    for name in (o.name for o in request.outputs):
         array, datatype = outputs[name], datatypes[name]
         if name in counts:
-            array, datatype = _classify(array, counts[name], manifest.classes), "BYTES"
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if _wants_binary(request, name):
-            raw = tensor_bytes(array, datatype)
+            array, datatype = _classify(array, counts[name], output_labels(manifest, name)), "BYTES"
+        tensors.append(OutputTensor(name, datatype, array, _wants_binary(request, name)))
+    return tensors
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+@functools.lru_cache(maxsize=256)
+def _answer_head(name: str, version: str) -> bytes:
+    """`{"model_name":...,"model_version":...,` once per model version, not per answer."""
+    return orjson.dumps({"model_name": name, "model_version": version})[:-1] + b","
+
+
+def encode_infer(
+    manifest: Manifest, request: InferRequest, tensors: list[OutputTensor]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The HTTP response body and its headers (the binary extension's when it is used)."""
+    entries: list[dict[str, Any]] = []
+    binary: list[bytes] = []
+    for t in tensors:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.array.shape}
+        if t.binary:
+            raw = tensor_bytes(t.array, t.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:
-            entry["data"] = _json_data(array)
-        tensors.append(entry)
-    payload: dict[str, Any] = {
-        "model_name": manifest.name,
-        "model_version": manifest.version,
-        "outputs": tensors,
-    }
+            entry["data"] = _json_data(t.array)
+        entries.append(entry)
+    tail: dict[str, Any] = {"outputs": entries}
     if request.id is not None:
-        payload["id"] = request.id
-    header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        tail = {"id": request.id, "outputs": entries}
+    header = (
+        _answer_head(manifest.name, manifest.version)
+        + orjson.dumps(tail, option=orjson.OPT_SERIALIZE_NUMPY)[1:]
+    )
     if not binary:
-        return header, {"content-type": "application/json"}
-    return header + b"".join(binary), {
-        "content-type": "application/octet-stream",
-        BINARY_HEADER: str(len(header)),
-    }
+        return header, _JSON_HEADERS
+    return header + b"".join(binary), [
+        (b"content-type", b"application/octet-stream"),
+        (BINARY_HEADER.encode(), str(len(header)).encode()),
+    ]
 
 
 def model_metadata(manifest: Manifest, versions: list[str], provider: str) -> dict[str, Any]:

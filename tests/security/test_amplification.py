@@ -98,7 +98,7 @@ def test_an_output_asked_for_many_times_is_refused(srv):
         body, headers = _binary(header, rows.tobytes())
         with _Cost(server) as cost:
             r = client.post(VAR, content=body, headers=headers)
-        detail = _error(r, 422)["detail"][0]
+        detail = _error(r, 400)["detail"][0]  # Triton answers a repeated output 400
         assert detail["loc"] == ["body", "outputs", 1, "name"], detail
         assert cost.grew_mb < 100, cost.grew_mb
     # over gRPC too: the same decoder

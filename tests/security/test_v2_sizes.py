@@ -85,11 +85,11 @@ def test_h1_a_huge_declared_bytes_shape_is_refused_before_allocating(srv):
         bytes_tensor([b"abcd"]),
     )  # fmt: skip
     _error(client.post(ECHO, content=body, headers=headers), 422)
-    # Shapes that are not integers, or negative, are 422, never 500.
-    for shape in ([1e13, 1], [-1, 1], ["1", 1], [True, 1]):
+    # Shapes that are not integers are 422, negative ones 400 (as Triton), never 500.
+    for shape, status in (([1e13, 1], 422), ([-1, 1], 400), (["1", 1], 422), ([True, 1], 422)):
         r = client.post(ECHO, json={"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES",
                                                 "data": ["a"]}]})  # fmt: skip
-        _error(r, 422)
+        _error(r, status)
     assert rss_mb(server.process.pid) - before < 50
     _valid(client)
 
@@ -137,7 +137,11 @@ def test_l1_huge_numbers_are_4xx(srv):
         r = client.post(IDENT, content=body, headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text)
         _error(r, r.status_code)
-    for timeout in (0, -5, True, "5", 10**11):
+    # 0 is Triton's "no timeout" (tritonclient's default): served.
+    r = client.post(IDENT, json={"parameters": {"timeout": 0}, "inputs": [
+        {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    assert r.status_code == 200, r.text
+    for timeout in (-5, True, "5", 10**11):
         r = client.post(IDENT, json={"parameters": {"timeout": timeout}, "inputs": [
             {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})  # fmt: skip
         _error(r, 400)
@@ -250,3 +254,111 @@ def test_l8_binary_bytes_tensor_round_trip(srv):
                          "parameters": {"binary_data_size": len(bad)}}]}, bad,
         )  # fmt: skip
         _error(client.post(ECHO, content=body, headers=headers), 422)
+
+
+@pytest.fixture(scope="module")
+def grpc_srv(tmp_path_factory):
+    from tests.conftest import free_port
+
+    repo = tmp_path_factory.mktemp("grpc-sizes-repo")
+    publish_identity(repo)
+    port = free_port()
+    server = start_server(repo, tmp_path_factory.mktemp("grpc-sizes"), "--grpc-port", str(port),
+                          "--log-level", "warning")  # fmt: skip
+    yield server, f"127.0.0.1:{port}"
+    server.stop()
+
+
+def _attacks() -> list[tuple[str, object]]:
+    """G1: each message declares a count past a limit; each used to hold the event loop
+    for seconds while gRPC turned its repeated fields into Python lists."""
+    from tritonclient.grpc import service_pb2
+
+    def request() -> service_pb2.ModelInferRequest:
+        return service_pb2.ModelInferRequest(model_name="ident")
+
+    shape = request()
+    shape.inputs.add(name="x", datatype="FP32").shape.extend([1] * 15_000_000)
+    inputs = request()
+    for _ in range(1_500_000):
+        inputs.inputs.add(name="x")
+    outputs = request()
+    for _ in range(2_000_000):
+        outputs.outputs.add(name="y")
+    parameters = request()
+    for i in range(700_000):
+        parameters.parameters[str(i)].int64_param = 1
+    values = request()
+    tensor = values.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([1.0] * 4_190_000)
+    return [("shape", shape), ("inputs", inputs), ("outputs", outputs), ("parameters", parameters),
+            ("values", values)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_g1_grpc_counts_are_checked_before_lists_are_made(grpc_srv):
+    """Refused INVALID_ARGUMENT with HTTP's words, and the loop keeps answering HTTP meanwhile."""
+    import threading
+
+    import grpc
+
+    server, address = grpc_srv
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for name, message in _attacks():
+            raw = message.SerializeToString()  # built here, not on the clock
+            gaps: list[float] = []
+            warm, done = threading.Event(), threading.Event()
+
+            def probe(warm: threading.Event = warm, done: threading.Event = done, gaps: list = gaps) -> None:
+                with httpx.Client(base_url=server.url, timeout=30) as client:
+                    assert client.post(IDENT, json=body).status_code == 200  # connected: not timed
+                    warm.set()
+                    while not done.is_set():
+                        started = time.perf_counter()
+                        assert client.post(IDENT, json=body).status_code == 200
+                        gaps.append(time.perf_counter() - started)
+
+            thread = threading.Thread(target=probe)
+            thread.start()
+            warm.wait(30)
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as info:
+                infer(raw, timeout=30)
+            elapsed = time.perf_counter() - started
+            done.set()
+            thread.join()
+            details = info.value.details() or ""
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value)
+            assert "length <=" in details or "contents hold" in details, details
+            # Seconds before (2.3 s for the shape, 16 s to parse the parameters' map in
+            # full); now the upload and a shallow parse. Loose bounds: CI machines are shared.
+            assert elapsed < 2.0, (name, elapsed)
+            assert max(gaps, default=0) < 0.5, (name, gaps)
+
+
+def test_g1_a_streamed_oversized_request_is_answered_with_its_id_fast(grpc_srv):
+    """A failed stream request is answered with its id, read without the full parse that
+    700 k parameters would cost (16 s), and the stream goes on."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    _, address = grpc_srv
+    big = service_pb2.ModelInferRequest(model_name="ident", id="big")
+    for i in range(700_000):
+        big.parameters[str(i)].int64_param = 1
+    good = service_pb2.ModelInferRequest(model_name="ident", id="good")
+    good.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])
+    raws = [big.SerializeToString(), good.SerializeToString()]
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        started = time.perf_counter()
+        first, second = list(stream(iter(raws), timeout=30))
+        elapsed = time.perf_counter() - started
+    assert first.infer_response.id == "big" and "length <= 64" in first.error_message, first
+    assert second.infer_response.id == "good" and not second.error_message
+    assert elapsed < 2.0, elapsed
