@@ -647,7 +647,7 @@ class ModelRegistry:
                 continue
             if target != self._live.get(name) and self._refused.get(name) != target:
                 try:
-                    await self.switch(name, target, source="serving.json")
+                    await self.switch(name, target, source="serving.json" if state else "newest version")
                     self._refused.pop(name, None)
                 except Exception as exc:  # one bad version fails alone; switch() recorded why
                     self._refused[name] = target
