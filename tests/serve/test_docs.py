@@ -311,3 +311,56 @@ def test_docs_form_refuses_empty_required_fields_and_keeps_fractions():
     # No truncation (parseInt made 700.5 into 700), an empty required field is refused.
     assert "parseInt" not in _SCRIPT and "Number.isInteger(n)" in _SCRIPT
     assert "is required" in _SCRIPT and "is not a whole number" in _SCRIPT
+
+
+NODE_HARNESS = """
+const fields = JSON.parse(process.argv[1]);
+function form(values) {
+  const out = {textContent: ''};
+  const els = fields.map(([name, type, nullable], i) => ({
+    value: values[i], dataset: {feature: name, type: type, nullable: nullable ? '1' : '0'}, focus() {}}));
+  return {out, querySelector: () => out, querySelectorAll: () => els};
+}
+const cases = JSON.parse(process.argv[2]).map(values => {
+  const f = form(values); const body = record(f); return {body, said: f.out.textContent};
+});
+const table = answer({predictions: [{label: 'leaves', probabilities: {stays: 0.25, leaves: 0.75}}]});
+console.log(JSON.stringify({cases, table}));
+"""
+
+
+def test_docs_script_in_a_javascript_engine():
+    """The form's own script, run by node on stand-in fields: what it sends, what it refuses."""
+    import json
+    import shutil
+    import subprocess
+
+    from gateway.docs.page import _SCRIPT
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    fields = [["visits", "integer", False], ["income", "number", True], ["plan", "string", False]]
+    cases = [
+        ["3", "700.5", "pro"],
+        ["", "1", "pro"],
+        ["2.5", "1", "pro"],
+        ["4", "", "basic"],
+        ["1", "abc", "x"],
+    ]
+    done = subprocess.run(
+        [node, "-e", _SCRIPT + NODE_HARNESS, json.dumps(fields), json.dumps(cases)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    sent = [json.loads(c["body"]) if c["body"] is not None else c["said"] for c in result["cases"]]
+    assert sent == [
+        {"visits": 3, "income": 700.5, "plan": "pro"},  # 700.5 stays 700.5
+        "visits is required: this model cannot fill it in",  # not 0
+        "visits: 2.5 is not a whole number",  # not 2
+        {"visits": 4, "income": None, "plan": "basic"},  # empty and nullable: null
+        "income: abc is not a number",
+    ]
+    assert "<th>probability of stays</th><th>probability of leaves</th>" in result["table"]
+    assert "<td><b>leaves</b></td><td>0.2500</td><td>0.7500</td>" in result["table"]
