@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway import __version__
 from gateway.artifacts.remote import open_repository
 from gateway.docs.examples import ready_fields
 from gateway.docs.openapi import build_openapi
-from gateway.docs.page import docs_page
+from gateway.docs.page import FAVICON_SVG, docs_page
 from gateway.errors import GatewayError
 from gateway.http.admin import Admin
 from gateway.http.admission import Admission, AdmissionGate
@@ -76,6 +76,13 @@ def create_app(
         return HTMLResponse(docs_page(spec()))
 
     # predict and infer are not here: HotPathRouter takes their paths before Starlette.
+    async def home(request: Request) -> Response:
+        # Relative: behind a proxy that strips a prefix (/ml/ -> /), the browser stays under it.
+        return RedirectResponse("docs", status_code=307)
+
+    async def favicon(request: Request) -> Response:
+        return Response(FAVICON_SVG, media_type="image/svg+xml", headers={"cache-control": "max-age=86400"})
+
     routes = [
         Route("/v2", endpoints.server_metadata),
         Route("/v2/health/live", endpoints.healthz),
@@ -96,6 +103,8 @@ def create_app(
         Route("/metrics", metrics),
         Route("/openapi.json", openapi),
         Route("/docs", docs),
+        Route("/", home),
+        Route("/favicon.ico", favicon),
     ]
 
     @asynccontextmanager

@@ -123,57 +123,86 @@ def build_settings(cli: dict[str, Any], environ: dict[str, str] | None = None) -
         raise SettingsError(f"invalid setting: {exc}") from exc
 
 
+# Each serve flag: (flag, what it sets). The default shown is Settings' own, and each flag
+# is also a GATEWAY_* variable and a key of the --config file.
+_FLAG_HELP: tuple[tuple[str, str], ...] = (
+    ("--cache-dir", "local cache for a remote repository"),
+    ("--host", "address to listen on; 0.0.0.0 for every interface"),
+    ("--port", "HTTP port"),
+    ("--grpc-port", "also serve the V2 protocol over gRPC on this port (default: off)"),
+    ("--admin-port", "serve /admin on this port only; needs GATEWAY_ADMIN_TOKEN (default: off)"),
+    ("--workers", "worker processes sharing the port"),
+    ("--provider", "ONNX Runtime execution provider: auto | cpu | cuda"),
+    ("--device-id", "CUDA device number"),
+    ("--max-batch-rows", "rows in one ONNX Runtime call, from requests batched together"),
+    ("--max-delay-ms", "wait this long to fill a batch (default: 0 on CPU, 2 on CUDA)"),
+    ("--lanes", "batches that may run at once per model"),
+    ("--intra-op-threads", "ONNX Runtime threads per lane; 0: usable cores / lanes"),
+    ("--max-queue-rows", "rows waiting per model; beyond: 503 + Retry-After"),
+    ("--inline-budget-us", "run batches inline on the event loop when warm-up inference took less; 0: never"),
+    ("--max-request-rows", "rows in one request; 0: 16 x --max-batch-rows"),
+    ("--timeout-ms", "default request deadline"),
+    ("--max-body-bytes", "largest request body; beyond: 413"),
+    ("--body-timeout-s", "408 for a body slower than this"),
+    ("--max-concurrency", "inference requests in flight; beyond: 503"),
+    ("--max-inflight-bytes", "body bytes held by requests in flight; beyond: 503"),
+    ("--max-connections", "open connections; 0: from the nofile limit"),
+    ("--max-header-bytes", "largest request head; beyond: 431"),
+    ("--header-timeout-s", "close a connection whose headers are slower"),
+    ("--keepalive-s", "close idle keep-alive connections after this"),
+    ("--load-timeout-s", "a version taking longer to read, verify, open and warm fails"),
+    ("--range-policy", "values outside a feature's training range: manifest (each model's own) | allow "
+     "| clip | reject"),
+    ("--poll-seconds", "re-read serving.json this often; 0: off"),
+    ("--log-level", "debug | info | warning | error"),
+    ("--log-format", "auto (text on a terminal, else JSON lines) | json | text"),
+)  # fmt: skip
+
+
+def _help(flag: str, text: str) -> str:
+    field = flag[2:].replace("-", "_")
+    default = next(f.default for f in msgspec.structs.fields(Settings) if f.name == field)
+    shown = "" if default in (None, msgspec.NODEFAULT) or "(default:" in text else f" (default: {default})"
+    return f"{text}{shown}; env {ENV_PREFIX}{field.upper()}"
+
+
+_UNITS = {
+    "-ms": "MS",
+    "-s": "SECONDS",
+    "-seconds": "SECONDS",
+    "-us": "US",
+    "-bytes": "BYTES",
+    "-port": "PORT",
+    "-dir": "DIR",
+}
+_WORDS = {"--host": "ADDRESS", "--port": "PORT", "--provider": "NAME", "--range-policy": "POLICY",
+          "--log-level": "LEVEL", "--log-format": "FORMAT"}  # fmt: skip
+
+
+def _metavar(flag: str) -> str:
+    return _WORDS.get(flag) or next((v for k, v in _UNITS.items() if flag.endswith(k)), "N")
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | None) -> None:
     """Flags for every setting; unset flags stay None so lower sources can fill them."""
+    where = "a directory, or s3://, gs://... (fsspec)"
+    if repo_default is None:  # `serve`: no repository, no server
+        parser.add_argument_group(
+            "required", "--repo, unless GATEWAY_REPO or the --config file names the repository"
+        ).add_argument("--repo", metavar="DIR_OR_URL", help=f"model repository: {where}; env GATEWAY_REPO")
+    else:
+        parser.add_argument(
+            "--repo", default=repo_default, help=f"model repository to build and serve: {where}"
+        )
     parser.add_argument(
-        "--repo", default=repo_default, help="model repository: a directory, or s3://, gs://... (fsspec)"
+        "--config",
+        metavar="TOML",
+        help="settings file ([gateway] table); flags > GATEWAY_* > this file > defaults",
     )
-    parser.add_argument("--cache-dir", dest="cache_dir", help="local cache for a remote repository")
-    parser.add_argument("--config", help="TOML settings file ([gateway] table)")
-    parser.add_argument("--host")
-    parser.add_argument("--port")
-    parser.add_argument("--workers", help="worker processes sharing the port")
-    parser.add_argument("--provider", help="auto | cpu | cuda")
-    parser.add_argument("--device-id", dest="device_id")
-    parser.add_argument("--max-batch-rows", dest="max_batch_rows")
-    parser.add_argument("--max-delay-ms", dest="max_delay_ms", help="wait this long to fill a batch")
-    parser.add_argument("--lanes", help="batches that may run at once per model")
-    parser.add_argument("--intra-op-threads", dest="intra_op_threads")
-    parser.add_argument("--max-queue-rows", dest="max_queue_rows", help="shed load beyond this")
-    parser.add_argument(
-        "--inline-budget-us",
-        dest="inline_budget_us",
-        help="run batches inline on the event loop when warm-up inference took less (0: never)",
-    )
-    parser.add_argument("--max-request-rows", dest="max_request_rows")
-    parser.add_argument("--timeout-ms", dest="timeout_ms", help="default request deadline")
-    parser.add_argument("--max-body-bytes", dest="max_body_bytes")
-    parser.add_argument("--body-timeout-s", dest="body_timeout_s", help="408 for a body slower than this")
-    parser.add_argument(
-        "--max-concurrency", dest="max_concurrency", help="inference requests in flight; beyond: 503"
-    )
-    parser.add_argument(
-        "--max-inflight-bytes", dest="max_inflight_bytes", help="body bytes held by requests in flight"
-    )
-    parser.add_argument(
-        "--max-connections", dest="max_connections", help="open connections (0: from the nofile limit)"
-    )
-    parser.add_argument("--max-header-bytes", dest="max_header_bytes", help="431 beyond this")
-    parser.add_argument("--header-timeout-s", dest="header_timeout_s", help="close if headers are slower")
-    parser.add_argument("--keepalive-s", dest="keepalive_s", help="close idle keep-alive connections")
-    parser.add_argument("--load-timeout-s", dest="load_timeout_s", help="a version taking longer fails")
-    parser.add_argument("--range-policy", dest="range_policy", help="manifest | allow | clip | reject")
-    parser.add_argument("--admin-port", dest="admin_port", help="serve /admin on this port only")
-    parser.add_argument(
-        "--grpc-port", dest="grpc_port", help="also serve the V2 protocol over gRPC on this port"
-    )
-    parser.add_argument(
-        "--poll-seconds", dest="poll_seconds", help="re-read serving.json this often (0: off)"
-    )
-    parser.add_argument("--log-level", dest="log_level")
-    parser.add_argument(
-        "--log-format", dest="log_format", help="auto (text on a terminal, else JSON) | json | text"
-    )
+    for flag, text in _FLAG_HELP:
+        parser.add_argument(
+            flag, dest=flag[2:].replace("-", "_"), metavar=_metavar(flag), help=_help(flag, text)
+        )
     parser.add_argument(
         "--no-metrics",
         dest="metrics",

@@ -1,4 +1,4 @@
-"""The `gateway` command: convert, models, demo, serve.
+"""The `gateway` command: convert, models, demo, serve, score.
 
 Conversion imports the `converters` package (scikit-learn and friends) only when asked,
 so `gateway serve` runs in an image without them.
@@ -79,7 +79,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
         + (f", parity max diff {parity.max_abs_diff:.2g} on {parity.rows} rows" if parity else "")
         + ")"
     )
+    print(_what_serves(args.repo, manifest.name, manifest.version))
     return 0
+
+
+def _what_serves(repo: str, name: str, version: str) -> str:
+    """What a server that follows this repository (--poll-seconds) does with the new version,
+    said at once: without serving.json the newest version is live."""
+    try:
+        state = open_repository(repo).serving(name)
+    except RepositoryError:
+        state = None
+    if state is None:
+        return (
+            f"a server watching this repository will serve {name}:{version} now "
+            f"(no serving.json pins a version; `gateway models promote` writes one)"
+        )
+    return (
+        f"serving.json keeps {name}:{state.live} live; "
+        f"`gateway models promote {name} {version} --repo {repo}` serves this one"
+    )
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -183,27 +202,102 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return serve_from_args(args)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one (not `None`, not an off switch); epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+_CONVERT = "gateway convert model.joblib --name churn --version 1 --repo models --sample sample.csv"
+EXAMPLES = {
+    name: "\n".join(lines)
+    for name, lines in {
+        "gateway": [
+            "examples:",
+            "  gateway demo          # train, convert and serve two models",
+            f"  {_CONVERT}",
+            "  gateway serve --repo models --port 8000",
+            "  gateway models list --repo models",
+            "  gateway score churn input.csv predictions.parquet --repo models",
+            "",
+            "`gateway COMMAND --help` for each command's flags.",
+        ],
+        "convert": [
+            "example:",
+            f"  {_CONVERT}",
+            "",
+            "The version is verified before it is written: ONNX Runtime against the original model",
+            "on the sample rows. Without serving.json, a server watching the repository serves the",
+            "newest version.",
+        ],
+        "models": [
+            "examples:",
+            "  gateway models list --repo models",
+            "  gateway models promote churn 2 --repo models",
+            "  gateway models canary churn 3 --weight 10 --repo models",
+            "  gateway models rollback churn --repo models",
+        ],
+        "demo": ["example:", "  gateway demo --port 8000      # then open http://127.0.0.1:8000/docs"],
+        "serve": [
+            "examples:",
+            "  gateway serve --repo models",
+            "  gateway serve --repo s3://bucket/models --host 0.0.0.0 --grpc-port 8001",
+            "  GATEWAY_REPO=/models gateway serve",
+            "",
+            "Every flag is also a GATEWAY_* variable and a key of the --config file: flags win over",
+            "the environment, the environment over the file.",
+        ],
+        "score": [
+            "example:",
+            "  gateway score churn:2 customers.parquet scores.parquet --repo models --keep id",
+        ],
+    }.items()
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.settings import add_serve_arguments
 
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES["gateway"],
+        formatter_class=HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert a trained model into a verified ONNX artifact")
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, epilog=EXAMPLES[name], formatter_class=HelpFormatter, **kwargs)
+
+    p = add("convert", help="convert a trained model into a verified ONNX artifact")
     p.add_argument(
         "model",
         help="model file (.joblib/.pkl, .onnx, .pt, XGBoost .json/.ubj, LightGBM .txt) or an MLflow "
         "model: models:/NAME/VERSION, models:/NAME@alias, runs:/RUN_ID/PATH, a local MLflow model directory",
     )
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the model's name in the repository and in URLs")
     p.add_argument("--version", required=True, help="a positive integer or semver; never reused")
-    p.add_argument("--repo", required=True, help="model repository directory")
-    p.add_argument("--sample", help="sample rows (.csv, .parquet, .json, .npy) for parity and schema")
     p.add_argument(
-        "--framework", default="auto", choices=["auto", "sklearn", "xgboost", "lightgbm", "torch", "onnx"]
+        "--repo", required=True, metavar="DIR_OR_URL", help="model repository: a directory or an fsspec URL"
     )
-    p.add_argument("--tolerance", type=float, default=1e-4, help="absolute parity tolerance")
-    p.add_argument("--rtol", type=float, default=1e-4, help="relative parity tolerance")
+    p.add_argument(
+        "--sample", metavar="FILE", help="sample rows (.csv, .parquet, .json, .npy) for parity and schema"
+    )
+    p.add_argument(
+        "--framework",
+        default="auto",
+        choices=["auto", "sklearn", "xgboost", "lightgbm", "torch", "onnx"],
+        help="what the model file is; auto: from its suffix and content",
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest absolute difference ONNX vs the original model"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=1e-4, help="relative difference allowed on top of --tolerance"
+    )
     p.add_argument(
         "--labels", action="append", metavar="OUTPUT=FILE",
         help="labels for an output's scores, one a line (Triton's label_filename): the classification "
@@ -211,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=cmd_convert)
 
-    models = sub.add_parser("models", help="list, show, promote and roll back model versions")
-    msub = models.add_subparsers(dest="models_command", required=True)
+    models = add("models", help="list, show, promote and roll back model versions")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for cmd, func, helptext in (
         ("list", cmd_models_list, "every model and version"),
         ("show", cmd_models_show, "one manifest: NAME or NAME:VERSION"),
@@ -221,36 +315,38 @@ def build_parser() -> argparse.ArgumentParser:
         ("canary", cmd_models_canary, "send --weight percent of requests to VERSION beside the live one"),
         ("shadow", cmd_models_shadow, "mirror live requests to VERSION off the hot path (--stop ends it)"),
     ):
-        mp = msub.add_parser(cmd, help=helptext)
-        mp.add_argument("--repo", required=True)
+        mp = msub.add_parser(cmd, help=helptext, description=helptext, formatter_class=HelpFormatter)
+        mp.add_argument("--repo", required=True, help="model repository: a directory or an fsspec URL")
         if cmd == "show":
-            mp.add_argument("model")
+            mp.add_argument("model", metavar="NAME[:VERSION]", help="the live version when none is given")
         elif cmd == "shadow":
-            mp.add_argument("name")
-            mp.add_argument("version", nargs="?")
+            mp.add_argument("name", help="model name")
+            mp.add_argument("version", nargs="?", help="version to mirror requests to")
             mp.add_argument("--stop", action="store_true", help="end the shadow")
         elif cmd in ("promote", "rollback", "canary"):
-            mp.add_argument("name")
+            mp.add_argument("name", help="model name")
             if cmd in ("promote", "canary"):
-                mp.add_argument("version")
+                mp.add_argument("version", help="a version in the repository")
             if cmd == "canary":
                 mp.add_argument(
                     "--weight", type=float, required=True, help="percent of requests (0-100); 0 ends it"
                 )
         mp.set_defaults(func=func)
 
-    d = sub.add_parser("demo", help="train the demo models, convert them and serve them")
+    d = add("demo", help="train the demo models, convert them and serve them")
     d.add_argument("--no-serve", action="store_true", help="build the demo repository and stop")
     add_serve_arguments(d, repo_default="demo-repo")
     d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("serve", help="serve a model repository over HTTP")
+    s = add("serve", help="serve a model repository over HTTP (and gRPC with --grpc-port)")
     add_serve_arguments(s, repo_default=None)
     s.set_defaults(func=lambda a: __import__("gateway.cli.serve", fromlist=["x"]).serve_from_args(a))
 
     from gateway.cli.score import add_score_parser  # argparse only: pyarrow loads when it runs
 
     add_score_parser(sub)
+    score = sub.choices["score"]
+    score.formatter_class, score.epilog = HelpFormatter, EXAMPLES["score"]
     return parser
 
 

@@ -27,7 +27,7 @@ def add_score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "rejects file with their row number (0 is the first data row) and the reason. Exit status: 0 "
         "all rows scored, 1 some rejected, 2 failed.",
     )
-    p.add_argument("model", metavar="NAME[:VERSION]")
+    p.add_argument("model", metavar="NAME[:VERSION]", help="the model, its live version unless one is given")
     p.add_argument("input", help="CSV (.csv, .csv.gz) or Parquet file: a local path or an fsspec URL")
     p.add_argument("output", help="where the predictions go (.csv or .parquet), replaced at the end")
     p.add_argument("--repo", required=True, help="model repository: a directory or an fsspec URL")
@@ -37,17 +37,19 @@ def add_score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--output-format", choices=["csv", "parquet"], help="OUTPUT's format")
     p.add_argument("--chunk-rows", type=int, default=65_536, help="rows read, validated and written at once")
     p.add_argument("--batch-rows", type=int, default=4_096, help="rows per ONNX Runtime call")
-    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime EP")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads; 0: every usable core")
     p.add_argument(
         "--range-policy", choices=["manifest", "allow", "clip", "reject"], default="manifest",
-        help="out-of-range values: as the manifest says (default), or one policy for all",
+        help="out-of-range values: as the manifest says, or one policy for all",
     )  # fmt: skip
     p.add_argument(
         "--progress", choices=["auto", "bar", "lines", "none"], default="auto",
         help="a bar on a terminal, a line every --progress-every seconds otherwise",
     )  # fmt: skip
-    p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--progress-every", type=float, default=10.0, metavar="SECONDS", help="seconds between progress lines"
+    )
     p.set_defaults(func=cmd_score)
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import logging
 import math
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,13 +32,58 @@ from gateway.settings import Settings, SettingsError, build_settings
 from gateway.types import ASGIApp
 
 SETTINGS_ENV = "GATEWAY_RESOLVED_SETTINGS"
+EXIT_NOT_STARTED = 3
 
 
 def app_factory() -> ASGIApp:
     """Entry point for worker processes: rebuild the app from the parent's settings."""
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
     gateway_logging.configure(settings.log_level, settings.log_format)
+    quiet_onnxruntime()
     return create_app(settings)
+
+
+def quiet_onnxruntime() -> None:
+    """ONNX Runtime writes its own lines straight to file descriptor 2, outside our format:
+    on import, on a read-only root, an ANSI-coloured warning that it cannot persist a
+    telemetry device ID. Its import's output is caught and logged through our handler;
+    after it, no telemetry, and only ONNX Runtime's errors (ours say what failed)."""
+    try:
+        with _native_stderr_logged("onnxruntime"):
+            import onnxruntime as ort
+    except ImportError:  # the error comes, clearer, when a model loads
+        return
+    ort.disable_telemetry_events()
+    ort.set_default_logger_severity(3)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextlib.contextmanager
+def _native_stderr_logged(source: str) -> Iterator[None]:
+    """Native code's writes to fd 2 go to a temporary file meanwhile, then one log line
+    each. Without a writable temporary directory, they go to stderr as they are."""
+    try:
+        caught = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by the `with` below
+    except OSError:
+        yield
+        return
+    with caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        for line in caught.read().decode(errors="replace").splitlines():
+            if line.strip():
+                logging.getLogger("gateway.lifecycle").warning(
+                    _ANSI.sub("", line).strip(), extra={"event": "native_output", "source": source}
+                )
 
 
 def _loop() -> str:
@@ -67,6 +115,7 @@ def run(settings: Settings) -> int:
         settings, log_format=gateway_logging.resolve_format(settings.log_format)
     )
     gateway_logging.configure(settings.log_level, settings.log_format)
+    quiet_onnxruntime()
     settings, workdir = _empty_working_directory(settings)
     target: str | ASGIApp
     if settings.workers > 1:
@@ -102,10 +151,14 @@ def run(settings: Settings) -> int:
         proxy_headers=False,  # no client addresses are used; skip the per-request middleware
     )
     # One server on one or two sockets; the admin routes check which port a call came in on.
-    sockets = [config.bind_socket()]
-    if settings.admin_port is not None:
-        admin = uvicorn.Config(target, host=settings.host, port=settings.admin_port, log_config=None)
-        sockets.append(admin.bind_socket())
+    try:
+        sockets = [_bind(config)]
+        if settings.admin_port is not None:
+            admin = uvicorn.Config(target, host=settings.host, port=settings.admin_port, log_config=None)
+            sockets.append(_bind(admin))
+    except _PortInUse as exc:
+        logging.getLogger("gateway.lifecycle").error(str(exc), extra={"event": "bind"})
+        return EXIT_NOT_STARTED
     try:
         if settings.workers > 1:
             Multiprocess(config, sockets=sockets).run()
@@ -114,13 +167,33 @@ def run(settings: Settings) -> int:
         server = uvicorn.Server(config)
         with _exit_quietly_after_drain():
             server.run(sockets=sockets)
-        return 0 if server.started else 3
+        return 0 if server.started else EXIT_NOT_STARTED
     finally:
         if settings.metrics_dir:
             shutil.rmtree(settings.metrics_dir, ignore_errors=True)
         if workdir:
             with contextlib.suppress(OSError):
                 os.rmdir(workdir)
+
+
+class _PortInUse(Exception):
+    pass
+
+
+def _bind(config: uvicorn.Config) -> socket.socket:
+    """uvicorn's bind, with the port named when it is taken: its own message is only
+    `[Errno 98] Address already in use`, and it exits."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((config.host, config.port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _PortInUse(
+                f"port {config.port} on {config.host} is already in use "
+                "(another gateway? --port to choose another)"
+            ) from exc
+    return config.bind_socket()
 
 
 def _empty_working_directory(settings: Settings) -> tuple[Settings, str]:

@@ -365,6 +365,8 @@ def _shared_paths(names: list[str]) -> dict[str, Any]:
         "/metrics": _get("Prometheus exposition", {"type": "string"}, "text/plain"),
         "/openapi.json": _get("this document"),
         "/docs": _get("the docs page, with a try-it form per model", {"type": "string"}, "text/html"),
+        "/": {"get": {"summary": "to the docs page", "responses": {"307": {"description": "to docs"}}}},
+        "/favicon.ico": _get("the icon browsers ask for", {"type": "string"}, "image/svg+xml"),
     }
 
 

@@ -5,9 +5,17 @@ so it works on a machine with no way out."""
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import orjson
+
+# Served at /favicon.ico: browsers ask for it on every visit, and a 404 there is log noise.
+FAVICON_SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect width="16" height="16" rx="3" fill="#2b5797"/>'
+    b'<path d="M4 11V5l4 4 4-4v6" fill="none" stroke="#fff" stroke-width="1.6"/></svg>'
+)
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222}
@@ -16,22 +24,47 @@ pre,textarea{background:#f4f4f4;padding:.8em;overflow:auto;width:100%;box-sizing
 fieldset{border:1px solid #ccc;margin:1em 0;padding:1em}label{display:block;margin:.3em 0}
 label span{display:inline-block;min-width:14em}small{color:#666}button{margin:.5em 0}
 """
-# Reads each form's fields into one record (numbers as numbers, an empty nullable field as
-# null), or the textarea's JSON for V2, posts it, shows status and body.
-_SCRIPT = """
-async function send(form){
-  const out=form.querySelector('pre.out');let body;
-  if(form.dataset.kind==='v2'){body=form.querySelector('textarea').value;}
-  else{const r={};for(const el of form.querySelectorAll('[data-feature]')){
-    const v=el.value;const name=el.dataset.feature;
-    if(v===''&&el.dataset.nullable==='1'){r[name]=null;}
-    else if(el.dataset.type==='number'){r[name]=Number(v);}
-    else if(el.dataset.type==='integer'){r[name]=parseInt(v,10);}
-    else if(el.dataset.type==='boolean'){r[name]=v==='true';}
+# Reads each form's fields into one record, or the textarea's JSON for V2, posts it to the
+# form's path (relative: under a proxy's prefix the page and its forms move together), and
+# shows the status, a table of the predictions and the raw body. An empty field is null only
+# where the model takes null; numbers are never truncated (700.5 is not 700).
+_SCRIPT = r"""
+function esc(s){return String(s).replace(/[&<>"']/g,c=>'&#'+c.charCodeAt(0)+';');}
+function refuse(form,el,msg){form.querySelector('pre.out').textContent=msg;el.focus();return null;}
+function record(form){const r={};
+  for(const el of form.querySelectorAll('[data-feature]')){
+    const v=el.value.trim(),name=el.dataset.feature,t=el.dataset.type;
+    if(v===''){if(el.dataset.nullable==='1'){r[name]=null;continue;}
+      return refuse(form,el,name+' is required: this model cannot fill it in');}
+    if(t==='number'||t==='integer'){const n=Number(v);
+      if(!Number.isFinite(n))return refuse(form,el,name+': '+v+' is not a number');
+      if(t==='integer'&&!Number.isInteger(n))return refuse(form,el,name+': '+v+' is not a whole number');
+      r[name]=n;}
+    else if(t==='boolean'){r[name]=v==='true';}
     else{r[name]=v;}}
-    body=JSON.stringify(r);}
+  return JSON.stringify(r);}
+function shown(v){return typeof v==='number'?String(Number(v.toPrecision(6))):JSON.stringify(v);}
+function answer(b){const p=b&&b.predictions;if(!Array.isArray(p)||!p.length)return '';
+  const first=p[0],probs=first.probabilities?Object.keys(first.probabilities):[];
+  let h='<table class="answer"><tr><th>row</th>';
+  if('label' in first)h+='<th>predicted class</th>';
+  for(const k of probs)h+='<th>probability of '+esc(k)+'</th>';
+  if('value' in first)h+='<th>predicted value</th>';
+  h+='</tr>';
+  p.forEach((x,i)=>{h+='<tr><td>'+i+'</td>';
+    if('label' in first)h+='<td><b>'+esc(x.label)+'</b></td>';
+    for(const k of probs)h+='<td>'+esc(Number(x.probabilities[k]).toFixed(4))+'</td>';
+    if('value' in first)h+='<td>'+esc(shown(x.value))+'</td>';
+    h+='</tr>';});
+  return h+'</table>';}
+async function send(form){
+  const out=form.querySelector('pre.out'),table=form.querySelector('div.answer');table.innerHTML='';
+  const body=form.dataset.kind==='v2'?form.querySelector('textarea').value:record(form);
+  if(body===null)return false;
   const res=await fetch(form.dataset.path,{method:'POST',headers:{'content-type':'application/json'},body});
-  out.textContent=res.status+' '+await res.text();return false;}
+  const text=await res.text();out.textContent=res.status+' '+text;
+  if(res.ok){try{table.innerHTML=answer(JSON.parse(text));}catch(e){}}
+  return false;}
 """
 
 
@@ -60,11 +93,49 @@ def _field(name: str, prop: dict[str, Any], value: Any) -> str:
             if value is None
             else html.escape(str(value).lower() if isinstance(value, bool) else str(value))
         )
-        step = ' step="any"' if kind == "number" else ""
+        step = {"number": ' step="any"', "integer": ' step="1"'}.get(kind, "")
         input_type = "number" if kind in ("number", "integer") else "text"
-        control = f'<input type="{input_type}"{step} {attrs} value="{shown}">'
-    note = prop.get("description", "")
+        required = "" if nullable else " required"
+        control = f'<input type="{input_type}"{step} {attrs} value="{shown}"{required}>'
+    note = _in_words(prop.get("description", ""))
+    if nullable:
+        note = f"{note}; may be left empty (sent as null)" if note else "may be left empty (sent as null)"
     return f"<label><span>{html.escape(name)}</span>{control} <small>{html.escape(note)}</small></label>"
+
+
+# openapi.py's feature note: "float64, seen in training from 0 to 72 (outside: reject)".
+_RANGE = re.compile(
+    r"^(?P<dtype>\S+), seen in training from (?P<lo>\S+) to (?P<hi>\S+) \(outside: (?P<policy>\w+)\)$"
+)
+_POLICY = {
+    "reject": "a value outside is refused (422)",
+    "clip": "a value outside is moved to the nearer end",
+    "allow": "a value outside is used as given",
+}
+
+
+def _in_words(note: str) -> str:
+    """The range a feature had in the sample rows given at conversion, and what the server
+    does with a value outside it, said for a person."""
+    found = _RANGE.match(note)
+    if found is None:
+        return note
+    policy = _POLICY.get(found["policy"], f"outside it: {found['policy']}")
+    return (
+        f"{found['dtype']}; from {found['lo']} to {found['hi']} in the sample given at conversion; {policy}"
+    )
+
+
+def _classes(op: dict[str, Any]) -> str:
+    """The classes a classifier answers with, from its response schema: a person reads the
+    table of probabilities against them."""
+    try:
+        answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+        classes = answer["properties"]["predictions"]["items"]["properties"]["label"]["enum"]
+    except (KeyError, TypeError):
+        return ""
+    shown = ", ".join(html.escape(str(c)) for c in classes)
+    return f"<p><small>predicts one of the classes {shown}, with each one's probability</small></p>"
 
 
 def _record_form(path: str, op: dict[str, Any], schemas: dict[str, Any]) -> str:
@@ -73,20 +144,29 @@ def _record_form(path: str, op: dict[str, Any], schemas: dict[str, Any]) -> str:
     example = content.get("example", {})
     fields = "".join(_field(n, p, example.get(n)) for n, p in record["properties"].items())
     return (
-        f'<form data-kind="records" data-path="{html.escape(path)}" onsubmit="return send(this) && false">'
-        f"<fieldset><legend>POST <code>{html.escape(path)}</code></legend>{fields}"
-        '<button type="submit">Send</button><pre class="out"></pre></fieldset></form>'
+        f'<form data-kind="records" data-path="{html.escape(_relative(path))}" '
+        'onsubmit="return send(this) && false" novalidate>'
+        f"<fieldset><legend>POST <code>{html.escape(path)}</code></legend>{_classes(op)}{fields}"
+        f'<button type="submit">Send</button>{_ANSWER}</fieldset></form>'
     )
+
+
+_ANSWER = '<div class="answer"></div><pre class="out"></pre>'  # the table, then the raw answer
+
+
+def _relative(path: str) -> str:
+    """/v1/... as v1/...: resolved against /docs, it keeps a proxy's prefix (/ml/docs)."""
+    return path.lstrip("/")
 
 
 def _v2_form(path: str, op: dict[str, Any]) -> str:
     example = op["requestBody"]["content"]["application/json"].get("example", {})
     text = html.escape(orjson.dumps(example, option=orjson.OPT_INDENT_2).decode())
     return (
-        f'<form data-kind="v2" data-path="{html.escape(path)}" onsubmit="return send(this) && false">'
+        f'<form data-kind="v2" data-path="{html.escape(_relative(path))}" '
+        'onsubmit="return send(this) && false">'
         f"<fieldset><legend>POST <code>{html.escape(path)}</code> (Open Inference Protocol)</legend>"
-        f'<textarea rows="8">{text}</textarea><button type="submit">Send</button>'
-        '<pre class="out"></pre></fieldset></form>'
+        f'<textarea rows="8">{text}</textarea><button type="submit">Send</button>{_ANSWER}</fieldset></form>'
     )
 
 
@@ -118,8 +198,9 @@ def docs_page(spec: dict[str, Any]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>onnx-gateway API</title>"
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
         f"<h1>onnx-gateway {html.escape(spec['info']['version'])}</h1>"
-        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1). "
-        "Each form below is filled with a typical row from the model's training sample.</p>"
+        "<p>Machine-readable: <a href='openapi.json'>openapi.json</a> (OpenAPI 3.1). "
+        "Each form below is filled with a typical row of the sample given when the model was "
+        "converted; the range shown beside a number is that sample's.</p>"
         f"<h2>Try it</h2>{_model_sections(spec)}"
         f"<h2>Endpoints</h2><table><tr><th>method</th><th>path</th><th>what</th></tr>{rows}</table>"
         "</body></html>"

@@ -37,6 +37,7 @@ from gateway.http.asgi import (
 )
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LoadedModel, ModelRegistry
+from gateway.observability.logging import error_with_fields
 from gateway.observability.telemetry import Telemetry
 from gateway.records.codec import RecordCodec
 from gateway.settings import Settings
@@ -82,7 +83,7 @@ class InferenceEndpoint:
             self._finish(call, 499, "client disconnected")
             return
         except GatewayError as exc:
-            status, error, body = exc.status, exc.message, exc.body()
+            status, error, body = exc.status, error_with_fields(exc.message, exc.detail), exc.body()
             headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
             headers.append((b"content-type", JSON))
         except Exception as exc:  # a bug must still answer, and never leak its traceback

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from gateway.http.asgi import request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,11 +32,14 @@ class LogFailures:
         started = time.perf_counter()
         status = 0
         body = bytearray()
+        rid = b""
 
         async def watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, rid
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if not 200 <= status < 300:
+                    message, rid = _with_request_id(scope, message)
             elif message["type"] == "http.response.body" and not 200 <= status < 300:
                 body.extend(message.get("body", b"")[: _REASON_BYTES - len(body)])
             await send(message)
@@ -44,14 +48,13 @@ class LogFailures:
             await self.app(scope, receive, watch)
         finally:
             if not 200 <= status < 300:
-                self._log(scope, status or 500, bytes(body), time.perf_counter() - started)
+                self._log(scope, status or 500, bytes(body), rid, time.perf_counter() - started)
 
-    def _log(self, scope: Scope, status: int, body: bytes, seconds: float) -> None:
+    def _log(self, scope: Scope, status: int, body: bytes, rid: bytes, seconds: float) -> None:
         route = scope.get("route")
-        headers = dict(scope["headers"])
         entry: dict[str, Any] = {
             "event": "request",
-            "request_id": headers.get(b"x-request-id", b"").decode(errors="replace")[:128] or None,
+            "request_id": rid.decode() or None,
             "route": getattr(route, "path", None) or "unmatched",
             "method": scope["method"],
             "path": scope["path"][:256],
@@ -60,6 +63,17 @@ class LogFailures:
             "error": _reason(body),
         }
         self.telemetry.access_log.emit(entry)
+
+
+def _with_request_id(scope: Scope, message: Message) -> tuple[Message, bytes]:
+    """The answer's X-Request-ID, set here when the route did not set one, so the log line
+    and the answer carry the same id (RequestIdHeader keeps one already there)."""
+    headers = list(message.get("headers", []))
+    for key, value in headers:
+        if key.lower() == b"x-request-id":
+            return message, bytes(value)
+    value = request_id(scope).encode()
+    return {**message, "headers": [*headers, (b"x-request-id", value)]}, value
 
 
 def _reason(body: bytes) -> str:

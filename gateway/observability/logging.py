@@ -24,6 +24,24 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
+FIELDS_LOGGED = 5  # a 422 names its first few fields; the client's answer has them all
+
+
+def error_with_fields(message: str, detail: list[dict[str, Any]] | None) -> str:
+    """An error for the access log with the fields it is about: `invalid record` alone does
+    not say which field of which row was wrong. `body` starts every path and is left out."""
+    if not detail:
+        return message
+    places = []
+    for entry in detail[:FIELDS_LOGGED]:
+        loc = [str(part) for part in entry.get("loc", [])]
+        where = ".".join(loc[1:] if loc[:1] == ["body"] else loc)[:100]
+        reason = str(entry.get("msg", ""))[:100]
+        places.append(f"{where}: {reason}" if where else reason)
+    more = f"; {len(detail) - FIELDS_LOGGED} more" if len(detail) > FIELDS_LOGGED else ""
+    return f"{message} ({'; '.join(places)}{more})"
+
+
 def resolve_format(fmt: str) -> str:
     """`auto`: readable text for a person at a terminal, JSON lines for anything else."""
     if fmt != "auto":

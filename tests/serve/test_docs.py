@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -85,7 +86,11 @@ def test_every_example_is_valid_and_answered(spec, server):
     sent = 0
     for path, ops in spec["paths"].items():
         op = ops.get("post")
-        if op is None or "requestBody" not in op or "example" not in op["requestBody"]["content"]["application/json"]:
+        if (
+            op is None
+            or "requestBody" not in op
+            or "example" not in op["requestBody"]["content"]["application/json"]
+        ):
             continue
         schema, example = _body(spec, path)
         _validator(spec, schema).validate(example)
@@ -97,7 +102,8 @@ def test_every_example_is_valid_and_answered(spec, server):
     for path, ops in spec["paths"].items():
         if "get" in ops and not path.startswith("/admin"):
             r = httpx.get(server.url + _concrete(path, spec))
-            assert r.status_code == 200, (path, r.text)
+            documented = next(iter(ops["get"]["responses"]))  # 200, or 307 for / (to the docs)
+            assert r.status_code == int(documented), (path, r.text)
 
 
 def _mutations(example_v1, example_v2):
@@ -159,7 +165,7 @@ def test_docs_page_is_self_contained_with_a_form_per_model(spec, server):
     _, example = _body(spec, "/v1/models/diabetes/predict")
     for name, value in example.items():
         assert f'data-feature="{name}" data-type="number" data-nullable="1" value="{value}"' in page
-    assert "seen in training from" in page  # the trained ranges are shown
+    assert "in the sample given at conversion" in page  # the trained ranges are shown
     assert "<table>" in page and "/v2/models/{name}/config" in page
 
 
@@ -170,8 +176,14 @@ def test_docs_form_offers_categories_and_shows_ranges():
     record = {
         "type": "object",
         "properties": {
-            "plan": {"anyOf": [{"enum": ["basic", "pro"]}, {"type": "null"}], "description": "one of ['basic', 'pro']"},
-            "tenure": {"type": "number", "description": "float64, seen in training from 0 to 72 (outside: reject)"},
+            "plan": {
+                "anyOf": [{"enum": ["basic", "pro"]}, {"type": "null"}],
+                "description": "one of ['basic', 'pro']",
+            },
+            "tenure": {
+                "type": "number",
+                "description": "float64, seen in training from 0 to 72 (outside: reject)",
+            },
         },
     }
     op = {
@@ -189,8 +201,10 @@ def test_docs_form_offers_categories_and_shows_ranges():
     page = docs_page(spec)
     select = re.search(r'<select data-feature="plan"[^>]*>(.*?)</select>', page).group(1)
     assert select == '<option value=""></option><option>basic</option><option selected>pro</option>'
-    assert 'data-feature="tenure" data-type="number" data-nullable="0" value="12.0"' in page
-    assert "seen in training from 0 to 72 (outside: reject)" in page
+    assert 'data-feature="tenure" data-type="number" data-nullable="0" value="12.0" required>' in page
+    # The range in words: where it comes from, and what happens outside it.
+    assert "float64; from 0 to 72 in the sample given at conversion; a value outside is refused (422)" in page
+    assert "one of [&#x27;basic&#x27;, &#x27;pro&#x27;]; may be left empty (sent as null)" in page
 
 
 @pytest.mark.slow
@@ -234,9 +248,130 @@ def test_examples_of_a_model_with_categories_and_gaps_are_answered(tmp_path):
         assert spec["paths"]["/v1/models/mixed/predict"]["post"]["requestBody"]["content"]["application/json"][
             "example"]["region"] in ("north", "south", "east")  # fmt: skip
         ready = next(json.loads(line) for line in srv.log().splitlines() if '"msg":"ready"' in line)
-        out = subprocess.run(["bash", "-c", ready["try"][0]], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["bash", "-c", ready["try"][0]], capture_output=True, text=True, timeout=30
+        ).stdout
         assert json.loads(out)["predictions"], out
         page = httpx.get(f"{srv.url}/docs").text
         assert re.search(r'<select data-feature="region"[^>]*>.*<option[^>]*>north</option>', page)
     finally:
         srv.stop()
+
+
+def test_home_redirects_to_the_docs_and_the_favicon_is_there(server):
+    home = httpx.get(f"{server.url}/", follow_redirects=False)
+    # Relative, so that behind a proxy's prefix (/ml/ -> /) the browser stays under /ml/.
+    assert home.status_code == 307 and home.headers["location"] == "docs"
+    assert httpx.get(f"{server.url}/", follow_redirects=True).text.startswith("<!doctype html>")
+    icon = httpx.get(f"{server.url}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.content.startswith(b"<svg") and len(icon.content) < 1024
+
+
+def test_docs_forms_work_under_a_path_prefix(server):
+    """Every URL on the page is relative: served as /ml/docs, the forms post to /ml/v1/..."""
+    page = httpx.get(f"{server.url}/docs").text
+    paths = re.findall(r'data-path="([^"]+)"', page)
+    assert paths and all(not p.startswith("/") for p in paths), paths
+    assert "href='openapi.json'" in page
+    for path in paths:
+        assert urljoin("http://proxy/ml/docs", path).startswith("http://proxy/ml/v")
+
+
+def test_docs_form_refuses_empty_required_fields_and_keeps_fractions():
+    """What the script does with each field, decided by the attributes it reads."""
+    from gateway.docs.page import _SCRIPT, docs_page
+
+    record = {
+        "type": "object",
+        "properties": {
+            "visits": {
+                "type": "integer",
+                "description": "int64, seen in training from 0 to 9 (outside: clip)",
+            },
+            "income": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+        },
+    }
+    answer = {
+        "type": "object",
+        "properties": {
+            "predictions": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"label": {"enum": ["stays", "leaves"]}}},
+            }
+        },
+    }
+    op = {
+        "tags": ["churn"],
+        "requestBody": {"content": {"application/json": {
+            "schema": {"oneOf": [{"$ref": "#/components/schemas/churn_record"}]},
+            "example": {"visits": 3, "income": None},
+        }}},
+        "responses": {"200": {"content": {"application/json": {"schema": answer}}}},
+    }  # fmt: skip
+    spec = {
+        "info": {"version": "1"},
+        "paths": {"/v1/models/churn/predict": {"post": op}},
+        "components": {"schemas": {"churn_record": record}},
+    }
+    page = docs_page(spec)
+    assert '<input type="number" step="1" data-feature="visits" data-type="integer" data-nullable="0"' in page
+    assert 'data-feature="income" data-type="number" data-nullable="1" value="">' in page  # not required
+    assert "a value outside is moved to the nearer end" in page
+    assert "predicts one of the classes stays, leaves" in page
+    # No truncation (parseInt made 700.5 into 700), an empty required field is refused.
+    assert "parseInt" not in _SCRIPT and "Number.isInteger(n)" in _SCRIPT
+    assert "is required" in _SCRIPT and "is not a whole number" in _SCRIPT
+
+
+NODE_HARNESS = """
+const fields = JSON.parse(process.argv[1]);
+function form(values) {
+  const out = {textContent: ''};
+  const els = fields.map(([name, type, nullable], i) => ({
+    value: values[i], dataset: {feature: name, type: type, nullable: nullable ? '1' : '0'}, focus() {}}));
+  return {out, querySelector: () => out, querySelectorAll: () => els};
+}
+const cases = JSON.parse(process.argv[2]).map(values => {
+  const f = form(values); const body = record(f); return {body, said: f.out.textContent};
+});
+const table = answer({predictions: [{label: 'leaves', probabilities: {stays: 0.25, leaves: 0.75}}]});
+console.log(JSON.stringify({cases, table}));
+"""
+
+
+def test_docs_script_in_a_javascript_engine():
+    """The form's own script, run by node on stand-in fields: what it sends, what it refuses."""
+    import json
+    import shutil
+    import subprocess
+
+    from gateway.docs.page import _SCRIPT
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    fields = [["visits", "integer", False], ["income", "number", True], ["plan", "string", False]]
+    cases = [
+        ["3", "700.5", "pro"],
+        ["", "1", "pro"],
+        ["2.5", "1", "pro"],
+        ["4", "", "basic"],
+        ["1", "abc", "x"],
+    ]
+    done = subprocess.run(
+        [node, "-e", _SCRIPT + NODE_HARNESS, json.dumps(fields), json.dumps(cases)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    sent = [json.loads(c["body"]) if c["body"] is not None else c["said"] for c in result["cases"]]
+    assert sent == [
+        {"visits": 3, "income": 700.5, "plan": "pro"},  # 700.5 stays 700.5
+        "visits is required: this model cannot fill it in",  # not 0
+        "visits: 2.5 is not a whole number",  # not 2
+        {"visits": 4, "income": None, "plan": "basic"},  # empty and nullable: null
+        "income: abc is not a number",
+    ]
+    assert "<th>probability of stays</th><th>probability of leaves</th>" in result["table"]
+    assert "<td><b>leaves</b></td><td>0.2500</td><td>0.7500</td>" in result["table"]

@@ -135,3 +135,41 @@ def _write_and_check(log, out) -> None:
     log.emit({"event": "request", "n": "last"})
     log.flush()  # shutdown drains what the writer has not written yet
     assert json.loads(out.getvalue().decode().splitlines()[-1])["n"] == "last"
+
+
+@pytest.mark.slow
+def test_first_hour_log_lines_say_what_happened(demo_repo, tmp_path):
+    """An unmatched route's line carries the id its answer carries; a 422's line names the
+    field; a version added without serving.json is said to go live as the newest version."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(demo_repo / "diabetes" / "1", repo / "diabetes" / "1")
+    srv = start_server(repo, tmp_path, "--log-format", "json", "--poll-seconds", "0.2")
+    try:
+        lost = httpx.get(srv.url + "/nowhere")
+        assert lost.status_code == 404
+        bad = httpx.post(srv.url + "/v1/models/diabetes/predict", json={"age": "old"})
+        assert bad.status_code == 422
+        fields = [".".join(map(str, d["loc"])) for d in bad.json()["detail"]]
+        version = repo / "diabetes" / "2"
+        shutil.copytree(repo / "diabetes" / "1", version)
+        manifest = (version / "manifest.json").read_text()
+        (version / "manifest.json").write_text(manifest.replace('"version": "1"', '"version": "2"'))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and '"version":"2"' not in srv.log():
+            time.sleep(0.2)
+    finally:
+        assert srv.stop() == 0, srv.log()
+    entries = [json.loads(line) for line in srv.log().splitlines() if line.strip()]
+    access = [e for e in entries if e["logger"] == "gateway.access"]
+    unmatched = next(e for e in access if e.get("path") == "/nowhere")
+    assert unmatched["request_id"] == lost.headers["x-request-id"]
+    rejected = next(e for e in access if e.get("status") == 422)
+    assert rejected["request_id"] == bad.headers["x-request-id"]
+    assert (
+        rejected["error"].startswith("invalid record (")
+        and fields[0].removeprefix("body.") in rejected["error"]
+    )
+    switched = [e for e in entries if e.get("version") == "2" and "source" in e]
+    assert switched and switched[0]["source"] == "newest version", switched
