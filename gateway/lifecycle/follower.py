@@ -116,7 +116,8 @@ class Follower:
                 continue
             if target != live.get(name) and self._refused.get(name) != target:
                 try:
-                    await self._rollout.switch(name, target, source="serving.json" if state else "newest version")
+                    source = "serving.json" if state else "newest version"
+                    await self._rollout.switch(name, target, source=source)
                     self._refused.pop(name, None)
                 except Exception as exc:  # one bad version fails alone; switch() recorded why
                     self._refused[name] = target
