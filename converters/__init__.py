@@ -145,7 +145,7 @@ def convert(
         metadata=metadata or {},
     )
     if converted.layout == "tensors":
-        progress("ONNX pass-through: checked with onnx.checker; no tabular parity to run")
+        progress("ONNX pass-through: ONNX Runtime opened it as given; no tabular parity to run")
         table = None
     else:
         synthesised = sample is None

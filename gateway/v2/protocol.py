@@ -19,7 +19,14 @@ import orjson
 
 from gateway.artifacts.floats import msgpack_length
 from gateway.artifacts.manifest import Manifest, TensorSpec
-from gateway.artifacts.tabular import NUMPY_DTYPES, all_finite, missing_allowed, non_finite_reason
+from gateway.artifacts.tabular import (
+    NUMPY_DTYPES,
+    all_finite,
+    from_bf16,
+    missing_allowed,
+    non_finite_reason,
+    to_bf16,
+)
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
 
 Arrays = dict[str, np.ndarray]
@@ -174,7 +181,7 @@ def _element_type(datatype: str) -> Any:
         return str
     if datatype == "BOOL":
         return bool
-    if datatype.startswith("FP"):
+    if datatype.startswith("FP") or datatype == "BF16":
         return float
     info = np.iinfo(NUMPY_DTYPES[datatype].type)  # type: ignore[index,type-var]
     # msgspec bounds must fit in an int64; numpy refuses what overflows beyond that.
@@ -393,7 +400,9 @@ def _json_array(plan: _Plan) -> np.ndarray:
         raise BadRequest(f"input {spec.name!r}: malformed data") from None
     try:
         with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason
-            array = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
+            array = np.asarray(
+                values, dtype=np.float32 if spec.datatype == "BF16" else NUMPY_DTYPES[spec.datatype]
+            )
     except (ValueError, TypeError, OverflowError):
         raise Unprocessable(
             f"input {spec.name!r}: data is not a regular {spec.datatype} array",
@@ -432,6 +441,12 @@ def _tensor_array(plan: _Plan, tail: bytes, missing: np.ndarray | bool = False) 
         raise Unprocessable(
             "non-finite number", [{"loc": [*loc, "data"], "msg": non_finite_reason(array.dtype)}]
         )
+    if spec.datatype == "BF16":  # JSON floats to bit patterns; binary ones: all exponent bits set
+        array = to_bf16(array) if array.dtype.kind == "f" else array
+        if bool(((array & 0x7F80) == 0x7F80).any()):
+            raise Unprocessable(
+                "non-finite number", [{"loc": [*loc, "data"], "msg": "NaN and Infinity are not accepted"}]
+            )
     return array
 
 
@@ -621,14 +636,15 @@ def encode_infer(manifest: Manifest, request: InferRequest, outputs: Arrays) -> 
     for name in wanted:
         array, datatype = outputs[name], datatypes[name]
         if name in counts:
-            array, datatype = _classify(array, counts[name], manifest.classes), "BYTES"
+            scores = from_bf16(array) if datatype == "BF16" else array
+            array, datatype = _classify(scores, counts[name], manifest.classes), "BYTES"
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if _wants_binary(request, name):
             raw = tensor_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:
-            entry["data"] = _json_data(array)
+            entry["data"] = _json_data(from_bf16(array) if datatype == "BF16" else array)
         tensors.append(entry)
     payload: dict[str, Any] = {
         "model_name": manifest.name,
