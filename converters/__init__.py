@@ -149,7 +149,7 @@ def convert(
     if labels:
         manifest = _with_labels(manifest, labels)
     if converted.layout == "tensors":
-        progress("ONNX pass-through: checked with onnx.checker; no tabular parity to run")
+        progress("ONNX pass-through: ONNX Runtime opened it as given; no tabular parity to run")
         table = None
     else:
         synthesised = sample is None

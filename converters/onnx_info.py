@@ -22,6 +22,7 @@ _ELEM_TO_V2: dict[int, V2DType] = {
     11: "FP64",
     12: "UINT32",
     13: "UINT64",
+    16: "BF16",
 }
 
 

@@ -7,6 +7,7 @@ cannot start falls back to the CPU with a warning rather than refusing to serve.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections.abc import Sequence
@@ -182,8 +183,10 @@ class OrtRuntime:
         self.provider = choice.name
         bind = choice.name == "cuda" if io_binding is None else io_binding
         # ONNX Runtime binds no string tensors; such models (text categories) run plainly,
-        # their string ops being CPU-only anyway.
-        strings = any(v.type == "tensor(string)" for v in [*session.get_inputs(), *session.get_outputs()])
+        # their string ops being CPU-only anyway. BF16 ones run through OrtValues.
+        values = [*session.get_inputs(), *session.get_outputs()]
+        strings = any(v.type in ("tensor(string)", BF16) for v in values)
+        self._bf16 = {v.name for v in values if v.type == BF16}
         self._bound = (
             _BoundRunner(session, self._output_names, choice.name, device_id, pad=choice.name == "cuda")
             if bind and not strings else None
@@ -192,5 +195,38 @@ class OrtRuntime:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._bound is not None:
             return self._bound.run(feeds)
+        if self._bf16:
+            return self._run_bf16(feeds)
         outputs = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, outputs, strict=True))
+
+    def _run_bf16(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """BF16 tensors in and out as their 16-bit patterns (uint16 arrays): ONNX Runtime's
+        Python API has no numpy type for them, but takes and gives OrtValues."""
+        import onnxruntime as ort
+
+        values = {
+            name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array), _ONNX_BF16)
+            if name in self._bf16 else ort.OrtValue.ortvalue_from_numpy(array)
+            for name, array in feeds.items()
+        }  # fmt: skip
+        outputs = self._session.run_with_ort_values(self._output_names, values)
+        return {
+            name: _bf16_bits(value) if name in self._bf16 else value.numpy()
+            for name, value in zip(self._output_names, outputs, strict=True)
+        }
+
+
+BF16 = "tensor(bfloat16)"
+_ONNX_BF16 = 16  # onnx.TensorProto.BFLOAT16
+
+
+def _bf16_bits(value: Any) -> np.ndarray:
+    """A BF16 OrtValue's elements, copied out as uint16 bit patterns."""
+    shape = tuple(value.shape())
+    count = int(np.prod(shape))
+    if count == 0:
+        return np.zeros(shape, np.uint16)
+    buffer = memoryview((ctypes.c_uint16 * count).from_address(value.data_ptr())).cast("B")
+    bits: np.ndarray = np.frombuffer(buffer, np.uint16).copy()
+    return bits.reshape(shape)

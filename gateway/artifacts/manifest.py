@@ -26,6 +26,7 @@ V2DType = Literal[
     "INT32",
     "INT64",
     "FP16",
+    "BF16",
     "FP32",
     "FP64",
     "BYTES",

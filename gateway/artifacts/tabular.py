@@ -23,10 +23,24 @@ NUMPY_DTYPES: dict[V2DType, np.dtype[np.generic]] = {
     "INT32": np.dtype(np.int32),
     "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16),
+    # numpy has no bfloat16 and ONNX Runtime's Python API exchanges none: BF16 tensors are
+    # held as their raw 16-bit patterns (the binary wire layout), as floats only in JSON.
+    "BF16": np.dtype(np.uint16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(np.object_),
 }
+
+
+def to_bf16(values: np.ndarray) -> np.ndarray:
+    """Float values as bfloat16 bit patterns, rounded to nearest even (as torch rounds)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns as the float32 values they stand for (exactly)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def all_finite(array: np.ndarray) -> bool:

@@ -19,7 +19,14 @@ import orjson
 
 from gateway.artifacts.floats import msgpack_length
 from gateway.artifacts.manifest import Manifest, TensorSpec
-from gateway.artifacts.tabular import NUMPY_DTYPES, all_finite, missing_allowed, non_finite_reason
+from gateway.artifacts.tabular import (
+    NUMPY_DTYPES,
+    all_finite,
+    from_bf16,
+    missing_allowed,
+    non_finite_reason,
+    to_bf16,
+)
 from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
 from gateway.types import Arrays
 
@@ -210,7 +217,7 @@ def _element_type(datatype: str) -> Any:
         return str
     if datatype == "BOOL":
         return bool
-    if datatype.startswith("FP"):
+    if datatype.startswith("FP") or datatype == "BF16":
         return float
     info = np.iinfo(NUMPY_DTYPES[datatype].type)  # type: ignore[index,type-var]
     # msgspec bounds must fit in an int64; numpy refuses what overflows beyond that.
@@ -443,13 +450,14 @@ def _json_array(plan: _Plan) -> tuple[np.ndarray, bool]:
         ) from None
     except msgspec.DecodeError:  # after ValidationError, its subclass
         raise BadRequest(f"input {spec.name!r}: malformed data") from None
-    dtype = NUMPY_DTYPES[spec.datatype]
+    # BF16 arrives as floats and becomes bit patterns once checked (_tensor_array).
+    dtype = np.dtype(np.float32) if spec.datatype == "BF16" else NUMPY_DTYPES[spec.datatype]
     # JSON spells no NaN or infinity (msgspec refuses them and 1e400): flat JSON floats
     # are finite, and within a narrow float's range they stay so. Checked here on the
     # Python floats, not on the array: the common request skips two array passes.
     finite = dtype.kind == "f" and plan.raw is not None and not plan.msgpack and not nested
     if finite and values and dtype.itemsize < 8:
-        limit = _FLOAT_LIMITS[spec.datatype]
+        limit = _FLOAT_LIMITS[spec.datatype if spec.datatype != "BF16" else "FP32"]
         finite = -limit <= min(values) and max(values) <= limit
     try:
         if dtype.kind == "f" and dtype.itemsize < 8 and not finite:
@@ -497,6 +505,12 @@ def _tensor_array(plan: _Plan, tail: bytes, manifest: Manifest) -> np.ndarray:
         raise Unprocessable(
             "non-finite number", [{"loc": [*loc, "data"], "msg": non_finite_reason(array.dtype)}]
         )
+    if spec.datatype == "BF16":  # JSON floats to bit patterns; binary ones: all exponent bits set
+        array = to_bf16(array) if array.dtype.kind == "f" else array
+        if bool(((array & 0x7F80) == 0x7F80).any()):
+            raise Unprocessable(
+                "non-finite number", [{"loc": [*loc, "data"], "msg": "NaN and Infinity are not accepted"}]
+            )
     return array
 
 
@@ -722,7 +736,8 @@ def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) ->
     for name in (o.name for o in request.outputs):
         array, datatype = outputs[name], datatypes[name]
         if name in counts:
-            array, datatype = _classify(array, counts[name], output_labels(manifest, name)), "BYTES"
+            scores = from_bf16(array) if datatype == "BF16" else array
+            array, datatype = _classify(scores, counts[name], output_labels(manifest, name)), "BYTES"
         tensors.append(OutputTensor(name, datatype, array, _wants_binary(request, name)))
     return tensors
 
@@ -749,7 +764,7 @@ def encode_infer(
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:
-            entry["data"] = _json_data(t.array)
+            entry["data"] = _json_data(from_bf16(t.array) if t.datatype == "BF16" else t.array)
         entries.append(entry)
     tail: dict[str, Any] = {"outputs": entries}
     if request.id is not None:

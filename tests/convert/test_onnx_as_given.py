@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -66,6 +67,11 @@ def build_models(tmp: Path) -> dict[str, Path]:
                         [_vi("text", T.STRING, ["N", 2])], [_vi("value", T.FLOAT, ["N", 2])]),
         "matmul": _save(tmp / "matmul.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
                         [_vi("x", T.FLOAT, ["N", 16])], [_vi("y", T.FLOAT, ["N", 3])], [weights]),
+        # BF16 in and out, and widened to FP32 by the graph
+        "bf16": _save(tmp / "bf16.onnx", [helper.make_node("Identity", ["x"], ["same"]),
+                                          helper.make_node("Cast", ["x"], ["wide"], to=T.FLOAT)],
+                      [_vi("x", T.BFLOAT16, ["N", 4])],
+                      [_vi("same", T.BFLOAT16, ["N", 4]), _vi("wide", T.FLOAT, ["N", 4])]),
         "ragged": _save(tmp / "ragged.onnx", [helper.make_node("Mul", ["x", "two"], ["y"])],
                         [_vi("x", T.FLOAT, ["N", "S"])], [_vi("y", T.FLOAT, ["N", "S"])], [two]),
     }  # fmt: skip
@@ -209,14 +215,47 @@ def test_a_model_that_fails_to_load_leaves_the_v2_server_ready(served):
         tc.InferenceServerClient(srv.grpc).is_model_ready("broken")
 
 
+def test_bf16_tensors(served):
+    """BF16 has no numpy type: JSON carries floats (rounded to bfloat16 as torch rounds),
+    the binary and gRPC raw layouts carry the 16-bit patterns (tritonclient's ml_dtypes)."""
+    srv, _ = served
+    exact = np.array([[1.5, -2.0, 0.25, 2.0**127], [0.0, -0.0, 1.0, 65280.0]], np.float32)
+    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "BF16", "data": exact.ravel().tolist()}]}
+    outputs = httpx.post(f"{srv.url}/v2/models/bf16/infer", json=body).json()["outputs"]
+    assert [o["datatype"] for o in outputs] == ["BF16", "FP32"]
+    for o in outputs:
+        np.testing.assert_array_equal(np.array(o["data"], np.float32).reshape(2, 4), exact)
+    rounded = httpx.post(f"{srv.url}/v2/models/bf16/infer", json={
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "BF16", "data": [1.00390625, 1.01171875, 0.1, -3.3]}]
+    }).json()["outputs"]  # fmt: skip
+    want = np.array([1.0, 1.015625, 0.10009765625, -3.296875], np.float32)  # torch.bfloat16's rounding
+    for o in rounded:
+        np.testing.assert_array_equal(np.array(o["data"], np.float32).ravel(), want)
+    tensor = tc.InferInput("x", [2, 4], "BF16")
+    tensor.set_data_from_numpy(exact.astype(ml_dtypes.bfloat16))  # raw: the 16-bit patterns
+    result = tc.InferenceServerClient(srv.grpc).infer("bf16", [tensor])
+    np.testing.assert_array_equal(result.as_numpy("same").astype(np.float32), exact)
+    np.testing.assert_array_equal(result.as_numpy("wide"), exact)
+    infinite = httpx.post(f"{srv.url}/v2/models/bf16/infer", json={
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "BF16", "data": [1, 2, 3, 1e39]}]
+    })  # fmt: skip
+    assert infinite.status_code == 422 and infinite.json()["detail"][0]["loc"] == [
+        "body",
+        "inputs",
+        0,
+        "data",
+    ]
+
+
 def test_unsupported_element_types_are_refused_by_name(tmp_path):
-    """BF16 has no numpy type ONNX Runtime's Python API exchanges: refused at convert,
-    saying so, not as a map or a sequence."""
-    path = _save(tmp_path / "bf16.onnx", [helper.make_node("Identity", ["x"], ["y"])],
-                 [_vi("x", T.BFLOAT16, ["N", 4])], [_vi("y", T.BFLOAT16, ["N", 4])])  # fmt: skip
-    with pytest.raises(ConversionError, match="holds BFLOAT16 elements") as caught:
-        convert(path, name="bf16", version="1", repo=tmp_path / "repo")
-    assert "maps and sequences" not in str(caught.value)
+    """Not as "maps and sequences": the element type, and what the gateway serves."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "f8",
+                              [_vi("x", T.FLOAT8E4M3FN, ["N", 4])], [_vi("y", T.FLOAT8E4M3FN, ["N", 4])])  # fmt: skip
+    path = tmp_path / "f8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    with pytest.raises(ConversionError, match="holds FLOAT8E4M3FN elements") as caught:
+        convert(path, name="f8", version="1", repo=tmp_path / "repo")
+    assert "maps and sequences" not in str(caught.value) and "BF16" in str(caught.value)
 
 
 def test_a_graph_onnx_runtime_cannot_load_is_refused_at_convert(tmp_path):
