@@ -55,8 +55,23 @@ def test_failed_publish_leaves_no_version(tmp_path, monkeypatch):
     monkeypatch.setattr("gateway.artifacts.repository.os.rename", broken_rename)
     with pytest.raises(OSError, match="No space"):
         repo.publish(manifest(), b"onnx")
-    assert repo.versions("m") == []
-    assert list((tmp_path / "m").iterdir()) == []
+    assert repo.versions("m") == [] and repo.models() == []
+    # Nothing is left, not even the model's directory this publish made: an empty one
+    # would be a model with no version, and every server on the repository unready.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_with_no_finished_version_is_no_model(tmp_path):
+    """What an interrupted convert of an older gateway left: an empty `<name>/`, or one
+    holding only its staging directory. Servers ignore both; a finished version counts."""
+    repo = Repository(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "killed" / ".1.x7a9").mkdir(parents=True)
+    (tmp_path / "killed" / ".1.x7a9" / "model.onnx").write_bytes(b"onn")
+    (tmp_path / ".publish-k2").mkdir()
+    assert repo.models() == []
+    repo.publish(manifest(), b"onnx")
+    assert repo.models() == ["m"]
 
 
 def test_load_verified_rejects_tampered_artifact(tmp_path):
