@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import ECHO_LIMIT, clip, clip_message
 from gateway.observability.telemetry import Telemetry
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,10 +52,10 @@ class LogFailures:
         headers = dict(scope["headers"])
         entry: dict[str, Any] = {
             "event": "request",
-            "request_id": headers.get(b"x-request-id", b"").decode(errors="replace")[:128] or None,
+            "request_id": clip(headers.get(b"x-request-id", b"").decode(errors="replace")) or None,
             "route": getattr(route, "path", None) or "unmatched",
             "method": scope["method"],
-            "path": scope["path"][:256],
+            "path": clip(scope["path"]),
             "status": status,
             "latency_ms": round(seconds * 1000, 3),
             "error": _reason(body),
@@ -67,7 +68,7 @@ def _reason(body: bytes) -> str:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:200].decode(errors="replace") or "no body"
+        return clip(body[: 4 * ECHO_LIMIT].decode(errors="replace")) or "no body"
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        return str(payload["error"])[:500]
-    return body[:200].decode(errors="replace")
+        return clip_message(payload["error"])
+    return clip(body[: 4 * ECHO_LIMIT].decode(errors="replace"))
