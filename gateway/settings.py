@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # hold; beyond either, 503 + Retry-After before the body is read. See SECURITY.md.
     max_concurrency: Positive = 512
     max_inflight_bytes: Positive = 256 * 1024 * 1024
+    # Bytes of live requests (their decoded inputs and live outputs) a shadow may hold while
+    # they wait for the candidate: outside --max-inflight-bytes, since the live answer is sent.
+    shadow_max_bytes: Positive = 64 * 1024 * 1024
     max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: the nofile limit less 64, at most 4096
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # connect to end of headers
@@ -154,6 +157,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     )
     parser.add_argument(
         "--max-inflight-bytes", dest="max_inflight_bytes", help="body bytes held by requests in flight"
+    )
+    parser.add_argument(
+        "--shadow-max-bytes", dest="shadow_max_bytes", help="bytes of requests queued for a shadow"
     )
     parser.add_argument(
         "--max-connections", dest="max_connections", help="open connections (0: from the nofile limit)"

@@ -490,7 +490,7 @@ class ModelRegistry:
             if name in self._shadows and self._shadows[name].version == version:
                 return
             self._end_shadow(name, keep=version)
-            shadow = self._shadows[name] = Shadow(candidate, self.telemetry)
+            shadow = self._shadows[name] = Shadow(candidate, self.telemetry, self.settings.shadow_max_bytes)
             shadow.start()
             log.info("shadow", extra={"event": "shadow", "model": name, "version": version, "source": source})
 
