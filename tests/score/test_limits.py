@@ -91,7 +91,9 @@ def test_a_gzipped_csv_of_huge_cells_is_read_in_chunks_bounded_by_bytes(demo_rep
     peak, rejects, output = _score(demo_repo, path)
     assert f"0 of {rows:,} rows scored" in output
     bad = pd.read_csv(rejects)
-    assert len(bad) == rows and set(bad["reason"]) == {f"a value of {len(cell)} bytes; the limit is {MAX_CELL_BYTES}"}
+    assert len(bad) == rows and set(bad["reason"]) == {
+        f"a value of {len(cell)} bytes; the limit is {MAX_CELL_BYTES}"
+    }
     assert peak - baseline_mib < 250, (baseline_mib, peak)
 
 
@@ -136,7 +138,9 @@ def test_a_repeated_column_is_refused_by_name(demo_repo, tmp_path, fmt) -> None:
         twice.to_csv(path, index=False)
     else:
         names = list(twice.columns)
-        pq.write_table(pa.Table.from_arrays([pa.array(twice.iloc[:, i]) for i in range(len(names))], names), path)
+        pq.write_table(
+            pa.Table.from_arrays([pa.array(twice.iloc[:, i]) for i in range(len(names))], names), path
+        )
     scorer = Scorer.from_repository(demo_repo, NAME)
     with pytest.raises(ScoreError, match=r"column 'bmi' appears more than once"):
         score_file(scorer, str(path), str(tmp_path / "out.parquet"), progress="none")
