@@ -94,7 +94,7 @@ def test_a_gzipped_csv_of_huge_cells_is_read_in_chunks_bounded_by_bytes(demo_rep
     assert len(bad) == rows and set(bad["reason"]) == {
         f"a value of {len(cell)} bytes; the limit is {MAX_CELL_BYTES}"
     }
-    assert peak - baseline_mib < 250, (baseline_mib, peak)
+    assert peak - baseline_mib < 200, (baseline_mib, peak)  # measured 140; all in one chunk: 810
 
 
 @pytest.mark.slow
