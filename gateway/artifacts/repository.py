@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ SERVING_FILE = "serving.json"
 # A version being written: a dot-directory at the root, never a model name, so a convert
 # killed mid-write leaves nothing that any server reads (nor that blocks another convert).
 STAGING_PREFIX = ".publish-"
+STALE_STAGING_S = 3600.0  # a staging directory this old is a killed convert's: removed
 # What a repository file may weigh: a model that protobuf can hold, manifests with their
 # reference statistics, serving.json's two versions. Larger is refused before it is read.
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -154,6 +156,16 @@ def _make_dir(path: Path) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """What killed converts left: ignored by servers, but disk. A younger one may be a
+    convert still writing, so it stays."""
+    cutoff = time.time() - STALE_STAGING_S
+    for path in root.glob(STAGING_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -354,6 +366,7 @@ class Repository:
                 "are immutable, choose a new --version"
             )
         self.root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(self.root)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
         made_parent = False
         try:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import time
+
 import msgspec
 import pytest
 
@@ -72,6 +75,19 @@ def test_a_directory_with_no_finished_version_is_no_model(tmp_path):
     assert repo.models() == []
     repo.publish(manifest(), b"onnx")
     assert repo.models() == ["m"]
+
+
+def test_publish_removes_only_stale_staging_directories(tmp_path):
+    """A killed convert's staging directory goes at the next publish once it is an hour
+    old; a younger one may belong to a convert still writing, and stays."""
+    old, young = tmp_path / ".publish-old", tmp_path / ".publish-young"
+    for path in (old, young):
+        path.mkdir()
+        (path / "model.onnx").write_bytes(b"onn")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    Repository(tmp_path).publish(manifest(), b"onnx")
+    assert not old.exists() and (young / "model.onnx").exists()
 
 
 def test_load_verified_rejects_tampered_artifact(tmp_path):
