@@ -40,19 +40,28 @@ class GatewayError(Exception):
     def body(self) -> bytes:
         """Every string a client could have put here (a field name, a value) is clipped:
         an error never carries a client's megabytes back."""
-        payload: dict[str, Any] = {"error": clip(self.message, MESSAGE_LIMIT)}
+        payload: dict[str, Any] = {"error": clip_message(self.message)}
         if self.detail:
             payload["detail"] = [_clip_detail(d) for d in self.detail[:DETAIL_LIMIT]]
         return orjson.dumps(payload)
 
 
-MESSAGE_LIMIT = 500  # characters of an error message
-ECHO_LIMIT = 100  # characters of each detail string (field names, reasons)
+# The one clipping rule for client text (a model or tensor name, a path, a value) that
+# reaches an error body, a gRPC status or a log line: `clip(text)` keeps ECHO_LIMIT
+# characters of each such string where it is quoted, and a whole message, which may quote
+# a few of them beside our own words, is cut at MESSAGE_LIMIT where it leaves the process.
+ECHO_LIMIT = 100  # characters of one client string (field names, values, paths)
+MESSAGE_LIMIT = 5 * ECHO_LIMIT  # characters of an error message
 DETAIL_LIMIT = 20  # detail entries
 
 
 def clip(text: str, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def clip_message(text: str) -> str:
+    """A whole message as it leaves: an error body, a gRPC status, an access log line."""
+    return clip(text, MESSAGE_LIMIT)
 
 
 def _clip_detail(detail: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, clip_message
 from gateway.lifecycle.registry import LoadedModel, ModelRegistry
 from gateway.observability.facts import Outcome
 from gateway.observability.telemetry import Telemetry, input_digest, summarize
@@ -145,7 +145,8 @@ class InferenceCore:
 
     def finish(self, call: Call, status: int, error: str | None = None) -> None:
         outcome = call.outcome
-        outcome.status, outcome.error = status, error
+        # The error may quote a client's text: the log line and the span get it clipped.
+        outcome.status, outcome.error = status, None if error is None else clip_message(error)
         outcome.seconds = time.perf_counter() - call.started
         if call.span is not None:
             _end_span(call.span, outcome, call.attributes)

@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # hold; beyond either, 503 + Retry-After before the body is read. See SECURITY.md.
     max_concurrency: Positive = 512
     max_inflight_bytes: Positive = 256 * 1024 * 1024
+    # Bytes of live requests (their decoded inputs and live outputs) a shadow may hold while
+    # they wait for the candidate: outside --max-inflight-bytes, since the live answer is sent.
+    shadow_max_bytes: Positive = 64 * 1024 * 1024
     max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: the nofile limit less 64, at most 4096
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # connect to end of headers
@@ -146,6 +149,7 @@ _FLAG_HELP: tuple[tuple[str, str], ...] = (
     ("--body-timeout-s", "408 for a body slower than this"),
     ("--max-concurrency", "inference requests in flight; beyond: 503"),
     ("--max-inflight-bytes", "body bytes held by requests in flight; beyond: 503"),
+    ("--shadow-max-bytes", "bytes of live requests held for a shadow; beyond: the mirror is dropped"),
     ("--max-connections", "open connections; 0: from the nofile limit"),
     ("--max-header-bytes", "largest request head; beyond: 431"),
     ("--header-timeout-s", "close a connection whose headers are slower"),

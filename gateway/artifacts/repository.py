@@ -16,16 +16,22 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import msgspec
 
 from gateway.artifacts.manifest import Manifest, decode_manifest, encode_manifest
 from gateway.artifacts.onnx_refs import ExternalDataError, check_external_data
+from gateway.errors import clip
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SERVING_FILE = "serving.json"
+# A version being written: a dot-directory at the root, never a model name, so a convert
+# killed mid-write leaves nothing that any server reads (nor that blocks another convert).
+STAGING_PREFIX = ".publish-"
+STALE_STAGING_S = 3600.0  # a staging directory this old is a killed convert's: removed
 # What a repository file may weigh: a model that protobuf can hold, manifests with their
 # reference statistics, serving.json's two versions. Larger is refused before it is read.
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -142,6 +148,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dir(path: Path) -> bool:
+    """Create `path`; whether this call made it (so that a failure may remove it)."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """What killed converts left: ignored by servers, but disk. A younger one may be a
+    convert still writing, so it stays."""
+    cutoff = time.time() - STALE_STAGING_S
+    for path in root.glob(STAGING_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -167,11 +192,17 @@ class Repository:
         """Bring the local view up to date; a local repository always is."""
 
     def models(self) -> list[str]:
+        """The names with at least one complete version. A directory without one (what a
+        failed copy or an older gateway's interrupted convert leaves) is no model: serving
+        it would make every server unready until a person deletes it."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
+        names = (p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
+        return sorted(name for name in names if self.versions(name))
 
     def versions(self, name: str) -> list[str]:
+        """The versions of `name` with a manifest: publish writes it with the model in one
+        rename, a remote mirror writes it last."""
         base = self.root / check_name(name)
         if not base.is_dir():
             return []
@@ -207,7 +238,7 @@ class Repository:
             raise RepositoryError(f"{what}: unreadable manifest: {exc}") from exc
         if manifest.name != name or manifest.version != version:
             raise RepositoryError(
-                f"{what} describes {manifest.name[:64]!r} version {manifest.version[:64]!r}, "
+                f"{what} describes {clip(manifest.name)!r} version {clip(manifest.version)!r}, "
                 "not the directory it is in; refusing it"
             )
         return manifest
@@ -323,15 +354,20 @@ class Repository:
         atomic_write(self.root / name / SERVING_FILE, msgspec.json.encode(state) + b"\n")
 
     def publish(self, manifest: Manifest, model: bytes) -> Path:
-        """Write a new immutable version; it appears whole or not at all."""
+        """Write a new immutable version; it appears whole or not at all, and a failure
+        (a full disk, a kill) leaves nothing a server would read: the files are staged in a
+        dot-directory at the repository's root, which no server treats as a model, and the
+        model's own directory, when this call made it, goes again unless the version lands."""
         target = self.version_dir(manifest.name, manifest.version)
         if target.exists():
             raise RepositoryError(
                 f"{manifest.name}:{manifest.version} already exists in {self.root}; versions "
                 "are immutable, choose a new --version"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{manifest.version}."))
+        self.root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(self.root)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
+        made_parent = False
         try:
             for file_name, data in ((MODEL_FILE, model), (MANIFEST_FILE, encode_manifest(manifest))):
                 with (staging / file_name).open("wb") as fh:
@@ -339,11 +375,16 @@ class Repository:
                     fh.flush()
                     os.fsync(fh.fileno())
             _fsync_dir(staging)
+            made_parent = _make_dir(target.parent)
             # rename() onto an existing directory fails, so a concurrent publish of the
             # same version cannot overwrite this one.
             os.rename(staging, target)
             _fsync_dir(target.parent)
+            _fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if made_parent:
+                with contextlib.suppress(OSError):  # another publish may have landed in it
+                    target.parent.rmdir()
             raise
         return target

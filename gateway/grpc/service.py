@@ -26,6 +26,8 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     Unavailable,
+    clip,
+    clip_message,
 )
 from gateway.grpc import codec as grpc_codec
 from gateway.inference import Call, InferenceCore
@@ -70,12 +72,14 @@ def _serialize(message: Any) -> bytes:
 
 
 def _message(exc: GatewayError) -> str:
-    """The HTTP error message, and where it applies when the error names a place."""
+    """The HTTP error message, and where it applies when the error names a place; clipped
+    as the HTTP body is (an 8 MB model name must not come back as an 8 MB status)."""
     if not exc.detail:
-        return exc.message
+        return clip_message(exc.message)
     where = exc.detail[0]
-    loc = ".".join(str(part) for part in where.get("loc", []))
-    return f"{exc.message} (at {loc}: {where.get('msg')})" if loc else exc.message
+    loc = clip(".".join(str(part) for part in where.get("loc", [])))
+    msg = clip(str(where.get("msg")))
+    return clip_message(f"{exc.message} (at {loc}: {msg})" if loc else exc.message)
 
 
 def _trailers(exc: GatewayError, extra: Metadata = ()) -> Metadata:

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import ECHO_LIMIT, clip, clip_message
 from gateway.http.asgi import request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,10 +55,10 @@ class LogFailures:
         route = scope.get("route")
         entry: dict[str, Any] = {
             "event": "request",
-            "request_id": rid.decode() or None,
+            "request_id": clip(rid.decode(errors="replace")) or None,  # the answer's own
             "route": getattr(route, "path", None) or "unmatched",
             "method": scope["method"],
-            "path": scope["path"][:256],
+            "path": clip(scope["path"]),
             "status": status,
             "latency_ms": round(seconds * 1000, 3),
             "error": _reason(body),
@@ -81,7 +82,7 @@ def _reason(body: bytes) -> str:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:200].decode(errors="replace") or "no body"
+        return clip(body[: 4 * ECHO_LIMIT].decode(errors="replace")) or "no body"
     if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        return str(payload["error"])[:500]
-    return body[:200].decode(errors="replace")
+        return clip_message(payload["error"])
+    return clip(body[: 4 * ECHO_LIMIT].decode(errors="replace"))

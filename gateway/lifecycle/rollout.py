@@ -153,7 +153,8 @@ class Rollout:
             if name in table.shadows and table.shadows[name].version == version:
                 return
             self._end_shadow(name, keep=version)
-            shadow = table.shadows[name] = Shadow(candidate, self.telemetry)
+            budget = self._loader.settings.shadow_max_bytes
+            shadow = table.shadows[name] = Shadow(candidate, self.telemetry, budget)
             shadow.start()
             log.info("shadow", extra={"event": "shadow", "model": name, "version": version, "source": source})
 

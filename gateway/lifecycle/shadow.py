@@ -1,8 +1,9 @@
 """Shadow traffic: live requests mirrored to a candidate version off the hot path.
 
 The live answer is sent before the candidate sees the request: the front door hands the
-request's inputs and live outputs to `offer`, which only queues them (a bounded queue;
-full, or the live version has rows waiting, means dropped and counted). A worker task
+request's inputs and live outputs to `offer`, which only queues them (a queue bounded in
+requests and in the bytes they hold; beyond either, or while the live version has rows
+waiting, the copy is dropped and counted with its reason). A worker task
 runs the candidate on its own batcher and compares: label agreement for classifiers,
 |Δ| of probabilities (the largest per row) or of values for regressors.
 """
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from gateway.artifacts.tabular import NUMPY_DTYPES
+from gateway.errors import clip_message
 from gateway.observability.instruments import DIFF_BUCKETS
 from gateway.types import Arrays
 
@@ -29,11 +31,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.shadow")
 
 QUEUE_REQUESTS = 256  # mirrored requests waiting for the candidate; more are dropped
+# Bytes those requests may hold (Settings.shadow_max_bytes): the live answer is already
+# sent, so no admission limit sees them, and 256 requests of 16 MiB would be 4 GiB.
+BUDGET_BYTES = 64 * 1024 * 1024
 TIMEOUT_S = 30.0  # a candidate that takes longer for one request has its answer dropped
 # After the shadow yielded to live traffic, offers are dropped at once for this long: under
 # saturation a queued mirror is almost always dropped anyway, and queueing it (and waking
 # the worker to drop it) costs the live path more than counting it.
 BACKOFF_S = 0.02
+
+
+def held_bytes(*groups: Arrays) -> int:
+    """What queueing these arrays keeps alive: their buffers (a view of a request body
+    holds as much of it), and the elements of object arrays (BYTES tensors)."""
+    total = 0
+    for arrays in groups:
+        for array in arrays.values():
+            total += array.nbytes
+            if array.dtype.kind == "O":
+                total += sum(len(x) for x in array.flat if isinstance(x, bytes | str))
+    return total
 
 
 def conform(candidate: LoadedModel, feeds: Arrays) -> Arrays:
@@ -52,11 +69,14 @@ def conform(candidate: LoadedModel, feeds: Arrays) -> Arrays:
 class Shadow:
     candidate: LoadedModel
     telemetry: Telemetry
-    queue: asyncio.Queue[tuple[LoadedModel, Arrays, int, Arrays]] = field(
+    budget_bytes: int = BUDGET_BYTES
+    queue: asyncio.Queue[tuple[LoadedModel, Arrays, int, Arrays, int]] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_REQUESTS)
     )
     mirrored: int = 0
     dropped: int = 0
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+    held: int = 0  # bytes of the queued requests and the one the candidate runs
     failed: int = 0
     rows: int = 0  # rows compared
     agreed: int = 0  # of those, rows whose labels agree (classifiers)
@@ -95,38 +115,54 @@ class Shadow:
     def _count(self, result: str) -> None:
         self.telemetry.shadow_requests.inc((self.candidate.name, self.version, result))
 
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+        self._count("dropped")
+        self.telemetry.shadow_dropped.inc((self.candidate.name, self.version, reason))
+
     def offer(self, live: LoadedModel, feeds: Arrays, rows: int, outputs: Arrays) -> None:
         """Queue a copy of a live request, or drop it: the live path never waits."""
-        if live.batcher.queued_rows > 0 or self.queue.full() or time.monotonic() < self.paused_until:
-            self.dropped += 1
-            self._count("dropped")
-            return
-        self.queue.put_nowait((live, feeds, rows, outputs))
+        if live.batcher.queued_rows > 0:
+            return self._drop("busy")
+        if time.monotonic() < self.paused_until:
+            return self._drop("backoff")
+        if self.queue.full():
+            return self._drop("queue")
+        size = held_bytes(feeds, outputs)
+        if self.held + size > self.budget_bytes:
+            return self._drop("bytes")
+        self.held += size
+        self.queue.put_nowait((live, feeds, rows, outputs, size))
 
     async def _run(self) -> None:
         while True:
-            live, feeds, rows, outputs = await self.queue.get()
-            if live.batcher.queued_rows > 0:  # live traffic waits: the shadow yields to it
-                self.paused_until = time.monotonic() + BACKOFF_S
-                self.dropped += 1
-                self._count("dropped")
-                continue
+            live, feeds, rows, outputs, size = await self.queue.get()
             try:
-                feeds = conform(self.candidate, feeds)
-                shadowed = await self.candidate.batcher.submit(
-                    feeds, rows, time.monotonic() + TIMEOUT_S, None
-                )
-                self.compare(live, outputs, shadowed, rows)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the candidate's failure is its own: counted, never raised
-                self.failed += 1
-                self.last_error = str(exc)[:300]
-                self._count("failed")
-                log.debug("shadow request failed", extra={"event": "shadow_failed", "error": str(exc)})
-                continue
-            self.mirrored += 1
-            self._count("mirrored")
+                await self._mirror(live, feeds, rows, outputs)
+            finally:
+                self.held -= size
+                del feeds, outputs  # the budget is free: so is the memory, before the next wait
+
+    async def _mirror(self, live: LoadedModel, feeds: Arrays, rows: int, outputs: Arrays) -> None:
+        if live.batcher.queued_rows > 0:  # live traffic waits: the shadow yields to it
+            self.paused_until = time.monotonic() + BACKOFF_S
+            return self._drop("busy")
+        try:
+            shadowed = await self.candidate.batcher.submit(
+                conform(self.candidate, feeds), rows, time.monotonic() + TIMEOUT_S, None
+            )
+            self.compare(live, outputs, shadowed, rows)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the candidate's failure is its own: counted, never raised
+            self.failed += 1
+            self.last_error = clip_message(str(exc))
+            self._count("failed")
+            log.debug("shadow request failed", extra={"event": "shadow_failed", "error": self.last_error})
+            return
+        self.mirrored += 1
+        self._count("mirrored")
 
     def compare(self, live: LoadedModel, ours: Arrays, theirs: Arrays, rows: int) -> None:
         key = (self.candidate.name, self.version)
@@ -164,6 +200,9 @@ class Shadow:
             "version": self.version,
             "mirrored": self.mirrored,
             "dropped": self.dropped,
+            "dropped_by_reason": dict(self.drop_reasons),
+            "held_bytes": self.held,
+            "budget_bytes": self.budget_bytes,
             "failed": self.failed,
             "queued": self.queue.qsize(),
             "last_error": self.last_error,

@@ -136,6 +136,13 @@ class Instruments:
                 ("model", "version", "result"),
             )
         )
+        self.shadow_dropped: Counter = add(
+            Counter(
+                "gateway_shadow_dropped_total",
+                "Mirrored requests dropped, by reason (busy, backoff, queue, bytes).",
+                ("model", "version", "reason"),
+            )
+        )
         self.shadow_rows: Counter = add(
             Counter(
                 "gateway_shadow_rows_total",

@@ -72,9 +72,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+def printable(text: str) -> str:
+    """Text with every character a terminal would act on written as its escape (newline,
+    tab, ESC, NUL, the other C0 and C1 controls, Unicode's line separators): a client's
+    text in a log line can neither start a forged line nor send terminal escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TextFormatter(logging.Formatter):
     """`16:40:32 INFO  model ready  model=diabetes version=1`: the message first, then the
-    fields; a list of lines under `try` (the ready line's curl commands) one per line."""
+    fields; a list of lines under `try` (the ready line's curl commands) one per line.
+    Newlines come only from this formatter: the message and the values are `printable`."""
 
     MULTILINE = ("try",)
 
@@ -83,19 +93,20 @@ class TextFormatter(logging.Formatter):
         fields = _extras(record)
         fields.pop("event", None)
         lines = [fields.pop(key) for key in self.MULTILINE if isinstance(fields.get(key), list)]
-        text = f"{when} {record.levelname:<7} {record.getMessage()}"
+        text = f"{when} {record.levelname:<7} {printable(record.getMessage())}"
         if fields:
             text += "  " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
         for block in lines:
-            text += "".join(f"\n    {line}" for line in block)
+            text += "".join(f"\n    {printable(str(line))}" for line in block)
         if record.exc_info and record.exc_info[1] is not None:
             text += "\n" + self.formatException(record.exc_info)
         return text
 
 
 def _text_value(value: Any) -> str:
+    # repr escapes what is not printable; orjson escapes every control character in JSON.
     if isinstance(value, str):
-        return value if value and " " not in value else repr(value)
+        return value if value and value.isprintable() and " " not in value else repr(value)
     return orjson.dumps(value, default=str).decode()
 
 

@@ -22,9 +22,14 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from gateway.artifacts.manifest import Feature, Manifest
 from gateway.artifacts.tabular import feeds_from_columns
+from gateway.errors import clip
 from gateway.records.codec import NumericChecks, Violation, numeric_dtype
 from gateway.settings import RangePolicyOverride
 from gateway.types import Arrays
+
+# A cell longer than this is a rejected row, not a value to parse, quote or copy: a feature
+# is a number or a category, and free text for a vectorizer has its own max_length below.
+MAX_CELL_BYTES = 64 * 1024
 
 
 class SchemaMismatch(ValueError):
@@ -120,10 +125,10 @@ class ColumnCodec:
         numeric: list[tuple[Feature, np.ndarray]] = []
         for f in self.features:
             column = batch.column(f.name)
+            if _is_text(column.type):  # before any copy: a huge cell is refused, not copied
+                column = _refuse_large(f, column, rejects)
             if isinstance(column, pa.ChunkedArray):
                 column = column.combine_chunks()
-            if pa.types.is_dictionary(column.type):
-                column = column.dictionary_decode()
             nulls = (
                 column.is_null().to_numpy(zero_copy_only=False)
                 if column.null_count
@@ -131,12 +136,13 @@ class ColumnCodec:
             )
             if not f.nullable and column.null_count:
                 rejects.add(nulls, f.name, f"Expected `{_wire_type(f)}`, got `null`")
-            if f.dtype == "string":
-                columns[f.name] = self._text(f, column, nulls, rejects)
+            if pa.types.is_dictionary(column.type):
+                values = self._dictionary(f, column, nulls, rejects)
             else:
-                values = self._number(f, column, rejects)
+                values = self._values(f, column, nulls, rejects)
+            columns[f.name] = values
+            if f.dtype != "string":
                 numeric.append((f, values))
-                columns[f.name] = values
         if numeric:
             matrix = self._check_numbers(numeric, rejects)
             for j, (f, _) in enumerate(numeric):
@@ -148,6 +154,31 @@ class ColumnCodec:
         return Checked(
             kept, good, rejected, rejects.field[rejected].tolist(), rejects.reason[rejected].tolist()
         )
+
+    def _values(self, f: Feature, column: pa.Array, nulls: np.ndarray, rejects: _Rejects) -> np.ndarray:
+        """One column's values as the feature's numpy column; its bad rows in `rejects`."""
+        if f.dtype == "string":
+            return self._text(f, column, nulls, rejects)
+        return self._number(f, column, rejects)
+
+    def _dictionary(self, f: Feature, column: pa.Array, nulls: np.ndarray, rejects: _Rejects) -> np.ndarray:
+        """A dictionary-encoded column, checked on its distinct values and never decoded:
+        a 1 MiB value in 200,000 rows is parsed, refused and quoted once, and the rows get
+        references to it (for text) or its number, by index."""
+        dictionary = column.dictionary
+        if len(dictionary) == 0:  # every row null
+            return self._values(f, column.dictionary_decode(), nulls, rejects)
+        distinct = _Rejects(len(dictionary))
+        if _is_text(dictionary.type):
+            dictionary = _refuse_large(f, dictionary, distinct)
+        values = self._values(f, dictionary, np.zeros(len(dictionary), dtype=bool), distinct)
+        index = column.indices.fill_null(0).to_numpy(zero_copy_only=False)
+        reasons = distinct.reason
+        rejects.add(distinct.bad[index] & ~nulls, f.name, lambda rows: reasons[index[rows]])
+        out: np.ndarray = values[index]
+        if nulls.any():
+            out[nulls] = "" if f.dtype == "string" else np.nan
+        return out
 
     def feeds(self, columns: Arrays, start: int, stop: int) -> Arrays:
         """Model tensors for rows [start, stop) of checked columns. Built a model batch at a
@@ -169,7 +200,7 @@ class ColumnCodec:
             text = column
 
             def reason(rows: np.ndarray) -> list[str]:
-                return [f"Invalid enum value {text[int(i)].as_py()!r}" for i in rows]
+                return [f"Invalid enum value {clip(text[int(i)].as_py())!r}" for i in rows]
 
             rejects.add(unknown, f.name, reason)
         values: np.ndarray = column.fill_null("").to_numpy(zero_copy_only=False).astype(object)
@@ -213,7 +244,7 @@ class ColumnCodec:
         texts = column
 
         def reason(rows: np.ndarray) -> list[str]:
-            return [f"Expected `{_wire_type(f)}`, got {texts[int(i)].as_py()!r}" for i in rows]
+            return [f"Expected `{_wire_type(f)}`, got {clip(texts[int(i)].as_py())!r}" for i in rows]
 
         rejects.add(bad, f.name, reason)
         return parsed
@@ -273,6 +304,21 @@ _PATTERNS = {
     "bool": r"^(?i:true|false|1|0)$",
 }
 _BAD = object()
+
+
+def _refuse_large(f: Feature, column: pa.Array | pa.ChunkedArray, rejects: _Rejects) -> Any:
+    """Cells over MAX_CELL_BYTES rejected, and nulled so no later step copies them."""
+    large = pc.greater(pc.binary_length(column), MAX_CELL_BYTES).fill_null(False)
+    mask = large.to_numpy(zero_copy_only=False)
+    if not mask.any():
+        return column
+    sizes = pc.binary_length(column)
+
+    def reason(rows: np.ndarray) -> list[str]:
+        return [f"a value of {sizes[int(i)].as_py()} bytes; the limit is {MAX_CELL_BYTES}" for i in rows]
+
+    rejects.add(mask, f.name, reason)
+    return pc.if_else(large, pa.scalar(None, column.type), column)
 
 
 def _reasons(violation: Violation, rows: np.ndarray) -> list[str]:

@@ -1,17 +1,22 @@
 """Tables in and out, a chunk at a time: CSV (optionally compressed) and Parquet, from a
 local path or any fsspec URL (s3://, gs://, ...) where fsspec is installed.
 
-Reading never holds more than one chunk per stage: a CSV file is parsed in blocks of a
-few megabytes, a Parquet file a record batch at a time (one row group's column chunks at
-most). CSV columns are read as text and parsed by the validator, so a bad value in row
-5,000,000 rejects that row instead of stopping the whole read (Arrow's streaming CSV
-reader fixes a column's type from its first block and fails on any later block that
-disagrees). Writing a local file goes to a temporary name that is renamed into place at
-the end, so a failed run never leaves a half-written output behind.
+Reading never holds more than one chunk per stage, and a chunk is bounded in bytes as
+well as rows (a row of 500 KB cells is not a row of numbers): a CSV file is parsed in
+blocks of a megabyte, gathered into chunks of at most CHUNK_BYTES; a Parquet file is read a
+record batch at a time, its batch size from the row group's own size per row, and its text
+columns stay dictionary-encoded (one 1 MiB value repeated in 200,000 rows is 1 MiB and
+200,000 indices, never 200,000 copies). CSV columns are read as text and parsed by the
+validator, so a bad value in row 5,000,000 rejects that row instead of stopping the
+whole read (Arrow's streaming CSV reader fixes a column's type from its first block and
+fails on any later block that disagrees). Writing a local file goes to a temporary name
+that is renamed into place at the end, so a failed run never leaves a half-written output
+behind.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
@@ -33,6 +38,9 @@ NULLS = ["", "NA", "N/A", "NULL", "null"]
 # with pyarrow 25: 38 MiB blocks held 622 MiB of a 563 MiB file at once; 1 MiB blocks about
 # 35 MiB): so small blocks, gathered into chunks here.
 CSV_BLOCK = 1 << 20
+# Decoded bytes of one chunk, whatever its row count: some seven are in flight at once
+# (reader queue, validation, writer queue; measured). 65,536 rows of 30 numbers are 15 MiB.
+CHUNK_BYTES = 16 << 20
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 
 
@@ -125,6 +133,7 @@ class TableReader:
             raise TableError(f"{self.location}: no CSV header line") from exc
         # Arrow refuses a missing included column outright; leaving it out lets the
         # validator name every missing column at once.
+        _refuse_repeats(self.location, names, self.columns)
         present = [c for c in self.columns if c in set(names)]
         stream = pa.CompressedInputStream(self._raw, compression) if compression else self._raw
         reader = pacsv.open_csv(
@@ -139,7 +148,7 @@ class TableReader:
             ),
         )
         self.schema = reader.schema
-        return _rebatch(reader, self.chunk_rows)
+        return _rebatch(reader, self.chunk_rows, CHUNK_BYTES)
 
     def _head(self, compression: str | None) -> bytes:
         """The first MiB of the text, for the header line."""
@@ -154,10 +163,13 @@ class TableReader:
             raw.close()
 
     def _open_parquet(self) -> Iterator[pa.RecordBatch]:
-        parquet = pq.ParquetFile(self._raw)
+        schema = pq.ParquetFile(self._raw).schema_arrow
+        _refuse_repeats(self.location, schema.names, self.columns)
+        present = [c for c in self.columns if schema.get_field_index(c) >= 0]
+        text = [c for c in present if _is_text(schema.field(c).type)]
+        parquet = pq.ParquetFile(self._raw, read_dictionary=text)
         self.schema = parquet.schema_arrow
         self.total_rows = parquet.metadata.num_rows
-        present = [c for c in self.columns if self.schema.get_field_index(c) >= 0]
         return self._parquet_batches(parquet, present)
 
     def _parquet_batches(self, parquet: Any, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -172,9 +184,18 @@ class TableReader:
             rows += parquet.metadata.row_group(group).num_rows
             if rows >= self.chunk_rows or group == groups - 1:
                 yield from parquet.iter_batches(
-                    batch_size=self.chunk_rows, row_groups=run, columns=columns, use_threads=True
-                )
+                    batch_size=self._batch_rows(parquet, run), row_groups=run, columns=columns,
+                    use_threads=True,
+                )  # fmt: skip
                 run, rows = [], 0
+
+    def _batch_rows(self, parquet: Any, groups: list[int]) -> int:
+        """Rows per batch: `chunk_rows`, fewer where the row groups' uncompressed bytes per
+        row say that many would pass CHUNK_BYTES."""
+        meta = [parquet.metadata.row_group(g) for g in groups]
+        rows, size = sum(m.num_rows for m in meta), sum(m.total_byte_size for m in meta)
+        per_row = size / rows if rows else 0
+        return max(1, min(self.chunk_rows, int(CHUNK_BYTES // per_row) if per_row else self.chunk_rows))
 
     def __iter__(self) -> Iterator[Chunk]:
         first = 0
@@ -195,16 +216,34 @@ class TableReader:
             self._raw.close()
 
 
-def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
-    """Small batches gathered into tables of about `rows` rows."""
+def _refuse_repeats(location: str, names: Sequence[str], wanted: Sequence[str]) -> None:
+    """A column the run reads may appear once: which of two is meant cannot be told (the
+    records API refuses a repeated key for the same reason)."""
+    counts = collections.Counter(names)
+    repeated = sorted(n for n in set(wanted) if counts[n] > 1)
+    if repeated:
+        raise TableError(
+            f"{location}: column {', '.join(map(repr, repeated))} appears more than once; "
+            "rename or drop the copies"
+        )
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], rows: int, max_bytes: int) -> Iterator[pa.Table]:
+    """Small batches gathered into tables of about `rows` rows, or fewer that reach
+    `max_bytes`."""
     pending: list[pa.RecordBatch] = []
-    count = 0
+    count = size = 0
     for batch in batches:
         pending.append(batch)
         count += batch.num_rows
-        if count >= rows:
+        size += batch.nbytes
+        if count >= rows or size >= max_bytes:
             yield pa.Table.from_batches(pending)
-            pending, count = [], 0
+            pending, count, size = [], 0, 0
     if pending:
         yield pa.Table.from_batches(pending)
 

@@ -27,13 +27,12 @@ from gateway.artifacts.tabular import (
     non_finite_reason,
     to_bf16,
 )
-from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, validation_detail
+from gateway.errors import BadRequest, NotFound, TooLarge, Unprocessable, clip, validation_detail
 from gateway.types import Arrays
 
 BINARY_HEADER = "inference-header-content-length"
 # Limits on what a client declares, checked before anything is allocated or looped over.
 ID_LIMIT = 256  # characters of a request id (it is echoed in the answer)
-ECHO_LIMIT = 64  # characters of a client's value quoted back in an error
 MAX_BYTES_ELEMENTS = 65_536  # BYTES elements per input: each becomes a Python string
 # Elements of one request's inputs sent as JSON/msgpack `data` (or gRPC typed contents):
 # each becomes a Python number (~32 bytes) before it is an array, so a body of "0,0,..."
@@ -207,7 +206,7 @@ def _clip(value: object) -> str:
     if isinstance(value, list) and any(isinstance(v, int) and v.bit_length() > 64 for v in value):
         return "[" + ", ".join(_clip(v) for v in value[:8]) + ("]" if len(value) <= 8 else ", ...]")
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "..."
+    return clip(text)
 
 
 def _element_type(datatype: str) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from gateway import __version__
-from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized, Unprocessable
+from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized, Unprocessable, clip
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.settings import Settings
@@ -26,12 +26,12 @@ EXTENSIONS = (
     "binary_tensor_data", "classification", "model_configuration", "parameters", "schedule_policy",
     "statistics",
 )  # fmt: skip
-NAME_ECHO_LIMIT = 64  # characters of a client's model name quoted back
 
 
 def _quoted(text: str) -> str:
-    """A client's name inside quotes as Triton writes it, control characters escaped."""
-    text = text if len(text) <= NAME_ECHO_LIMIT else text[:NAME_ECHO_LIMIT] + "..."
+    """A client's name inside quotes as Triton writes it, clipped by the one rule, control
+    characters escaped."""
+    text = clip(text)
     return "'" + (text if text.isprintable() else text.encode("unicode_escape").decode()) + "'"
 
 

@@ -5,6 +5,9 @@ and rollback. Every publish and load writes and reads a manifest
 
 from __future__ import annotations
 
+import os
+import time
+
 import msgspec
 import pytest
 
@@ -60,8 +63,36 @@ def test_failed_publish_leaves_no_version(tmp_path, monkeypatch):
     monkeypatch.setattr("gateway.artifacts.repository.os.rename", broken_rename)
     with pytest.raises(OSError, match="No space"):
         repo.publish(manifest(), b"onnx")
-    assert repo.versions("m") == []
-    assert list((tmp_path / "m").iterdir()) == []
+    assert repo.versions("m") == [] and repo.models() == []
+    # Nothing is left, not even the model's directory this publish made: an empty one
+    # would be a model with no version, and every server on the repository unready.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_with_no_finished_version_is_no_model(tmp_path):
+    """What an interrupted convert of an older gateway left: an empty `<name>/`, or one
+    holding only its staging directory. Servers ignore both; a finished version counts."""
+    repo = Repository(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "killed" / ".1.x7a9").mkdir(parents=True)
+    (tmp_path / "killed" / ".1.x7a9" / "model.onnx").write_bytes(b"onn")
+    (tmp_path / ".publish-k2").mkdir()
+    assert repo.models() == []
+    repo.publish(manifest(), b"onnx")
+    assert repo.models() == ["m"]
+
+
+def test_publish_removes_only_stale_staging_directories(tmp_path):
+    """A killed convert's staging directory goes at the next publish once it is an hour
+    old; a younger one may belong to a convert still writing, and stays."""
+    old, young = tmp_path / ".publish-old", tmp_path / ".publish-young"
+    for path in (old, young):
+        path.mkdir()
+        (path / "model.onnx").write_bytes(b"onn")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    Repository(tmp_path).publish(manifest(), b"onnx")
+    assert not old.exists() and (young / "model.onnx").exists()
 
 
 def test_load_verified_rejects_tampered_artifact(tmp_path):

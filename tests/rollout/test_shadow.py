@@ -203,3 +203,109 @@ def test_under_overload_the_shadow_is_dropped_never_the_live_path(repo, built, t
         assert shown["failed"] == 0 and shown["mirrored"] > 0 and shown["rows"] == 200 * shown["mirrored"]
     finally:
         srv.stop()
+
+
+def _memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+WIDE = 128 * 128  # FP32 values per row: 250 rows are a 15.6 MiB request
+STEPS = 64  # the candidate's matrix products per row: seconds per request
+
+
+def _slow_candidate(repo: Path) -> None:
+    """wide:1 answers x as it is; wide:2 reads each row as a 128x128 matrix and multiplies
+    it STEPS times by a 128x128 weight: a slower candidate, same input and output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gateway.artifacts.manifest import TensorSpec
+    from tests.security.models import OPSET, publish, publish_identity
+
+    publish_identity(repo, "wide", "1", WIDE)
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(128, 128)))  # keeps the scale
+    inits = [numpy_helper.from_array(q.astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([-1, 128, 128], np.int64), "square"),
+             numpy_helper.from_array(np.array([-1, WIDE], np.int64), "flat")]  # fmt: skip
+    names = ["m", *(f"h{i}" for i in range(STEPS))]
+    nodes = [helper.make_node("Reshape", ["x", "square"], ["m"]),
+             *(helper.make_node("MatMul", [names[i], "w"], [names[i + 1]]) for i in range(STEPS)),
+             helper.make_node("Reshape", [names[-1], "flat"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, WIDE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, WIDE])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=8).SerializeToString()
+    publish(repo, "wide", "2", model, [TensorSpec(name="x", datatype="FP32", shape=[-1, WIDE])],
+            [TensorSpec(name="y", datatype="FP32", shape=[-1, WIDE], role="value")])  # fmt: skip
+    Repository(repo).set_live("wide", "1")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # a candidate made slow on purpose, on a shared machine
+def test_the_shadow_holds_no_more_bytes_than_its_budget(tmp_path):
+    """One client sends 15.6 MiB V2 binary requests one after another while a slower
+    candidate shadows the live model: one request in flight, so no admission limit
+    triggers, and before the byte budget each waiting mirror kept its request and its live
+    answer (256 of them: 8 GiB). Now the mirrors beyond the budget are dropped and counted,
+    and every answer is still 200 from the live version."""
+    repo = tmp_path / "repo"
+    _slow_candidate(repo)
+    budget = 48 * 1024 * 1024
+    srv = start_server(
+        repo, tmp_path, "--log-level", "warning", "--poll-seconds", "0", "--shadow-max-bytes", str(budget),
+        "--max-batch-rows", "16", env={"GATEWAY_ADMIN_TOKEN": TOKEN},
+    )  # fmt: skip
+    rows = 250
+    data = np.random.default_rng(0).normal(size=(rows, WIDE)).astype(np.float32).tobytes()
+    header = msgspec.json.encode({
+        "inputs": [{"name": "x", "shape": [rows, WIDE], "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)}}],
+        "parameters": {"binary_data_output": True},
+    })  # fmt: skip
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    report = f"{srv.url}/admin/models/wide"
+    try:
+        r = httpx.post(f"{report}/shadow", json={"version": "2"}, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        with httpx.Client(timeout=60) as client:
+
+            def send(count: int) -> list[tuple[int, str | None]]:
+                out = []
+                for _ in range(count):
+                    r = client.post(f"{srv.url}/v2/models/wide/infer", content=header + data, headers=headers)
+                    out.append((r.status_code, r.headers.get("x-model-version")))
+                return out
+
+            answers = send(3)
+            start = _memory_kib(srv.process.pid, "VmHWM")
+            answers += send(12)
+        grown_mib = (_memory_kib(srv.process.pid, "VmHWM") - start) / 1024
+        assert answers == [(200, "1")] * len(answers)
+        shown = httpx.get(report, headers=AUTH).json()["shadow"]
+        assert shown["dropped_by_reason"].get("bytes", 0) > 0, shown
+        assert shown["held_bytes"] <= budget
+        # 12 more requests of 31 MiB each (request and answer): unbounded, the waiting
+        # mirrors grew the peak by 110 MiB after 10 (measured); within the budget, by 0-15.
+        assert grown_mib < budget >> 20, f"peak RSS grew {grown_mib:.0f} MiB with a {budget >> 20} MiB budget"
+        dropped = {
+            s.labels["reason"]: s.value
+            for family in text_string_to_metric_families(httpx.get(f"{srv.url}/metrics").text)
+            for s in family.samples
+            if s.name == "gateway_shadow_dropped_total"
+        }
+        assert dropped == shown["dropped_by_reason"]
+
+        def settled() -> bool:
+            now = httpx.get(report, headers=AUTH).json()["shadow"]
+            return bool(now["mirrored"] + now["dropped"] + now["failed"] == len(answers))
+
+        _wait(settled, timeout=120)
+        assert httpx.get(report, headers=AUTH).json()["shadow"]["held_bytes"] == 0  # released when runs end
+    finally:
+        srv.stop()
