@@ -60,6 +60,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     admin_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
     # The V2 protocol over gRPC on this port too (same host, process and batchers); None: off.
     grpc_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    # Open gRPC connections (0: a quarter of what the nofile limit leaves) and the calls
+    # each may have open at once: together they bound the idle calls a client may hold.
+    grpc_max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+    grpc_max_streams: Positive = 64
     poll_seconds: NonNegative = 2.0  # how often to re-read serving.json; 0: never
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"  # text on a terminal, JSON lines otherwise
@@ -166,6 +170,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser, repo_default: str | Non
     parser.add_argument("--admin-port", dest="admin_port", help="serve /admin on this port only")
     parser.add_argument(
         "--grpc-port", dest="grpc_port", help="also serve the V2 protocol over gRPC on this port"
+    )
+    parser.add_argument(
+        "--grpc-max-connections", dest="grpc_max_connections",
+        help="open gRPC connections (0: from the nofile limit, beside --max-connections)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grpc-max-streams", dest="grpc_max_streams", help="gRPC calls open at once on one connection"
     )
     parser.add_argument(
         "--poll-seconds", dest="poll_seconds", help="re-read serving.json this often (0: off)"

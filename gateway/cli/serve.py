@@ -22,8 +22,9 @@ import msgspec
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from gateway.admission import connection_caps
 from gateway.app import create_app
-from gateway.http.server import ConnectionLimits, GatewayHttpProtocol, default_max_connections
+from gateway.http.server import ConnectionLimits, GatewayHttpProtocol
 from gateway.observability import logging as gateway_logging
 from gateway.settings import Settings, SettingsError, build_settings
 from gateway.types import ASGIApp
@@ -76,11 +77,13 @@ def run(settings: Settings) -> int:
         target = "gateway.cli.serve:app_factory"
     else:
         target = create_app(settings)
+    grpc_cap = settings.grpc_max_connections if settings.grpc_port is not None else None
+    http_cap, _ = connection_caps(settings.max_connections, grpc_cap)
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
-        max_connections=settings.max_connections or default_max_connections(),
+        max_connections=http_cap,
     )
     config = uvicorn.Config(
         target,

@@ -25,6 +25,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 
 from gateway import __version__
+from gateway.admission import Admission, connection_caps
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -35,6 +36,7 @@ from gateway.errors import (
     Unprocessable,
 )
 from gateway.grpc import codec as grpc_codec
+from gateway.grpc.admission import AdmissionInterceptor
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.observability.telemetry import Telemetry
@@ -69,6 +71,25 @@ EXTENSIONS = ("classification", "model_configuration", "parameters", "schedule_p
 Metadata = tuple[tuple[str, str], ...]
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def server_options(settings: Settings, connections: int) -> list[tuple[str, int]]:
+    """grpc core's own bounds, each checked by a test in tests/security/test_grpc_admission.py."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        # Without it a stream's window grows with the BDP probe to megabytes, buffered for
+        # a message nobody has started to read (measured: 4-8 MiB a stream); with it off a
+        # message is buffered beyond 64 KiB only once its read is pending and charged.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.max_allowed_incoming_connections", connections),
+        ("grpc.max_concurrent_streams", settings.grpc_max_streams),
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+        # A connection with no call open closes as an idle HTTP keep-alive one does.
+        ("grpc.max_connection_idle_ms", int(settings.keepalive_s * 1000)),
+        # Several workers share the port through SO_REUSEPORT, as uvicorn's do through
+        # one inherited socket; a single worker refuses a port already taken.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+    ]
 
 
 def _serialize(message: Any) -> bytes:
@@ -108,17 +129,15 @@ class GrpcService:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> int:
-        """Bind and start; the port bound (the one configured, or the one chosen for 0)."""
-        limit = self.settings.max_body_bytes
-        options = [
-            ("grpc.max_receive_message_length", limit),
-            # Several workers share the port through SO_REUSEPORT, as uvicorn's do through
-            # one inherited socket; a single worker refuses a port already taken.
-            ("grpc.so_reuseport", 1 if self.settings.workers > 1 else 0),
-        ]
-        # --max-concurrency bounds gRPC calls too: beyond it gRPC answers RESOURCE_EXHAUSTED.
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.settings.max_concurrency)
+    async def start(self, admission: Admission) -> int:
+        """Bind and start; the port bound (the one configured, or the one chosen for 0).
+        Every message is read against `admission`, the budget the HTTP door shares."""
+        settings = self.settings
+        _, connections = connection_caps(settings.max_connections, settings.grpc_max_connections)
+        server = grpc.aio.server(
+            options=server_options(settings, connections),
+            interceptors=(AdmissionInterceptor(admission, settings.max_body_bytes, settings.body_timeout_s),),
+        )
         server.add_generic_rpc_handlers((self._handlers(),))
         host, port = self.settings.host, self.settings.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

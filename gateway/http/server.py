@@ -15,7 +15,6 @@ to reach the next request, and each trickled byte put its keep-alive timer off a
 from __future__ import annotations
 
 import asyncio
-import resource
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,15 +29,6 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1024
-
-
-def default_max_connections(cap: int = 4096, reserve: int = 64) -> int:
-    """Open connections a process can hold without running out of file descriptors: the
-    soft `nofile` limit less a reserve for models, logs and the repository."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return cap
-    return max(16, min(cap, soft - reserve))
 
 
 def _response(status: bytes, message: bytes, extra: bytes = b"") -> bytes:
