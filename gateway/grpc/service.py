@@ -16,8 +16,11 @@ import asyncio
 import hmac
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -92,6 +95,24 @@ def server_options(settings: Settings, connections: int) -> list[tuple[str, int]
     ]
 
 
+def _on_termination(callback: Callable[[], object]) -> None:
+    """Call `callback` on the loop when SIGTERM or SIGINT comes, after uvicorn's own handler
+    (which starts the HTTP drain). Only the main thread may set handlers: elsewhere (a
+    server in a test's thread) the lifespan's stop is the only one."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def chained(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            loop.call_soon_threadsafe(callback)
+
+        signal.signal(sig, chained)
+
+
 def _serialize(message: Any) -> bytes:
     data: bytes = message.SerializeToString()
     return data
@@ -125,6 +146,7 @@ class GrpcService:
         self.registry = registry
         self.core = InferenceCore(settings, registry, telemetry)
         self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Future[None] | None = None
         self.serving = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -149,15 +171,23 @@ class GrpcService:
             raise OSError(f"gRPC cannot bind {address}")
         await server.start()
         self._server, self.serving = server, True
+        _on_termination(lambda: self.begin_stop(settings.drain_seconds))
         lifecycle_log.info("grpc serving", extra={"event": "grpc_start", "port": bound, "pid": os.getpid()})
         return bound
 
+    def begin_stop(self, grace: float) -> asyncio.Future[None]:
+        """Refuse new calls (UNAVAILABLE) from now on; the calls in flight have `grace`.
+        Begun at SIGTERM, beside the HTTP drain rather than after it: one drain, not two."""
+        if self._stopping is None:
+            self.serving = False
+            server = self._server
+            self._stopping = asyncio.ensure_future(server.stop(grace) if server else asyncio.sleep(0))
+        return self._stopping
+
     async def stop(self, grace: float) -> None:
-        """Refuse new calls (UNAVAILABLE), let the ones in flight finish within `grace`."""
-        self.serving = False
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        """The stop begun at SIGTERM, or one begun now, finished."""
+        await self.begin_stop(grace)
+        self._server = None
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         unary: dict[str, Callable[[Any, Context], Awaitable[Any]]] = {

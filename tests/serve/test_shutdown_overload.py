@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import grpc
 import httpx
 import joblib
 import numpy as np
@@ -16,7 +17,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from benchmarks.servers import rss_mb
 from converters import convert
-from tests.conftest import start_server
+from tests.conftest import free_port, start_server
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +212,68 @@ def test_startup_leaves_long_lived_objects_out_of_the_collectors_walk(demo_repo)
             assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+def _grpc_infer(port: int, rows: int, timeout: float) -> object:
+    """A ModelInfer of `rows` demo rows: its answer, or the RpcError that ended it."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="breast_cancer")
+    request.inputs.add(name="input", datatype="FP64", shape=[rows, 30])
+    request.raw_input_contents.append(np.zeros((rows, 30), "<f8").tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc
+
+
+@pytest.mark.slow
+def test_g7_one_drain_for_both_doors_and_grpc_refuses_from_sigterm(demo_repo, tmp_path):
+    """A call of each door waits 8 s in the batcher when SIGTERM comes, with a 2 s drain:
+    the process exits 2 s later, not 2 s of HTTP drain and then 2 s of gRPC drain; a gRPC
+    call made after SIGTERM is refused UNAVAILABLE, not accepted into the drain."""
+    grpc_port = free_port()
+    srv = start_server(
+        demo_repo, tmp_path, "--grpc-port", str(grpc_port), "--max-delay-ms", "8000",
+        "--log-level", "warning", env={"GATEWAY_DRAIN_SECONDS": "2"},
+    )  # fmt: skip
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": [0.0] * 30}]}
+    held: list = []
+    threads = [
+        threading.Thread(target=lambda: held.append(_grpc_infer(grpc_port, 1, 20))),
+        threading.Thread(
+            target=lambda: held.append(_post_quietly(f"{srv.url}/v2/models/breast_cancer/infer", body))
+        ),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline, queued = time.monotonic() + 10, 0
+        while queued < 2 and time.monotonic() < deadline:
+            queued = httpx.get(f"{srv.url}/v2/models/breast_cancer/stats").json()["model_stats"][0][
+                "queued_rows"
+            ]
+            time.sleep(0.05)
+        assert queued == 2, "the two calls never waited in the batcher; the test proves nothing"
+        started = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        asked = time.monotonic()
+        late = _grpc_infer(grpc_port, 1, 5)
+        assert getattr(late, "code", lambda: None)() == grpc.StatusCode.UNAVAILABLE, late
+        assert time.monotonic() - asked < 1, "the late call was taken into the drain, not refused"
+        srv.process.wait(20)
+        took = time.monotonic() - started
+        assert took < 2 + 1.5, f"exit {took:.1f} s after SIGTERM with a 2 s drain"
+    finally:
+        for thread in threads:
+            thread.join(20)
+        srv.stop()
+
+
+def _post_quietly(url: str, body: dict) -> object:
+    try:
+        return httpx.post(url, json=body, timeout=20).status_code
+    except httpx.HTTPError as exc:
+        return exc
