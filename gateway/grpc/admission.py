@@ -11,11 +11,19 @@ that reads its single message itself, so the read is ours to time and to charge:
 - an inference message is counted in flight, as an HTTP request is, from its arrival to
   its answer. A stream is counted only while one of its messages is being answered, so
   idle streams hold no slot; a stream waiting longer than the body timeout is ended.
+
+At SIGTERM the service sends itself a marker call (`MARKER`): grpc hands calls to Python
+in the order they arrived, so the calls before the marker are answered and those after it
+refused UNAVAILABLE, and grpc's own stop (which cancels what is still reading) waits until
+no call is in the gateway's hands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +41,7 @@ INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 # budget can arrive meanwhile (what a link carries in 50 ms).
 HOLD_AFTER_S = 0.05
 RETRY: tuple[tuple[str, str], ...] = (("retry-after", "1"), ("grpc-retry-pushback-ms", "1000"))
+MARKER = "x-gateway-drain-marker"
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
@@ -40,12 +49,39 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.admission = admission
         self.max_message = max_message
         self.arrival_s = arrival_s
+        self.marker = secrets.token_hex(16)  # a drain marker only this process can send
+        self.draining = False
+        self.calls = 0  # calls in the gateway's hands: reading their message or answering
+
+    @functools.cached_property
+    def _refuse(self) -> Handler:
+        """UNAVAILABLE for any method, unary or streaming (on the wire alike), once the
+        message has arrived: a client still sending when the answer comes sees its call
+        reset (CANCELLED), not the answer."""
+
+        async def refuse(_: Any, context: Context) -> None:
+            await self.read(context)
+            message = "the server is shutting down; retry (another replica answers)"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message, RETRY)
+
+        return grpc.stream_unary_rpc_method_handler(refuse)
+
+    async def settled(self, deadline: float) -> None:
+        """Until no call is in the gateway's hands, or `deadline` (monotonic) passes."""
+        while self.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
+        if self.draining:
+            return self._refuse
+        if (MARKER, self.marker) in (details.invocation_metadata or ()):
+            # grpc hands calls over in the order they came: all before this one came
+            # before SIGTERM and are answered, all after it are refused.
+            self.draining = True
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -66,6 +102,13 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, behavior: Any, counted: bool) -> Callable[[Any, Context], Awaitable[Any]]:
         async def unary(_: Any, context: Context) -> Any:
+            self.calls += 1
+            try:
+                return await answer(context)
+            finally:
+                self.calls -= 1
+
+        async def answer(context: Context) -> Any:
             message = await self.read(context)
             if message is grpc.aio.EOF:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
@@ -90,8 +133,12 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                         self.admission.release(size)
 
         async def streaming(_: Any, context: Context) -> AsyncIterator[Any]:
-            async for response in behavior(messages(context), context):
-                yield response
+            self.calls += 1
+            try:
+                async for response in behavior(messages(context), context):
+                    yield response
+            finally:
+                self.calls -= 1
 
         return streaming
 

@@ -13,6 +13,7 @@ from the .proto file, not from this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -39,7 +40,7 @@ from gateway.errors import (
     Unprocessable,
 )
 from gateway.grpc import codec as grpc_codec
-from gateway.grpc.admission import AdmissionInterceptor
+from gateway.grpc.admission import MARKER, AdmissionInterceptor
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.observability.telemetry import Telemetry
@@ -69,6 +70,8 @@ CODES = {
 # A gRPC code back to the HTTP status it stands for, for a call gRPC itself ended.
 CANCELLED = 499
 DEADLINE_SLACK_S = 0.005
+# With several workers on one port the marker may land on another worker: wait no longer.
+MARK_TIMEOUT_S = 2.0
 EXTENSIONS = ("classification", "model_configuration", "parameters", "schedule_policy", "statistics")
 
 Metadata = tuple[tuple[str, str], ...]
@@ -93,6 +96,15 @@ def server_options(settings: Settings, connections: int) -> list[tuple[str, int]
         # one inherited socket; a single worker refuses a port already taken.
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
+
+
+def _loopback(host: str) -> str:
+    """Where this process reaches its own gRPC port."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _on_termination(callback: Callable[[], object]) -> None:
@@ -147,6 +159,7 @@ class GrpcService:
         self.core = InferenceCore(settings, registry, telemetry)
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Future[None] | None = None
+        self._target = ""
         self.serving = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -156,10 +169,9 @@ class GrpcService:
         Every message is read against `admission`, the budget the HTTP door shares."""
         settings = self.settings
         _, connections = connection_caps(settings.max_connections, settings.grpc_max_connections)
-        server = grpc.aio.server(
-            options=server_options(settings, connections),
-            interceptors=(AdmissionInterceptor(admission, settings.max_body_bytes, settings.body_timeout_s),),
-        )
+        self._admission = AdmissionInterceptor(admission, settings.max_body_bytes, settings.body_timeout_s)
+        options = server_options(settings, connections)
+        server = grpc.aio.server(options=options, interceptors=(self._admission,))
         server.add_generic_rpc_handlers((self._handlers(),))
         host, port = self.settings.host, self.settings.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -171,6 +183,7 @@ class GrpcService:
             raise OSError(f"gRPC cannot bind {address}")
         await server.start()
         self._server, self.serving = server, True
+        self._target = f"{_loopback(host)}:{bound}"
         _on_termination(lambda: self.begin_stop(settings.drain_seconds))
         lifecycle_log.info("grpc serving", extra={"event": "grpc_start", "port": bound, "pid": os.getpid()})
         return bound
@@ -181,8 +194,28 @@ class GrpcService:
         if self._stopping is None:
             self.serving = False
             server = self._server
-            self._stopping = asyncio.ensure_future(server.stop(grace) if server else asyncio.sleep(0))
+            self._stopping = asyncio.ensure_future(self._drain(server, grace) if server else asyncio.sleep(0))
         return self._stopping
+
+    async def _drain(self, server: grpc.aio.Server, grace: float) -> None:
+        """Answer the calls that came before the stop, refuse the rest, then stop grpc."""
+        deadline = time.monotonic() + grace
+        await self._mark(min(grace, MARK_TIMEOUT_S))
+        self._admission.draining = True  # marked or not (its answer is late), refuse from now on
+        await self._admission.settled(deadline)
+        await server.stop(max(0.0, deadline - time.monotonic()))
+
+    async def _mark(self, timeout: float) -> None:
+        """A call to ourselves behind every call already received (see grpc/admission.py)."""
+        options = [("grpc.enable_http_proxy", 0)]
+        async with grpc.aio.insecure_channel(self._target, options=options) as channel:
+            live = channel.unary_unary(
+                f"/{SERVICE.full_name}/ServerLive",
+                request_serializer=_serialize, response_deserializer=pb.ServerLiveResponse.FromString,
+            )  # fmt: skip
+            marker = ((MARKER, self._admission.marker),)
+            with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
+                await live(pb.ServerLiveRequest(), metadata=marker, timeout=timeout)
 
     async def stop(self, grace: float) -> None:
         """The stop begun at SIGTERM, or one begun now, finished."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 import time
+from collections import Counter
 
 import grpc
 import httpx
@@ -277,3 +279,51 @@ def _post_quietly(url: str, body: dict) -> object:
         return httpx.post(url, json=body, timeout=20).status_code
     except httpx.HTTPError as exc:
         return exc
+
+
+@pytest.mark.slow
+def test_g6_sigterm_under_grpc_load_cancels_no_call(demo_repo, tmp_path):
+    """200 calls of 4,096 rows, SIGTERM 300 ms after they were sent: every call is answered,
+    OK or UNAVAILABLE (retryable, nothing done); none is CANCELLED, which a client cannot
+    tell from a call that was half done; every OK has its access-log line."""
+    grpc_port = free_port()
+    srv = start_server(
+        demo_repo, tmp_path, "--grpc-port", str(grpc_port), "--max-queue-rows", "1000000",
+        "--max-body-bytes", str(2 * 1024 * 1024), "--log-format", "json",
+        env={"GATEWAY_DRAIN_SECONDS": "20"},
+    )  # fmt: skip
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="breast_cancer")
+    request.inputs.add(name="input", datatype="FP64", shape=[4096, 30])
+    request.raw_input_contents.append(
+        np.random.default_rng(0).normal(size=(4096, 30)).astype("<f8").tobytes()
+    )
+
+    async def run() -> list[str]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one() -> str:
+                try:
+                    await stub.ModelInfer(request, timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code().name
+                return "OK"
+
+            calls = [asyncio.ensure_future(one()) for _ in range(200)]
+            await asyncio.sleep(0.3)
+            srv.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*calls)
+
+    try:
+        codes = asyncio.run(run())
+        assert srv.process.wait(30) == 0
+        assert "CANCELLED" not in codes and set(codes) <= {"OK", "UNAVAILABLE"}, Counter(codes)
+        assert codes.count("OK") >= 1, "SIGTERM came before any call was taken: the test proves nothing"
+        events = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+        logged = [e for e in events if e.get("event") == "request" and e.get("status") == 200]
+        assert len(logged) == codes.count("OK")
+    finally:
+        srv.stop()
+
