@@ -7,15 +7,19 @@ settings passed in the environment: every worker owns its sessions and batchers.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import logging
 import math
 import os
+import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 import msgspec
@@ -30,6 +34,8 @@ from gateway.settings import Settings, SettingsError, build_settings
 from gateway.types import ASGIApp
 
 SETTINGS_ENV = "GATEWAY_RESOLVED_SETTINGS"
+# At most this long to take in the connections made before SIGTERM (new ones keep coming).
+BACKLOG_S = 1.0
 
 
 def app_factory() -> ASGIApp:
@@ -60,6 +66,25 @@ def _exit_quietly_after_drain() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but connections a client made before SIGTERM are taken in first:
+    uvicorn closes its listening sockets at once, and the kernel resets every connection
+    still in their accept queues, requests written and all (measured: 28 of 50 connections
+    that had each sent 20 requests). A connection taken in is then drained as any other."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        deadline = time.monotonic() + BACKLOG_S
+        while _pending_accepts(self.servers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the loop accepts them meanwhile
+        await super().shutdown(sockets)
+
+
+def _pending_accepts(servers: list[asyncio.Server]) -> bool:
+    """Whether a listening socket has connections waiting in its accept queue."""
+    listening = [sock.fileno() for server in servers for sock in server.sockets]
+    return bool(listening) and bool(select.select(listening, [], [], 0)[0])
 
 
 def run(settings: Settings) -> int:
@@ -114,7 +139,7 @@ def run(settings: Settings) -> int:
             Multiprocess(config, sockets=sockets).run()
             return 0
         config.load_app()
-        server = uvicorn.Server(config)
+        server = DrainingServer(config)
         with _exit_quietly_after_drain():
             server.run(sockets=sockets)
         return 0 if server.started else 3

@@ -15,6 +15,8 @@ to reach the next request, and each trickled byte put its keep-alive timer off a
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,22 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1024
+
+
+# A draining connection closes once its socket has had nothing to read for this long.
+DRAIN_QUIET_S = 0.05
+
+
+def _unread(transport: asyncio.Transport) -> bool:
+    """Whether the kernel holds bytes this connection has not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peer:
+            return bool(peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing to read (EAGAIN), or the peer is gone
+        return False
 
 
 def _response(status: bytes, message: bytes, extra: bytes = b"") -> bytes:
@@ -57,6 +75,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._headers_done = 0.0
+        self._draining = False
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,7 +89,34 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         self._cancel_body_timer()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """The drain: uvicorn closes an idle connection at once, resetting it over requests
+        the client already sent (in the socket's buffer, or read and queued behind the one
+        in progress). Here a connection is closed only once nothing it sent is unanswered:
+        every request received is answered, then it closes when its socket is quiet."""
+        self._draining = True
+        if self._idle():
+            self._close_when_quiet()
+
+    def _idle(self) -> bool:
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+    def _close_when_quiet(self) -> None:
+        if self._drain_timer is None:
+            self._drain_timer = self.loop.call_later(DRAIN_QUIET_S, self._close_if_quiet)
+
+    def _close_if_quiet(self) -> None:
+        self._drain_timer = None
+        if self.transport.is_closing() or not self._idle():
+            return  # a request came: its answer arms the next check
+        if _unread(self.transport):
+            self._close_when_quiet()  # read on the loop's next turn, then answered
+            return
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -98,6 +145,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._draining and self._idle() and not self.transport.is_closing():
+            self._unset_keepalive_if_required()  # closed when quiet, not after keep-alive
+            self._close_when_quiet()
         # Answered before its body arrived: the rest has what is left of the body timeout
         # (no timer otherwise: this is the rare case, not every request's cost).
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():

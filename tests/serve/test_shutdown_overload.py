@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -327,3 +328,53 @@ def test_g6_sigterm_under_grpc_load_cancels_no_call(demo_repo, tmp_path):
     finally:
         srv.stop()
 
+
+def _read_answers(sock: socket.socket, expected: int, timeout: float) -> tuple[list[int], str | None]:
+    """The statuses of up to `expected` answers on a socket, and how it ended early if it did."""
+    sock.settimeout(timeout)
+    data = b""
+    while data.count(b"HTTP/1.1 ") < expected:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return _statuses(data), "reset"
+        except TimeoutError:
+            return _statuses(data), "timeout"
+        if not chunk:
+            return _statuses(data), "closed"
+        data += chunk
+    return _statuses(data), None
+
+
+def _statuses(data: bytes) -> list[int]:
+    return [int(part[:3]) for part in data.split(b"HTTP/1.1 ")[1:]]
+
+
+@pytest.mark.slow
+def test_g6_sigterm_answers_every_http_request_already_sent(demo_repo, tmp_path):
+    """50 keep-alive connections each write 20 one-row requests whole, then SIGTERM at
+    once: all 1,000 are answered, none reset (uvicorn closed idle connections over the
+    requests still in their socket buffers)."""
+    srv = start_server(demo_repo, tmp_path, "--log-level", "warning", env={"GATEWAY_DRAIN_SECONDS": "20"})
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": [0.5] * 30}]}
+    )
+    request = (
+        f"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    port = int(srv.url.rsplit(":", 1)[1])
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+    try:
+        for sock in sockets:
+            sock.sendall(request * 20)
+        srv.process.send_signal(signal.SIGTERM)
+        outcomes = [_read_answers(sock, 20, 20) for sock in sockets]
+        early = [how for _, how in outcomes if how is not None]
+        statuses = Counter(status for answers, _ in outcomes for status in answers)
+        assert not early and statuses == {200: 1000}, (Counter(early), statuses)
+        assert srv.process.wait(30) == 0
+    finally:
+        for sock in sockets:
+            sock.close()
+        srv.stop()
