@@ -42,6 +42,7 @@ INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 HOLD_AFTER_S = 0.05
 RETRY: tuple[tuple[str, str], ...] = (("retry-after", "1"), ("grpc-retry-pushback-ms", "1000"))
 MARKER = "x-gateway-drain-marker"
+QUIET_S = 0.1
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
@@ -52,6 +53,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.marker = secrets.token_hex(16)  # a drain marker only this process can send
         self.draining = False
         self.calls = 0  # calls in the gateway's hands: reading their message or answering
+        self.refused_at = 0.0
 
     @functools.cached_property
     def _refuse(self) -> Handler:
@@ -67,8 +69,11 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(refuse)
 
     async def settled(self, deadline: float) -> None:
-        """Until no call is in the gateway's hands, or `deadline` (monotonic) passes."""
-        while self.calls and time.monotonic() < deadline:
+        """Until no call is in the gateway's hands and none has come for `QUIET_S`, or
+        `deadline` (monotonic) passes. grpc's stop cancels the calls it holds that Python
+        has not taken yet (CANCELLED, not UNAVAILABLE): clients still opening calls
+        until they hear of the drain are refused here first."""
+        while time.monotonic() < deadline and (self.calls or time.monotonic() - self.refused_at < QUIET_S):
             await asyncio.sleep(0.01)
 
     async def intercept_service(
@@ -77,6 +82,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         if self.draining:
+            self.refused_at = time.monotonic()
             return self._refuse
         if (MARKER, self.marker) in (details.invocation_metadata or ()):
             # grpc hands calls over in the order they came: all before this one came
