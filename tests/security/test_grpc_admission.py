@@ -204,3 +204,33 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def test_g4_grpc_connections_are_capped_and_idle_ones_closed(repo, tmp_path):
+    """--grpc-max-connections 4: of 10 connections each holding a call open, 6 are closed
+    by the server. A connection with no call closes after --keepalive-s, as HTTP's do."""
+    srv = _serve(
+        repo, tmp_path, "--grpc-max-connections", "4", "--keepalive-s", "1", "--body-timeout-s", "20"
+    )
+    conns: list[RawH2] = []
+    try:
+        for _ in range(10):
+            conns.append(RawH2("127.0.0.1", srv.grpc_port))
+            conns[-1].open(INFER)
+        time.sleep(1)
+        for conn in conns:
+            conn.pump(0.1)
+        assert [conn.closed for conn in conns].count(True) == 6
+        for conn in conns:
+            conn.close()
+        time.sleep(0.5)  # the server sees them go
+        idle = RawH2("127.0.0.1", srv.grpc_port)
+        conns.append(idle)
+        deadline = time.monotonic() + 5
+        while not idle.closed and time.monotonic() < deadline:
+            idle.pump(0.1)
+        assert idle.closed and time.monotonic() < deadline
+    finally:
+        for conn in conns:
+            conn.close()
+        srv.stop()
