@@ -80,8 +80,10 @@ def test_g2_messages_still_arriving_are_bounded_in_bytes_and_time(repo, tmp_path
             conn.send(stream, grpc_prefix(size) + bytes(size - 1024), timeout=1)
             calls.append((conn, stream))
         grown = rss_mb(srv.process.pid) - before
-        # measured: 17 MB here, 65 MB before the budget covered gRPC
-        assert grown < 30, f"RSS grew {grown:.0f} MB for 64 MiB of unfinished messages"
+        # The budget (8 MiB), plus what a call refused can send in the 50 ms before its read
+        # is charged, plus the allocator's keep: measured 17-33 MB, and 65 MB before the
+        # budget covered gRPC (every message buffered whole).
+        assert grown < 48, f"RSS grew {grown:.0f} MB for 64 MiB of unfinished messages"
         for conn, stream in calls:
             assert conn.wait_ended({stream}, timeout=max(0.1, started + 5 - time.monotonic()))
         assert time.monotonic() - started < 5, "a message still arriving outlived the body timeout"
