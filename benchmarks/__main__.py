@@ -253,10 +253,22 @@ def main(argv: list[str] | None = None) -> int:
         if quick is not None:
             command.add_argument("--quick", action="store_true", help=quick)
         command.add_argument("--out", type=Path, default=RESULTS)
+    ab = sub.add_parser("ab", help="this tree against a git revision: single-row records, alternating wrk rounds")
+    ab.add_argument("--revision", default="9fc528c")
+    ab.add_argument("--rounds", type=int, default=6)
+    ab.add_argument("--seconds", type=float, default=8.0)
+    ab.add_argument("--connections", type=int, default=64)
+    ab.add_argument("--out", type=Path, default=RESULTS)
     k = sub.add_parser("soak", help="mixed valid and invalid traffic for a long, bounded time")
     k.add_argument("--seconds", type=float, default=600.0)
     k.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.command == "ab":
+        from benchmarks import revision_ab
+
+        ab_results = revision_ab.run(args.revision, args.rounds, args.seconds, args.connections, args.out)
+        print(revision_ab.markdown(ab_results))
+        return 0
     if args.command == "production":
         from benchmarks import production
 

@@ -16,13 +16,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway import __version__
+from gateway.admission import Admission
 from gateway.artifacts.remote import open_repository
 from gateway.docs.examples import ready_fields
 from gateway.docs.openapi import build_openapi
 from gateway.docs.page import FAVICON_SVG, docs_page
 from gateway.errors import GatewayError
 from gateway.http.admin import Admin
-from gateway.http.admission import Admission, AdmissionGate
+from gateway.http.admission import AdmissionGate
 from gateway.http.asgi import RequestIdHeader
 from gateway.http.endpoints import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
 from gateway.http.failures import LogFailures
@@ -115,7 +116,7 @@ def create_app(
         # one still loading. A port it cannot bind ends the startup, so /readyz is never
         # ready without gRPC.
         if grpc_service is not None:
-            await grpc_service.start()
+            await grpc_service.start(admission)
         # Everything built so far (modules, sessions, codecs) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it on the request
         # path (measured: p99 at 64 connections from 23 ms to under 11 ms).

@@ -63,6 +63,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     admin_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
     # The V2 protocol over gRPC on this port too (same host, process and batchers); None: off.
     grpc_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    # Open gRPC connections (0: a quarter of what the nofile limit leaves) and the calls
+    # each may have open at once: together they bound the idle calls a client may hold.
+    grpc_max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+    grpc_max_streams: Positive = 64
     poll_seconds: NonNegative = 2.0  # how often to re-read serving.json; 0: never
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"  # text on a terminal, JSON lines otherwise
@@ -133,6 +137,8 @@ _FLAG_HELP: tuple[tuple[str, str], ...] = (
     ("--host", "address to listen on; 0.0.0.0 for every interface"),
     ("--port", "HTTP port"),
     ("--grpc-port", "also serve the V2 protocol over gRPC on this port (default: off)"),
+    ("--grpc-max-connections", "open gRPC connections; 0: a quarter of what the nofile limit leaves"),
+    ("--grpc-max-streams", "gRPC calls open at once on one connection"),
     ("--admin-port", "serve /admin on this port only; needs GATEWAY_ADMIN_TOKEN (default: off)"),
     ("--workers", "worker processes sharing the port"),
     ("--provider", "ONNX Runtime execution provider: auto | cpu | cuda"),

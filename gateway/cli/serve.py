@@ -7,6 +7,7 @@ settings passed in the environment: every worker owns its sessions and batchers.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import functools
@@ -14,25 +15,30 @@ import logging
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 import msgspec
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from gateway.admission import connection_caps
 from gateway.app import create_app
-from gateway.http.server import ConnectionLimits, GatewayHttpProtocol, default_max_connections
+from gateway.http.server import ConnectionLimits, GatewayHttpProtocol
 from gateway.observability import logging as gateway_logging
 from gateway.settings import Settings, SettingsError, build_settings
 from gateway.types import ASGIApp
 
 SETTINGS_ENV = "GATEWAY_RESOLVED_SETTINGS"
 EXIT_NOT_STARTED = 3
+# At most this long to take in the connections made before SIGTERM (new ones keep coming).
+BACKLOG_S = 1.0
 
 
 def app_factory() -> ASGIApp:
@@ -109,6 +115,25 @@ def _exit_quietly_after_drain() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but connections a client made before SIGTERM are taken in first:
+    uvicorn closes its listening sockets at once, and the kernel resets every connection
+    still in their accept queues, requests written and all (measured: 28 of 50 connections
+    that had each sent 20 requests). A connection taken in is then drained as any other."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        deadline = time.monotonic() + BACKLOG_S
+        while _pending_accepts(self.servers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the loop accepts them meanwhile
+        await super().shutdown(sockets)
+
+
+def _pending_accepts(servers: list[asyncio.Server]) -> bool:
+    """Whether a listening socket has connections waiting in its accept queue."""
+    listening = [sock.fileno() for server in servers for sock in server.sockets]
+    return bool(listening) and bool(select.select(listening, [], [], 0)[0])
+
+
 def run(settings: Settings) -> int:
     # Decided once, here, where stderr is known: workers inherit the answer.
     settings = msgspec.structs.replace(
@@ -125,11 +150,13 @@ def run(settings: Settings) -> int:
         target = "gateway.cli.serve:app_factory"
     else:
         target = create_app(settings)
+    grpc_cap = settings.grpc_max_connections if settings.grpc_port is not None else None
+    http_cap, _ = connection_caps(settings.max_connections, grpc_cap)
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
-        max_connections=settings.max_connections or default_max_connections(),
+        max_connections=http_cap,
     )
     config = uvicorn.Config(
         target,
@@ -164,7 +191,7 @@ def run(settings: Settings) -> int:
             Multiprocess(config, sockets=sockets).run()
             return 0
         config.load_app()
-        server = uvicorn.Server(config)
+        server = DrainingServer(config)
         with _exit_quietly_after_drain():
             server.run(sockets=sockets)
         return 0 if server.started else EXIT_NOT_STARTED

@@ -13,15 +13,21 @@ from the .proto file, not from this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 
+from gateway.admission import Admission, connection_caps
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -30,6 +36,7 @@ from gateway.errors import (
     clip_message,
 )
 from gateway.grpc import codec as grpc_codec
+from gateway.grpc.admission import MARKER, AdmissionInterceptor
 from gateway.inference import Call, InferenceCore
 from gateway.lifecycle.registry import LOAD_ERRORS, ModelRegistry
 from gateway.observability.telemetry import Telemetry
@@ -60,10 +67,58 @@ CANCELLED = 499
 DEADLINE_SLACK_S = 0.005
 # Bytes of a non-inference message (names, versions, a few parameters): far above any real one.
 CONTROL_MESSAGE_LIMIT = 64 * 1024
+# With several workers on one port the marker may land on another worker: wait no longer.
+MARK_TIMEOUT_S = 2.0
 
 Metadata = tuple[tuple[str, str], ...]
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def server_options(settings: Settings, connections: int) -> list[tuple[str, int]]:
+    """grpc core's own bounds, each checked by a test in tests/security/test_grpc_admission.py."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        # Without it a stream's window grows with the BDP probe to megabytes, buffered for
+        # a message nobody has started to read (measured: 4-8 MiB a stream); with it off a
+        # message is buffered beyond 64 KiB only once its read is pending and charged.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.max_allowed_incoming_connections", connections),
+        ("grpc.max_concurrent_streams", settings.grpc_max_streams),
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+        # A connection with no call open closes as an idle HTTP keep-alive one does.
+        ("grpc.max_connection_idle_ms", int(settings.keepalive_s * 1000)),
+        # Several workers share the port through SO_REUSEPORT, as uvicorn's do through
+        # one inherited socket; a single worker refuses a port already taken.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+    ]
+
+
+def _loopback(host: str) -> str:
+    """Where this process reaches its own gRPC port."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _on_termination(callback: Callable[[], object]) -> None:
+    """Call `callback` on the loop when SIGTERM or SIGINT comes, after uvicorn's own handler
+    (which starts the HTTP drain). Only the main thread may set handlers: elsewhere (a
+    server in a test's thread) the lifespan's stop is the only one."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def chained(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            loop.call_soon_threadsafe(callback)
+
+        signal.signal(sig, chained)
 
 
 def _serialize(message: Any) -> bytes:
@@ -102,21 +157,20 @@ class GrpcService:
         self.core = InferenceCore(settings, registry, telemetry)
         self.service = V2Service(settings, registry, self.core)
         self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Future[None] | None = None
+        self._target = ""
         self.serving = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> int:
-        """Bind and start; the port bound (the one configured, or the one chosen for 0)."""
-        limit = self.settings.max_body_bytes
-        options = [
-            ("grpc.max_receive_message_length", limit),
-            # Several workers share the port through SO_REUSEPORT, as uvicorn's do through
-            # one inherited socket; a single worker refuses a port already taken.
-            ("grpc.so_reuseport", 1 if self.settings.workers > 1 else 0),
-        ]
-        # --max-concurrency bounds gRPC calls too: beyond it gRPC answers RESOURCE_EXHAUSTED.
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.settings.max_concurrency)
+    async def start(self, admission: Admission) -> int:
+        """Bind and start; the port bound (the one configured, or the one chosen for 0).
+        Every message is read against `admission`, the budget the HTTP door shares."""
+        settings = self.settings
+        _, connections = connection_caps(settings.max_connections, settings.grpc_max_connections)
+        self._admission = AdmissionInterceptor(admission, settings.max_body_bytes, settings.body_timeout_s)
+        options = server_options(settings, connections)
+        server = grpc.aio.server(options=options, interceptors=(self._admission,))
         server.add_generic_rpc_handlers((self._handlers(),))
         host, port = self.settings.host, self.settings.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -128,15 +182,44 @@ class GrpcService:
             raise OSError(f"gRPC cannot bind {address}")
         await server.start()
         self._server, self.serving = server, True
+        self._target = f"{_loopback(host)}:{bound}"
+        _on_termination(lambda: self.begin_stop(settings.drain_seconds))
         lifecycle_log.info("grpc serving", extra={"event": "grpc_start", "port": bound, "pid": os.getpid()})
         return bound
 
+    def begin_stop(self, grace: float) -> asyncio.Future[None]:
+        """Refuse new calls (UNAVAILABLE) from now on; the calls in flight have `grace`.
+        Begun at SIGTERM, beside the HTTP drain rather than after it: one drain, not two."""
+        if self._stopping is None:
+            self.serving = False
+            server = self._server
+            self._stopping = asyncio.ensure_future(self._drain(server, grace) if server else asyncio.sleep(0))
+        return self._stopping
+
+    async def _drain(self, server: grpc.aio.Server, grace: float) -> None:
+        """Answer the calls that came before the stop, refuse the rest, then stop grpc."""
+        deadline = time.monotonic() + grace
+        await self._mark(min(grace, MARK_TIMEOUT_S))
+        self._admission.draining = True  # marked or not (its answer is late), refuse from now on
+        await self._admission.settled(deadline)
+        await server.stop(max(0.0, deadline - time.monotonic()))
+
+    async def _mark(self, timeout: float) -> None:
+        """A call to ourselves behind every call already received (see grpc/admission.py)."""
+        options = [("grpc.enable_http_proxy", 0)]
+        async with grpc.aio.insecure_channel(self._target, options=options) as channel:
+            live = channel.unary_unary(
+                f"/{SERVICE.full_name}/ServerLive",
+                request_serializer=_serialize, response_deserializer=pb.ServerLiveResponse.FromString,
+            )  # fmt: skip
+            marker = ((MARKER, self._admission.marker),)
+            with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
+                await live(pb.ServerLiveRequest(), metadata=marker, timeout=timeout)
+
     async def stop(self, grace: float) -> None:
-        """Refuse new calls (UNAVAILABLE), let the ones in flight finish within `grace`."""
-        self.serving = False
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        """The stop begun at SIGTERM, or one begun now, finished."""
+        await self.begin_stop(grace)
+        self._server = None
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         unary: dict[str, Callable[[Any, Context], Awaitable[Any]]] = {

@@ -5,69 +5,21 @@ The batcher's queue bounds rows waiting for the model; it only sees a request on
 body was read and decoded. Under a flood of connections that is too late: bodies pile up
 in memory and every request waits on the event loop. Here a request is counted from its
 first byte to its answer, and charged its declared Content-Length (or the body limit when
-it declares none) while it holds it.
+it declares none) while it holds it. The budget itself (gateway.admission) is shared
+with the gRPC door.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import orjson
 
+from gateway.admission import Admission
 from gateway.http.asgi import JSON, header, request_id
 from gateway.types import ASGIApp, Receive, Scope, Send
 
 _INFERENCE_SUFFIXES = ("/predict", "/infer")
-
-
-class Admission:
-    """Counts in-flight inference requests and the bytes they hold."""
-
-    def __init__(
-        self, max_requests: int, max_bytes: int, max_body_bytes: int,
-        on_shed: Callable[[], None] | None = None,
-    ) -> None:  # fmt: skip
-        self.on_shed = on_shed  # counts the refusal (gateway_rejected_total{reason="admission"})
-        self.max_requests = max_requests
-        self.max_bytes = max_bytes
-        self.max_body_bytes = max_body_bytes
-        self.requests = 0
-        self.bytes = 0
-        self.shed = 0
-
-    def charge(self, declared: bytes | None) -> int | None:
-        """The bytes a request is charged, or None when admitting it would pass a bound.
-        A request that declares no length (or a bad one) is charged the body limit."""
-        try:
-            size = int(declared) if declared is not None else self.max_body_bytes
-        except ValueError:
-            size = self.max_body_bytes
-        size = min(max(size, 0), self.max_body_bytes)  # beyond the body limit: 413, not here
-        if self.requests >= self.max_requests or (self.requests and self.bytes + size > self.max_bytes):
-            self.shed += 1
-            if self.on_shed is not None:
-                self.on_shed()
-            return None
-        self.requests += 1
-        self.bytes += size
-        return size
-
-    def grow(self, ticket: list[int], extra: int) -> bool:
-        """Charge an admitted request `extra` bytes more (its body, inflated), or False when
-        that passes the byte bound and others are in flight (nothing is then charged)."""
-        if self.requests > 1 and self.bytes + extra > self.max_bytes:
-            self.shed += 1
-            if self.on_shed is not None:
-                self.on_shed()
-            return False
-        self.bytes += extra
-        ticket[0] += extra
-        return True
-
-    def release(self, size: int) -> None:
-        self.requests -= 1
-        self.bytes -= size
 
 
 _SHED_BODY = orjson.dumps({"error": "the server is at its limit of requests in flight; retry shortly"})

@@ -4,6 +4,7 @@ alone serves a model."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -203,3 +204,34 @@ def test_serving_dependencies_alone_serve_the_demo_model(demo_repo, tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+# SIGTERM to exit: one drain of GATEWAY_DRAIN_SECONDS for both doors, then the batchers'
+# last batches and the process's exit (measured: under 1.5 s on the demo models).
+EXIT_MARGIN_S = 5
+
+
+def _drain_seconds(entries: dict[str, str]) -> float:
+    return float(entries["GATEWAY_DRAIN_SECONDS"])
+
+
+def test_grace_periods_cover_pre_stop_and_one_drain():
+    """A pod killed mid-drain drops what it had accepted: each shipped manifest's grace must
+    cover the preStop pause, the drain and the exit."""
+    k8s = ROOT / "deploy" / "k8s" / "base"
+    deployment = yaml.safe_load((k8s / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    drain = _drain_seconds(yaml.safe_load((k8s / "configmap.yaml").read_text())["data"])
+    (container,) = deployment["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert deployment["terminationGracePeriodSeconds"] >= pre_stop + drain + EXIT_MARGIN_S
+
+    task = json.loads((ROOT / "deploy" / "ecs" / "task-definition.json").read_text())
+    for definition in task["containerDefinitions"]:
+        env = {e["name"]: e["value"] for e in definition.get("environment", [])}
+        assert definition["stopTimeout"] >= _drain_seconds(env) + EXIT_MARGIN_S
+
+    # Cloud Run kills an instance 10 s after SIGTERM, whatever the manifest says.
+    run = yaml.safe_load((ROOT / "deploy" / "cloudrun" / "service.yaml").read_text())
+    for spec in run["spec"]["template"]["spec"]["containers"]:
+        env = {e["name"]: e["value"] for e in spec.get("env", []) if "value" in e}
+        assert _drain_seconds(env) + 1.5 <= 10

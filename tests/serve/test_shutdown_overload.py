@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
 import threading
 import time
+from collections import Counter
 
+import grpc
 import httpx
 import joblib
 import numpy as np
@@ -16,7 +20,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from benchmarks.servers import rss_mb
 from converters import convert
-from tests.conftest import start_server
+from tests.conftest import free_port, start_server
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +215,166 @@ def test_startup_leaves_long_lived_objects_out_of_the_collectors_walk(demo_repo)
             assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+def _grpc_infer(port: int, rows: int, timeout: float) -> object:
+    """A ModelInfer of `rows` demo rows: its answer, or the RpcError that ended it."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="breast_cancer")
+    request.inputs.add(name="input", datatype="FP64", shape=[rows, 30])
+    request.raw_input_contents.append(np.zeros((rows, 30), "<f8").tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc
+
+
+@pytest.mark.slow
+def test_g7_one_drain_for_both_doors_and_grpc_refuses_from_sigterm(demo_repo, tmp_path):
+    """A call of each door waits 8 s in the batcher when SIGTERM comes, with a 2 s drain:
+    the process exits 2 s later, not 2 s of HTTP drain and then 2 s of gRPC drain; a gRPC
+    call made after SIGTERM is refused UNAVAILABLE, not accepted into the drain."""
+    grpc_port = free_port()
+    srv = start_server(
+        demo_repo, tmp_path, "--grpc-port", str(grpc_port), "--max-delay-ms", "8000",
+        "--log-level", "warning", env={"GATEWAY_DRAIN_SECONDS": "2"},
+    )  # fmt: skip
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": [0.0] * 30}]}
+    held: list = []
+    threads = [
+        threading.Thread(target=lambda: held.append(_grpc_infer(grpc_port, 1, 20))),
+        threading.Thread(
+            target=lambda: held.append(_post_quietly(f"{srv.url}/v2/models/breast_cancer/infer", body))
+        ),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline, queued = time.monotonic() + 10, 0
+        while queued < 2 and time.monotonic() < deadline:
+            queued = httpx.get(f"{srv.url}/v2/models/breast_cancer/stats").json()["model_stats"][0][
+                "queued_rows"
+            ]
+            time.sleep(0.05)
+        assert queued == 2, "the two calls never waited in the batcher; the test proves nothing"
+        started = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        asked = time.monotonic()
+        late = _grpc_infer(grpc_port, 1, 5)
+        assert getattr(late, "code", lambda: None)() == grpc.StatusCode.UNAVAILABLE, late
+        assert time.monotonic() - asked < 1, "the late call was taken into the drain, not refused"
+        srv.process.wait(20)
+        took = time.monotonic() - started
+        assert took < 2 + 1.5, f"exit {took:.1f} s after SIGTERM with a 2 s drain"
+    finally:
+        for thread in threads:
+            thread.join(20)
+        srv.stop()
+
+
+def _post_quietly(url: str, body: dict) -> object:
+    try:
+        return httpx.post(url, json=body, timeout=20).status_code
+    except httpx.HTTPError as exc:
+        return exc
+
+
+@pytest.mark.slow
+def test_g6_sigterm_under_grpc_load_cancels_no_call(demo_repo, tmp_path):
+    """200 calls of 4,096 rows, SIGTERM 300 ms after they were sent: every call is answered,
+    OK or UNAVAILABLE (retryable, nothing done); none is CANCELLED, which a client cannot
+    tell from a call that was half done; every OK has its access-log line."""
+    grpc_port = free_port()
+    srv = start_server(
+        demo_repo, tmp_path, "--grpc-port", str(grpc_port), "--max-queue-rows", "1000000",
+        "--max-body-bytes", str(2 * 1024 * 1024), "--log-format", "json",
+        env={"GATEWAY_DRAIN_SECONDS": "20"},
+    )  # fmt: skip
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="breast_cancer")
+    request.inputs.add(name="input", datatype="FP64", shape=[4096, 30])
+    request.raw_input_contents.append(
+        np.random.default_rng(0).normal(size=(4096, 30)).astype("<f8").tobytes()
+    )
+
+    async def run() -> list[str]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one() -> str:
+                try:
+                    await stub.ModelInfer(request, timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code().name
+                return "OK"
+
+            calls = [asyncio.ensure_future(one()) for _ in range(200)]
+            await asyncio.sleep(0.3)
+            srv.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*calls)
+
+    try:
+        codes = asyncio.run(run())
+        assert srv.process.wait(30) == 0
+        assert "CANCELLED" not in codes and set(codes) <= {"OK", "UNAVAILABLE"}, Counter(codes)
+        assert codes.count("OK") >= 1, "SIGTERM came before any call was taken: the test proves nothing"
+        events = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+        logged = [e for e in events if e.get("event") == "request" and e.get("status") == 200]
+        assert len(logged) == codes.count("OK")
+    finally:
+        srv.stop()
+
+
+def _read_answers(sock: socket.socket, expected: int, timeout: float) -> tuple[list[int], str | None]:
+    """The statuses of up to `expected` answers on a socket, and how it ended early if it did."""
+    sock.settimeout(timeout)
+    data = b""
+    while data.count(b"HTTP/1.1 ") < expected:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return _statuses(data), "reset"
+        except TimeoutError:
+            return _statuses(data), "timeout"
+        if not chunk:
+            return _statuses(data), "closed"
+        data += chunk
+    return _statuses(data), None
+
+
+def _statuses(data: bytes) -> list[int]:
+    return [int(part[:3]) for part in data.split(b"HTTP/1.1 ")[1:]]
+
+
+@pytest.mark.slow
+def test_g6_sigterm_answers_every_http_request_already_sent(demo_repo, tmp_path):
+    """50 keep-alive connections each write 20 one-row requests whole, then SIGTERM at
+    once: all 1,000 are answered, none reset (uvicorn closed idle connections over the
+    requests still in their socket buffers)."""
+    srv = start_server(demo_repo, tmp_path, "--log-level", "warning", env={"GATEWAY_DRAIN_SECONDS": "20"})
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": [0.5] * 30}]}
+    )
+    request = (
+        f"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    port = int(srv.url.rsplit(":", 1)[1])
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+    try:
+        for sock in sockets:
+            sock.sendall(request * 20)
+        srv.process.send_signal(signal.SIGTERM)
+        outcomes = [_read_answers(sock, 20, 20) for sock in sockets]
+        early = [how for _, how in outcomes if how is not None]
+        statuses = Counter(status for answers, _ in outcomes for status in answers)
+        assert not early and statuses == {200: 1000}, (Counter(early), statuses)
+        assert srv.process.wait(30) == 0
+    finally:
+        for sock in sockets:
+            sock.close()
+        srv.stop()
