@@ -6,6 +6,7 @@ Unknown fields are refused so that a manifest from a newer schema fails loudly.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Literal
 
 import msgspec
@@ -108,7 +109,7 @@ class Reference(_Struct, frozen=True):
     prediction: FeatureReference | None = None
 
 
-class Manifest(_Struct, frozen=True):
+class Manifest(_Struct, frozen=True, dict=True):  # dict: room for cached properties
     name: str
     version: str
     created_at: str
@@ -131,7 +132,7 @@ class Manifest(_Struct, frozen=True):
     def output(self, role: OutputRole) -> TensorSpec | None:
         return next((o for o in self.outputs if o.role == role), None)
 
-    @property
+    @cached_property  # read per V2 request
     def batched(self) -> bool:
         """Every input and output has a variable first dimension, so requests can be joined
         by rows (Triton's max_batch_size > 0). Otherwise (a fixed first dimension, a scalar,
