@@ -52,6 +52,17 @@ def rename_values(model: Any, mapping: Mapping[str, str]) -> None:
                 node.output[i] = mapping[name]
 
 
+def drop_unread_inputs(model: Any) -> set[str]:
+    """Remove the graph inputs no node reads (columns a ColumnTransformer drops, which
+    skl2onnx keeps as inputs) and return the names of those that remain."""
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [value for value in graph.input if value.name in used]
+    del graph.input[:]
+    graph.input.extend(kept)
+    return {value.name for value in kept}
+
+
 def cast_then(front: Any, back: Any, back_input: str, to: int) -> Any:
     """`front`'s single output cast to `to`, then fed to `back`'s input `back_input`."""
     import onnx

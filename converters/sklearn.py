@@ -27,9 +27,16 @@ from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
 from converters import _hist_gradient_boosting, _imputer, _svr, _trees
-from converters._graph import cast_then, label_from_probabilities, rename_values, rows_of, safe_names
+from converters._graph import (
+    cast_then,
+    drop_unread_inputs,
+    label_from_probabilities,
+    rename_values,
+    rows_of,
+    safe_names,
+)
 from converters.errors import ConversionError
-from converters.schema import align_sample, feature_names, infer_features, is_nan
+from converters.schema import Encoded, align_sample, feature_names, ignore_unread, infer_features, is_nan
 from converters.types import Converted, Predictions
 from gateway.artifacts.manifest import Feature, Layout
 
@@ -62,9 +69,12 @@ def _walk(model: Any) -> list[Any]:
     return found
 
 
-def _known_categories(model: Any) -> dict[str, list[str]]:
-    """Categories the fitted encoders accept, by input column name."""
-    known: dict[str, list[str]] = {}
+_OPEN = ("ignore", "infrequent_if_exist")
+
+
+def _encoded(model: Any) -> dict[str, Encoded]:
+    """What the fitted encoders accept, by input column name."""
+    known: dict[str, Encoded] = {}
     for part in _walk(model):
         if not isinstance(part, ColumnTransformer):
             continue
@@ -72,20 +82,28 @@ def _known_categories(model: Any) -> dict[str, list[str]]:
             encoders = [e for e in _walk(transformer) if isinstance(e, OneHotEncoder | OrdinalEncoder)]
             if not encoders or not all(isinstance(c, str) for c in np.atleast_1d(columns)):
                 continue
+            open_ = getattr(encoders[0], "handle_unknown", "error") in _OPEN
             for column, cats in zip(np.atleast_1d(columns), encoders[0].categories_, strict=False):
-                if np.issubdtype(np.asarray(cats).dtype, np.number):
-                    continue
-                if any(c is None for c in cats):
-                    # scikit-learn's imputers take NaN for missing, not None: None was
-                    # learnt as a category, and a request's null (missing) would be
-                    # imputed instead, silently predicting something else.
-                    raise ConversionError(
-                        f"column {str(column)!r}: the encoder learnt Python None as a category of its "
-                        "own, which no client can send apart from a missing value (null). Refit with "
-                        "None replaced by NaN (imputed) or by a string such as 'unknown'"
-                    )
-                known[str(column)] = [str(c) for c in cats if not is_nan(c)]
+                known[str(column)] = _encoder_column(str(column), np.asarray(cats), open_)
     return known
+
+
+def _encoder_column(column: str, cats: np.ndarray, open_: bool) -> Encoded:
+    if np.issubdtype(cats.dtype, np.number):
+        finite = cats[np.isfinite(cats.astype(np.float64))].astype(np.float64)
+        whole = bool(finite.size) and bool((finite == np.floor(finite)).all())
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+        return Encoded(None, open_, integers=whole, low=low, high=high)
+    if any(c is None for c in cats):
+        # scikit-learn's imputers take NaN for missing, not None: None was
+        # learnt as a category of its own, and a request's null (missing) would be
+        # imputed instead, silently predicting something else.
+        raise ConversionError(
+            f"column {column!r}: the encoder learnt Python None as a category of its "
+            "own, which no client can send apart from a missing value (null). Refit with "
+            "None replaced by NaN (imputed) or by a string such as 'unknown'"
+        )
+    return Encoded([str(c) for c in cats if not is_nan(c)], open_)
 
 
 def _imputed(model: Any, names: list[str]) -> set[str]:
@@ -145,13 +163,13 @@ class SklearnConverter:
             sample = align_sample(sample, names)
         parts = _walk(model)
         free_text = set(names) if reads_text else _text_columns(model)
-        features = infer_features(
-            names, sample, _known_categories(model), _imputed(model, names), free_text=free_text
-        )
+        features = infer_features(names, sample, _encoded(model), _imputed(model, names), free_text=free_text)
         uses_names = reads_text or any(isinstance(p, ColumnTransformer) for p in parts)
         layout: Layout = "columns" if uses_names or any(f.dtype == "string" for f in features) else "matrix"
         classifier = is_classifier(model)
         onnx_model, precise = _build_graph(model, features, layout, classifier)
+        if layout == "columns":
+            features = ignore_unread(features, drop_unread_inputs(onnx_model))
         if precise:
             features = [
                 msgspec.structs.replace(f, dtype="float64") if f.dtype == "float32" else f for f in features

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.artifacts.manifest import Feature, Manifest
 from gateway.artifacts.remote import open_repository
 from gateway.artifacts.repository import Repository, RepositoryError, ServingState
 
@@ -59,6 +60,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (ConversionError, RepositoryError) as exc:
         return _fail(str(exc))
     parity = manifest.parity
+    if manifest.features:
+        print(contract(manifest))
     print(
         f"{manifest.name}:{manifest.version} written to {args.repo} "
         f"({manifest.onnx.size} bytes, sha256 {manifest.onnx.sha256[:12]}…"
@@ -66,6 +69,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
         + ")"
     )
     return 0
+
+
+SHOWN_CATEGORIES = 6
+
+
+def _accepts(f: Feature) -> str:
+    """What a request may send for one feature, in a few words."""
+    if f.ignored:
+        return "ignored: not read by the model, any value or none"
+    if f.max_length is not None:
+        return f"free text, up to {f.max_length} characters"
+    if f.categories:
+        shown = ", ".join(f.categories[:SHOWN_CATEGORIES])
+        more = f", … ({len(f.categories)} in all)" if len(f.categories) > SHOWN_CATEGORIES else ""
+        rule = "others accepted and counted" if f.open_categories else "others refused"
+        return f"{shown}{more}; {rule}"
+    if f.min is not None and f.max is not None:
+        return f"trained range [{f.min:g}, {f.max:g}] ({f.policy} outside)"
+    return "any string" if f.dtype == "string" else "any number"
+
+
+def contract(manifest: Manifest) -> str:
+    """The records API's contract, a line a column: what `gateway convert` made of the model."""
+    rows = [["COLUMN", "TYPE", "NULL", "ACCEPTS"]]
+    for f in manifest.features:
+        rows.append([f.name, "-" if f.ignored else f.dtype, "yes" if f.nullable or f.ignored else "no",
+                     _accepts(f)])  # fmt: skip
+    return _table(rows)
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -118,6 +149,8 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         manifest = repo.manifest(name, version or repo.live_version(name))
     except RepositoryError as exc:
         return _fail(str(exc))
+    if manifest.features and not args.json:
+        print(contract(manifest) + "\n")
     print(msgspec.json.format(msgspec.json.encode(manifest), indent=2).decode())
     return 0
 
@@ -206,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--repo", required=True)
         if cmd == "show":
             mp.add_argument("model")
+            mp.add_argument("--json", action="store_true", help="the manifest only, without the contract")
         elif cmd == "shadow":
             mp.add_argument("name")
             mp.add_argument("version", nargs="?")

@@ -63,6 +63,11 @@ def _field(name: str, prop: dict[str, Any], value: Any) -> str:
         step = ' step="any"' if kind == "number" else ""
         input_type = "number" if kind in ("number", "integer") else "text"
         control = f'<input type="{input_type}"{step} {attrs} value="{shown}">'
+        known = prop.get("examples")
+        if isinstance(known, list) and known:  # categories offered, others may be typed
+            listed = f"known-{html.escape(name)}"
+            options = "".join(f"<option>{html.escape(str(v))}</option>" for v in known)
+            control = control[:-1] + f' list="{listed}"><datalist id="{listed}">{options}</datalist>'
     note = prop.get("description", "")
     return f"<label><span>{html.escape(name)}</span>{control} <small>{html.escape(note)}</small></label>"
 

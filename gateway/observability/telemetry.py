@@ -210,6 +210,13 @@ class Telemetry:
                 ("model", "version", "feature"),
             )
         )
+        self.unknown_category: Counter = add(
+            Counter(
+                "gateway_feature_unknown_category_total",
+                "Categories the model never saw, accepted where its encoder ignores them.",
+                ("model", "version", "feature"),
+            )
+        )
         self.drift: Gauge = add(
             Gauge(
                 "gateway_feature_drift_psi",
@@ -415,6 +422,7 @@ class Telemetry:
             if m.features:
                 columns = columns_from_feeds(m, feeds)
                 self._observe_ranges(model, columns)
+                self._observe_unknown(model, columns)
                 monitor = self._drift.get((m.name, m.version))
                 if monitor is not None:
                     monitor.update(columns)
@@ -446,6 +454,17 @@ class Telemetry:
         for feature, count in zip(bounded, outside, strict=True):
             if count:
                 self.out_of_range.inc((m.name, m.version, feature.name), count)
+
+    def _observe_unknown(self, model: LoadedModel, columns: Mapping[str, np.ndarray]) -> None:
+        """Counts values outside the categories of features whose encoder ignores them
+        ("" is a null on its way in, see gateway.records.codec)."""
+        m = model.manifest
+        for f in m.features:
+            if f.open_categories and f.categories and f.name in columns:
+                known = {*f.categories, "", *(c.encode() for c in f.categories), b""}  # V2 sends bytes
+                count = sum(1 for v in columns[f.name].tolist() if v not in known)
+                if count:
+                    self.unknown_category.inc((m.name, m.version, f.name), count)
 
     def _trace_batch(self, tracer: Tracer, model: LoadedModel, report: BatchReport) -> None:
         # Only sampled requests carry a span context (start_span returns None otherwise).
