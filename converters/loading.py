@@ -6,6 +6,7 @@ Unpickling happens here, at build time only: the serving side never sees a pickl
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,70 @@ def load_model(path: Path, framework: Framework | None = None) -> tuple[Any, Fra
     return model, detected
 
 
+_MODULE_OF = re.compile(r"on <module '([^']+)'")
+
+
 def _unpickle(path: Path) -> Any:
+    """joblib.load, with scikit-learn's version warnings turned into one refusal: a pickle
+    only loads faithfully in the scikit-learn that wrote it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = _joblib_load(path, caught)
+        finally:
+            others = [w for w in caught if _versions(w) is None]
+    for w in others:  # not ours to swallow
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    found = [v for v in map(_versions, caught) if v is not None]
+    if found:
+        raise ConversionError(_version_advice(path, found[0]))
+    return model
+
+
+def _versions(w: warnings.WarningMessage) -> tuple[str, str] | None:
+    """(pickled, installed) scikit-learn versions from an InconsistentVersionWarning."""
+    original = getattr(w.message, "original_sklearn_version", None)
+    current = getattr(w.message, "current_sklearn_version", None)
+    return (str(original), str(current)) if original is not None and current is not None else None
+
+
+def _version_advice(path: Path, versions: tuple[str | None, str]) -> str:
+    pickled, installed = versions
+    return (
+        f"{path}: pickled with scikit-learn {pickled or 'of another version'}, and this environment "
+        f"has scikit-learn {installed}; a scikit-learn pickle only loads faithfully in the version "
+        "that wrote it. Convert where the model was trained (pip install 'onnx-gateway[convert]' "
+        "in the training environment, then run gateway convert there), or refit the model with "
+        f"scikit-learn {installed}"
+    )
+
+
+def _installed_sklearn() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("scikit-learn")
+    except Exception:
+        return "(not installed)"
+
+
+def _from_sklearn(module: str | None) -> bool:
+    return module is not None and module.split(".")[0] == "sklearn"
+
+
+def _joblib_load(path: Path, caught: list[warnings.WarningMessage]) -> Any:
     import joblib
+
+    def mismatch() -> ConversionError:
+        # The warnings emitted before the failure carry the pickle's version, if any came.
+        known = next((v for v in map(_versions, caught) if v is not None), None)
+        return ConversionError(_version_advice(path, known or (None, _installed_sklearn())))
 
     try:
         return joblib.load(path)
     except ModuleNotFoundError as exc:
+        if _from_sklearn(exc.name):  # a private module scikit-learn has since moved
+            raise mismatch() from exc
         raise ConversionError(
             f"{path}: the pickle needs the module {exc.name!r}, which is not installed here; "
             "install the package that provides it (the same version the model was trained "
@@ -79,6 +138,9 @@ def _unpickle(path: Path) -> Any:
         ) from exc
     except AttributeError as exc:
         # pickle's own wording: "Can't get attribute 'X' on <module 'm' ...>"
+        module = _MODULE_OF.search(str(exc))
+        if _from_sklearn(module.group(1) if module else None):  # a class another version has
+            raise mismatch() from exc
         raise ConversionError(
             f"{path}: the pickle needs a class that cannot be imported ({exc}). A class "
             "defined in a notebook lives in __main__ and is lost with it: move it into a "
