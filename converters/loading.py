@@ -61,6 +61,9 @@ def load_model(path: Path, framework: Framework | None = None) -> tuple[Any, Fra
             "say which with --framework xgboost|lightgbm"
         )
     model = _unpickle(path)
+    inner = getattr(model, "best_estimator_", None)
+    if inner is not None and detect_framework(model) == "sklearn" and detect_framework(inner) != "sklearn":
+        model = inner  # a scikit-learn search over an XGBoost/LightGBM model: convert the model
     detected = detect_framework(model)
     if framework is not None and framework != detected:
         raise ConversionError(f"{path}: --framework {framework}, but the file holds a {detected} model")

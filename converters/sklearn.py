@@ -21,6 +21,7 @@ from sklearn.ensemble._gb import BaseGradientBoosting
 from sklearn.exceptions import NotFittedError
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 from sklearn.impute import SimpleImputer
+from sklearn.model_selection._search import BaseSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, OrdinalEncoder
 from sklearn.tree import BaseDecisionTree
@@ -148,6 +149,7 @@ class SklearnConverter:
     framework = "sklearn"
 
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
+        model, found_by = best_of_search(model)
         try:
             check_is_fitted(model)
         except NotFittedError as exc:
@@ -206,12 +208,26 @@ class SklearnConverter:
             layout=layout,
             task="classification" if classifier else "regression",
             features=features,
-            estimator=_describe(model),
+            estimator=_describe(model) + (f" (best_estimator_ of {found_by})" if found_by else ""),
             framework_version=sklearn.__version__,
             classes=classes,
             predict=predict,
             roles=roles,
         )
+
+
+def best_of_search(model: Any) -> tuple[Any, str | None]:
+    """A fitted GridSearchCV (any BaseSearchCV) predicts with its best_estimator_, refitted
+    on all the data: that is the model to convert, and the search is named beside it."""
+    if not isinstance(model, BaseSearchCV):
+        return model, None
+    name = type(model).__name__
+    if not getattr(model, "refit", False) or not hasattr(model, "best_estimator_"):
+        raise ConversionError(
+            f"{name}(refit=False) holds no fitted model to convert: fit it with refit=True, or "
+            "fit the best parameters on all the data and save that estimator"
+        )
+    return model.best_estimator_, name
 
 
 def _initial_types(features: list[Feature], layout: Layout, number: Any) -> list[tuple[str, Any]]:

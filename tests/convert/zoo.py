@@ -30,6 +30,7 @@ from sklearn.ensemble import (
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import ElasticNet, LinearRegression, LogisticRegression, Ridge
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
@@ -245,6 +246,9 @@ def _sklearn_cases() -> list[Case]:
         bc,
     )
     add("bc_gboost", GradientBoostingClassifier(n_estimators=40, random_state=0), bc)
+    # The whole search dumped, as notebooks do: it converts as its best_estimator_.
+    add("bc_grid_search", GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
+                                       {"logisticregression__C": [0.1, 1.0]}, cv=3), bc)  # fmt: skip
     add("bc_linear_svc", make_pipeline(StandardScaler(), LinearSVC()), bc)
     add("iris_soft_voting", VotingClassifier([("lr", LogisticRegression(max_iter=2000)),
         ("forest", RandomForestClassifier(n_estimators=20, random_state=0))], voting="soft"), iris)  # fmt: skip
