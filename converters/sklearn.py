@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 import sklearn
-from skl2onnx import convert_sklearn, supported_converters
+from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 from sklearn.base import BaseEstimator, is_classifier
@@ -27,7 +27,7 @@ from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, OrdinalEncode
 from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
-from converters import _hist_gradient_boosting, _imputer, _svr, _trees
+from converters import _function, _hist_gradient_boosting, _imputer, _svr, _trees
 from converters._graph import (
     cast_then,
     drop_unread_inputs,
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 # Standard ONNX opset 17 and ai.onnx.ml 3 load on every ONNX Runtime of the last years.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
+_function.register()
 _hist_gradient_boosting.register()
 _imputer.register()
 _svr.register()
@@ -276,9 +277,9 @@ def _sklearn_to_onnx(model: Any, initial_types: list[tuple[str, Any]], classifie
             (type(p).__name__ for p in _walk(model) if type(p).__name__ in str(exc)),
             type(_final(model)).__name__,
         )
-        supported = sorted(n.removeprefix("Sklearn") for n in supported_converters(from_sklearn=True))
         raise ConversionError(
-            f"unsupported estimator {unsupported}; supported scikit-learn estimators: " + ", ".join(supported)
+            f"unsupported estimator {unsupported}: there is no ONNX converter for it; the README's "
+            "Supported section lists what converts (replace it, or apply it before the model)"
         ) from exc
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import is_classifier
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.compose import ColumnTransformer
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_linnerud, load_wine
 from sklearn.ensemble import (
     ExtraTreesRegressor,
@@ -265,6 +265,8 @@ def _sklearn_cases() -> list[Case]:
     )
     add("diabetes_hgb", HistGradientBoostingRegressor(max_iter=60, random_state=0), diabetes)
     add("diabetes_linear", LinearRegression(), diabetes)
+    add("diabetes_log_target", TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), Ridge()),
+                                                          func=np.log1p, inverse_func=np.expm1), diabetes)  # fmt: skip
     add("diabetes_poly_ridge", make_pipeline(PolynomialFeatures(2), StandardScaler(), Ridge(1.0)), diabetes)
     add("diabetes_elasticnet", make_pipeline(StandardScaler(), ElasticNet(alpha=0.1)), diabetes)
     add("diabetes_gboost", GradientBoostingRegressor(n_estimators=40, random_state=0), diabetes)
