@@ -73,3 +73,18 @@ def test_a_transform_without_an_onnx_equivalent_is_refused_in_one_line(make, nam
     assert named in message, message
     assert "\n" not in message and message.count(named) == 1 and "sklearn-onnx/issues" not in message
     assert len(message) < 400, message
+
+
+def test_word_ngrams_are_refused_by_option_before_parity_would_fail(tmp_path):
+    import pandas as pd
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    texts = pd.DataFrame({"review": ["I love it", "a bad buy, broke", "love the price", "it is bad"] * 10})
+    y = np.array([1, 0, 1, 0] * 10)
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression()).fit(texts["review"], y)
+    with pytest.raises(ConversionError) as caught:
+        _convert(tmp_path, model, texts)
+    message = str(caught.value)
+    assert "TfidfVectorizer(ngram_range=(1, 2)) cannot be converted exactly" in message, message
+    assert "ngram_range=(1, 1)" in message and "\n" not in message
