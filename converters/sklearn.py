@@ -15,7 +15,12 @@ from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, String
 from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, VotingClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    IsolationForest,
+    VotingClassifier,
+)
 from sklearn.ensemble._forest import BaseForest
 from sklearn.ensemble._gb import BaseGradientBoosting
 from sklearn.exceptions import NotFittedError
@@ -195,14 +200,17 @@ class SklearnConverter:
         # Plain output names for the V2 API and metrics: label, probabilities (or the decision
         # scores of a classifier without predict_proba), value.
         probabilistic = classifier and hasattr(model, "predict_proba")
+        anomaly = isinstance(_final(model), IsolationForest)
         plain = ["label", "probabilities" if probabilistic else "scores"] if classifier else ["value"]
+        if anomaly:  # the -1/1 label, and the decision_function score users threshold on
+            plain = ["label", "score"]
         rename_values(onnx_model, dict(zip(outputs, plain, strict=False)))
         width = getattr(_final(model), "n_outputs_", 1)
         if not classifier and isinstance(width, int) and width > 1:
             rows_of(onnx_model, "value", width)
         if probabilistic and isinstance(_final(model), BaseGradientBoosting):
             label_from_probabilities(onnx_model, model.classes_.tolist())
-        roles = {"value": "value"}
+        roles = {"label": "label", "value": "score"} if anomaly else {"value": "value"}
         if classifier:
             roles = (
                 {"label": "label", "probabilities": "probabilities"} if probabilistic else {"label": "label"}
@@ -215,13 +223,16 @@ class SklearnConverter:
                 return Predictions(label=model.predict(x), probabilities=model.predict_proba(x))
             if classifier:
                 return Predictions(label=model.predict(x))
+            if anomaly:
+                score = np.asarray(model.decision_function(x), dtype=np.float64).reshape(len(table), 1)
+                return Predictions(label=model.predict(x), value=score)
             return Predictions(value=np.asarray(model.predict(x)).reshape(len(table), -1))
 
         classes = model.classes_.tolist() if classifier else None
         return Converted(
             onnx_model=onnx_model,
             layout=layout,
-            task="classification" if classifier else "regression",
+            task="classification" if classifier else "other" if anomaly else "regression",
             features=features,
             estimator=_describe(model) + (f" (best_estimator_ of {found_by})" if found_by else ""),
             framework_version=sklearn.__version__,

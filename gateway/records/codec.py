@@ -295,6 +295,9 @@ class RecordCodec:
         self._label = label.name if label is not None else None
         self._proba = proba.name if proba is not None else None
         self._value = (manifest.output("value") or manifest.outputs[0]).name
+        # A label beside a value (an anomaly detector's -1/1 and its score): both, per row.
+        value = manifest.output("value")
+        self._score = value.name if label is not None and value is not None and proba is None else None
         self._classes = [str(c) for c in manifest.classes] if manifest.classes else None
         self._templates: dict[int, bytes] = {}  # the row template, by number of classes
         # A JSON answer's opening, the same for every request: `{"model":...,"predictions":`.
@@ -553,6 +556,12 @@ class RecordCodec:
             for j in range(width):
                 cells[j + 1 :: width + 1] = numbers[j::width]
             return _json_rows(template, rows, cells)
+        if self._score is not None:
+            labels = _json_values(outputs[self._label].reshape(-1))  # type: ignore[index]
+            scores = _json_values(outputs[self._score].reshape(len(labels), -1)[:, 0])
+            pairs: list[bytes] = [b""] * (2 * len(labels))
+            pairs[0::2], pairs[1::2] = labels, scores
+            return _json_rows(b'{"label":%s,"score":%s}', len(labels), pairs)
         if self._label is not None:
             labels = self._labels(outputs, None)
             return _json_rows(b'{"label":%s}', len(labels), labels)

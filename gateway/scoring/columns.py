@@ -237,7 +237,7 @@ class ColumnCodec:
                 classes = [str(i) for i in range(width)]
             return ["label", *(f"probability_{c}" for c in classes)]
         if m.output("label") is not None:
-            return ["label"]
+            return ["label", "score"] if m.output("value") is not None else ["label"]
         value = m.output("value") or m.outputs[0]
         width = int(np.prod([d for d in value.shape[1:] if d > 0])) if len(value.shape) > 1 else 1
         return ["value"] if width == 1 else [f"value_{i}" for i in range(width)]
@@ -257,6 +257,10 @@ class ColumnCodec:
             if len(names) != proba.shape[1]:
                 names = [f"probability_{i}" for i in range(proba.shape[1])]
             return {"label": labels, **{n: proba[:, i] for i, n in enumerate(names)}}
+        value_spec = m.output("value")
+        if label_spec is not None and value_spec is not None:  # an anomaly detector's label and score
+            labels = _plain(outputs[label_spec.name].reshape(-1))
+            return {"label": labels, "score": outputs[value_spec.name].reshape(len(labels), -1)[:, 0]}
         if label_spec is not None:
             return {"label": _plain(outputs[label_spec.name].reshape(-1))}
         values = outputs[(m.output("value") or m.outputs[0]).name]

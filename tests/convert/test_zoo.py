@@ -60,6 +60,12 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def _compare(case: Case, body: dict[str, Any]) -> str | None:
     labels, probabilities, values = case.expected()
     predictions = body["predictions"]
+    if labels is not None and values is not None:  # an anomaly detector: label and score
+        got_labels = [str(p["label"]) for p in predictions]
+        if got_labels != [str(v) for v in labels]:
+            return f"labels differ: {got_labels[:5]}"
+        worst = float(np.abs(np.array([p["score"] for p in predictions]) - values.ravel()).max())
+        return None if worst <= PROBABILITY_ATOL else f"scores differ by {worst:.3g}"
     if labels is not None and probabilities is None:
         got_labels = [str(p["label"]) for p in predictions]
         return None if got_labels == [str(v) for v in labels] else f"labels differ: {got_labels[:5]}"

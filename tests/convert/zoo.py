@@ -24,6 +24,7 @@ from sklearn.ensemble import (
     GradientBoostingRegressor,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
+    IsolationForest,
     RandomForestClassifier,
     VotingClassifier,
 )
@@ -246,6 +247,7 @@ def _sklearn_cases() -> list[Case]:
         bc,
     )
     add("bc_gboost", GradientBoostingClassifier(n_estimators=40, random_state=0), bc)
+    add("bc_isolation_forest", IsolationForest(n_estimators=50, random_state=0), bc)
     # The whole search dumped, as notebooks do: it converts as its best_estimator_.
     add("bc_grid_search", GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
                                        {"logisticregression__C": [0.1, 1.0]}, cv=3), bc)  # fmt: skip
@@ -400,6 +402,10 @@ def _torch_case() -> list[Case]:
     return [Case("torch_mlp", net, train, test, suffix=".pt", framework="torch")]
 
 
+def _anomaly_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
+    return np.asarray(model.predict(x)), None, np.asarray(model.decision_function(x), np.float64).reshape(-1, 1)
+
+
 def _torch_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
     import torch
 
@@ -412,6 +418,7 @@ PREDICTORS: dict[str, Callable[[Any, pd.DataFrame], tuple[np.ndarray | None, ...
     "xgb_native_booster": _xgb_native,
     "lgbm_native_booster": _lgbm_native,
     "torch_mlp": _torch_predict,
+    "bc_isolation_forest": _anomaly_predict,
 }
 
 
