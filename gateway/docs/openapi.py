@@ -94,7 +94,7 @@ def _feature_note(feature: Feature) -> str:
 def _record_schema(model: LoadedModel) -> dict[str, Any]:
     if model.records is None:
         return {}
-    (schema,), components = msgspec.json.schema_components([model.records.row_type])
+    (schema,), components = msgspec.json.schema_components([model.records.schema_type])
     record: dict[str, Any] = components[schema["$ref"].rsplit("/", 1)[-1]]
     for feature in model.manifest.features:
         prop = record["properties"].get(feature.name)

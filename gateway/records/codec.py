@@ -74,14 +74,15 @@ def _field_type(feature: Feature) -> Any:
     return base | None if feature.nullable else base
 
 
-def _fields(features: Sequence[Feature], column: bool) -> list[tuple[Any, ...]]:
+def _fields(features: Sequence[Feature], column: bool, schema: bool = False) -> list[tuple[Any, ...]]:
     """Struct fields, one a feature; an ignored one may be left out (kw_only allows a
-    default before a required field)."""
+    default before a required field). msgspec.Raw has no JSON schema: `schema` types an
+    ignored field as Any, for the OpenAPI document."""
     fields: list[tuple[Any, ...]] = []
     for i, f in enumerate(features):
         kind = _field_type(f)
         if f.ignored:
-            fields.append((f"f{i}", msgspec.Raw, msgspec.Raw()))
+            fields.append((f"f{i}", Any, None) if schema else (f"f{i}", msgspec.Raw, msgspec.Raw()))
         else:
             fields.append((f"f{i}", list[kind] if column else kind))  # type: ignore[valid-type]
     return fields
@@ -151,6 +152,10 @@ class NumericChecks:
         self._names = [f.name for f in features]
         self._nullable = np.array([f.nullable for f in features], dtype=bool)
         self._integers = [column for column, f in enumerate(features) if f.dtype == "int64"]
+        # A slice where the integer columns are adjacent (no copy), else an index array.
+        ints = self._integers
+        adjacent = bool(ints) and ints == list(range(ints[0], ints[-1] + 1))
+        self._int_columns: slice | np.ndarray = slice(ints[0], ints[-1] + 1) if adjacent else np.array(ints)
         self._ranges = [
             RangeCheck(column, f.name, f.min, f.max, _policy(f, policy_override))
             for column, f in enumerate(features)
@@ -179,14 +184,17 @@ class NumericChecks:
                 Violation("non-finite number", int(c), self._names[c], bad[:, c], partial(_same, reason))
                 for c in np.flatnonzero(bad.any(axis=0))
             ]
-        for c in self._integers:
-            values = matrix[:, c]
-            with np.errstate(invalid="ignore"):
-                fractional = np.isfinite(values) & (values != np.floor(values))
-            if fractional.any():
-                found.append(Violation(
-                    "not a whole number", c, self._names[c], fractional, partial(_fractional, values)
-                ))  # fmt: skip
+        if self._integers:
+            # One comparison for all integer columns (NaN and infinity compare unequal to
+            # their floor and are set aside after; no np.errstate: it costs ~20 µs a call).
+            block = matrix[:, self._int_columns]
+            fractional = block != np.floor(block)
+            if np.any(fractional):
+                fractional &= np.isfinite(block)
+                for j in np.flatnonzero(fractional.any(axis=0)).tolist():
+                    c = self._integers[j]
+                    found.append(Violation("not a whole number", c, self._names[c], fractional[:, j],
+                                           partial(_fractional, matrix[:, c])))  # fmt: skip
         for check in self._ranges:
             values = matrix[:, check.column]
             # Python floats compare in the column's own dtype (NEP 50), so a float32 value
@@ -223,6 +231,14 @@ class RecordCodec:
             gc=False,
         )
         self.row_type = row
+        # The same record for the OpenAPI schema (an ignored column: any value).
+        self.schema_type = msgspec.defstruct(
+            "Record",
+            _fields(manifest.features, column=False, schema=True),
+            rename={f"f{i}": f.name for i, f in enumerate(manifest.features)},
+            forbid_unknown_fields=True,
+            kw_only=True,
+        )
         self._json = (msgspec.json.Decoder(row), msgspec.json.Decoder(list[row]))  # type: ignore[valid-type]
         self._msgpack = (msgspec.msgpack.Decoder(row), msgspec.msgpack.Decoder(list[row]))  # type: ignore[valid-type]
         # The same features as columns, `{"inputs": {"name": [values...], ...}}` (TF Serving's

@@ -243,3 +243,16 @@ def test_convert_prints_the_contract_and_models_show_shows_it(fitted, tmp_path):
         assert "basic, plus, pro; others refused" in lines["plan"] and lines["plan"].split()[2] == "no"
         assert lines["age"].split()[1:3] == ["int64", "yes"] and "trained range [18, 79]" in lines["age"]
     assert '"ignored": true' in shown.stdout
+
+
+def test_a_manifest_written_before_these_fields_still_loads(with_sample):
+    from gateway.artifacts.manifest import decode_manifest, encode_manifest
+
+    data = msgspec.json.decode(encode_manifest(with_sample))
+    assert any(f.get("ignored") for f in data["features"])  # written where they are not defaults
+    for f in data["features"]:
+        f.pop("ignored", None)
+        f.pop("open_categories", None)
+    old = decode_manifest(msgspec.json.encode(data))
+    assert not any(f.ignored or f.open_categories for f in old.features)
+    RecordCodec(old, max_rows=4)  # and the records API builds its codec from it
