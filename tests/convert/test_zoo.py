@@ -179,7 +179,11 @@ def test_typed_and_free_text_columns(zoo):
     assert typed["segment"].categories == ["bronze", "gold", "silver"]
     ok = {"is_member": True, "visits": 3, "basket €": 12.5, "segment": "gold"}
     assert httpx.post(f"{server.url}/v1/models/typed_columns/predict", json=ok).status_code == 200
+    # The encoder ignores unknown segments (handle_unknown="ignore"): served, not refused.
+    assert typed["segment"].open_categories
     r = httpx.post(f"{server.url}/v1/models/typed_columns/predict", json=ok | {"segment": "platinum"})
+    assert r.status_code == 200, r.text
+    r = httpx.post(f"{server.url}/v1/models/typed_columns/predict", json=ok | {"segment": 5})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "segment"]
     text = {f.name: f for f in Repository(repo).manifest("text_and_numbers", "1").features}
     assert text["review text"].categories is None and text["review text"].max_length
@@ -200,6 +204,17 @@ def test_native_categories_and_missing_ones_in_hist_gradient_boosting(zoo):
     for name in ("shop_hgb_categories", "shop_hgb_regressor"):
         r = httpx.post(f"{server.url}/v1/models/{name}/predict", json=row)
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.slow
+@ZOO_TIMEOUT
+def test_columns_the_pipeline_drops_are_ignored_in_the_zoo(zoo):
+    _, repo, server = zoo
+    manifest = Repository(repo).manifest("signups_dropped_columns", "1")
+    assert {f.name for f in manifest.features if f.ignored} == {"customer id", "signed up", "notes"}
+    row = {"age": 40.0, "income": None, "state": None, "plan": "plus"}  # the ignored ones left out
+    r = httpx.post(f"{server.url}/v1/models/signups_dropped_columns/predict", json=row)
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.slow

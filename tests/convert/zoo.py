@@ -206,6 +206,38 @@ TEXTS = [
 ]
 
 
+def _signups_frame() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """A CRM export: an id, a sign-up date and notes the pipeline drops, an integer age, an
+    income with gaps, a state with gaps (imputed) and a plan."""
+    rng = np.random.default_rng(5)
+    n = 500
+    frame = pd.DataFrame({
+        "customer id": np.arange(10_000, 10_000 + n),
+        "signed up": [f"2022-{1 + i % 12:02d}-{1 + i % 28:02d}" for i in range(n)],
+        "notes": rng.choice(["called twice", "vip", "moved", ""], n),
+        "age": rng.integers(18, 80, n),
+        "income": rng.normal(50.0, 12.0, n).round(1),
+        "state": rng.choice(["CA", "NY", "TX", "WA"], n).astype(object),
+        "plan": rng.choice(["basic", "plus", "pro"], n),
+    })  # fmt: skip
+    frame.loc[rng.random(n) < 0.1, "income"] = np.nan
+    frame.loc[rng.random(n) < 0.1, "state"] = np.nan
+    y = ((frame["age"] > 45) ^ (frame["plan"] == "pro")).astype(int).to_numpy()
+    return _split(frame, y)
+
+
+def _signups_pipeline() -> Any:
+    return make_pipeline(
+        ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "income"]),
+            ("state", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                                    OneHotEncoder(handle_unknown="ignore")), ["state"]),
+            ("plan", OneHotEncoder(), ["plan"]),
+        ], remainder="drop"),
+        LogisticRegression(max_iter=1000),
+    )  # fmt: skip
+
+
 def _text_frame() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(3)
     n = 400
@@ -248,6 +280,7 @@ def _sklearn_cases() -> list[Case]:
     )
     add("bc_gboost", GradientBoostingClassifier(n_estimators=40, random_state=0), bc)
     add("bc_isolation_forest", IsolationForest(n_estimators=50, random_state=0), bc)
+    add("signups_dropped_columns", _signups_pipeline(), _signups_frame())
     # The whole search dumped, as notebooks do: it converts as its best_estimator_.
     add("bc_grid_search", GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
                                        {"logisticregression__C": [0.1, 1.0]}, cv=3), bc)  # fmt: skip
