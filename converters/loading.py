@@ -8,11 +8,13 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from converters._registry import FRAMEWORKS, Framework
 from converters.errors import ConversionError
+from gateway.errors import first_line
 
 _PICKLE_SUFFIXES = {".joblib", ".pkl", ".pickle", ".sav"}
 _TORCH_SUFFIXES = {".pt", ".pth"}
@@ -43,10 +45,15 @@ def detect_framework(model: Any) -> Framework:
     )
 
 
-def load_model(path: Path, framework: Framework | None = None) -> tuple[Any, Framework]:
+def load_model(
+    path: Path, framework: Framework | None = None, trust: Sequence[str] = ()
+) -> tuple[Any, Framework]:
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix == ".skops":
+        model = _load_skops(path, trust)
+        return model, detect_framework(model)
     if framework == "onnx" or (framework is None and suffix == ".onnx"):
         return _load_onnx(path), "onnx"
     if framework == "torch" or (framework is None and suffix in _TORCH_SUFFIXES):
@@ -154,6 +161,37 @@ def _joblib_load(path: Path, caught: list[warnings.WarningMessage]) -> Any:
             f"{path}: not a model file this converter can read (expected a joblib or pickle "
             f"file, an .onnx file, a PyTorch .pt file, or an XGBoost/LightGBM model file): {exc}"
         ) from exc
+
+
+LISTED_TYPES = 10
+
+
+def _load_skops(path: Path, trust: Sequence[str]) -> Any:
+    """A .skops file is read through skops' trusted types: nothing in it is built unless
+    skops trusts its type by default or the user names it (`--trust TYPE`), so unlike a
+    pickle it never runs arbitrary code."""
+    try:
+        import skops.io as sio  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ConversionError(
+            f"{path}: reading a .skops file needs skops: pip install 'onnx-gateway[convert]'"
+        ) from exc
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # skops raises several types for a file it cannot parse
+        raise ConversionError(f"{path}: not a skops file skops can read: {first_line(exc)}") from exc
+    refused = [t for t in untrusted if t not in set(trust)]
+    if refused:
+        more = f" and {len(refused) - LISTED_TYPES} more" if len(refused) > LISTED_TYPES else ""
+        raise ConversionError(
+            f"{path}: the file holds types skops does not trust by default: "
+            f"{', '.join(refused[:LISTED_TYPES])}{more}; nothing was loaded. If you trust them, "
+            "pass --trust TYPE for each"
+        )
+    try:
+        return sio.load(path, trusted=list(untrusted))
+    except Exception as exc:
+        raise ConversionError(f"{path}: skops cannot load the file: {first_line(exc)}") from exc
 
 
 def _load_onnx(path: Path) -> Any:

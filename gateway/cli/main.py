@@ -56,6 +56,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             rtol=args.rtol,
             progress=_progress,
             origin=origin,
+            trust=args.trust,
         )
     except (ConversionError, RepositoryError) as exc:
         return _fail(str(exc))
@@ -220,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", help="sample rows (.csv, .parquet, .json, .npy) for parity and schema")
     p.add_argument(
         "--framework", default="auto", choices=["auto", "sklearn", "xgboost", "lightgbm", "torch", "onnx"]
+    )
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="a type a .skops file may build beyond those skops trusts by default (repeatable)",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="absolute parity tolerance")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative parity tolerance")
