@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +97,7 @@ def convert(
     progress: Callable[[str], None] = lambda _: None,
     origin: dict[str, str] | None = None,
     labels: dict[str, Path] | None = None,
+    trust: Sequence[str] = (),
 ) -> Manifest:
     """Convert, verify parity, and publish `<repo>/<name>/<version>`; nothing is written on failure.
     `labels`: a file of labels (one a line) per output, for the classification extension."""
@@ -113,7 +114,7 @@ def convert(
         )
     progress(f"loading {model_path}")
     with _step("load", str(model_path), "check the file is the model and its framework is installed"):
-        model, detected = load_model(model_path, framework)
+        model, detected = load_model(model_path, framework, trust)
         converter = get_converter(detected)
     estimator = type(model).__name__
     progress(f"converting {estimator} ({detected}) to ONNX")

@@ -52,6 +52,43 @@ def rename_values(model: Any, mapping: Mapping[str, str]) -> None:
                 node.output[i] = mapping[name]
 
 
+def drop_zipmap(model: Any) -> tuple[str, list[Any]] | None:
+    """Replace a ZipMap that ends a classifier graph (a list of {class: probability} maps,
+    which no tensor API can carry) by the probability tensor feeding it, under the same
+    output name; return that name and the classes the map was keyed by, or None."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    node = next((n for n in graph.node if n.op_type == "ZipMap" and n.output[0] in outputs), None)
+    if node is None:
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    if "classlabels_strings" in attrs:
+        classes: list[Any] = [c.decode() for c in attrs["classlabels_strings"].strings]
+    else:
+        classes = [int(c) for c in attrs["classlabels_int64s"].ints]
+    name = node.output[0]
+    graph.node.remove(node)
+    graph.node.append(helper.make_node("Identity", [node.input[0]], [name], name=f"{name}_tensor"))
+    index = next(i for i, o in enumerate(graph.output) if o.name == name)
+    graph.output.remove(graph.output[index])
+    value = helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, len(classes)])
+    graph.output.insert(index, value)
+    return name, classes
+
+
+def drop_unread_inputs(model: Any) -> set[str]:
+    """Remove the graph inputs no node reads (columns a ColumnTransformer drops, which
+    skl2onnx keeps as inputs) and return the names of those that remain."""
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [value for value in graph.input if value.name in used]
+    del graph.input[:]
+    graph.input.extend(kept)
+    return {value.name for value in kept}
+
+
 def cast_then(front: Any, back: Any, back_input: str, to: int) -> Any:
     """`front`'s single output cast to `to`, then fed to `back`'s input `back_input`."""
     import onnx

@@ -6,12 +6,15 @@ Unpickling happens here, at build time only: the serving side never sees a pickl
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from converters._registry import FRAMEWORKS, Framework
 from converters.errors import ConversionError
+from gateway.errors import first_line
 
 _PICKLE_SUFFIXES = {".joblib", ".pkl", ".pickle", ".sav"}
 _TORCH_SUFFIXES = {".pt", ".pth"}
@@ -42,10 +45,15 @@ def detect_framework(model: Any) -> Framework:
     )
 
 
-def load_model(path: Path, framework: Framework | None = None) -> tuple[Any, Framework]:
+def load_model(
+    path: Path, framework: Framework | None = None, trust: Sequence[str] = ()
+) -> tuple[Any, Framework]:
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix == ".skops":
+        model = _load_skops(path, trust)
+        return model, detect_framework(model)
     if framework == "onnx" or (framework is None and suffix == ".onnx"):
         return _load_onnx(path), "onnx"
     if framework == "torch" or (framework is None and suffix in _TORCH_SUFFIXES):
@@ -60,18 +68,79 @@ def load_model(path: Path, framework: Framework | None = None) -> tuple[Any, Fra
             "say which with --framework xgboost|lightgbm"
         )
     model = _unpickle(path)
+    inner = getattr(model, "best_estimator_", None)
+    if inner is not None and detect_framework(model) == "sklearn" and detect_framework(inner) != "sklearn":
+        model = inner  # a scikit-learn search over an XGBoost/LightGBM model: convert the model
     detected = detect_framework(model)
     if framework is not None and framework != detected:
         raise ConversionError(f"{path}: --framework {framework}, but the file holds a {detected} model")
     return model, detected
 
 
+_MODULE_OF = re.compile(r"on <module '([^']+)'")
+
+
 def _unpickle(path: Path) -> Any:
+    """joblib.load, with scikit-learn's version warnings turned into one refusal: a pickle
+    only loads faithfully in the scikit-learn that wrote it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = _joblib_load(path, caught)
+        finally:
+            others = [w for w in caught if _versions(w) is None]
+    for w in others:  # not ours to swallow
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    found = [v for v in map(_versions, caught) if v is not None]
+    if found:
+        raise ConversionError(_version_advice(path, found[0]))
+    return model
+
+
+def _versions(w: warnings.WarningMessage) -> tuple[str, str] | None:
+    """(pickled, installed) scikit-learn versions from an InconsistentVersionWarning."""
+    original = getattr(w.message, "original_sklearn_version", None)
+    current = getattr(w.message, "current_sklearn_version", None)
+    return (str(original), str(current)) if original is not None and current is not None else None
+
+
+def _version_advice(path: Path, versions: tuple[str | None, str]) -> str:
+    pickled, installed = versions
+    return (
+        f"{path}: pickled with scikit-learn {pickled or 'of another version'}, and this environment "
+        f"has scikit-learn {installed}; a scikit-learn pickle only loads faithfully in the version "
+        "that wrote it. Convert where the model was trained (pip install 'onnx-gateway[convert]' "
+        "in the training environment, then run gateway convert there), or refit the model with "
+        f"scikit-learn {installed}"
+    )
+
+
+def _installed_sklearn() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("scikit-learn")
+    except Exception:
+        return "(not installed)"
+
+
+def _from_sklearn(module: str | None) -> bool:
+    return module is not None and module.split(".")[0] == "sklearn"
+
+
+def _joblib_load(path: Path, caught: list[warnings.WarningMessage]) -> Any:
     import joblib
+
+    def mismatch() -> ConversionError:
+        # The warnings emitted before the failure carry the pickle's version, if any came.
+        known = next((v for v in map(_versions, caught) if v is not None), None)
+        return ConversionError(_version_advice(path, known or (None, _installed_sklearn())))
 
     try:
         return joblib.load(path)
     except ModuleNotFoundError as exc:
+        if _from_sklearn(exc.name):  # a private module scikit-learn has since moved
+            raise mismatch() from exc
         raise ConversionError(
             f"{path}: the pickle needs the module {exc.name!r}, which is not installed here; "
             "install the package that provides it (the same version the model was trained "
@@ -79,6 +148,9 @@ def _unpickle(path: Path) -> Any:
         ) from exc
     except AttributeError as exc:
         # pickle's own wording: "Can't get attribute 'X' on <module 'm' ...>"
+        module = _MODULE_OF.search(str(exc))
+        if _from_sklearn(module.group(1) if module else None):  # a class another version has
+            raise mismatch() from exc
         raise ConversionError(
             f"{path}: the pickle needs a class that cannot be imported ({exc}). A class "
             "defined in a notebook lives in __main__ and is lost with it: move it into a "
@@ -89,6 +161,37 @@ def _unpickle(path: Path) -> Any:
             f"{path}: not a model file this converter can read (expected a joblib or pickle "
             f"file, an .onnx file, a PyTorch .pt file, or an XGBoost/LightGBM model file): {exc}"
         ) from exc
+
+
+LISTED_TYPES = 10
+
+
+def _load_skops(path: Path, trust: Sequence[str]) -> Any:
+    """A .skops file is read through skops' trusted types: nothing in it is built unless
+    skops trusts its type by default or the user names it (`--trust TYPE`), so unlike a
+    pickle it never runs arbitrary code."""
+    try:
+        import skops.io as sio  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ConversionError(
+            f"{path}: reading a .skops file needs skops: pip install 'onnx-gateway[convert]'"
+        ) from exc
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # skops raises several types for a file it cannot parse
+        raise ConversionError(f"{path}: not a skops file skops can read: {first_line(exc)}") from exc
+    refused = [t for t in untrusted if t not in set(trust)]
+    if refused:
+        more = f" and {len(refused) - LISTED_TYPES} more" if len(refused) > LISTED_TYPES else ""
+        raise ConversionError(
+            f"{path}: the file holds types skops does not trust by default: "
+            f"{', '.join(refused[:LISTED_TYPES])}{more}; nothing was loaded. If you trust them, "
+            "pass --trust TYPE for each"
+        )
+    try:
+        return sio.load(path, trusted=list(untrusted))
+    except Exception as exc:
+        raise ConversionError(f"{path}: skops cannot load the file: {first_line(exc)}") from exc
 
 
 def _load_onnx(path: Path) -> Any:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from converters._graph import drop_zipmap
 from converters.errors import ConversionError
 from converters.onnx_info import signature
 from converters.schema import align_sample, feature_names, infer_features
@@ -34,6 +35,7 @@ class OnnxConverter:
     framework = "onnx"
 
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
+        zipmap = drop_zipmap(model)
         inputs, outputs = signature(model)
         tabular = (
             len(inputs) == 1
@@ -55,6 +57,9 @@ class OnnxConverter:
             )
         names_out = [o.name for o in outputs]
         roles = {n: n for n in names_out if n in ("label", "probabilities")}
+        if zipmap is not None:  # skl2onnx's and CatBoost's exports: the label and the map
+            others = [n for n in names_out if n != zipmap[0]]
+            roles = {"probabilities": zipmap[0], **({"label": others[0]} if len(others) == 1 else {})}
         if not roles:
             roles = {"value": names_out[0]}
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -73,7 +78,7 @@ class OnnxConverter:
             features=features,
             estimator=model.graph.name or "onnx graph",
             framework_version=onnx.__version__,
-            classes=None,
+            classes=zipmap[1] if zipmap is not None else None,
             predict=predict,
             roles=roles,
         )

@@ -48,6 +48,11 @@ def _as_predictions(manifest: Manifest, served: list[dict[str, Any]]) -> Predict
         )
     if manifest.output("label") is not None and manifest.output("value") is None:
         return Predictions(label=np.asarray([p["label"] for p in served], dtype=object))
+    if manifest.output("label") is not None:  # an anomaly detector: label and score
+        return Predictions(
+            label=np.asarray([p["label"] for p in served], dtype=object),
+            value=np.asarray([p["score"] for p in served], dtype=np.float64).reshape(len(served), 1),
+        )
     values = np.asarray([p["value"] for p in served], dtype=np.float64)
     return Predictions(value=values.reshape(len(served), -1))
 

@@ -7,6 +7,7 @@ column is numeric instead of comparing dtypes, so categories are never taken for
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +52,12 @@ def align_sample(sample: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     columns = [str(c) for c in sample.columns]
     missing = [n for n in names if n not in columns]
     extra = [c for c in columns if c not in names]
+    index = [c for c in extra if c.startswith("Unnamed: ")]
+    if index and not missing and len(index) == len(extra):
+        raise ConversionError(
+            f"the sample's column {index[0]!r} is the row index pandas wrote with to_csv, not a "
+            "feature: save the frame with to_csv(..., index=False), or drop the column"
+        )
     if missing or extra:
         detail = []
         if missing:
@@ -79,26 +86,34 @@ def _categories(column: pd.Series | None) -> list[str] | None:
 
 
 def _string_feature(
-    name: str, column: pd.Series | None, categories: list[str] | None, free_text: bool
+    name: str, column: pd.Series | None, encoded: Encoded | None, free_text: bool, imputed: bool
 ) -> Feature:
-    nullable = bool(column is not None and column.isna().any())
+    nullable = imputed or bool(column is not None and column.isna().any())
     if free_text:
         longest = int(column.dropna().astype(str).str.len().max() or 0) if column is not None else 0
         return Feature(
             name=name, dtype="string", nullable=nullable, max_length=max(TEXT_MAX_LENGTH, 2 * longest)
         )
+    categories = (encoded.categories if encoded is not None else None) or _categories(column)
     if categories is None and column is not None:
         categories = sorted({str(v) for v in column.dropna()})
-    return Feature(name=name, dtype="string", categories=categories, nullable=nullable)
+    return Feature(
+        name=name,
+        dtype="string",
+        categories=categories,
+        nullable=nullable,
+        open_categories=bool(encoded is not None and encoded.open),
+    )
 
 
-def _numeric_dtype(column: pd.Series | None) -> FeatureDType:
+def _numeric_dtype(column: pd.Series | None, encoded: Encoded | None) -> FeatureDType:
     """bool and int columns keep their type in the API (JSON true, 3), null included where
-    the model imputes (the tensor is a float either way, NaN for null); others are floats."""
+    the model imputes (the tensor is a float either way, NaN for null); others are floats.
+    Without a sample, an encoder that learnt whole numbers says the column holds integers."""
     import pandas as pd
 
     if column is None:
-        return "float32"
+        return "int64" if encoded is not None and encoded.integers else "float32"
     if pd.api.types.is_bool_dtype(column):
         return "bool"
     if pd.api.types.is_integer_dtype(column):
@@ -106,36 +121,55 @@ def _numeric_dtype(column: pd.Series | None) -> FeatureDType:
     return "float32"
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """What a fitted encoder says about the column it reads."""
+
+    categories: list[str] | None  # text categories; None for numeric ones
+    open: bool  # unknown values are ignored (handle_unknown="ignore"/"infrequent_if_exist")
+    integers: bool = False  # numeric categories, all whole numbers
+    low: float | None = None  # the numeric categories' span
+    high: float | None = None
+
+
 def infer_features(
     names: list[str],
     sample: pd.DataFrame | None,
-    known_categories: Mapping[str, list[str]],
+    encoded: Mapping[str, Encoded],
     handles_missing: Collection[str],
     free_text: Collection[str] = (),
 ) -> list[Feature]:
     """Features with dtype, range and categories; `handles_missing` names the columns the
     model fills in itself, which may be null in a request; `free_text` those a text
-    vectorizer reads, which take any string up to a length."""
+    vectorizer reads, which take any string up to a length. The pipeline decides what it
+    can (categories, nullability); the sample adds dtypes and ranges."""
     features = []
     for name in names:
         column = sample[name] if sample is not None else None
-        categories = known_categories.get(name) or _categories(column)
-        if name in free_text or categories is not None or (column is not None and is_text_column(column)):
-            features.append(_string_feature(name, column, categories, name in free_text))
+        enc = encoded.get(name)
+        text = enc is not None and enc.categories is not None
+        if (
+            name in free_text
+            or text
+            or _categories(column) is not None
+            or (column is not None and is_text_column(column))
+        ):
+            features.append(_string_feature(name, column, enc, name in free_text, name in handles_missing))
             continue
         values = column.to_numpy(dtype=np.float64, na_value=np.nan) if column is not None else None
         finite = values[np.isfinite(values)] if values is not None else np.empty(0)
         nullable = name in handles_missing or bool(values is not None and np.isnan(values).any())
+        low = float(finite.min()) if finite.size else enc.low if enc is not None else None
+        high = float(finite.max()) if finite.size else enc.high if enc is not None else None
         features.append(
-            Feature(
-                name=name,
-                dtype=_numeric_dtype(column),
-                min=float(finite.min()) if finite.size else None,
-                max=float(finite.max()) if finite.size else None,
-                nullable=nullable,
-            )
+            Feature(name=name, dtype=_numeric_dtype(column, enc), min=low, max=high, nullable=nullable)
         )
     return features
+
+
+def ignore_unread(features: list[Feature], read: Collection[str]) -> list[Feature]:
+    """Features the graph never reads become ignored: any value, or none, is accepted."""
+    return [f if f.name in read else Feature(name=f.name, dtype=f.dtype, ignored=True) for f in features]
 
 
 def synthesise(features: list[Feature], rows: int = 256, seed: int = 0) -> pd.DataFrame:
@@ -148,6 +182,9 @@ def synthesise(features: list[Feature], rows: int = 256, seed: int = 0) -> pd.Da
         if f.dtype == "string":
             cats = f.categories or ["a"]
             data[f.name] = pd.Series([cats[i % len(cats)] for i in range(rows)], dtype=object)
+        elif f.dtype == "int64":
+            low, high = int(f.min if f.min is not None else 0), int(f.max if f.max is not None else 9)
+            data[f.name] = rng.integers(low, high + 1, rows)
         elif f.min is not None and f.max is not None:
             data[f.name] = rng.uniform(f.min, f.max, rows)
         else:
@@ -189,7 +226,7 @@ def reference_stats(
 ) -> Reference:
     refs: dict[str, FeatureReference] = {}
     for f in features:
-        if f.max_length is not None:  # free text has no distribution to compare
+        if f.max_length is not None or f.ignored:  # free text has no distribution to compare
             continue
         column = sample[f.name]
         ref = (

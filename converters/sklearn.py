@@ -10,26 +10,39 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 import sklearn
-from skl2onnx import convert_sklearn, supported_converters
+from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, VotingClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    IsolationForest,
+    VotingClassifier,
+)
 from sklearn.ensemble._forest import BaseForest
 from sklearn.ensemble._gb import BaseGradientBoosting
 from sklearn.exceptions import NotFittedError
 from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, TfidfVectorizer
 from sklearn.impute import SimpleImputer
+from sklearn.model_selection._search import BaseSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, OrdinalEncoder
 from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
-from converters import _hist_gradient_boosting, _imputer, _svr, _trees
-from converters._graph import cast_then, label_from_probabilities, rename_values, rows_of, safe_names
+from converters import _function, _hist_gradient_boosting, _imputer, _svr, _trees
+from converters._graph import (
+    cast_then,
+    drop_unread_inputs,
+    label_from_probabilities,
+    rename_values,
+    rows_of,
+    safe_names,
+)
 from converters.errors import ConversionError
-from converters.schema import align_sample, feature_names, infer_features, is_nan
+from converters.schema import Encoded, align_sample, feature_names, ignore_unread, infer_features, is_nan
 from converters.types import Converted, Predictions
 from gateway.artifacts.manifest import Feature, Layout
 
@@ -39,6 +52,7 @@ if TYPE_CHECKING:
 # Standard ONNX opset 17 and ai.onnx.ml 3 load on every ONNX Runtime of the last years.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
+_function.register()
 _hist_gradient_boosting.register()
 _imputer.register()
 _svr.register()
@@ -62,9 +76,12 @@ def _walk(model: Any) -> list[Any]:
     return found
 
 
-def _known_categories(model: Any) -> dict[str, list[str]]:
-    """Categories the fitted encoders accept, by input column name."""
-    known: dict[str, list[str]] = {}
+_OPEN = ("ignore", "infrequent_if_exist")
+
+
+def _encoded(model: Any) -> dict[str, Encoded]:
+    """What the fitted encoders accept, by input column name."""
+    known: dict[str, Encoded] = {}
     for part in _walk(model):
         if not isinstance(part, ColumnTransformer):
             continue
@@ -72,20 +89,28 @@ def _known_categories(model: Any) -> dict[str, list[str]]:
             encoders = [e for e in _walk(transformer) if isinstance(e, OneHotEncoder | OrdinalEncoder)]
             if not encoders or not all(isinstance(c, str) for c in np.atleast_1d(columns)):
                 continue
+            open_ = getattr(encoders[0], "handle_unknown", "error") in _OPEN
             for column, cats in zip(np.atleast_1d(columns), encoders[0].categories_, strict=False):
-                if np.issubdtype(np.asarray(cats).dtype, np.number):
-                    continue
-                if any(c is None for c in cats):
-                    # scikit-learn's imputers take NaN for missing, not None: None was
-                    # learnt as a category, and a request's null (missing) would be
-                    # imputed instead, silently predicting something else.
-                    raise ConversionError(
-                        f"column {str(column)!r}: the encoder learnt Python None as a category of its "
-                        "own, which no client can send apart from a missing value (null). Refit with "
-                        "None replaced by NaN (imputed) or by a string such as 'unknown'"
-                    )
-                known[str(column)] = [str(c) for c in cats if not is_nan(c)]
+                known[str(column)] = _encoder_column(str(column), np.asarray(cats), open_)
     return known
+
+
+def _encoder_column(column: str, cats: np.ndarray, open_: bool) -> Encoded:
+    if np.issubdtype(cats.dtype, np.number):
+        finite = cats[np.isfinite(cats.astype(np.float64))].astype(np.float64)
+        whole = bool(finite.size) and bool((finite == np.floor(finite)).all())
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+        return Encoded(None, open_, integers=whole, low=low, high=high)
+    if any(c is None for c in cats):
+        # scikit-learn's imputers take NaN for missing, not None: None was
+        # learnt as a category of its own, and a request's null (missing) would be
+        # imputed instead, silently predicting something else.
+        raise ConversionError(
+            f"column {column!r}: the encoder learnt Python None as a category of its "
+            "own, which no client can send apart from a missing value (null). Refit with "
+            "None replaced by NaN (imputed) or by a string such as 'unknown'"
+        )
+    return Encoded([str(c) for c in cats if not is_nan(c)], open_)
 
 
 def _imputed(model: Any, names: list[str]) -> set[str]:
@@ -120,6 +145,19 @@ def _text_columns(model: Any) -> set[str]:
     return found
 
 
+def _check_vectorizers(model: Any) -> None:
+    """Word n-grams beyond one word: ONNX's tokenizer joins words across those the token
+    pattern or stop words removed, which scikit-learn does not (ordinary English reviews: most
+    rows off, by up to 0.09), so such a vectorizer is refused before parity would fail."""
+    for part in _walk(model):
+        if isinstance(part, _TEXT) and part.analyzer == "word" and part.ngram_range[1] > 1:
+            raise ConversionError(
+                f"{type(part).__name__}(ngram_range={part.ngram_range}) cannot be converted exactly: "
+                "ONNX's tokenizer forms n-grams across the words that the token pattern or stop "
+                "words remove; refit with ngram_range=(1, 1)"
+            )
+
+
 def _reads_text(model: Any) -> bool:
     """A pipeline that starts with a text vectorizer reads one text column, not a table."""
     first = model.steps[0][1] if isinstance(model, Pipeline) else model
@@ -130,10 +168,12 @@ class SklearnConverter:
     framework = "sklearn"
 
     def convert(self, model: Any, sample: pd.DataFrame | None) -> Converted:
+        model, found_by = best_of_search(model)
         try:
             check_is_fitted(model)
         except NotFittedError as exc:
             raise ConversionError(f"{type(model).__name__} is not fitted: {exc}") from exc
+        _check_vectorizers(model)
         reads_text = _reads_text(model)
         if reads_text:
             names = [str(sample.columns[0])] if sample is not None and sample.shape[1] == 1 else ["text"]
@@ -145,13 +185,13 @@ class SklearnConverter:
             sample = align_sample(sample, names)
         parts = _walk(model)
         free_text = set(names) if reads_text else _text_columns(model)
-        features = infer_features(
-            names, sample, _known_categories(model), _imputed(model, names), free_text=free_text
-        )
+        features = infer_features(names, sample, _encoded(model), _imputed(model, names), free_text=free_text)
         uses_names = reads_text or any(isinstance(p, ColumnTransformer) for p in parts)
         layout: Layout = "columns" if uses_names or any(f.dtype == "string" for f in features) else "matrix"
         classifier = is_classifier(model)
         onnx_model, precise = _build_graph(model, features, layout, classifier)
+        if layout == "columns":
+            features = ignore_unread(features, drop_unread_inputs(onnx_model))
         if precise:
             features = [
                 msgspec.structs.replace(f, dtype="float64") if f.dtype == "float32" else f for f in features
@@ -160,14 +200,17 @@ class SklearnConverter:
         # Plain output names for the V2 API and metrics: label, probabilities (or the decision
         # scores of a classifier without predict_proba), value.
         probabilistic = classifier and hasattr(model, "predict_proba")
+        anomaly = isinstance(_final(model), IsolationForest)
         plain = ["label", "probabilities" if probabilistic else "scores"] if classifier else ["value"]
+        if anomaly:  # the -1/1 label, and the decision_function score users threshold on
+            plain = ["label", "score"]
         rename_values(onnx_model, dict(zip(outputs, plain, strict=False)))
         width = getattr(_final(model), "n_outputs_", 1)
         if not classifier and isinstance(width, int) and width > 1:
             rows_of(onnx_model, "value", width)
         if probabilistic and isinstance(_final(model), BaseGradientBoosting):
             label_from_probabilities(onnx_model, model.classes_.tolist())
-        roles = {"value": "value"}
+        roles = {"label": "label", "value": "score"} if anomaly else {"value": "value"}
         if classifier:
             roles = (
                 {"label": "label", "probabilities": "probabilities"} if probabilistic else {"label": "label"}
@@ -180,20 +223,37 @@ class SklearnConverter:
                 return Predictions(label=model.predict(x), probabilities=model.predict_proba(x))
             if classifier:
                 return Predictions(label=model.predict(x))
+            if anomaly:
+                score = np.asarray(model.decision_function(x), dtype=np.float64).reshape(len(table), 1)
+                return Predictions(label=model.predict(x), value=score)
             return Predictions(value=np.asarray(model.predict(x)).reshape(len(table), -1))
 
         classes = model.classes_.tolist() if classifier else None
         return Converted(
             onnx_model=onnx_model,
             layout=layout,
-            task="classification" if classifier else "regression",
+            task="classification" if classifier else "other" if anomaly else "regression",
             features=features,
-            estimator=_describe(model),
+            estimator=_describe(model) + (f" (best_estimator_ of {found_by})" if found_by else ""),
             framework_version=sklearn.__version__,
             classes=classes,
             predict=predict,
             roles=roles,
         )
+
+
+def best_of_search(model: Any) -> tuple[Any, str | None]:
+    """A fitted GridSearchCV (any BaseSearchCV) predicts with its best_estimator_, refitted
+    on all the data: that is the model to convert, and the search is named beside it."""
+    if not isinstance(model, BaseSearchCV):
+        return model, None
+    name = type(model).__name__
+    if not getattr(model, "refit", False) or not hasattr(model, "best_estimator_"):
+        raise ConversionError(
+            f"{name}(refit=False) holds no fitted model to convert: fit it with refit=True, or "
+            "fit the best parameters on all the data and save that estimator"
+        )
+    return model.best_estimator_, name
 
 
 def _initial_types(features: list[Feature], layout: Layout, number: Any) -> list[tuple[str, Any]]:
@@ -242,9 +302,9 @@ def _sklearn_to_onnx(model: Any, initial_types: list[tuple[str, Any]], classifie
             (type(p).__name__ for p in _walk(model) if type(p).__name__ in str(exc)),
             type(_final(model)).__name__,
         )
-        supported = sorted(n.removeprefix("Sklearn") for n in supported_converters(from_sklearn=True))
         raise ConversionError(
-            f"unsupported estimator {unsupported}; supported scikit-learn estimators: " + ", ".join(supported)
+            f"unsupported estimator {unsupported}: there is no ONNX converter for it; the README's "
+            "Supported section lists what converts (replace it, or apply it before the model)"
         ) from exc
 
 

@@ -53,6 +53,12 @@ class Feature(_Struct, frozen=True):
     policy: RangePolicy = "allow"
     # A free-text feature (read by a text vectorizer): any string up to this many characters.
     max_length: int | None = None
+    # A category outside `categories` is accepted (the encoder ignores it) and counted,
+    # instead of refused.
+    open_categories: bool = False
+    # A column the model never reads (a ColumnTransformer drops it): a request may send it
+    # with any value or leave it out; it is not validated and never reaches the graph.
+    ignored: bool = False
 
 
 class TensorSpec(_Struct, frozen=True):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.artifacts.manifest import Feature, Manifest
 from gateway.artifacts.remote import open_repository
 from gateway.artifacts.repository import Repository, RepositoryError, ServingState
 
@@ -69,10 +70,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
             progress=_progress,
             origin=origin,
             labels=_labels(args.labels),
+            trust=args.trust,
         )
     except (ConversionError, RepositoryError, ValueError) as exc:
         return _fail(str(exc))
     parity = manifest.parity
+    if manifest.features:
+        print(contract(manifest))
     print(
         f"{manifest.name}:{manifest.version} written to {args.repo} "
         f"({manifest.onnx.size} bytes, sha256 {manifest.onnx.sha256[:12]}…"
@@ -99,6 +103,34 @@ def _what_serves(repo: str, name: str, version: str) -> str:
         f"serving.json keeps {name}:{state.live} live; "
         f"`gateway models promote {name} {version} --repo {repo}` serves this one"
     )
+
+
+SHOWN_CATEGORIES = 6
+
+
+def _accepts(f: Feature) -> str:
+    """What a request may send for one feature, in a few words."""
+    if f.ignored:
+        return "ignored: not read by the model, any value or none"
+    if f.max_length is not None:
+        return f"free text, up to {f.max_length} characters"
+    if f.categories:
+        shown = ", ".join(f.categories[:SHOWN_CATEGORIES])
+        more = f", … ({len(f.categories)} in all)" if len(f.categories) > SHOWN_CATEGORIES else ""
+        rule = "others accepted and counted" if f.open_categories else "others refused"
+        return f"{shown}{more}; {rule}"
+    if f.min is not None and f.max is not None:
+        return f"trained range [{f.min:g}, {f.max:g}] ({f.policy} outside)"
+    return "any string" if f.dtype == "string" else "any number"
+
+
+def contract(manifest: Manifest) -> str:
+    """The records API's contract, a line a column: what `gateway convert` made of the model."""
+    rows = [["COLUMN", "TYPE", "NULL", "ACCEPTS"]]
+    for f in manifest.features:
+        rows.append([f.name, "-" if f.ignored else f.dtype, "yes" if f.nullable or f.ignored else "no",
+                     _accepts(f)])  # fmt: skip
+    return _table(rows)
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -151,6 +183,8 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         manifest = repo.manifest(name, version or repo.live_version(name))
     except RepositoryError as exc:
         return _fail(str(exc))
+    if manifest.features and not args.json:
+        print(contract(manifest) + "\n")
     print(msgspec.json.format(msgspec.json.encode(manifest), indent=2).decode())
     return 0
 
@@ -303,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels for an output's scores, one a line (Triton's label_filename): the classification "
         "extension answers score:index:label; repeat for several outputs",
     )  # fmt: skip
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="a type a .skops file may build beyond those skops trusts by default (repeatable)",
+    )
     p.set_defaults(func=cmd_convert)
 
     models = add("models", help="list, show, promote and roll back model versions")
@@ -319,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--repo", required=True, help="model repository: a directory or an fsspec URL")
         if cmd == "show":
             mp.add_argument("model", metavar="NAME[:VERSION]", help="the live version when none is given")
+            mp.add_argument("--json", action="store_true", help="the manifest only, without the contract")
         elif cmd == "shadow":
             mp.add_argument("name", help="model name")
             mp.add_argument("version", nargs="?", help="version to mirror requests to")

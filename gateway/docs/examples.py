@@ -47,7 +47,8 @@ def example_record(manifest: Manifest) -> dict[str, Any] | None:
     """One record for the records API, or None for a model without named features."""
     if manifest.layout == "tensors" or not manifest.features:
         return None
-    return {f.name: example_value(f, manifest) for f in manifest.features}
+    # A column the model ignores is left out: a request need not send it.
+    return {f.name: example_value(f, manifest) for f in manifest.features if not f.ignored}
 
 
 def _zeros(spec: TensorSpec) -> tuple[list[int], list[Any]]:
@@ -67,8 +68,8 @@ def example_v2(manifest: Manifest) -> dict[str, Any]:
         spec, row = manifest.inputs[0], list(record.values())
         inputs.append({"name": spec.name, "shape": [1, len(row)], "datatype": spec.datatype, "data": row})
     elif record is not None:
-        for spec, feature in zip(manifest.inputs, manifest.features, strict=False):
-            value = record[feature.name]
+        for spec in manifest.inputs:  # a graph input per feature read, named after it
+            value = record[spec.name]
             inputs.append({"name": spec.name, "shape": [1, 1], "datatype": spec.datatype, "data": [value]})
     else:
         for spec in manifest.inputs:

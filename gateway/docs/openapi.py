@@ -79,6 +79,10 @@ def _element(datatype: str) -> dict[str, Any]:
 
 
 def _feature_note(feature: Feature) -> str:
+    if feature.ignored:
+        return "not read by the model: any value, or leave it out"
+    if feature.categories is not None and feature.open_categories:
+        return f"trained on {feature.categories}; others are accepted (the model ignores them)"
     if feature.categories is not None:
         return f"one of {feature.categories}"
     if feature.min is not None and feature.max is not None:
@@ -90,12 +94,14 @@ def _feature_note(feature: Feature) -> str:
 def _record_schema(model: LoadedModel) -> dict[str, Any]:
     if model.records is None:
         return {}
-    (schema,), components = msgspec.json.schema_components([model.records.row_type])
+    (schema,), components = msgspec.json.schema_components([model.records.schema_type])
     record: dict[str, Any] = components[schema["$ref"].rsplit("/", 1)[-1]]
     for feature in model.manifest.features:
         prop = record["properties"].get(feature.name)
         if prop is not None:
             prop["description"] = _feature_note(feature)
+            if feature.open_categories and feature.categories:  # known ones; others are taken too
+                prop["examples"] = list(feature.categories)
     record["title"] = f"{model.name} record"
     return record
 

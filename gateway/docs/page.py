@@ -97,6 +97,11 @@ def _field(name: str, prop: dict[str, Any], value: Any) -> str:
         input_type = "number" if kind in ("number", "integer") else "text"
         required = "" if nullable else " required"
         control = f'<input type="{input_type}"{step} {attrs} value="{shown}"{required}>'
+        known = prop.get("examples")
+        if isinstance(known, list) and known:  # categories offered, others may be typed
+            listed = f"known-{html.escape(name)}"
+            options = "".join(f"<option>{html.escape(str(v))}</option>" for v in known)
+            control = control[:-1] + f' list="{listed}"><datalist id="{listed}">{options}</datalist>'
     note = _in_words(prop.get("description", ""))
     if nullable:
         note = f"{note}; may be left empty (sent as null)" if note else "may be left empty (sent as null)"

@@ -83,6 +83,8 @@ def records_body_bound(manifest: Manifest, max_rows: int) -> int | None:
         return None
     row = 2
     for f in manifest.features:
+        if f.ignored or f.open_categories:  # any value: no length to bound it by
+            return None
         if f.dtype == "string":
             longest = f.max_length or max((len(c) for c in f.categories or []), default=None)
             if longest is None:

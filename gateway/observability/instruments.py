@@ -101,6 +101,13 @@ class Instruments:
                 ("model", "version", "feature"),
             )
         )
+        self.unknown_category: Counter = add(
+            Counter(
+                "gateway_feature_unknown_category_total",
+                "Categories the model never saw, accepted where its encoder ignores them.",
+                ("model", "version", "feature"),
+            )
+        )
         self.drift: Gauge = add(
             Gauge(
                 "gateway_feature_drift_psi",

@@ -209,6 +209,7 @@ class Telemetry(Instruments):
             if m.features:
                 columns = columns_from_feeds(m, feeds)
                 self._observe_ranges(m, columns)
+                self._observe_unknown(m, columns)
                 monitor = self._drift.get((m.name, m.version))
                 if monitor is not None:
                     monitor.update(columns)
@@ -238,6 +239,16 @@ class Telemetry(Instruments):
         for feature, count in zip(bounded, outside, strict=True):
             if count:
                 self.out_of_range.inc((m.name, m.version, feature.name), count)
+
+    def _observe_unknown(self, m: Manifest, columns: Mapping[str, np.ndarray]) -> None:
+        """Counts values outside the categories of features whose encoder ignores them
+        ("" is a null on its way in, see gateway.records.codec)."""
+        for f in m.features:
+            if f.open_categories and f.categories and f.name in columns:
+                known = {*f.categories, "", *(c.encode() for c in f.categories), b""}  # V2 sends bytes
+                count = sum(1 for v in columns[f.name].tolist() if v not in known)
+                if count:
+                    self.unknown_category.inc((m.name, m.version, f.name), count)
 
     def _trace_batch(self, tracer: Tracer, m: Manifest, provider: str, report: BatchFacts) -> None:
         # Only sampled requests carry a span context (start_span returns None otherwise).

@@ -23,7 +23,7 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 from gateway.artifacts.manifest import Feature, Manifest
 from gateway.artifacts.tabular import feeds_from_columns
 from gateway.errors import clip
-from gateway.records.codec import NumericChecks, Violation, numeric_dtype
+from gateway.records.codec import NumericChecks, Violation, allowed_categories, numeric_dtype
 from gateway.settings import RangePolicyOverride
 from gateway.types import Arrays
 
@@ -82,7 +82,8 @@ class ColumnCodec:
                 f"model {manifest.name!r} has no named features; batch scoring needs a tabular model"
             )
         self.manifest = manifest
-        self.features = list(manifest.features)
+        # Columns the model never reads (ignored) may be absent and hold anything.
+        self.features = [f for f in manifest.features if not f.ignored]
         # The records API's own rules for numbers (gateway.records.codec.NumericChecks), in the
         # type it checks them in.
         self._check_dtype = numeric_dtype(manifest)
@@ -192,7 +193,8 @@ class ColumnCodec:
             rejects.add(
                 too_long.to_numpy(zero_copy_only=False), f.name, f"Expected `str` of length <= {max_length}"
             )
-        elif f.categories:
+        elif f.categories and not f.open_categories:  # an open encoder ignores unknown ones
+            allowed = allowed_categories(f)
             unknown = ~pc.is_in(column, value_set=pa.array(f.categories, pa.string())).to_numpy(
                 zero_copy_only=False
             )
@@ -200,7 +202,7 @@ class ColumnCodec:
             text = column
 
             def reason(rows: np.ndarray) -> list[str]:
-                return [f"Invalid enum value {clip(text[int(i)].as_py())!r}" for i in rows]
+                return [f"Invalid enum value {clip(text[int(i)].as_py())!r}; {allowed}" for i in rows]
 
             rejects.add(unknown, f.name, reason)
         values: np.ndarray = column.fill_null("").to_numpy(zero_copy_only=False).astype(object)
@@ -215,11 +217,8 @@ class ColumnCodec:
         elif pa.types.is_null(column.type):
             column = pa.nulls(len(column), pa.float64())
         # Arrow gives nulls of a float column to numpy as NaN; a copy, so clip may write.
-        values = np.array(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), np.float64)
-        if f.dtype == "int64":
-            fractional = np.isfinite(values) & (values != np.floor(values))
-            rejects.add(fractional, f.name, "Expected `int`, got `float`")
-        return values
+        # A fraction in an integer column is refused by NumericChecks, as the records API does.
+        return np.array(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), np.float64)
 
     def _parse_text(self, f: Feature, column: pa.Array, rejects: _Rejects) -> pa.Array:
         """Text from a CSV file as the feature's type: one cast for the whole column when
@@ -268,7 +267,7 @@ class ColumnCodec:
                 classes = [str(i) for i in range(width)]
             return ["label", *(f"probability_{c}" for c in classes)]
         if m.output("label") is not None:
-            return ["label"]
+            return ["label", "score"] if m.output("value") is not None else ["label"]
         value = m.output("value") or m.outputs[0]
         width = int(np.prod([d for d in value.shape[1:] if d > 0])) if len(value.shape) > 1 else 1
         return ["value"] if width == 1 else [f"value_{i}" for i in range(width)]
@@ -288,6 +287,10 @@ class ColumnCodec:
             if len(names) != proba.shape[1]:
                 names = [f"probability_{i}" for i in range(proba.shape[1])]
             return {"label": labels, **{n: proba[:, i] for i, n in enumerate(names)}}
+        value_spec = m.output("value")
+        if label_spec is not None and value_spec is not None:  # an anomaly detector's label and score
+            labels = _plain(outputs[label_spec.name].reshape(-1))
+            return {"label": labels, "score": outputs[value_spec.name].reshape(len(labels), -1)[:, 0]}
         if label_spec is not None:
             return {"label": _plain(outputs[label_spec.name].reshape(-1))}
         values = outputs[(m.output("value") or m.outputs[0]).name]

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import is_classifier
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.compose import ColumnTransformer
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_linnerud, load_wine
 from sklearn.ensemble import (
     ExtraTreesRegressor,
@@ -24,12 +24,14 @@ from sklearn.ensemble import (
     GradientBoostingRegressor,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
+    IsolationForest,
     RandomForestClassifier,
     VotingClassifier,
 )
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import ElasticNet, LinearRegression, LogisticRegression, Ridge
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
@@ -204,6 +206,38 @@ TEXTS = [
 ]
 
 
+def _signups_frame() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """A CRM export: an id, a sign-up date and notes the pipeline drops, an integer age, an
+    income with gaps, a state with gaps (imputed) and a plan."""
+    rng = np.random.default_rng(5)
+    n = 500
+    frame = pd.DataFrame({
+        "customer id": np.arange(10_000, 10_000 + n),
+        "signed up": [f"2022-{1 + i % 12:02d}-{1 + i % 28:02d}" for i in range(n)],
+        "notes": rng.choice(["called twice", "vip", "moved", ""], n),
+        "age": rng.integers(18, 80, n),
+        "income": rng.normal(50.0, 12.0, n).round(1),
+        "state": rng.choice(["CA", "NY", "TX", "WA"], n).astype(object),
+        "plan": rng.choice(["basic", "plus", "pro"], n),
+    })  # fmt: skip
+    frame.loc[rng.random(n) < 0.1, "income"] = np.nan
+    frame.loc[rng.random(n) < 0.1, "state"] = np.nan
+    y = ((frame["age"] > 45) ^ (frame["plan"] == "pro")).astype(int).to_numpy()
+    return _split(frame, y)
+
+
+def _signups_pipeline() -> Any:
+    return make_pipeline(
+        ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "income"]),
+            ("state", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                                    OneHotEncoder(handle_unknown="ignore")), ["state"]),
+            ("plan", OneHotEncoder(), ["plan"]),
+        ], remainder="drop"),
+        LogisticRegression(max_iter=1000),
+    )  # fmt: skip
+
+
 def _text_frame() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(3)
     n = 400
@@ -245,6 +279,11 @@ def _sklearn_cases() -> list[Case]:
         bc,
     )
     add("bc_gboost", GradientBoostingClassifier(n_estimators=40, random_state=0), bc)
+    add("bc_isolation_forest", IsolationForest(n_estimators=50, random_state=0), bc)
+    add("signups_dropped_columns", _signups_pipeline(), _signups_frame())
+    # The whole search dumped, as notebooks do: it converts as its best_estimator_.
+    add("bc_grid_search", GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
+                                       {"logisticregression__C": [0.1, 1.0]}, cv=3), bc)  # fmt: skip
     add("bc_linear_svc", make_pipeline(StandardScaler(), LinearSVC()), bc)
     add("iris_soft_voting", VotingClassifier([("lr", LogisticRegression(max_iter=2000)),
         ("forest", RandomForestClassifier(n_estimators=20, random_state=0))], voting="soft"), iris)  # fmt: skip
@@ -261,6 +300,8 @@ def _sklearn_cases() -> list[Case]:
     )
     add("diabetes_hgb", HistGradientBoostingRegressor(max_iter=60, random_state=0), diabetes)
     add("diabetes_linear", LinearRegression(), diabetes)
+    add("diabetes_log_target", TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), Ridge()),
+                                                          func=np.log1p, inverse_func=np.expm1), diabetes)  # fmt: skip
     add("diabetes_poly_ridge", make_pipeline(PolynomialFeatures(2), StandardScaler(), Ridge(1.0)), diabetes)
     add("diabetes_elasticnet", make_pipeline(StandardScaler(), ElasticNet(alpha=0.1)), diabetes)
     add("diabetes_gboost", GradientBoostingRegressor(n_estimators=40, random_state=0), diabetes)
@@ -394,6 +435,10 @@ def _torch_case() -> list[Case]:
     return [Case("torch_mlp", net, train, test, suffix=".pt", framework="torch")]
 
 
+def _anomaly_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
+    return np.asarray(model.predict(x)), None, np.asarray(model.decision_function(x), np.float64).reshape(-1, 1)
+
+
 def _torch_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
     import torch
 
@@ -406,6 +451,7 @@ PREDICTORS: dict[str, Callable[[Any, pd.DataFrame], tuple[np.ndarray | None, ...
     "xgb_native_booster": _xgb_native,
     "lgbm_native_booster": _lgbm_native,
     "torch_mlp": _torch_predict,
+    "bc_isolation_forest": _anomaly_predict,
 }
 
 

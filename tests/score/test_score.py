@@ -228,7 +228,7 @@ def test_the_column_codec_rejects_exactly_the_rows_the_records_api_refuses() -> 
     batch = pa.Table.from_pylist(rows, schema=pa.schema(list(types.items())))
     checked = ColumnCodec(manifest).check(batch)
     assert checked.rejected.tolist() == refused == [1, 2, 3, 4, 6, 7]
-    assert checked.reason[2] == "Invalid enum value 'green'"
+    assert checked.reason[2] == "Invalid enum value 'green'; expected one of 'red', 'blue'"
     assert checked.good.tolist() == [0, 5, 8]
     assert np.isnan(checked.columns["maybe"][1]) and checked.columns["note"][1] == ""
 
