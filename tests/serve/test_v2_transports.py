@@ -504,3 +504,13 @@ def test_raw_binary_request(server):
     assert ragged.status_code == 400 and "not whole rows" in ragged.json()["error"]
     strings = client.post("/v2/models/echo/infer", content=b"abc", headers=headers)
     assert strings.status_code == 400 and "fixed size per row" in strings.json()["error"]
+
+
+def test_config_names_the_labels_file_of_a_labelled_output(server):
+    """Triton's label_filename: the file given at convert, over HTTP and gRPC alike."""
+    _, client, stub = server
+    http = {o["name"]: o["label_filename"] for o in client.get("/v2/models/scores/config").json()["output"]}
+    config = stub.ModelConfig(service_pb2.ModelConfigRequest(name="scores")).config
+    assert http == {o.name: o.label_filename for o in config.output} == {"y": "labels.txt"}
+    plain = client.get("/v2/models/ident/config").json()["output"]
+    assert [o["label_filename"] for o in plain] == [""]
