@@ -1,15 +1,14 @@
 """The admin API: promote, roll back, load and unload model versions while serving.
 
-Off unless a token is configured (GATEWAY_ADMIN_TOKEN); every call needs
-`Authorization: Bearer <token>`, compared in constant time. With --admin-port, these
-routes answer only on that port. Changes are written to serving.json, the source of
-truth that every worker (and every restart) follows.
+Off unless a token is configured (GATEWAY_ADMIN_TOKEN); every call needs exactly one
+`Authorization: Bearer <token>`, checked by the V2 service's `authorize` as gRPC's are.
+With --admin-port, these routes answer only on that port. Changes are written to
+serving.json, the source of truth that every worker (and every restart) follows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -22,9 +21,7 @@ from gateway.artifacts.repository import RepositoryError, is_valid_name, is_vali
 from gateway.errors import (
     BadRequest,
     Conflict,
-    Forbidden,
     NotFound,
-    Unauthorized,
     Unprocessable,
     public_reason,
     validation_detail,
@@ -32,12 +29,17 @@ from gateway.errors import (
 from gateway.http.endpoints import json_response
 from gateway.lifecycle.registry import LOAD_ERRORS, ModelRegistry
 from gateway.settings import Settings
+from gateway.v2.service import V2Service, authorize
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class VersionBody(msgspec.Struct, forbid_unknown_fields=True):
     version: str
+
+
+class IndexBody(msgspec.Struct, forbid_unknown_fields=True):
+    ready: bool = False  # only the versions that are loaded and ready
 
 
 class CanaryBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,6 +54,7 @@ class ShadowBody(msgspec.Struct, forbid_unknown_fields=True):
 _version_body = msgspec.json.Decoder(VersionBody)
 _shadow_body = msgspec.json.Decoder(ShadowBody)
 _canary_body = msgspec.json.Decoder(CanaryBody)
+_index_body = msgspec.json.Decoder(IndexBody)
 
 
 class Admin:
@@ -59,29 +62,23 @@ class Admin:
         self.settings = settings
         self.registry = registry
         self.repository = registry.repository
+        self.v2 = V2Service(settings, registry)
+
+    def _on_admin_port(self, request: Request) -> bool:
+        port = self.settings.admin_port
+        return port is not None and bool(request.scope["server"][1] == port)
 
     def _authorize(self, request: Request) -> None:
-        token = self.settings.admin_token
-        port = self.settings.admin_port
-        off_here = port is not None and request.scope["server"][1] != port
-        if token is None or off_here:
-            if request.url.path.startswith("/v2/repository/"):
-                # Triton's clients call these unprompted: say why, not just "no route".
-                raise Forbidden(
-                    "the model repository extension is part of the admin API, which is "
-                    + (f"served on --admin-port {port} only" if off_here
-                       else "off: set GATEWAY_ADMIN_TOKEN to turn it on (calls then need "
-                            "Authorization: Bearer <token>)")
-                )  # fmt: skip
+        off_here = self.settings.admin_port is not None and not self._on_admin_port(request)
+        if self.settings.admin_token is None or off_here:
             raise NotFound(f"no route for {request.method} {request.url.path}")
-        if len(request.headers.getlist("authorization")) > 1:
-            # Proxies disagree on which of two wins: refuse rather than pick one.
-            raise BadRequest("send one Authorization header")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise Unauthorized("admin calls need Authorization: Bearer <token>")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Forbidden("invalid admin token")
+        self._authorize_repository(request)
+
+    def _authorize_repository(self, request: Request) -> None:
+        """The V2 service's check, as gRPC's: Triton's clients call these unprompted, so an
+        API that is off says why (403), not just "no route"."""
+        values = request.headers.getlist("authorization")
+        authorize(self.settings, values, "Authorization", on_admin_port=self._on_admin_port(request))
 
     def guarded(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -257,33 +254,28 @@ class Admin:
             })  # fmt: skip
         return json_response({"models": out})
 
-    # Triton's model repository extension, for clients that already speak it.
+    # Triton's model repository extension, for clients that already speak it: the V2
+    # service's operations, which gRPC calls too.
 
     async def repository_index(self, request: Request) -> Response:
-        live = self.registry.live
-        index = []
-        for name in self.repository.models():
-            for version in self.repository.versions(name):
-                loaded = any(
-                    m.name == name and m.version == version and m.ready for m in self.registry.loaded()
-                )
-                entry = {"name": name, "version": version, "state": "READY" if loaded else "UNAVAILABLE"}
-                if name in self.registry.failures and live.get(name) != version:
-                    entry["reason"] = self.registry.failures[name]
-                index.append(entry)
-        return json_response(index)
+        self._authorize_repository(request)
+        body = await request.body()
+        try:
+            ready = _index_body.decode(body).ready if body.strip() else False
+        except msgspec.ValidationError as exc:
+            raise Unprocessable('body must be {"ready": <bool>}', validation_detail(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed body: {exc}") from None
+        return json_response(self.v2.repository_index(ready))
 
     async def repository_load(self, request: Request) -> Response:
-        name = self._name(request)
-        if name not in self.repository.models():
-            raise NotFound(f"no model {name!r} in the repository")
-        version = self.repository.live_version(name)
-        return await self._switch(name, version, lambda: None)
+        self._authorize_repository(request)
+        await self.v2.repository_load(request.path_params["name"], "admin")
+        return json_response({})
 
     async def repository_unload(self, request: Request) -> Response:
-        name = self._name(request)
-        for model in [m for m in self.registry.loaded() if m.name == name]:
-            await self.registry.unload(name, model.version)
+        self._authorize_repository(request)
+        await self.v2.repository_unload(request.path_params["name"])
         return json_response({})
 
     def routes(self) -> list[Route]:
@@ -297,7 +289,7 @@ class Admin:
             Route("/admin/models/{name}", g(self.model), methods=["GET"]),
             Route("/admin/models/{name}/load", g(self.load), methods=["POST"]),
             Route("/admin/models/{name}/unload", g(self.unload), methods=["POST"]),
-            Route("/v2/repository/index", g(self.repository_index), methods=["POST"]),
-            Route("/v2/repository/models/{name}/load", g(self.repository_load), methods=["POST"]),
-            Route("/v2/repository/models/{name}/unload", g(self.repository_unload), methods=["POST"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", self.repository_load, methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", self.repository_unload, methods=["POST"]),
         ]

@@ -526,22 +526,29 @@ def _check_request(request: InferRequest) -> None:
         raise BadRequest("timeout must be a number of microseconds, 0 (none) or positive and under a day")
 
 
-_SIGNATURES: dict[int, tuple[Manifest, dict[str, TensorSpec], frozenset[str]]] = {}
+class _Signature(NamedTuple):
+    manifest: Manifest  # kept so that an id is never reused while the entry lives
+    specs: dict[str, TensorSpec]  # the inputs by name
+    outputs: frozenset[str]
+    order: tuple[str, ...]  # the inputs' names as declared: what nearly every client sends
+    batched: bool
 
 
-def _signature(manifest: Manifest) -> tuple[dict[str, TensorSpec], frozenset[str]]:
-    """The inputs by name and the output names, built once per loaded manifest, not per
-    request (keyed by identity; the manifest is kept so that an id is never reused)."""
+_SIGNATURES: dict[int, _Signature] = {}
+
+
+def _signature(manifest: Manifest) -> _Signature:
+    """What every request reads of its manifest, built once per loaded manifest, not per
+    request (keyed by identity)."""
     entry = _SIGNATURES.get(id(manifest))
-    if entry is None or entry[0] is not manifest:
+    if entry is None or entry.manifest is not manifest:
         if len(_SIGNATURES) >= 256:  # versions come and go: the oldest are long unloaded
             _SIGNATURES.clear()
-        entry = _SIGNATURES[id(manifest)] = (
-            manifest,
-            {s.name: s for s in manifest.inputs},
-            frozenset(o.name for o in manifest.outputs),
-        )
-    return entry[1], entry[2]
+        entry = _SIGNATURES[id(manifest)] = _Signature(
+            manifest, {s.name: s for s in manifest.inputs}, frozenset(o.name for o in manifest.outputs),
+            tuple(s.name for s in manifest.inputs), manifest.batched,
+        )  # fmt: skip
+    return entry
 
 
 def decode_infer(
@@ -551,9 +558,12 @@ def decode_infer(
     """Validate every declared size of every input first, then decode the data: the
     model's feeds and the request's rows."""
     _check_request(request)
-    specs, known = _signature(manifest)
-    names = [t.name for t in request.inputs]
-    if len(names) != len(specs) or not all(n in specs for n in names) or len(set(names)) != len(names):
+    signature = _signature(manifest)
+    specs, known = signature.specs, signature.outputs
+    names = tuple(t.name for t in request.inputs) if len(request.inputs) != 1 else (request.inputs[0].name,)
+    if names != signature.order and (
+        len(names) != len(specs) or not all(n in specs for n in names) or len(set(names)) != len(names)
+    ):
         missing, unknown = sorted(set(specs) - set(names)), sorted(set(names) - set(specs))
         raise Unprocessable(
             "inputs do not match the model",
@@ -586,7 +596,7 @@ def decode_infer(
             "send larger tensors as binary data (binary_data_size, or raw_input_contents)"
         )
     # A model without a batch dimension takes each request as one whole call: one "row".
-    rows_by_input = {p.tensor.shape[0] for p in plans} if manifest.batched else {1}
+    rows_by_input = {p.tensor.shape[0] for p in plans} if signature.batched else {1}
     if len(rows_by_input) != 1:
         raise Unprocessable(
             "inputs disagree on the batch size",
@@ -647,9 +657,10 @@ def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
 
 def _json_data(array: np.ndarray) -> Any:
     flat = array.reshape(-1)
-    if flat.dtype == object:
+    kind = flat.dtype.kind  # a kind's letter, not a dtype comparison: this runs per output
+    if kind == "O":
         return [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
-    if flat.dtype == np.float16:
+    if kind == "f" and flat.dtype.itemsize == 2:
         return flat.astype(np.float32)
     return flat  # orjson writes numpy arrays natively
 

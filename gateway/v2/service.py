@@ -16,7 +16,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from gateway import __version__
-from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized, Unprocessable, clip
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+    clip,
+    public_reason,
+)
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.settings import Settings
@@ -62,16 +71,20 @@ def sorted_versions(versions: Sequence[str]) -> list[str]:
     return sorted(versions, key=version_key)
 
 
-def authorize(settings: Settings, values: Sequence[str], where: str = "the metadata authorization") -> None:
+def authorize(
+    settings: Settings, values: Sequence[str], where: str = "the metadata authorization",
+    on_admin_port: bool = False,
+) -> None:  # fmt: skip
     """Admin calls: exactly one `authorization` value, `Bearer <token>`, compared in
-    constant time. Two values are refused: proxies disagree on which one wins."""
+    constant time. Two values are refused: proxies disagree on which one wins. With
+    --admin-port, only a call that arrived on that port may go on (gRPC never does)."""
     token = settings.admin_token
     if token is None:
         raise Forbidden(
             "the model repository extension is part of the admin API, which is off: set "
             "GATEWAY_ADMIN_TOKEN to turn it on (calls then need authorization: Bearer <token>)"
         )
-    if settings.admin_port is not None:
+    if settings.admin_port is not None and not on_admin_port:
         raise Forbidden(f"the admin API is served on --admin-port {settings.admin_port} only")
     if len(values) > 1:
         raise BadRequest(f"send one authorization value; {len(values)} were sent")
@@ -181,7 +194,8 @@ class V2Service:
             await self.registry.switch(name, version, source=source)
         except LOAD_ERRORS as exc:
             raise Unprocessable(
-                f"{name}:{version} was not made live: {exc}; {self.registry.live.get(name)} keeps serving"
+                f"{name}:{version} was not made live: {public_reason(exc)}; "
+                f"{self.registry.live.get(name)} keeps serving"
             ) from None
 
     async def repository_unload(self, name: str) -> None:

@@ -127,7 +127,17 @@ class ModelStats:
         }
 
 
-def _tensor(spec: TensorSpec, output: bool, batched: bool) -> dict[str, Any]:
+def _label_filename(manifest: Manifest, output: str) -> str:
+    """The labels file given at convert for this output (`--labels OUTPUT=file`), by the
+    name it had, as Triton names the file beside its model; "" for an output without."""
+    if output not in manifest.labels:
+        return ""
+    given = manifest.metadata.get("label_files", {}).get(output, {})
+    name = given.get("file") if isinstance(given, dict) else None
+    return name if isinstance(name, str) and name else f"{output}_labels.txt"
+
+
+def _tensor(spec: TensorSpec, output: bool, batched: bool, label_filename: str = "") -> dict[str, Any]:
     """Dims without the batch dimension; a tensor that is only the batch dimension is
     Triton's [1] reshaped to [], as Triton's own auto-complete writes it for ONNX."""
     dims = spec.shape[1:] if batched else spec.shape
@@ -140,7 +150,7 @@ def _tensor(spec: TensorSpec, output: bool, batched: bool) -> dict[str, Any]:
     if not dims:
         entry["reshape"] = {"shape": []}
     if output:
-        entry["label_filename"] = ""
+        entry["label_filename"] = label_filename
     else:
         entry |= {"format": "FORMAT_NONE", "allow_ragged_batch": False, "optional": False}
     return entry
@@ -171,7 +181,7 @@ def model_config(manifest: Manifest, versions: list[str], scheduling: Scheduling
         "version_policy": {"specific": {"versions": versions}},
         "max_batch_size": scheduling.max_batch_rows if batched else 0,
         "input": [_tensor(s, False, batched) for s in manifest.inputs],
-        "output": [_tensor(s, True, batched) for s in manifest.outputs],
+        "output": [_tensor(s, True, batched, _label_filename(manifest, s.name)) for s in manifest.outputs],
         "batch_input": [],
         "batch_output": [],
         "instance_group": [

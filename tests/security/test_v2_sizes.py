@@ -125,9 +125,11 @@ def test_l1_huge_numbers_are_4xx(srv):
     huge = b"1" + b"0" * 400
     bodies = [
         # parameters.timeout = 10**400 microseconds
-        b'{"parameters":{"timeout":' + huge + b'},"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}',
+        b'{"parameters":{"timeout":'
+        + huge
+        + b'},"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}',
         # an FP32 element 10**400 (an integer) and 1e400 (a float)
-        b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[' + huge + b',2,3,4]}]}',
+        b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[' + huge + b",2,3,4]}]}",
         b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1e400,2,3,4]}]}',
         # beyond float32's range: refused with a reason, not sent to the model as inf
         b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1e300,2,3,4]}]}',
@@ -138,8 +140,13 @@ def test_l1_huge_numbers_are_4xx(srv):
         assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text)
         _error(r, r.status_code)
     # 0 is Triton's "no timeout" (tritonclient's default): served.
-    r = client.post(IDENT, json={"parameters": {"timeout": 0}, "inputs": [
-        {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    r = client.post(
+        IDENT,
+        json={
+            "parameters": {"timeout": 0},
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+        },
+    )
     assert r.status_code == 200, r.text
     for timeout in (-5, True, "5", 10**11):
         r = client.post(IDENT, json={"parameters": {"timeout": timeout}, "inputs": [
@@ -203,7 +210,9 @@ def test_l8_numbers_are_parsed_strictly(srv, tensor, status):
 def test_l8_numbers_flat_or_nested_as_the_shape_are_accepted(srv):
     _, client = srv
     for data in ([1, 2, 3, 4, 5, 6, 7, 8], [[1, 2, 3, 4], [5, 6, 7, 8]]):
-        r = client.post(IDENT, json={"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": data}]})
+        r = client.post(
+            IDENT, json={"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": data}]}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["data"] == [1, 2, 3, 4, 5, 6, 7, 8]
 
@@ -230,7 +239,11 @@ def test_l8_data_and_binary_data_size_together_are_refused(srv):
     )  # fmt: skip
     _error(client.post(ECHO, content=body, headers=headers), 422)
     body, headers = _binary(
-        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]},
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
+            ]
+        },
         raw,
     )
     r = client.post(IDENT, content=body, headers=headers)
@@ -362,3 +375,42 @@ def test_g1_a_streamed_oversized_request_is_answered_with_its_id_fast(grpc_srv):
     assert first.infer_response.id == "big" and "length <= 64" in first.error_message, first
     assert second.infer_response.id == "good" and not second.error_message
     assert elapsed < 2.0, elapsed
+
+
+def _bytes_request(count: int, datatype: str = "BYTES") -> bytes:
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="ident")
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[count, 1])
+    tensor.contents.bytes_contents.extend([b""] * count)
+    return request.SerializeToString()
+
+
+def test_g1_grpc_bytes_contents_are_counted_before_the_full_parse(grpc_srv):
+    """4 M empty strings: refused by their count from the shallow parse (the full one took
+    0.25 s to make them), whatever datatype the tensor declares. This process never
+    imports gateway.grpc (its generated modules clash with tritonclient's)."""
+    import grpc
+
+    from gateway.v2.protocol import MAX_BYTES_ELEMENTS
+
+    _, address = grpc_srv
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as info:  # the limit itself passes the count
+            infer(_bytes_request(MAX_BYTES_ELEMENTS), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value  # ident takes FP32
+        assert "values in contents" not in (info.value.details() or "")
+        for count, datatype in ((MAX_BYTES_ELEMENTS + 1, "BYTES"), (4_000_000, "BYTES"), (4_000_000, "FP32")):
+            raw = _bytes_request(count, datatype)
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as info:
+                infer(raw, timeout=30)
+            elapsed = time.perf_counter() - started
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (count, datatype, info.value)
+            words = (
+                f"input 'x': over {MAX_BYTES_ELEMENTS} values in contents; the limit is {MAX_BYTES_ELEMENTS}"
+            )
+            assert words in (info.value.details() or ""), info.value
+            assert elapsed < 2.0, (count, elapsed)  # loose: the upload and ~65 k steps of counting

@@ -77,6 +77,7 @@ def server(tmp_path_factory):
     publish_echo(repo)  # echo: BYTES [-1, 1]
     _identity(repo, "i64", "INT64", 3)
     _identity(repo, "flags", "BOOL", 2)
+    _identity(repo, "spare", "FP32", 2)  # unloaded and loaded again by the repository tests
     for version in ("10", "9"):  # loaded in this order: live, then canary
         _identity(repo, "ver", "FP32", 2, version)
     Repository(repo).set_live("ver", "10")
@@ -385,6 +386,83 @@ def test_repository_operations_need_one_bearer_token(server):
         assert info.value.code() == code, (metadata, info.value)
 
 
+class Repo:
+    """Triton's repository extension over one transport; `auth` the authorization values."""
+
+    def __init__(self, server: Any, kind: str) -> None:
+        _, self.client, self.stub = server
+        self.kind = kind
+
+    def call(self, op: str, name: str = "", auth: tuple[str, ...] = (f"Bearer {TOKEN}",),
+             ready: bool = False) -> tuple[Result, list[tuple[str, str, str]]]:  # fmt: skip
+        headers = [("authorization", value) for value in auth]
+        if self.kind == "http":
+            path = "/v2/repository/index" if op == "index" else f"/v2/repository/models/{name}/{op}"
+            r = self.client.post(path, headers=headers, json={"ready": ready} if op == "index" else None)
+            if r.status_code != 200:
+                return Result(
+                    kind=KINDS.get(r.status_code, str(r.status_code)), message=r.json()["error"]
+                ), []
+            entries = r.json() if op == "index" else []
+            return Result(), [(e["name"], e["version"], e["state"]) for e in entries]
+        try:
+            if op == "index":
+                index = self.stub.RepositoryIndex(
+                    service_pb2.RepositoryIndexRequest(ready=ready), metadata=headers
+                )
+                return Result(), [(m.name, m.version, m.state) for m in index.models]
+            if op == "load":
+                self.stub.RepositoryModelLoad(
+                    service_pb2.RepositoryModelLoadRequest(model_name=name), metadata=headers
+                )
+            else:
+                request = service_pb2.RepositoryModelUnloadRequest(model_name=name)
+                self.stub.RepositoryModelUnload(request, metadata=headers)
+        except grpc.RpcError as exc:
+            return Result(kind=CODES.get(exc.code(), exc.code().name), message=exc.details() or ""), []
+        return Result(), []
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_repository_unload_and_load_alike(server, kind):
+    repo = Repo(server, kind)
+    x = [Tensor("x", np.ones((1, 2), np.float32), "FP32")]
+    infer = Grpc(repo.stub) if kind == "grpc" else Http(repo.client, binary=False)
+    assert infer.infer("spare", x).kind == "ok"
+    assert repo.call("unload", "spare")[0].kind == "ok"
+    _, index = repo.call("index")
+    assert ("spare", "1", "UNAVAILABLE") in index and ("ident", "1", "READY") in index
+    assert all(entry[0] != "spare" for entry in repo.call("index", ready=True)[1])
+    _same_refusal(infer.infer("spare", x), "not_found", "Request for unknown model: 'spare' is not found")
+    assert repo.call("load", "spare")[0].kind == "ok"
+    assert ("spare", "1", "READY") in repo.call("index", ready=True)[1]
+    assert infer.infer("spare", x).kind == "ok"
+    missing, _ = repo.call("load", "nope")
+    _same_refusal(missing, "not_found", "Request for unknown model: 'nope' is not found")
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+@pytest.mark.parametrize("op", ["index", "load", "unload"])
+@pytest.mark.parametrize(
+    ("auth", "refusal"),
+    [
+        ((), ("unauthenticated", "admin calls need")),
+        (("Basic abc",), ("unauthenticated", "admin calls need")),
+        (("Bearer wrong",), ("denied", "invalid admin token")),
+        ((f"Bearer {TOKEN}", f"Bearer {TOKEN}"), ("invalid", "send one authorization value; 2 were sent")),
+        ((f"Bearer {TOKEN}", "Bearer wrong"), ("invalid", "send one authorization value; 2 were sent")),
+    ],
+)
+def test_repository_refusals_alike(server, kind, op, auth, refusal):
+    """One check for both transports, before anything else is read (the model stays)."""
+    result, _ = Repo(server, kind).call(op, "spare", auth)
+    _same_refusal(result, *refusal)
+    assert (
+        Http(server[1], binary=False).infer("spare", [Tensor("x", np.ones((1, 2), np.float32), "FP32")]).kind
+        == "ok"
+    )
+
+
 @pytest.mark.parametrize(
     "method",
     ["ModelMetadata", "ModelReady", "ModelConfig", "ModelStatistics", "ServerMetadata", "RepositoryIndex"],
@@ -426,3 +504,13 @@ def test_raw_binary_request(server):
     assert ragged.status_code == 400 and "not whole rows" in ragged.json()["error"]
     strings = client.post("/v2/models/echo/infer", content=b"abc", headers=headers)
     assert strings.status_code == 400 and "fixed size per row" in strings.json()["error"]
+
+
+def test_config_names_the_labels_file_of_a_labelled_output(server):
+    """Triton's label_filename: the file given at convert, over HTTP and gRPC alike."""
+    _, client, stub = server
+    http = {o["name"]: o["label_filename"] for o in client.get("/v2/models/scores/config").json()["output"]}
+    config = stub.ModelConfig(service_pb2.ModelConfigRequest(name="scores")).config
+    assert http == {o.name: o.label_filename for o in config.output} == {"y": "labels.txt"}
+    plain = client.get("/v2/models/ident/config").json()["output"]
+    assert [o["label_filename"] for o in plain] == [""]
