@@ -11,7 +11,7 @@ Only the one fractions depend on the row, so everything else is built once per m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,6 +19,14 @@ from gateway.artifacts.manifest import TreeTables
 
 # Elements (rows x paths x path length) per chunk: bounds memory at ~100 MB of float64.
 CHUNK_ELEMENTS = 1 << 21
+# A path's contributions depend on the row only through which of its elements the row
+# satisfies: with L elements there are 2**L patterns, computed once at load where the
+# table stays small (elements per group, and in all); longer paths are computed per row.
+TABLE_ELEMENTS = 1 << 21
+TABLES_TOTAL = 1 << 23
+# The (path element -> user column and target) matrices, in all: ~128 MB of float64.
+MATRIX_ELEMENTS = 1 << 24
+MATRIX_ROWS = 16
 # A child with no training cover: its zero fraction, kept positive so that the UNWIND
 # step (which divides by it) stays finite; its effect on a sum is below 1e-200.
 _TINY = 1e-300
@@ -35,6 +43,8 @@ class _Paths:
     nan_ok: np.ndarray  # (paths, length) a missing value takes the path
     zero: np.ndarray  # (paths, length) zero fractions
     value: np.ndarray  # (paths, targets) leaf outputs, scaled
+    # (paths * 2**length, length): each path's weights for every pattern of its elements
+    table: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,18 @@ class TreeShap:
             for features, elements, leaf in _walk(tables, root):
                 self.expected += values[leaf] * float(np.prod([e.zero for e in elements]))
                 by_length.setdefault(len(features), []).append((features, elements, values[leaf]))
-        self.groups = [_group(length, paths) for length, paths in sorted(by_length.items()) if length]
+        groups = [_group(length, paths) for length, paths in sorted(by_length.items()) if length]
+        budget = TABLES_TOTAL
+        self.groups = []
+        for group in groups:
+            size = group.feature.shape[0] * group.length << group.length
+            if size <= min(TABLE_ELEMENTS, budget):
+                budget -= size
+                self.groups.append(replace(group, table=_table(group)))
+            else:
+                self.groups.append(group)
         self.n_features = 1 + max((int(g.feature.max()) for g in self.groups), default=-1)
+        self._matrices: dict[tuple[bytes, int], list[np.ndarray]] = {}
 
     def shap_values(self, x: np.ndarray, columns: np.ndarray | None = None, width: int = 0) -> np.ndarray:
         """(rows, columns, targets): contributions summed onto `columns[j]` for encoded
@@ -68,27 +88,62 @@ class TreeShap:
         x = np.asarray(x, dtype=np.float64)
         rows = x.shape[0]
         if columns is None:
-            columns, width = np.arange(max(x.shape[1], self.n_features)), max(x.shape[1], self.n_features)
-        phi = np.zeros((rows, width, self.n_targets))
-        for group in self.groups:
+            width = max(x.shape[1], self.n_features)
+            columns = np.arange(width)
+        # A few rows read the whole matrix for little work: bincount is cheaper there.
+        onto = self._onto(columns, width) if rows >= MATRIX_ROWS else None
+        phi = np.zeros((rows, width * self.n_targets))
+        for g, group in enumerate(self.groups):
             step = max(1, CHUNK_ELEMENTS // max(1, rows * group.length))
             for start in range(0, group.feature.shape[0], step):
                 part = slice(start, start + step)
                 contrib = self._contributions(x, group, part)  # (rows, paths, length)
-                _accumulate(phi, contrib, columns[group.feature[part]], group.value[part])
-        return phi
+                if onto is not None:
+                    phi += (
+                        contrib.reshape(rows, -1) @ onto[g][start * group.length : part.stop * group.length]
+                    )
+                else:
+                    _accumulate(phi, contrib, columns[group.feature[part]], group.value[part])
+        return phi.reshape(rows, width, self.n_targets)
+
+    def _onto(self, columns: np.ndarray, width: int) -> list[np.ndarray] | None:
+        """Per group, the matrix from (path, element) to (user column, target): the leaf's
+        value where the element's feature came from that column. A matrix product then
+        sums every path's share onto the user's columns at BLAS speed."""
+        key = (columns.tobytes(), width)
+        size = sum(g.feature.size for g in self.groups) * width * self.n_targets
+        if size > MATRIX_ELEMENTS:
+            return None  # too large to hold: summed by bincount instead, more slowly
+        if key not in self._matrices:
+            self._matrices.clear()  # one column map per model: keep the latest only
+            matrices = []
+            for group in self.groups:
+                paths, length = group.feature.shape
+                matrix = np.zeros((paths, length, width, self.n_targets))
+                p, e = np.indices((paths, length))
+                matrix[p, e, columns[group.feature]] = group.value[:, None, :]
+                matrices.append(matrix.reshape(paths * length, width * self.n_targets))
+            self._matrices[key] = matrices
+        return self._matrices[key]
 
     def _contributions(self, x: np.ndarray, group: _Paths, part: slice) -> np.ndarray:
         one = self._one_fractions(x, group, part)
-        return _unwound(one, group.zero[part], group.length)
+        if group.table is None:
+            return _unwound(one.astype(np.float64), group.zero[part], group.length)
+        patterns = np.zeros(one.shape[:2], dtype=np.intp)
+        for e in range(group.length):
+            patterns |= one[:, :, e].astype(np.intp) << e
+        first = np.arange(part.start, min(part.stop, group.feature.shape[0]))
+        found: np.ndarray = group.table[(first << group.length)[None, :] + patterns]
+        return found
 
     def _one_fractions(self, x: np.ndarray, group: _Paths, part: slice) -> np.ndarray:
         values = x[:, group.feature[part]]  # (rows, paths, length)
         lo, hi = group.lo[part], group.hi[part]
         with np.errstate(invalid="ignore"):
             inside = (values >= lo) & (values < hi) if self.strict else (values > lo) & (values <= hi)
-        one = np.where(np.isnan(values), group.nan_ok[part], inside)
-        return one.astype(np.float64)
+        one: np.ndarray = np.where(np.isnan(values), group.nan_ok[part], inside)
+        return one
 
 
 def _unwound(one: np.ndarray, zero: np.ndarray, length: int) -> np.ndarray:
@@ -121,12 +176,24 @@ def _unwound(one: np.ndarray, zero: np.ndarray, length: int) -> np.ndarray:
     return result
 
 
+def _table(group: _Paths) -> np.ndarray:
+    """Every path's contributions for all 2**length patterns of its elements."""
+    length, paths = group.length, group.feature.shape[0]
+    bits = (np.arange(1 << length)[:, None] >> np.arange(length)[None, :]) & 1  # (patterns, length)
+    one = np.broadcast_to(bits[:, None, :].astype(np.float64), (1 << length, paths, length))
+    weights = _unwound(np.ascontiguousarray(one), group.zero, length)  # (patterns, paths, length)
+    return np.ascontiguousarray(weights.transpose(1, 0, 2)).reshape(paths << length, length)
+
+
 def _accumulate(phi: np.ndarray, contrib: np.ndarray, columns: np.ndarray, value: np.ndarray) -> None:
-    rows, width, targets = phi.shape
+    rows = phi.shape[0]
+    targets = value.shape[1]
+    width = phi.shape[1] // targets
     index = (np.arange(rows)[:, None, None] * width + columns[None, :, :]).ravel()
+    view = phi.reshape(rows, width, targets)
     for t in range(targets):
         weights = (contrib * value[None, :, None, t]).ravel()
-        phi[:, :, t] += np.bincount(index, weights, minlength=rows * width).reshape(rows, width)
+        view[:, :, t] += np.bincount(index, weights, minlength=rows * width).reshape(rows, width)
 
 
 def _walk(tables: TreeTables, root: int) -> list[tuple[list[int], list[_Element], int]]:
