@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         ("large", "256-row V2 binary, records and columns JSON vs in-process ORT on the same rows",
          "one short round: a smoke test"),
         ("production", "the production configuration against the bare gateway", "one short round: a smoke test"),
+        ("explain", "explain rows/s beside shap.TreeExplainer in-process: forest and booster, 1 and 256 rows", None),
     )  # fmt: skip
     for name, help_text, quick in commands:
         command = sub.add_parser(name, help=help_text)
@@ -227,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import production
 
         print(production.markdown(production.run(args.quick, args.out, WORK)))
+        return 0
+    if args.command == "explain":
+        import tempfile
+
+        from benchmarks import explain
+
+        with tempfile.TemporaryDirectory() as work:
+            print(explain.markdown(explain.run(args.out, Path(work))["explain"]))
         return 0
     if args.command == "large":
         print(large.markdown(large.run(args.quick, args.out, WORK)))

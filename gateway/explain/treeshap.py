@@ -22,7 +22,10 @@ CHUNK_ELEMENTS = 1 << 21
 # A path's contributions depend on the row only through which of its elements the row
 # satisfies: with L elements there are 2**L patterns, computed once at load where the
 # table stays small (elements per group, and in all); longer paths are computed per row.
-TABLE_ELEMENTS = 1 << 21
+# Building a table costs ~length**2 passes over it: past 10 elements the work outgrows
+# what it saves for any request size the explain route takes.
+TABLE_ELEMENTS = 1 << 20
+TABLE_LENGTH = 10
 TABLES_TOTAL = 1 << 23
 # The (path element -> user column and target) matrices, in all: ~128 MB of float64.
 MATRIX_ELEMENTS = 1 << 24
@@ -74,7 +77,7 @@ class TreeShap:
         self.groups = []
         for group in groups:
             size = group.feature.shape[0] * group.length << group.length
-            if size <= min(TABLE_ELEMENTS, budget):
+            if group.length <= TABLE_LENGTH and size <= min(TABLE_ELEMENTS, budget):
                 budget -= size
                 self.groups.append(replace(group, table=_table(group)))
             else:
