@@ -295,3 +295,17 @@ def test_explain_has_its_own_route_in_metrics(url, models):
     assert any(
         'route="explain"' in line and "gateway_requests_total" in line for line in metrics.splitlines()
     )
+
+
+def test_openapi_describes_explain(url):
+    from openapi_spec_validator import validate
+
+    spec = httpx.get(f"{url}/openapi.json").json()
+    validate(spec)
+    for name in ("forest", "ridge", "mlp"):
+        op = spec["paths"][f"/v1/models/{name}/explain"]["post"]
+        assert op["operationId"] == f"explain_{name}"
+        assert {p["name"] for p in op["parameters"]} == ({"top", "samples"} if name == "ridge" else {"top", "class", "samples"})
+        versioned = spec["paths"][f"/v1/models/{name}/versions/{{version}}/explain"]["post"]
+        assert "version" in {p["name"] for p in versioned["parameters"]}
+    assert "/v1/models/tensor/explain" not in spec["paths"]
