@@ -40,6 +40,8 @@ def record(model: Any, framework: str, converted: Converted, table: pd.DataFrame
         return None
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     classes = converted.classes
+    if classes is None and np.asarray(converted.predict(table.iloc[:2]).value).reshape(2, -1).shape[1] > 1:
+        return None  # several values a row (multi-output regression): not explained yet
     columns = _column_map(model, [f.name for f in converted.features])
     tree_node = _tree_node(converted.onnx_model)
     if tree_node is not None and columns is not None:
