@@ -95,7 +95,7 @@ def _with_explain(
         return manifest
     progress(f"checking {explain.method} explanations against the original model")
     explain = _explain.finish(explain, model, framework, converted, manifest, model_bytes, table)
-    return msgspec.structs.replace(manifest, explain=explain)
+    return manifest if explain is None else msgspec.structs.replace(manifest, explain=explain)
 
 
 def convert(

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from converters.types import Converted
 
 CHECK_ROWS = 64
-TOLERANCE = 1e-5  # SHAP values against SHAP's, after float32 trees and float64 sums
 BACKGROUND_ROWS = 32
 _BRANCHES: dict[str, tuple[bool, bool]] = {"BRANCH_LEQ": (False, False), "BRANCH_LT": (True, False),
              "BRANCH_GT": (False, True), "BRANCH_GTE": (True, True)}  # fmt: skip
@@ -340,26 +339,32 @@ def _column_transformer_map(step: Any, names: list[str]) -> Mapped | None:
 def finish(
     explain: Explain, model: Any, framework: str, converted: Converted, manifest: Manifest,
     model_bytes: bytes, table: pd.DataFrame,
-) -> Explain:  # fmt: skip
+) -> Explain | None:  # fmt: skip
     """Fill what needs the served graph (the background mean of a linear model's input),
     then compare served explanations of sample rows with SHAP's on the original model."""
     from gateway.explain.explainer import Explainer
 
     manifest = msgspec.structs.replace(manifest, explain=explain)
     rows = table.iloc[:CHECK_ROWS]
-    if explain.method == "linear":
-        explainer = Explainer(manifest, model_bytes)
-        encoded = explainer.encoded(_feeds(manifest, table))
+    if explain.method != "sampling":
+        encoded = Explainer(manifest, model_bytes).encoded(_feeds(manifest, table))
         if encoded.shape[1] != len(explain.columns):
-            raise ConversionError("explain: the linear model's input is not the pipeline's output")
-        assert explain.linear is not None
+            # The estimator reads columns the pipeline does not make one by one (our
+            # HistGradientBoosting's category splits): attribute in the user's columns instead.
+            sampled = _sampling_explain(converted, table)
+            if sampled is None:
+                return None
+            return finish(sampled, model, framework, converted, manifest, model_bytes, table)
+    if explain.method == "linear" and explain.linear is not None:
         linear = msgspec.structs.replace(explain.linear, mean=encoded.mean(axis=0).tolist())
         explain = msgspec.structs.replace(explain, linear=linear)
         manifest = msgspec.structs.replace(manifest, explain=explain)
     from converters._explain_check import compare
 
-    error, reference = compare(explain, model, framework, converted, manifest, model_bytes, rows, table)
-    check = ExplainCheck(rows=len(rows), reference=reference, max_abs_diff=error, tolerance=TOLERANCE)
+    error, reference, tolerance = compare(
+        explain, model, framework, converted, manifest, model_bytes, rows, table
+    )
+    check = ExplainCheck(rows=len(rows), reference=reference, max_abs_diff=error, tolerance=tolerance)
     return msgspec.structs.replace(explain, check=check)
 
 
