@@ -309,3 +309,11 @@ def test_openapi_describes_explain(url):
         versioned = spec["paths"][f"/v1/models/{name}/versions/{{version}}/explain"]["post"]
         assert "version" in {p["name"] for p in versioned["parameters"]}
     assert "/v1/models/tensor/explain" not in spec["paths"]
+
+
+def test_docs_page_has_an_explain_form_with_a_chart(url):
+    page = httpx.get(f"{url}/docs").text
+    assert 'data-path="/v1/models/forest/explain"' in page
+    assert page.count('<div class="chart"></div>') == 10  # every model but the tensor one
+    assert "function bars(" in page
+    assert 'data-path="/v1/models/tensor/explain"' not in page
