@@ -39,7 +39,7 @@ def record(model: Any, framework: str, converted: Converted, table: pd.DataFrame
         return None
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     classes = converted.classes
-    if classes is None and np.asarray(converted.predict(table.iloc[:2]).value).reshape(2, -1).shape[1] > 1:
+    if classes is None and _values_per_row(converted, table) != 1:
         return None  # several values a row (multi-output regression): not explained yet
     columns = _column_map(model, [f.name for f in converted.features])
     tree_node = _tree_node(converted.onnx_model)
@@ -52,6 +52,14 @@ def record(model: Any, framework: str, converted: Converted, table: pd.DataFrame
         if linear is not None:
             return _linear_explain(final, classes, columns, linear)
     return _sampling_explain(converted, table)
+
+
+def _values_per_row(converted: Converted, table: pd.DataFrame) -> int:
+    value = converted.predict(table.iloc[:2]).value
+    if value is None:
+        return 1
+    size = np.asarray(value).size
+    return size // 2 if size % 2 == 0 else 0
 
 
 # --- trees ---------------------------------------------------------------------------
@@ -359,11 +367,17 @@ def finish(
         linear = msgspec.structs.replace(explain.linear, mean=encoded.mean(axis=0).tolist())
         explain = msgspec.structs.replace(explain, linear=linear)
         manifest = msgspec.structs.replace(manifest, explain=explain)
-    from converters._explain_check import compare
+    from converters._explain_check import NoReference, compare
 
-    error, reference, tolerance = compare(
-        explain, model, framework, converted, manifest, model_bytes, rows, table
-    )
+    try:
+        error, reference, tolerance = compare(
+            explain, model, framework, converted, manifest, model_bytes, rows, table
+        )
+    except NoReference:
+        sampled = _sampling_explain(converted, table)
+        if sampled is None or explain.method == "sampling":
+            return None
+        return finish(sampled, model, framework, converted, manifest, model_bytes, table)
     check = ExplainCheck(rows=len(rows), reference=reference, max_abs_diff=error, tolerance=tolerance)
     return msgspec.structs.replace(explain, check=check)
 

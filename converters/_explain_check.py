@@ -63,28 +63,46 @@ def compare(
 
 def _shap(explain: Explain, model: Any, framework: str, rows: pd.DataFrame,
           table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:  # fmt: skip
+    final, encode = _split(model, framework)
+    x = encode(rows)
+    if explain.method == "linear":
+        # shap.LinearExplainer's interventional values are exactly coef * (x - mean of the
+        # background) (tests/serve/test_explain.py compares with it): computed here from
+        # scikit-learn's own transform, without importing shap (seconds per convert).
+        coef = np.atleast_2d(np.asarray(final.coef_, dtype=np.float64))
+        mean = encode(table).mean(axis=0)
+        values = (x - mean)[:, :, None] * coef.T[None, :, :]
+        base = coef @ mean + np.atleast_1d(np.asarray(final.intercept_, dtype=np.float64))
+        return _onto_columns(values, explain), base, "coef * (x - sample mean) on the original pipeline"
     try:
         import shap  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ConversionError("explain: the check needs shap: pip install 'onnx-gateway[convert]'") from exc
-    final, encode = _split(model, framework)
-    x = encode(rows)
-    if explain.method == "tree":
+    try:
         explainer = shap.TreeExplainer(final, feature_perturbation="tree_path_dependent")
-        name = "shap.TreeExplainer(feature_perturbation='tree_path_dependent')"
-    else:
-        explainer = shap.LinearExplainer(final, shap.maskers.Independent(encode(table), len(table)))
-        name = "shap.LinearExplainer (interventional, the sample as background)"
+    except Exception as exc:  # shap's InvalidModelError: a model it cannot explain
+        raise NoReference(str(exc)) from exc
+    name = "shap.TreeExplainer(feature_perturbation='tree_path_dependent')"
     values = np.asarray(explainer.shap_values(x), dtype=np.float64)
     if values.ndim == 2:
         values = values[:, :, None]
     if values.shape[0] != len(rows):  # shap < 0.45: a list of (rows, features) per class
         values = np.moveaxis(values, 0, 2)
     base = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
+    return _onto_columns(values, explain), base, name
+
+
+class NoReference(ValueError):
+    """SHAP cannot explain this model (multi-class GradientBoosting): nothing to prove the
+    exact method against, so the model is sampled instead."""
+
+
+def _onto_columns(values: np.ndarray, explain: Explain) -> np.ndarray:
     columns = np.asarray(explain.columns)
     onto = np.zeros((len(columns), int(columns.max(initial=-1)) + 1))
     onto[np.arange(len(columns)), columns] = 1.0
-    return np.einsum("rjt,ju->rut", values, onto), base, name
+    summed: np.ndarray = np.einsum("rjt,ju->rut", values, onto)
+    return summed
 
 
 def _split(model: Any, framework: str) -> tuple[Any, Any]:

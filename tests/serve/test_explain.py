@@ -305,7 +305,9 @@ def test_openapi_describes_explain(url):
     for name in ("forest", "ridge", "mlp"):
         op = spec["paths"][f"/v1/models/{name}/explain"]["post"]
         assert op["operationId"] == f"explain_{name}"
-        assert {p["name"] for p in op["parameters"]} == ({"top", "samples"} if name == "ridge" else {"top", "class", "samples"})
+        assert {p["name"] for p in op["parameters"]} == (
+            {"top", "samples"} if name == "ridge" else {"top", "class", "samples"}
+        )
         versioned = spec["paths"][f"/v1/models/{name}/versions/{{version}}/explain"]["post"]
         assert "version" in {p["name"] for p in versioned["parameters"]}
     assert "/v1/models/tensor/explain" not in spec["paths"]
