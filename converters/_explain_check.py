@@ -70,8 +70,8 @@ def _shap(explain: Explain, model: Any, framework: str, rows: pd.DataFrame,
         # background) (tests/serve/test_explain.py compares with it): computed here from
         # scikit-learn's own transform, without importing shap (seconds per convert).
         coef = np.atleast_2d(np.asarray(final.coef_, dtype=np.float64))
-        mean = encode(table).mean(axis=0)
-        values = (x - mean)[:, :, None] * coef.T[None, :, :]
+        mean = np.asarray(encode(table), dtype=np.float64).mean(axis=0)
+        values = (np.asarray(x, dtype=np.float64) - mean)[:, :, None] * coef.T[None, :, :]
         base = coef @ mean + np.atleast_1d(np.asarray(final.intercept_, dtype=np.float64))
         return _onto_columns(values, explain), base, "coef * (x - sample mean) on the original pipeline"
     try:
