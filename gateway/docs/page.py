@@ -92,7 +92,8 @@ def _record_form(path: str, op: dict[str, Any], schemas: dict[str, Any], chart: 
     example = content.get("example", {})
     fields = "".join(_field(n, p, example.get(n)) for n, p in record["properties"].items())
     return (
-        f'<form data-kind="records" data-path="{html.escape(path)}" onsubmit="return send(this) && false">'
+        f'<form data-kind="{"explain" if chart else "records"}" data-path="{html.escape(path)}" '
+        'onsubmit="return send(this) && false">'
         f"<fieldset><legend>POST <code>{html.escape(path)}</code></legend>{fields}"
         '<button type="submit">Send</button>'
         # explain: the first row's contributions drawn as bars, red up and blue down

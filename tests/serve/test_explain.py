@@ -317,5 +317,6 @@ def test_docs_page_has_an_explain_form_with_a_chart(url):
     page = httpx.get(f"{url}/docs").text
     assert 'data-path="/v1/models/forest/explain"' in page
     assert page.count('<div class="chart"></div>') == 10  # every model but the tensor one
+    assert page.count('data-kind="explain"') == 10
     assert "function bars(" in page
     assert 'data-path="/v1/models/tensor/explain"' not in page
