@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         ("production", "the production configuration against the bare gateway", "one short round: a smoke test"),
         ("shapes", "batching by shape: mixed sequence lengths vs uniform, in-process", "2 s per case"),
         ("v2", "single-row V2 JSON against records on one app, alternating", "3 rounds of 1,000: a smoke test"),
+        ("explain", "explain rows/s beside shap.TreeExplainer in-process: forest and booster, 1 and 256 rows", None),
     )  # fmt: skip
     for name, help_text, quick in commands:
         command = sub.add_parser(name, help=help_text)
@@ -281,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "v2":
         print(json.dumps(_v2_command(args.quick), indent=1))
+        return 0
+    if args.command == "explain":
+        import tempfile
+
+        from benchmarks import explain
+
+        with tempfile.TemporaryDirectory() as work:
+            print(explain.markdown(explain.run(args.out, Path(work))["explain"]))
         return 0
     if args.command == "large":
         print(large.markdown(large.run(args.quick, args.out, WORK)))

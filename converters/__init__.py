@@ -83,6 +83,21 @@ def _output_specs(converted: Any, onnx_model: Any) -> tuple[list[Any], list[Any]
     return inputs, [msgspec.structs.replace(o, role=role_of.get(o.name, "other")) for o in outputs]
 
 
+def _with_explain(
+    manifest: Manifest, model: Any, framework: str, converted: Any, model_bytes: bytes,
+    table: pd.DataFrame, progress: Callable[[str], None],
+) -> Manifest:  # fmt: skip
+    """Record how `/explain` attributes predictions, proven against SHAP on sample rows."""
+    from converters import _explain
+
+    explain = _explain.record(model, framework, converted, table)
+    if explain is None:
+        return manifest
+    progress(f"checking {explain.method} explanations against the original model")
+    explain = _explain.finish(explain, model, framework, converted, manifest, model_bytes, table)
+    return manifest if explain is None else msgspec.structs.replace(manifest, explain=explain)
+
+
 def convert(
     model_path: Path,
     *,
@@ -170,6 +185,8 @@ def convert(
             if not synthesised
             else None,
         )
+        with _step("explain", converted.estimator, "convert with --sample rows of the training data"):
+            manifest = _with_explain(manifest, model, detected, converted, model_bytes, table, progress)
     progress(f"writing {repo}/{name}/{version}")
     try:
         repository.publish(manifest, model_bytes)

@@ -25,7 +25,13 @@ from gateway.errors import GatewayError
 from gateway.http.admin import Admin
 from gateway.http.admission import AdmissionGate
 from gateway.http.asgi import RequestIdHeader
-from gateway.http.endpoints import Endpoints, InferV2Endpoint, PredictEndpoint, json_response
+from gateway.http.endpoints import (
+    Endpoints,
+    ExplainEndpoint,
+    InferV2Endpoint,
+    PredictEndpoint,
+    json_response,
+)
 from gateway.http.failures import LogFailures
 from gateway.http.hotpath import HotPathRouter
 from gateway.lifecycle.registry import LoadedModel, ModelRegistry, RuntimeFactory, ort_runtime
@@ -57,6 +63,7 @@ def create_app(
     endpoints = Endpoints(settings, registry)
     telemetry.registry.collect_hooks.append(lambda: telemetry.ready.set((), float(registry.all_ready())))
     predict = PredictEndpoint(settings, registry, telemetry)
+    explain = ExplainEndpoint(settings, registry, telemetry)
     grpc_service = None
     if settings.grpc_port is not None:
         from gateway.grpc.service import GrpcService  # grpc loads only when it serves
@@ -167,7 +174,7 @@ def create_app(
         settings.max_concurrency, settings.max_inflight_bytes, settings.max_body_bytes,
         on_shed=lambda: telemetry.rejected.inc(("", "", "admission")),
     )  # fmt: skip
-    router = HotPathRouter(RequestIdHeader(LogFailures(app, telemetry)), predict, infer)
+    router = HotPathRouter(RequestIdHeader(LogFailures(app, telemetry)), predict, infer, explain)
     return AdmissionGate(router, admission)
 
 

@@ -115,6 +115,69 @@ class Reference(_Struct, frozen=True):
     prediction: FeatureReference | None = None
 
 
+class TreeTables(_Struct, frozen=True):
+    """The explained tree ensemble, one entry per node of every tree (read from the ONNX
+    graph's TreeEnsemble attributes), with each node's training cover (recorded from the
+    original model: ONNX keeps no covers, path-dependent TreeSHAP weighs by them).
+    `yes`/`no` index the child taken when the test holds or not (-1 at a leaf); a leaf's
+    outputs are `values[node * n_targets : (node + 1) * n_targets]`."""
+
+    roots: list[int]
+    feature: list[int]
+    threshold: list[float]
+    yes: list[int]
+    no: list[int]
+    missing_yes: list[bool]
+    cover: list[float]
+    values: list[float]
+    n_targets: int
+    # BRANCH_LT (x < t) rather than BRANCH_LEQ (x <= t).
+    strict: bool = False
+    base: list[float] = []
+    scale: float = 1.0
+
+
+class Linear(_Struct, frozen=True):
+    """coef[target][encoded column]; contributions coef * (x - mean)."""
+
+    coef: list[list[float]]
+    intercept: list[float]
+    mean: list[float]
+
+
+class ExplainCheck(_Struct, frozen=True):
+    """What `gateway convert` measured against SHAP on the original model."""
+
+    rows: int
+    reference: str
+    max_abs_diff: float
+    tolerance: float
+
+
+ExplainMethod = Literal["tree", "linear", "sampling"]
+ExplainOutput = Literal["probability", "margin", "value"]
+
+
+class Explain(_Struct, frozen=True):
+    """How `/explain` attributes a prediction to the user's columns.
+
+    tree and linear explain the estimator's input (`encoded`, a value inside the ONNX
+    graph), whose column j came from user feature `columns[j]`; sampling perturbs the
+    user's own columns against `background`, rows of the training sample."""
+
+    method: ExplainMethod
+    output: ExplainOutput
+    # The class each explained target stands for (classifiers); a binary margin model
+    # explains class 1 alone and class 0 is its negation.
+    targets: list[int] = []
+    encoded: str | None = None
+    columns: list[int] = []
+    trees: TreeTables | None = None
+    linear: Linear | None = None
+    background: list[dict[str, Any]] = []
+    check: ExplainCheck | None = None
+
+
 class Manifest(_Struct, frozen=True, dict=True):  # dict: room for cached properties
     name: str
     version: str
@@ -133,6 +196,7 @@ class Manifest(_Struct, frozen=True, dict=True):  # dict: room for cached proper
     parity: Parity | None = None
     reference: Reference | None = None
     metadata: dict[str, Any] = {}
+    explain: Explain | None = None
     schema_version: int = SCHEMA_VERSION
 
     def output(self, role: OutputRole) -> TensorSpec | None:

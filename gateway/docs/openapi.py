@@ -442,6 +442,64 @@ def _admin_paths(names: list[str]) -> dict[str, Any]:
     }
 
 
+def _explain(model: LoadedModel, predict: dict[str, Any]) -> dict[str, Any]:
+    """The predict bodies; per row the prediction and each user column's contribution."""
+    from gateway.explain.answer import MAX_ROWS, MAX_SAMPLED_ROWS
+    from gateway.explain.explainer import DEFAULT_SAMPLES, MAX_SAMPLES
+
+    spec = model.manifest.explain
+    assert spec is not None
+    names = [f.name for f in model.manifest.features]
+    entry = {
+        "type": "object",
+        "required": ["prediction", "output", "base_value", "contributions"],
+        "properties": {
+            "prediction": _prediction_schema(model.manifest),
+            "output": {"type": "string", "enum": [spec.output]},
+            "class": {},
+            "base_value": {"type": "number"},
+            "contributions": {"type": "object", "properties": {n: {"type": "number"} for n in names},
+                              "additionalProperties": False},
+            "samples": {"type": "integer"},
+            "error_bound": {"type": "number", "description": "95 % half-width of the sampling error"},
+        },
+    }  # fmt: skip
+    response = {
+        "type": "object",
+        "required": ["model", "version", "explanations"],
+        "properties": {"model": {"type": "string"}, "version": {"type": "string"},
+                       "explanations": {"type": "array", "items": entry}},
+    }  # fmt: skip
+    rows = MAX_SAMPLED_ROWS if spec.method == "sampling" else MAX_ROWS
+    query = [
+        {"name": "top", "in": "query", "required": False, "description": "the k largest by magnitude",
+         "schema": {"type": "integer", "minimum": 1}},
+        {"name": "class", "in": "query", "required": False,
+         "description": "the class to explain (default: the predicted one)",
+         "schema": {"type": "string", "enum": [str(c) for c in model.manifest.classes or []]}},
+        {"name": "samples", "in": "query", "required": False, "description": "sampling only",
+         "schema": {"type": "integer", "minimum": 2, "maximum": MAX_SAMPLES, "default": DEFAULT_SAMPLES}},
+    ]  # fmt: skip
+    if model.manifest.classes is None:
+        query = [q for q in query if q["name"] != "class"]
+    method = {
+        "tree": "exact path-dependent TreeSHAP",
+        "linear": "exact linear contributions",
+        "sampling": "a permutation-sampling Shapley estimate with its error bound",
+    }[spec.method]
+    op = dict(predict["post"])
+    op |= {
+        "summary": f"Explain {model.name}'s predictions per column ({method})",
+        "description": f"The predict bodies, at most {rows} rows. Per row: the prediction, `output` "
+        f"({spec.output}), `class`, `base_value` and one contribution per column, adding up to the "
+        "explained output. Also at `/v1/models/{name}:explain` (KServe V1).",
+        "operationId": f"explain_{model.name}",
+        "parameters": query,
+        "responses": {"200": _ok("explanations", response), **_errors(_INFERENCE_ERRORS)},
+    }
+    return {"post": op}
+
+
 def build_openapi(models: list[LoadedModel], version: str, max_rows: int = 4096) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {"Error": _ERROR}
@@ -453,6 +511,15 @@ def build_openapi(models: list[LoadedModel], version: str, max_rows: int = 4096)
             predict = _predict(model, record, schemas[record], max_rows)
             paths[f"/v1/models/{name}/predict"] = predict
             paths[f"/v1/models/{name}/versions/{{version}}/predict"] = _versioned(predict, model)
+            if model.manifest.explain is not None:
+                explain = _explain(model, predict)
+                paths[f"/v1/models/{name}/explain"] = explain
+                versioned = _versioned(explain, model)
+                versioned["post"]["parameters"] = [
+                    *explain["post"]["parameters"],
+                    *versioned["post"]["parameters"],
+                ]
+                paths[f"/v1/models/{name}/versions/{{version}}/explain"] = versioned
         schemas[f"{name}_infer_request"] = _infer_request(model.manifest)
         schemas[f"{name}_infer_response"] = _infer_response(model.manifest)
         infer = _infer(model)

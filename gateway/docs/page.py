@@ -23,6 +23,8 @@ td,th{padding:.2em .8em;text-align:left;vertical-align:top}code{font-size:.95em}
 pre,textarea{background:#f4f4f4;padding:.8em;overflow:auto;width:100%;box-sizing:border-box}
 fieldset{border:1px solid #ccc;margin:1em 0;padding:1em}label{display:block;margin:.3em 0}
 label span{display:inline-block;min-width:14em}small{color:#666}button{margin:.5em 0}
+.bar{display:flex;align-items:center;height:1.4em}.bar span{width:14em}.bar i{display:block;height:1em}
+.bar b{font-weight:normal;margin-left:.5em;font-size:.9em}
 """
 # Reads each form's fields into one record, or the textarea's JSON for V2, posts it to the
 # form's path (relative: under a proxy's prefix the page and its forms move together), and
@@ -64,7 +66,23 @@ async function send(form){
   const res=await fetch(form.dataset.path,{method:'POST',headers:{'content-type':'application/json'},body});
   const text=await res.text();out.textContent=res.status+' '+text;
   if(res.ok){try{table.innerHTML=answer(JSON.parse(text));}catch(e){}}
+  const chart=form.querySelector('div.chart');if(chart&&res.ok){bars(chart,JSON.parse(text));}
   return false;}
+function bars(chart,answer){
+  const e=answer.explanations[0];const items=Object.entries(e.contributions);
+  const top=Math.max(...items.map(([,v])=>Math.abs(v)),1e-12);
+  chart.replaceChildren();
+  const head=document.createElement('p');
+  head.textContent=`${e.output}${'class' in e?' of '+e['class']:''}: base ${e.base_value.toFixed(4)}`;
+  chart.appendChild(head);
+  for(const [name,v] of items){
+    const row=document.createElement('div');row.className='bar';
+    const label=document.createElement('span');label.textContent=name;
+    const bar=document.createElement('i');bar.style.width=(45*Math.abs(v)/top)+'%';
+    bar.style.marginLeft=v<0?(45-45*Math.abs(v)/top)+'%':'45%';
+    bar.style.background=v<0?'#2b6cb0':'#c53030';
+    const value=document.createElement('b');value.textContent=v.toFixed(4);
+    row.append(label,bar,value);chart.appendChild(row);}}
 """
 
 
@@ -143,16 +161,19 @@ def _classes(op: dict[str, Any]) -> str:
     return f"<p><small>predicts one of the classes {shown}, with each one's probability</small></p>"
 
 
-def _record_form(path: str, op: dict[str, Any], schemas: dict[str, Any]) -> str:
+def _record_form(path: str, op: dict[str, Any], schemas: dict[str, Any], chart: bool = False) -> str:
     content = op["requestBody"]["content"]["application/json"]
     record = schemas[content["schema"]["oneOf"][0]["$ref"].rsplit("/", 1)[-1]]
     example = content.get("example", {})
     fields = "".join(_field(n, p, example.get(n)) for n, p in record["properties"].items())
     return (
-        f'<form data-kind="records" data-path="{html.escape(_relative(path))}" '
+        f'<form data-kind="{"explain" if chart else "records"}" data-path="{html.escape(_relative(path))}" '
         'onsubmit="return send(this) && false" novalidate>'
         f"<fieldset><legend>POST <code>{html.escape(path)}</code></legend>{_classes(op)}{fields}"
-        f'<button type="submit">Send</button>{_ANSWER}</fieldset></form>'
+        '<button type="submit">Send</button>'
+        # explain: the first row's contributions drawn as bars, red up and blue down
+        + ('<div class="chart"></div>' if chart else "")
+        + f"{_ANSWER}</fieldset></form>"
     )
 
 
@@ -185,6 +206,8 @@ def _model_sections(spec: dict[str, Any]) -> str:
         model = op["tags"][0]
         if path.endswith("/predict"):
             sections.setdefault(model, []).insert(0, _record_form(path, op, schemas))
+        elif path.endswith("/explain"):
+            sections.setdefault(model, []).append(_record_form(path, op, schemas, chart=True))
         elif path.endswith("/infer"):
             sections.setdefault(model, []).append(_v2_form(path, op))
     return "".join(

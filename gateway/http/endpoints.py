@@ -8,6 +8,7 @@ with a deadline, encode), then answer with the status its errors map to.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,8 +24,11 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     Overloaded,
+    Unprocessable,
     UnsupportedMediaType,
 )
+from gateway.explain import answer as explain_answer
+from gateway.explain.cache import Explainers
 from gateway.http import compression
 from gateway.http.asgi import (
     JSON,
@@ -162,6 +166,64 @@ class PredictEndpoint(InferenceEndpoint):
             payload["predictions"] = orjson.loads(predictions)
             return _msgpack_encoder.encode(payload), [(b"content-type", MSGPACK)]
         return codec.head + predictions + b"}", [(b"content-type", JSON)]
+
+
+class ExplainEndpoint(PredictEndpoint):
+    """`/v1/models/{name}[/versions/{version}]/explain`: the predict bodies; per row the
+    prediction and each user column's contribution to it. The prediction comes from the
+    batcher as predict's does; the attribution runs in a worker thread, off the loop."""
+
+    route = "explain"
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
+        super().__init__(settings, registry, telemetry)
+        self.explainers = Explainers(registry.repository)
+
+    def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
+        asked = explain_answer.options(scope.get("query_string", b""))
+        if model.records is None or model.manifest.explain is None:
+            raise Unprocessable(
+                f"model {model.name!r} has nothing to explain by: "
+                + ("it takes tensors, not named columns" if model.records is None
+                   else "its manifest records no explanation method; convert it again with a sample")
+            )  # fmt: skip
+        klass = explain_answer.class_index(model.manifest, asked.klass)
+        payload, form = model.records.decode(body, media_type(scope) == MSGPACK)
+        feeds, rows = model.records.to_feeds(payload, form)
+        explain_answer.check_rows(rows, model.manifest.explain.method)
+        return Decoded(feeds, rows, deadline_from(scope, self.settings), (model.records, asked, klass))
+
+    def encode(
+        self, model: LoadedModel, scope: Scope, decoded: Decoded, outputs: dict[str, np.ndarray]
+    ) -> Any:
+        codec, asked, klass = decoded.request
+        predictions = orjson.loads(codec.encode(outputs))
+        msgpack = header(scope, b"accept") == MSGPACK
+        return model, decoded.feeds, predictions, asked, klass, msgpack
+
+    async def answer(self, call: Call, scope: Scope, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """Predict's sequence, then the attribution: off the event loop, after the batch."""
+        params = scope["path_params"]
+        result = await self.core.infer(
+            call,
+            params["name"],
+            params.get("version"),
+            lambda model: self.decode(model, scope, raw),
+            lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
+            raw,
+        )
+        return await self.complete(result)
+
+    async def complete(self, result: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        model, feeds, predictions, asked, klass, msgpack = result
+        explainer = await self.explainers.get(model)
+        attribution = await asyncio.to_thread(explainer.attribute, feeds, asked.samples)
+        payload = {"model": model.name, "version": model.version, "explanations":
+                   explain_answer.explanations(model.manifest, predictions, attribution, klass,
+                                               asked.top, asked.samples)}  # fmt: skip
+        if msgpack:
+            return _msgpack_encoder.encode(payload), [(b"content-type", MSGPACK)]
+        return orjson.dumps(payload), [(b"content-type", JSON)]
 
 
 class InferV2Endpoint(InferenceEndpoint):

@@ -14,13 +14,21 @@ from gateway.types import ASGIApp, Receive, Scope, Send
 class HotPathRouter:
     """`/v1/models/{name}[/versions/{v}]/predict` and `/v2/models/{name}[/versions/{v}]/infer`."""
 
-    def __init__(self, app: ASGIApp, predict: InferenceEndpoint, infer: InferenceEndpoint) -> None:
+    def __init__(
+        self, app: ASGIApp, predict: InferenceEndpoint, infer: InferenceEndpoint,
+        explain: InferenceEndpoint | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
         self._endpoints = {("v1", "predict"): predict, ("v2", "infer"): infer}
+        if explain is not None:
+            self._endpoints[("v1", "explain")] = explain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             parts = scope["path"].split("/")
+            if len(parts) in (4, 6) and parts[1] == "v1" and ":" in parts[-1]:
+                # KServe V1: /v1/models/{name}:predict (and :explain) as the slash forms.
+                parts[-1:] = parts[-1].rsplit(":", 1)
             # ["", "v1", "models", name, "predict"] or [..., name, "versions", v, "predict"]
             if len(parts) in (5, 7) and parts[2] == "models" and parts[3]:
                 endpoint = self._endpoints.get((parts[1], parts[-1]))

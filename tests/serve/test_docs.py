@@ -98,7 +98,7 @@ def test_every_example_is_valid_and_answered(spec, server):
         assert r.status_code == 200, (path, r.text)
         _validator(spec, op["responses"]["200"]["content"]["application/json"]["schema"]).validate(r.json())
         sent += 1
-    assert sent == 8  # predict and infer, live and versioned, for both models
+    assert sent == 12  # predict, explain and infer, live and versioned, for both models
     for path, ops in spec["paths"].items():
         if "get" in ops and not path.startswith("/admin"):
             r = httpx.get(server.url + _concrete(path, spec))

@@ -1,0 +1,240 @@
+"""Exact path-dependent TreeSHAP (Lundberg et al. 2020, algorithm 2) in numpy.
+
+The recursive algorithm visits every node of every tree for each row. Here each
+root-to-leaf path is one unit instead (as GPUTreeShap does): a path's splits on the same
+feature merge into one element with a zero fraction (the share of training cover that
+takes the path) and a one fraction (1 where the row takes the path, else 0). The EXTEND
+step is a single vector operation per element, the UNWIND recurrence runs for all of a
+path's elements at once, and all paths of the same length, for all rows, go together.
+Only the one fractions depend on the row, so everything else is built once per model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from gateway.artifacts.manifest import TreeTables
+
+# Elements (rows x paths x path length) per chunk: bounds memory at ~100 MB of float64.
+CHUNK_ELEMENTS = 1 << 21
+# A path's contributions depend on the row only through which of its elements the row
+# satisfies: with L elements there are 2**L patterns, computed once at load where the
+# table stays small (elements per group, and in all); longer paths are computed per row.
+# Building a table costs ~length**2 passes over it: past 10 elements the work outgrows
+# what it saves for any request size the explain route takes.
+TABLE_ELEMENTS = 1 << 20
+TABLE_LENGTH = 10
+TABLES_TOTAL = 1 << 23
+# The (path element -> user column and target) matrices, in all: ~128 MB of float64.
+MATRIX_ELEMENTS = 1 << 24
+MATRIX_ROWS = 16
+# A child with no training cover: its zero fraction, kept positive so that the UNWIND
+# step (which divides by it) stays finite; its effect on a sum is below 1e-200.
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class _Paths:
+    """All root-to-leaf paths with `length` distinct features."""
+
+    length: int
+    feature: np.ndarray  # (paths, length) encoded column
+    lo: np.ndarray  # (paths, length) the row's value must lie above lo ...
+    hi: np.ndarray  # ... and at or below hi (for strict trees: at or above lo, below hi)
+    nan_ok: np.ndarray  # (paths, length) a missing value takes the path
+    zero: np.ndarray  # (paths, length) zero fractions
+    value: np.ndarray  # (paths, targets) leaf outputs, scaled
+    # (paths * 2**length, length): each path's weights for every pattern of its elements
+    table: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Element:
+    lo: float = -np.inf
+    hi: float = np.inf
+    nan_ok: bool = True
+    zero: float = 1.0
+
+
+class TreeShap:
+    """SHAP values of a tree ensemble's summed (scaled) output, per encoded column."""
+
+    def __init__(self, tables: TreeTables) -> None:
+        self.n_targets = tables.n_targets
+        self.strict = tables.strict
+        values = np.asarray(tables.values, dtype=np.float64).reshape(-1, self.n_targets) * tables.scale
+        base = np.asarray(tables.base or [0.0] * self.n_targets, dtype=np.float64)
+        self.expected = base.copy()
+        by_length: dict[int, list[tuple[list[int], list[_Element], np.ndarray]]] = {}
+        for root in tables.roots:
+            for features, elements, leaf in _walk(tables, root):
+                self.expected += values[leaf] * float(np.prod([e.zero for e in elements]))
+                by_length.setdefault(len(features), []).append((features, elements, values[leaf]))
+        groups = [_group(length, paths) for length, paths in sorted(by_length.items()) if length]
+        budget = TABLES_TOTAL
+        self.groups = []
+        for group in groups:
+            size = group.feature.shape[0] * group.length << group.length
+            if group.length <= TABLE_LENGTH and size <= min(TABLE_ELEMENTS, budget):
+                budget -= size
+                self.groups.append(replace(group, table=_table(group)))
+            else:
+                self.groups.append(group)
+        self.n_features = 1 + max((int(g.feature.max()) for g in self.groups), default=-1)
+        self._matrices: dict[tuple[bytes, int], list[np.ndarray]] = {}
+
+    def shap_values(self, x: np.ndarray, columns: np.ndarray | None = None, width: int = 0) -> np.ndarray:
+        """(rows, columns, targets): contributions summed onto `columns[j]` for encoded
+        column j (identity when None); they add up to output - expected."""
+        x = np.asarray(x, dtype=np.float64)
+        rows = x.shape[0]
+        if columns is None:
+            width = max(x.shape[1], self.n_features)
+            columns = np.arange(width)
+        # A few rows read the whole matrix for little work: bincount is cheaper there.
+        onto = self._onto(columns, width) if rows >= MATRIX_ROWS else None
+        phi = np.zeros((rows, width * self.n_targets))
+        for g, group in enumerate(self.groups):
+            step = max(1, CHUNK_ELEMENTS // max(1, rows * group.length))
+            for start in range(0, group.feature.shape[0], step):
+                part = slice(start, start + step)
+                contrib = self._contributions(x, group, part)  # (rows, paths, length)
+                if onto is not None:
+                    phi += (
+                        contrib.reshape(rows, -1) @ onto[g][start * group.length : part.stop * group.length]
+                    )
+                else:
+                    _accumulate(phi, contrib, columns[group.feature[part]], group.value[part])
+        return phi.reshape(rows, width, self.n_targets)
+
+    def _onto(self, columns: np.ndarray, width: int) -> list[np.ndarray] | None:
+        """Per group, the matrix from (path, element) to (user column, target): the leaf's
+        value where the element's feature came from that column. A matrix product then
+        sums every path's share onto the user's columns at BLAS speed."""
+        key = (columns.tobytes(), width)
+        size = sum(g.feature.size for g in self.groups) * width * self.n_targets
+        if size > MATRIX_ELEMENTS:
+            return None  # too large to hold: summed by bincount instead, more slowly
+        if key not in self._matrices:
+            self._matrices.clear()  # one column map per model: keep the latest only
+            matrices = []
+            for group in self.groups:
+                paths, length = group.feature.shape
+                matrix = np.zeros((paths, length, width, self.n_targets))
+                p, e = np.indices((paths, length))
+                matrix[p, e, columns[group.feature]] = group.value[:, None, :]
+                matrices.append(matrix.reshape(paths * length, width * self.n_targets))
+            self._matrices[key] = matrices
+        return self._matrices[key]
+
+    def _contributions(self, x: np.ndarray, group: _Paths, part: slice) -> np.ndarray:
+        one = self._one_fractions(x, group, part)
+        if group.table is None:
+            return _unwound(one.astype(np.float64), group.zero[part], group.length)
+        patterns = np.zeros(one.shape[:2], dtype=np.intp)
+        for e in range(group.length):
+            patterns |= one[:, :, e].astype(np.intp) << e
+        first = np.arange(part.start, min(part.stop, group.feature.shape[0]))
+        found: np.ndarray = group.table[(first << group.length)[None, :] + patterns]
+        return found
+
+    def _one_fractions(self, x: np.ndarray, group: _Paths, part: slice) -> np.ndarray:
+        values = x[:, group.feature[part]]  # (rows, paths, length)
+        lo, hi = group.lo[part], group.hi[part]
+        with np.errstate(invalid="ignore"):
+            inside = (values >= lo) & (values < hi) if self.strict else (values > lo) & (values <= hi)
+        one: np.ndarray = np.where(np.isnan(values), group.nan_ok[part], inside)
+        return one
+
+
+def _unwound(one: np.ndarray, zero: np.ndarray, length: int) -> np.ndarray:
+    """Each element's SHAP weight times (one - zero): EXTEND the whole path (a dummy
+    element first), then UNWIND each element from it (the UNWOUND_PATH_SUM step)."""
+    rows, paths = one.shape[:2]
+    top = length + 1  # elements with the dummy
+    w = np.zeros((rows, paths, top))
+    w[..., 0] = 1.0
+    k = np.arange(top, dtype=np.float64)
+    for e in range(length):
+        depth = e + 1
+        z, o = zero[None, :, e, None], one[:, :, e, None]
+        shifted = np.concatenate([np.zeros((rows, paths, 1)), w[..., :-1]], axis=2)
+        w = (z * w * (depth - k) + o * shifted * k) / (depth + 1)
+        w[..., depth + 1 :] = 0.0
+    z = zero[None, :, :]
+    # Rows not on the path (one = 0): a closed form.
+    scale = (length + 1) / (length - k[:length])
+    total_cold = (w[..., :length] * scale).sum(axis=2)[..., None] / z
+    # Rows on it (one = 1): the recurrence, for all elements at once.
+    next_one = np.broadcast_to(w[..., length, None], one.shape).copy()
+    total_hot = np.zeros_like(one)
+    for j in range(length - 1, -1, -1):
+        tmp = next_one * ((length + 1) / (j + 1))
+        total_hot += tmp
+        next_one = w[..., j, None] - tmp * z * ((length - j) / (length + 1))
+    total = np.where(one > 0, total_hot, total_cold)
+    result: np.ndarray = total * (one - z)
+    return result
+
+
+def _table(group: _Paths) -> np.ndarray:
+    """Every path's contributions for all 2**length patterns of its elements."""
+    length, paths = group.length, group.feature.shape[0]
+    bits = (np.arange(1 << length)[:, None] >> np.arange(length)[None, :]) & 1  # (patterns, length)
+    one = np.broadcast_to(bits[:, None, :].astype(np.float64), (1 << length, paths, length))
+    weights = _unwound(np.ascontiguousarray(one), group.zero, length)  # (patterns, paths, length)
+    return np.ascontiguousarray(weights.transpose(1, 0, 2)).reshape(paths << length, length)
+
+
+def _accumulate(phi: np.ndarray, contrib: np.ndarray, columns: np.ndarray, value: np.ndarray) -> None:
+    rows = phi.shape[0]
+    targets = value.shape[1]
+    width = phi.shape[1] // targets
+    index = (np.arange(rows)[:, None, None] * width + columns[None, :, :]).ravel()
+    view = phi.reshape(rows, width, targets)
+    for t in range(targets):
+        weights = (contrib * value[None, :, None, t]).ravel()
+        view[:, :, t] += np.bincount(index, weights, minlength=rows * width).reshape(rows, width)
+
+
+def _walk(tables: TreeTables, root: int) -> list[tuple[list[int], list[_Element], int]]:
+    """Every leaf under `root`: the distinct features on its path, each with the interval
+    a row's value must lie in, and the leaf's index."""
+    found: list[tuple[list[int], list[_Element], int]] = []
+    stack: list[tuple[int, dict[int, _Element]]] = [(root, {})]
+    while stack:
+        node, conditions = stack.pop()
+        yes = tables.yes[node]
+        if yes < 0:
+            features = list(conditions)
+            found.append((features, [conditions[f] for f in features], node))
+            continue
+        no, feature, threshold = tables.no[node], tables.feature[node], tables.threshold[node]
+        cover = tables.cover[node] or _TINY
+        for child, took_yes in ((yes, True), (no, False)):
+            current = conditions.get(feature, _Element())
+            element = _Element(
+                lo=current.lo if took_yes else max(current.lo, threshold),
+                hi=min(current.hi, threshold) if took_yes else current.hi,
+                nan_ok=current.nan_ok and tables.missing_yes[node] == took_yes,
+                zero=current.zero * max(tables.cover[child] / cover, _TINY),
+            )
+            stack.append((child, {**conditions, feature: element}))
+    return found
+
+
+def _group(length: int, paths: list[tuple[list[int], list[_Element], np.ndarray]]) -> _Paths:
+    def table(field: str) -> np.ndarray:
+        return np.asarray([[getattr(e, field) for e in elements] for _, elements, _ in paths])
+
+    return _Paths(
+        length=length,
+        feature=np.asarray([features for features, _, _ in paths], dtype=np.intp),
+        lo=table("lo").astype(np.float64),
+        hi=table("hi").astype(np.float64),
+        nan_ok=table("nan_ok").astype(bool),
+        zero=table("zero").astype(np.float64),
+        value=np.asarray([v for _, _, v in paths], dtype=np.float64),
+    )

@@ -1,0 +1,325 @@
+"""`/explain` over loopback: contributions per user column against SHAP on the original
+model, additivity on every row, top, class, the KServe V1 form, and its refusals. Covers the
+serving side end to end: gateway/explain/answer.py (options, row limits, the answer),
+gateway/explain/cache.py (built on first use, sha256-checked), gateway/explain/explainer.py
+(linear and sampling) and gateway/explain/graph.py (the estimator's input exposed)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import httpx
+import joblib
+import msgspec
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.ensemble import (
+    ExtraTreesRegressor,
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from converters import convert
+from tests.conftest import start_server
+from tests.convert.zoo import churn_frame, churn_preprocessor
+
+shap = pytest.importorskip("shap")
+xgboost = pytest.importorskip("xgboost")
+lightgbm = pytest.importorskip("lightgbm")
+
+pytestmark = pytest.mark.slow
+TEST_ROWS = 12
+
+
+def _churn() -> tuple[pd.DataFrame, np.ndarray]:
+    return churn_frame(400, seed=3)
+
+
+def _cancer(columns: int = 6) -> tuple[pd.DataFrame, np.ndarray]:
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return x.iloc[:, :columns], y.to_numpy()
+
+
+def _diabetes() -> tuple[pd.DataFrame, np.ndarray]:
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    return x, y.to_numpy()
+
+
+def _models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
+    """name: (fitted model, training frame, framework, how to explain it)."""
+    churn, churn_y = _churn()
+    cancer, cancer_y = _cancer()
+    diabetes, diabetes_y = _diabetes()
+    return {
+        "forest": (make_pipeline(churn_preprocessor(), RandomForestClassifier(20, max_depth=6, random_state=0))
+                   .fit(churn, churn_y), churn, "sklearn", "tree"),
+        "extra-trees": (ExtraTreesRegressor(15, max_depth=6, random_state=0).fit(diabetes, diabetes_y),
+                        diabetes, "sklearn", "tree"),
+        "gboost": (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0)
+                   .fit(cancer, cancer_y), cancer, "sklearn", "tree"),
+        "hgb": (make_pipeline(churn_preprocessor(), HistGradientBoostingClassifier(max_iter=20, random_state=0))
+                .fit(churn, churn_y), churn, "sklearn", "tree"),
+        "xgb": (xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(cancer, cancer_y), cancer, "xgboost", "tree"),
+        "lgbm": (lightgbm.LGBMClassifier(n_estimators=20, num_leaves=8, verbose=-1).fit(cancer, cancer_y),
+                 cancer, "lightgbm", "tree"),
+        "churn-logreg": (make_pipeline(churn_preprocessor(), LogisticRegression(max_iter=1000)).fit(churn, churn_y),
+                         churn, "sklearn", "linear"),
+        "ridge": (Ridge().fit(diabetes, diabetes_y), diabetes, "sklearn", "linear"),
+        "mlp": (make_pipeline(StandardScaler(), MLPClassifier((8,), max_iter=300, random_state=0))
+                .fit(cancer, cancer_y), cancer, "sklearn", "sampling"),
+        "svc": (make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)).fit(cancer, cancer_y),
+                cancer, "sklearn", "sampling"),
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLP convergence on a 300-step budget
+        return _models()
+
+
+@pytest.fixture(scope="module")
+def repo(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("explain")
+    for name, (model, frame, framework, _) in models.items():
+        path = folder / f"{name}.joblib"
+        joblib.dump(model, path)
+        with warnings.catch_warnings():
+            # scikit-learn 1.9 deprecates SVC(probability=True), which skl2onnx still reads
+            warnings.simplefilter("ignore", FutureWarning)
+            convert(path, name=name, version="1", repo=folder / "repo", sample=frame, framework=framework)
+    _tensor_model(folder)
+    return folder / "repo"
+
+
+def _tensor_model(folder: Path) -> None:
+    """A model that takes a 3-D tensor: no user columns to explain by."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "tensor",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, folder / "tensor.onnx")
+    convert(folder / "tensor.onnx", name="tensor", version="1", repo=folder / "repo")
+
+
+@pytest.fixture(scope="module")
+def url(repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(repo, tmp_path_factory.mktemp("server"), "--log-level", "warning")
+    yield srv.url
+    srv.stop()
+
+
+def _rows(frame: pd.DataFrame) -> list[dict[str, object]]:
+    from converters.parity import _records
+
+    return _records(frame.iloc[-TEST_ROWS:])
+
+
+def _explain(url: str, name: str, body: object, query: str = "") -> dict:
+    response = httpx.post(f"{url}/v1/models/{name}/explain{query}", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _shap_values(
+    model, frame: pd.DataFrame, method: str, background: pd.DataFrame
+) -> tuple[np.ndarray, float]:
+    """SHAP on the original model, summed onto user columns, for class 1 (or the value)."""
+    from converters._explain import _column_map
+    from converters._explain_check import _split
+
+    framework = "xgboost" if isinstance(model, xgboost.XGBModel) else "lightgbm" if isinstance(
+        model, lightgbm.LGBMModel) else "sklearn"  # fmt: skip
+    final, encode = _split(model, framework)
+    if method == "tree":
+        explainer = shap.TreeExplainer(final, feature_perturbation="tree_path_dependent")
+    else:
+        explainer = shap.LinearExplainer(final, shap.maskers.Independent(encode(background), len(background)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shap's notices about its output formats
+        values = np.asarray(explainer.shap_values(encode(frame)))
+    base = np.atleast_1d(explainer.expected_value)
+    if values.ndim == 3 and values.shape[0] == 2:  # a list per class
+        values = np.moveaxis(values, 0, 2)
+    if values.ndim == 3:  # per class: class 1
+        values, base = values[:, :, 1], base[-1:]
+    columns = np.asarray(_column_map(model, list(frame.columns)))
+    summed = np.zeros((len(frame), frame.shape[1]))
+    np.add.at(summed, (slice(None), columns), values)
+    return summed, float(base[0])
+
+
+@pytest.mark.parametrize(
+    "name", ["forest", "extra-trees", "gboost", "hgb", "xgb", "lgbm", "churn-logreg", "ridge"]
+)
+def test_exact_methods_match_shap_on_the_original_model(url, models, name):
+    model, frame, _, method = models[name]
+    test = frame.iloc[-TEST_ROWS:]
+    query = "?class=1" if name not in ("extra-trees", "ridge") else ""
+    answer = _explain(url, name, {"instances": _rows(frame)}, query)
+    assert answer["model"] == name and answer["version"] == "1"
+    got = np.asarray([list(e["contributions"].values()) for e in answer["explanations"]])
+    assert [list(e["contributions"]) for e in answer["explanations"]] == [list(frame.columns)] * TEST_ROWS
+    want, base = _shap_values(model, test, method, frame)
+    assert np.abs(got - want).max() < 1e-5, got - want
+    for entry in answer["explanations"]:
+        assert abs(entry["base_value"] - base) < 1e-5
+        assert entry["output"] == {"forest": "probability", "extra-trees": "value", "ridge": "value"}.get(
+            name, "margin"
+        )
+
+
+@pytest.mark.parametrize(
+    "name", ["forest", "extra-trees", "gboost", "hgb", "xgb", "lgbm", "churn-logreg", "ridge", "mlp", "svc"]
+)
+def test_contributions_add_up_to_the_explained_output(url, models, name):
+    """base + contributions = the output explained: the served probability of the class,
+    the value, or the original model's margin (log-odds)."""
+    model, frame, framework, method = models[name]
+    test = frame.iloc[-TEST_ROWS:]
+    answer = _explain(url, name, {"instances": _rows(frame)})
+    predicted = httpx.post(f"{url}/v1/models/{name}/predict", json={"instances": _rows(frame)}).json()
+    assert [e["prediction"] for e in answer["explanations"]] == predicted["predictions"]
+    output = answer["explanations"][0]["output"]
+    for i, entry in enumerate(answer["explanations"]):
+        total = entry["base_value"] + sum(entry["contributions"].values())
+        if output == "probability":
+            want = entry["prediction"]["probabilities"][str(entry["class"])]
+        elif output == "value":
+            want = entry["prediction"]["value"]
+        else:
+            margin = _margin(model, framework, test.iloc[[i]])
+            want = margin if str(entry["class"]) == "1" else -margin
+        # Contributions add up in float64; ONNX Runtime's tree operator hands its sum back
+        # rounded to float32 (one ulp: 2**-23 relative), and boosters compute margins in float32.
+        tolerance = (1e-6 if output != "margin" else 1e-5) + abs(want) * 2**-23
+        assert abs(total - want) < tolerance, (i, total, want)
+        if method == "sampling":
+            assert entry["samples"] == 64 and 0 < entry["error_bound"] < 0.5
+
+
+def _margin(model, framework: str, row: pd.DataFrame) -> float:
+    if framework == "xgboost":
+        return float(model.predict(row, output_margin=True)[0])
+    if framework == "lightgbm":
+        return float(model.predict(row, raw_score=True)[0])
+    return float(np.ravel(model.decision_function(row))[0])
+
+
+def test_sampling_is_within_its_stated_bound_of_exact_shapley(url, repo):
+    """The manifest records the convert-time comparison with exact Shapley values."""
+    from gateway.artifacts.repository import Repository
+
+    for name in ("mlp", "svc"):
+        manifest = Repository(repo).manifest(name, "1")
+        assert manifest.explain is not None and manifest.explain.method == "sampling"
+        assert manifest.explain.check is not None and manifest.explain.check.rows > 0
+
+
+def test_more_samples_narrow_the_bound(url, models):
+    _, frame, _, _ = models["mlp"]
+    body = {"instances": _rows(frame)[:2]}
+    few = _explain(url, "mlp", body, "?samples=16")["explanations"]
+    many = _explain(url, "mlp", body, "?samples=512")["explanations"]
+    assert all(m["error_bound"] < f["error_bound"] for f, m in zip(few, many, strict=True))
+
+
+def test_top_class_columns_and_kserve_form(url, models):
+    _, frame, _, _ = models["churn-logreg"]
+    records = _rows(frame)
+    full = _explain(url, "churn-logreg", records[0])["explanations"][0]
+    top = _explain(url, "churn-logreg", records[0], "?top=2")["explanations"][0]
+    ranked = sorted(full["contributions"].items(), key=lambda kv: -abs(kv[1]))[:2]
+    assert list(top["contributions"].items()) == ranked
+    other = "0" if str(full["class"]) == "1" else "1"
+    flipped = _explain(url, "churn-logreg", records[0], f"?class={other}")["explanations"][0]
+    assert str(flipped["class"]) == other
+    assert flipped["base_value"] == pytest.approx(-full["base_value"])
+    columns = {k: [r[k] for r in records[:3]] for k in records[0]}
+    by_columns = _explain(url, "churn-logreg", {"inputs": columns})["explanations"]
+    by_records = _explain(url, "churn-logreg", {"instances": records[:3]})["explanations"]
+    assert by_columns == by_records
+    colon = httpx.post(f"{url}/v1/models/churn-logreg:explain", json=records[0], timeout=30)
+    assert colon.status_code == 200 and colon.json()["explanations"][0] == full
+    colon_predict = httpx.post(f"{url}/v1/models/churn-logreg:predict", json=records[0], timeout=30)
+    assert colon_predict.json()["predictions"][0] == full["prediction"]
+    versioned = httpx.post(f"{url}/v1/models/churn-logreg/versions/1:explain", json=records[0], timeout=30)
+    assert versioned.status_code == 200
+    packed = httpx.post(
+        f"{url}/v1/models/churn-logreg/explain",
+        content=msgspec.msgpack.encode(records[0]),
+        headers={"content-type": "application/msgpack", "accept": "application/msgpack"},
+    )
+    assert msgspec.msgpack.decode(packed.content)["explanations"][0]["contributions"] == pytest.approx(
+        full["contributions"]
+    )
+
+
+def test_refusals(url, models):
+    _, frame, _, _ = models["forest"]
+    record = _rows(frame)[0]
+    too_many = httpx.post(f"{url}/v1/models/forest/explain", json={"instances": [record] * 257}, timeout=30)
+    assert too_many.status_code == 413 and "at most 256" in too_many.json()["error"]
+    sampled = httpx.post(f"{url}/v1/models/mlp/explain", json={"instances": _rows(models["mlp"][1])[:1] * 17})
+    assert sampled.status_code == 413
+    no_columns = httpx.post(f"{url}/v1/models/tensor/explain", json={"x": 1.0})
+    assert no_columns.status_code == 422 and "nothing to explain by" in no_columns.json()["error"]
+    unknown_class = httpx.post(f"{url}/v1/models/forest/explain?class=maybe", json=record)
+    assert unknown_class.status_code == 422 and "maybe" in unknown_class.json()["error"]
+    bad_top = httpx.post(f"{url}/v1/models/forest/explain?top=0", json=record)
+    assert bad_top.status_code == 400 and bad_top.json()["detail"][0]["loc"] == ["query", "top"]
+    unknown = httpx.post(f"{url}/v1/models/forest/explain?colour=red", json=record)
+    assert unknown.status_code == 400
+    regressor_class = httpx.post(f"{url}/v1/models/ridge/explain?class=1", json=_rows(models["ridge"][1])[0])
+    assert regressor_class.status_code == 400
+    missing = httpx.post(f"{url}/v1/models/nope/explain", json=record)
+    assert missing.status_code == 404
+
+
+def test_explain_has_its_own_route_in_metrics(url, models):
+    _, frame, _, _ = models["forest"]
+    _explain(url, "forest", _rows(frame)[0])
+    metrics = httpx.get(f"{url}/metrics").text
+    assert any(
+        'route="explain"' in line and "gateway_requests_total" in line for line in metrics.splitlines()
+    )
+
+
+def test_openapi_describes_explain(url):
+    from openapi_spec_validator import validate
+
+    spec = httpx.get(f"{url}/openapi.json").json()
+    validate(spec)
+    for name in ("forest", "ridge", "mlp"):
+        op = spec["paths"][f"/v1/models/{name}/explain"]["post"]
+        assert op["operationId"] == f"explain_{name}"
+        assert {p["name"] for p in op["parameters"]} == (
+            {"top", "samples"} if name == "ridge" else {"top", "class", "samples"}
+        )
+        versioned = spec["paths"][f"/v1/models/{name}/versions/{{version}}/explain"]["post"]
+        assert "version" in {p["name"] for p in versioned["parameters"]}
+    assert "/v1/models/tensor/explain" not in spec["paths"]
+
+
+def test_docs_page_has_an_explain_form_with_a_chart(url):
+    page = httpx.get(f"{url}/docs").text
+    assert 'data-path="v1/models/forest/explain"' in page
+    assert page.count('<div class="chart"></div>') == 10  # every model but the tensor one
+    assert page.count('data-kind="explain"') == 10
+    assert "function bars(" in page
+    assert 'data-path="v1/models/tensor/explain"' not in page
