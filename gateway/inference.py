@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BadRequest, clip_message
 from gateway.lifecycle.registry import LoadedModel, ModelRegistry
@@ -23,8 +22,6 @@ from gateway.types import Arrays
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -85,8 +82,10 @@ def deadline_after(settings: Settings, timeout_us: object = None, timeout_ms: by
 
 
 class InferenceCore:
-    """The sequence itself. A front door calls `begin`, then `infer` (which raises
-    `GatewayError` for every refusal), then `finish` with the status it answered."""
+    """The sequence itself, as plain steps a front door calls in order: `begin`, `resolve`
+    (the version that answers), its own decode, `run` (the batcher, with the deadline), its
+    own encode, `record` (shadow copy, log summary), then `finish` with the status it
+    answered. Every refusal on the way is a `GatewayError`."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
         self.settings = settings
@@ -102,24 +101,6 @@ class InferenceCore:
         if self.telemetry.tracer is not None:
             call.span = self.telemetry.start_span(span_name, traceparent, tracestate)
         return call
-
-    async def infer(
-        self,
-        call: Call,
-        name: str,
-        version: str | None,
-        decode: Callable[[LoadedModel], Decoded],
-        encode: Callable[[LoadedModel, Decoded, Arrays], T],
-        raw: bytes,
-    ) -> T:
-        """Run one request; `raw` is its body as received, hashed only for the access log.
-        The three steps in order, for a front door that has nothing to add between them."""
-        model = self.resolve(call, name, version)
-        decoded = decode(model)
-        outputs = await self.run(call, model, decoded)
-        result = encode(model, decoded, outputs)
-        self.record(call, model, decoded, outputs, raw)
-        return result
 
     def resolve(self, call: Call, name: str, version: str | None) -> LoadedModel:
         """The version that answers. The caller decodes and runs with no await in between:

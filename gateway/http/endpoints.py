@@ -138,14 +138,12 @@ class PredictEndpoint(InferenceEndpoint):
 
     async def answer(self, call: Call, scope: Scope, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         params = scope["path_params"]
-        return await self.core.infer(
-            call,
-            params["name"],
-            params.get("version"),
-            lambda model: self.decode(model, scope, raw),
-            lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
-            raw,
-        )
+        model = self.core.resolve(call, params["name"], params.get("version"))
+        decoded = self.decode(model, scope, raw)  # no await since resolve: see InferenceCore.resolve
+        outputs = await self.core.run(call, model, decoded)
+        answer = self.encode(model, scope, decoded, outputs)
+        self.core.record(call, model, decoded, outputs, raw)
+        return answer
 
     def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
         if model.records is None:
@@ -202,17 +200,9 @@ class ExplainEndpoint(PredictEndpoint):
         return model, decoded.feeds, predictions, asked, klass, msgpack
 
     async def answer(self, call: Call, scope: Scope, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        """Predict's sequence, then the attribution: off the event loop, after the batch."""
-        params = scope["path_params"]
-        result = await self.core.infer(
-            call,
-            params["name"],
-            params.get("version"),
-            lambda model: self.decode(model, scope, raw),
-            lambda model, decoded, outputs: self.encode(model, scope, decoded, outputs),
-            raw,
-        )
-        return await self.complete(result)
+        """Predict's sequence (its encode here keeps what the attribution needs), then the
+        attribution: off the event loop, after the batch."""
+        return await self.complete(await super().answer(call, scope, raw))
 
     async def complete(self, result: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         model, feeds, predictions, asked, klass, msgpack = result
