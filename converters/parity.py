@@ -128,7 +128,9 @@ def _same_tensor(got: np.ndarray, want: np.ndarray) -> bool:
 def _same_through_v2(manifest: Manifest, feeds: dict[str, np.ndarray], first_row: int) -> None:
     """The tensors the records API built, sent as a V2 binary request, decode to the same
     tensors: a V2 client gets what a records client gets, missing values included."""
-    from gateway.v2.protocol import decode_infer, parse_request, tensor_bytes
+    from gateway.v2.decode import decode_infer
+    from gateway.v2.encode import tensor_bytes
+    from gateway.v2.parse import parse_request
 
     inputs, tail = [], b""
     for spec in manifest.inputs:

@@ -14,7 +14,7 @@ import msgspec
 from gateway.artifacts.manifest import Feature, Manifest, TensorSpec
 from gateway.docs.examples import example_record, example_v2
 from gateway.lifecycle.registry import LoadedModel
-from gateway.v2.protocol import ID_LIMIT, MAX_TIMEOUT_US
+from gateway.v2.messages import ID_LIMIT, MAX_TIMEOUT_US
 
 _REF = "#/components/schemas/"
 _JSON = "application/json"

@@ -1,6 +1,6 @@
 """V2 gRPC messages to and from the values the inference core works with.
 
-A `ModelInferRequest` becomes the same `protocol_v2.InferRequest` the HTTP endpoint
+A `ModelInferRequest` becomes the same `v2_messages.InferRequest` the HTTP endpoint
 decodes, with `raw_input_contents` as the binary tail that the binary tensor extension
 carries (each input's `binary_data_size` says how much is its): one validation path, the
 same checks and the same error messages for both protocols. Outputs always go back as
@@ -17,7 +17,8 @@ from google.protobuf.message import DecodeError
 
 from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.proto import grpc_service_pb2 as pb
-from gateway.v2 import protocol as protocol_v2
+from gateway.v2 import encode as v2_encode
+from gateway.v2 import messages as v2_messages
 from gateway.v2.service import InferAnswer
 
 # Where the typed form of each datatype lives in InferTensorContents (FP16 has none).
@@ -77,7 +78,7 @@ def request_id(raw: bytes) -> str:
         given: bytes = _ProbeRequest.FromString(raw).id
     except DecodeError:
         return ""
-    return given[: protocol_v2.ID_LIMIT].decode(errors="replace")
+    return given[: v2_messages.ID_LIMIT].decode(errors="replace")
 
 
 def check_sizes(raw: bytes) -> None:
@@ -87,9 +88,9 @@ def check_sizes(raw: bytes) -> None:
         probe = _ProbeRequest.FromString(raw)
     except DecodeError as exc:
         raise BadRequest(f"malformed ModelInferRequest: {exc}") from None
-    for field, limit, kind in (("parameters", protocol_v2.MAX_PARAMETERS, "object"),
-                               ("inputs", protocol_v2.MAX_INPUTS, "array"),
-                               ("outputs", protocol_v2.MAX_INPUTS, "array")):  # fmt: skip
+    for field, limit, kind in (("parameters", v2_messages.MAX_PARAMETERS, "object"),
+                               ("inputs", v2_messages.MAX_INPUTS, "array"),
+                               ("outputs", v2_messages.MAX_INPUTS, "array")):  # fmt: skip
         count = len(getattr(probe, field))
         if count > limit:
             raise _too_many(["body", field], count, limit, kind)
@@ -97,25 +98,25 @@ def check_sizes(raw: bytes) -> None:
         _check_tensor(_ProbeTensor.FromString(entry), len(entry), index)
     for index, entry in enumerate(probe.outputs):
         count = len(_ProbeOutput.FromString(entry).parameters)
-        if count > protocol_v2.MAX_PARAMETERS:
+        if count > v2_messages.MAX_PARAMETERS:
             raise _too_many(
-                ["body", "outputs", index, "parameters"], count, protocol_v2.MAX_PARAMETERS, "object"
+                ["body", "outputs", index, "parameters"], count, v2_messages.MAX_PARAMETERS, "object"
             )
 
 
 def _check_tensor(tensor: Any, size: int, index: int) -> None:
     loc = ["body", "inputs", index]
-    if len(tensor.parameters) > protocol_v2.MAX_PARAMETERS:
-        raise _too_many([*loc, "parameters"], len(tensor.parameters), protocol_v2.MAX_PARAMETERS, "object")
+    if len(tensor.parameters) > v2_messages.MAX_PARAMETERS:
+        raise _too_many([*loc, "parameters"], len(tensor.parameters), v2_messages.MAX_PARAMETERS, "object")
     # A packed varint takes 1 to 10 bytes: beyond 10 per dimension, too many dimensions.
-    if len(tensor.shape) > 10 * protocol_v2.MAX_RANK:
-        raise _too_many([*loc, "shape"], len(tensor.shape), protocol_v2.MAX_RANK)
-    count = _bytes_entries(tensor.contents, protocol_v2.MAX_BYTES_ELEMENTS)
-    if count > protocol_v2.MAX_BYTES_ELEMENTS:
+    if len(tensor.shape) > 10 * v2_messages.MAX_RANK:
+        raise _too_many([*loc, "shape"], len(tensor.shape), v2_messages.MAX_RANK)
+    count = _bytes_entries(tensor.contents, v2_messages.MAX_BYTES_ELEMENTS)
+    if count > v2_messages.MAX_BYTES_ELEMENTS:
         name = tensor.name[:64].decode(errors="replace")
         raise TooLarge(
-            f"input {name!r}: over {protocol_v2.MAX_BYTES_ELEMENTS} values in contents; the limit is "
-            f"{protocol_v2.MAX_BYTES_ELEMENTS}: send larger tensors in raw_input_contents"
+            f"input {name!r}: over {v2_messages.MAX_BYTES_ELEMENTS} values in contents; the limit is "
+            f"{v2_messages.MAX_BYTES_ELEMENTS}: send larger tensors in raw_input_contents"
         )
     known = sum(len(getattr(tensor, f)) for f in ("name", "datatype", "shape", "contents"))
     known += sum(len(p) for p in tensor.parameters)
@@ -183,8 +184,8 @@ def _typed_data(tensor: Any, index: int, budget: int) -> list[Any] | None:
     most `budget` numbers (what the request's limit leaves)."""
     if not tensor.HasField("contents"):
         return None
-    if len(tensor.shape) > protocol_v2.MAX_RANK:  # before the product of a million dimensions
-        raise _too_many(["body", "inputs", index, "shape"], len(tensor.shape), protocol_v2.MAX_RANK)
+    if len(tensor.shape) > v2_messages.MAX_RANK:  # before the product of a million dimensions
+        raise _too_many(["body", "inputs", index, "shape"], len(tensor.shape), v2_messages.MAX_RANK)
     contents = tensor.contents
     field = CONTENTS_FIELD.get(tensor.datatype)
     given = [f.name for f, _ in contents.ListFields()]
@@ -203,7 +204,7 @@ def _typed_data(tensor: Any, index: int, budget: int) -> list[Any] | None:
             f"input {tensor.name!r}: contents hold {len(values)} values for shape {list(tensor.shape)[:8]}",
             [{"loc": ["body", "inputs", index, "contents", field], "msg": f"expected {declared} values"}],
         )
-    limit = protocol_v2.MAX_BYTES_ELEMENTS if field == "bytes_contents" else budget
+    limit = v2_messages.MAX_BYTES_ELEMENTS if field == "bytes_contents" else budget
     if len(values) > limit:
         raise TooLarge(
             f"input {tensor.name!r}: {len(values)} values in contents; the limit is {limit}: "
@@ -214,7 +215,7 @@ def _typed_data(tensor: Any, index: int, budget: int) -> list[Any] | None:
     return list(values)
 
 
-def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
+def infer_request(message: Any) -> tuple[v2_messages.InferRequest, bytes]:
     """The request and its binary tail, as the HTTP binary extension would have sent them.
     `check_sizes` has bounded every count this reads."""
     raw = message.raw_input_contents
@@ -224,10 +225,10 @@ def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
             "give one per input, in the order of inputs"
         )
     inputs = []
-    budget = protocol_v2.MAX_DATA_ELEMENTS
+    budget = v2_messages.MAX_DATA_ELEMENTS
     for index, tensor in enumerate(message.inputs):
-        if len(tensor.shape) > protocol_v2.MAX_RANK:
-            raise _too_many(["body", "inputs", index, "shape"], len(tensor.shape), protocol_v2.MAX_RANK)
+        if len(tensor.shape) > v2_messages.MAX_RANK:
+            raise _too_many(["body", "inputs", index, "shape"], len(tensor.shape), v2_messages.MAX_RANK)
         params = parameters(tensor.parameters)
         data = None
         if raw:
@@ -241,13 +242,13 @@ def infer_request(message: Any) -> tuple[protocol_v2.InferRequest, bytes]:
             if data is not None and tensor.datatype != "BYTES":
                 budget -= len(data)
         inputs.append(
-            protocol_v2.Tensor(tensor.name, list(tensor.shape), tensor.datatype, params or None, data)
+            v2_messages.Tensor(tensor.name, list(tensor.shape), tensor.datatype, params or None, data)
         )
     outputs = [
-        protocol_v2.RequestedOutput(o.name, parameters(o.parameters) if o.parameters else None)
+        v2_messages.RequestedOutput(o.name, parameters(o.parameters) if o.parameters else None)
         for o in message.outputs
     ]
-    request = protocol_v2.InferRequest(
+    request = v2_messages.InferRequest(
         inputs=inputs,
         id=message.id or None,
         parameters=parameters(message.parameters) if message.parameters else None,
@@ -265,12 +266,12 @@ def infer_response(answer: InferAnswer) -> Any:
     for tensor in answer.outputs:
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
         # The binary extension's little-endian layout is the gRPC raw layout.
-        response.raw_output_contents.append(protocol_v2.tensor_bytes(tensor.array, tensor.datatype))
+        response.raw_output_contents.append(v2_encode.tensor_bytes(tensor.array, tensor.datatype))
     return response
 
 
 def model_metadata(metadata: dict[str, Any]) -> Any:
-    """The HTTP metadata document (protocol_v2.model_metadata) as its gRPC message."""
+    """The HTTP metadata document (v2_encode.model_metadata) as its gRPC message."""
     return pb.ModelMetadataResponse(
         name=metadata["name"],
         versions=metadata["versions"],

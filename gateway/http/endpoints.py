@@ -46,7 +46,9 @@ from gateway.observability.telemetry import Telemetry
 from gateway.records.codec import RecordCodec
 from gateway.settings import Settings
 from gateway.types import Receive, Scope, Send
-from gateway.v2 import protocol as protocol_v2
+from gateway.v2 import encode as v2_encode
+from gateway.v2 import messages as v2_messages
+from gateway.v2 import parse as v2_parse
 from gateway.v2.service import V2Service
 
 log = logging.getLogger("gateway.errors")
@@ -232,24 +234,24 @@ class InferV2Endpoint(InferenceEndpoint):
             call, params["name"], params.get("version"), lambda model: self.read(model, scope, raw), raw,
             header(scope, b"x-request-timeout"),
         )  # fmt: skip
-        return protocol_v2.encode_infer(answer.model.manifest, answer.request, answer.outputs)
+        return v2_encode.encode_infer(answer.model.manifest, answer.request, answer.outputs)
 
     @staticmethod
-    def read(model: LoadedModel, scope: Scope, body: bytes) -> tuple[protocol_v2.InferRequest, bytes]:
+    def read(model: LoadedModel, scope: Scope, body: bytes) -> tuple[v2_messages.InferRequest, bytes]:
         binary_length = header(scope, _BINARY_HEADER)
         if binary_length is not None and binary_length.strip() == b"0":
-            return protocol_v2.raw_binary_request(model.manifest, body)
-        request, tail = protocol_v2.parse_request(
+            return v2_parse.raw_binary_request(model.manifest, body)
+        request, tail = v2_parse.parse_request(
             body, binary_length.decode() if binary_length is not None else None, media_type(scope) == MSGPACK
         )
         _check_body_model(request, model)
         return request, tail
 
 
-_BINARY_HEADER = protocol_v2.BINARY_HEADER.encode()
+_BINARY_HEADER = v2_messages.BINARY_HEADER.encode()
 
 
-def _check_body_model(request: protocol_v2.InferRequest, model: LoadedModel) -> None:
+def _check_body_model(request: v2_messages.InferRequest, model: LoadedModel) -> None:
     """KServe's client repeats the model in the body: it must name what the URL serves."""
     if request.model_name is not None and request.model_name != model.name:
         raise BadRequest(

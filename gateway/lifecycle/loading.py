@@ -24,7 +24,8 @@ from gateway.observability.telemetry import Telemetry
 from gateway.records.codec import RecordCodec
 from gateway.runtime import ModelLoadError, OrtRuntime, Runtime
 from gateway.settings import Settings, usable_cpus
-from gateway.v2 import protocol as protocol_v2
+from gateway.v2 import decode as v2_decode
+from gateway.v2 import messages as v2_messages
 from gateway.v2.triton import ModelStats
 
 log = logging.getLogger("gateway.registry")
@@ -91,7 +92,7 @@ def records_body_bound(manifest: Manifest, max_rows: int) -> int | None:
                 return None
             value = 6 * longest + 2
         else:
-            value = protocol_v2.MAX_ELEMENT_BYTES
+            value = v2_messages.MAX_ELEMENT_BYTES
         row += 6 * len(f.name) + 4 + value
     return 64 * 1024 + max_rows * row
 
@@ -179,7 +180,7 @@ class Loader:
             ragged=any(d < 0 for s in manifest.inputs for d in s.shape[1:]),
         )
         model = LoadedModel(manifest, runtime, batcher, records)
-        model.v2_body_limit = protocol_v2.body_bound(manifest, self.settings.request_rows_limit)
+        model.v2_body_limit = v2_decode.body_bound(manifest, self.settings.request_rows_limit)
         model.records_body_limit = records_body_bound(manifest, self.settings.request_rows_limit)
         batcher.on_batch = partial(self._observe, model)
         return model

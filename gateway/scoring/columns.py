@@ -23,7 +23,8 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 from gateway.artifacts.manifest import Feature, Manifest
 from gateway.artifacts.tabular import feeds_from_columns
 from gateway.errors import clip
-from gateway.records.codec import NumericChecks, Violation, allowed_categories, numeric_dtype
+from gateway.records.checks import NumericChecks, Violation, numeric_dtype
+from gateway.records.codec import allowed_categories
 from gateway.settings import RangePolicyOverride
 from gateway.types import Arrays
 
@@ -84,7 +85,7 @@ class ColumnCodec:
         self.manifest = manifest
         # Columns the model never reads (ignored) may be absent and hold anything.
         self.features = [f for f in manifest.features if not f.ignored]
-        # The records API's own rules for numbers (gateway.records.codec.NumericChecks), in the
+        # The records API's own rules for numbers (gateway.records.checks.NumericChecks), in the
         # type it checks them in.
         self._check_dtype = numeric_dtype(manifest)
         self._numeric_checks = NumericChecks(

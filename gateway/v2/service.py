@@ -29,7 +29,7 @@ from gateway.errors import (
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.settings import Settings
-from gateway.v2 import protocol, triton
+from gateway.v2 import decode, encode, messages, triton
 
 EXTENSIONS = (
     "binary_tensor_data", "classification", "model_configuration", "parameters", "schedule_policy",
@@ -99,13 +99,13 @@ class InferAnswer(NamedTuple):
     """What an inference answers, before a transport writes it."""
 
     model: LoadedModel
-    request: protocol.InferRequest
-    outputs: list[protocol.OutputTensor]
+    request: messages.InferRequest
+    outputs: list[messages.OutputTensor]
 
 
 # What an adapter reads from its bytes once the model is known: the request and the
 # binary tail (HTTP's binary extension, gRPC's raw_input_contents).
-Reader = Callable[[LoadedModel], tuple[protocol.InferRequest, bytes]]
+Reader = Callable[[LoadedModel], tuple[messages.InferRequest, bytes]]
 
 
 class V2Service:
@@ -133,7 +133,7 @@ class V2Service:
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         model = self.model(name, version)
-        metadata = protocol.model_metadata(model.manifest, self.versions(model.name), model.runtime.provider)
+        metadata = encode.model_metadata(model.manifest, self.versions(model.name), model.runtime.provider)
         return metadata
 
     def versions(self, name: str) -> list[str]:
@@ -212,13 +212,13 @@ class V2Service:
             raise unknown_model(name, version) from None
 
     def decode(
-        self, model: LoadedModel, request: protocol.InferRequest, tail: bytes,
+        self, model: LoadedModel, request: messages.InferRequest, tail: bytes,
         timeout_ms: bytes | None = None, remaining: float | None = None,
     ) -> Decoded:  # fmt: skip
         """Every check before any model time: sizes, data, classification's cost, deadline."""
-        feeds, rows = protocol.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
+        feeds, rows = decode.decode_infer(model.manifest, request, tail, self.settings.request_rows_limit)
         if request.outputs:
-            protocol.class_counts(model.manifest, request, rows)
+            encode.class_counts(model.manifest, request, rows)
         if model.records is not None:
             feeds = model.records.check_tensors(feeds)
         deadline = deadline_after(self.settings, (request.parameters or {}).get("timeout"), timeout_ms)
@@ -239,7 +239,7 @@ class V2Service:
         # Zero-element tensors run too, as Triton passes them on: only the graph knows the
         # shape of what it answers to nothing (an output may keep a dimension of its own).
         arrays = await self.core.run(call, model, decoded)
-        answer = InferAnswer(model, request, protocol.infer_outputs(model.manifest, request, arrays))
+        answer = InferAnswer(model, request, encode.infer_outputs(model.manifest, request, arrays))
         if decoded.rows:
             self.core.record(call, model, decoded, arrays, raw)
         return answer

@@ -17,7 +17,7 @@ from gateway.lifecycle.warmup import warmup_feeds, warmup_sizes
 from gateway.observability.telemetry import Telemetry
 from gateway.runtime import ModelLoadError
 from gateway.testing import FakeRuntime
-from gateway.v2.protocol import MAX_ELEMENT_BYTES
+from gateway.v2.messages import MAX_ELEMENT_BYTES
 from tests.lifecycle.conftest import Runtimes, settings_for
 from tests.security.models import publish_identity, publish_records
 

@@ -1,6 +1,9 @@
 """The records API's tensors, value for value: records and columns, as JSON and msgpack,
 give what numpy makes of the same values, whichever conversion the codec takes (floats
-through `gateway.artifacts.floats`, or numpy's own for nulls and integers)."""
+through `gateway.artifacts.floats`, or numpy's own for nulls and integers).
+
+Covers `gateway/records/checks.py` (the numeric rules every row passes) and
+`gateway/records/counts.py` (rows counted before they are decoded) with the codec."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The records API's predictions, byte for byte: what `orjson.dumps` of one dict per row
-(the obvious encoder) writes, for every kind of output and any number of rows."""
+(the obvious encoder) writes, for every kind of output and any number of rows.
+
+Covers `gateway/records/answers.py`, which the codec's `encode` comes from."""
 
 from __future__ import annotations
 

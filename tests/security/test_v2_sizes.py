@@ -392,7 +392,7 @@ def test_g1_grpc_bytes_contents_are_counted_before_the_full_parse(grpc_srv):
     imports gateway.grpc (its generated modules clash with tritonclient's)."""
     import grpc
 
-    from gateway.v2.protocol import MAX_BYTES_ELEMENTS
+    from gateway.v2.messages import MAX_BYTES_ELEMENTS
 
     _, address = grpc_srv
     options = [("grpc.max_send_message_length", 64 << 20)]

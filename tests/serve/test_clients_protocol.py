@@ -3,8 +3,8 @@ the request fields they send, Triton's model configuration and statistics, compr
 bodies both ways, classification, the repository extension's answers, and an access-log
 line for every failure. (tests/serve/test_clients_official.py drives the clients themselves.)
 
-Covers `gateway/http/compression.py`, `gateway/http/failures.py`, `gateway/v2/protocol.py`,
-`gateway/v2/triton.py`."""
+Covers `gateway/http/compression.py`, `gateway/http/failures.py`, `gateway/v2/parse.py`,
+`gateway/v2/encode.py`, `gateway/v2/triton.py`."""
 
 from __future__ import annotations
 

@@ -393,7 +393,7 @@ def test_deadline_passed_is_504(server):
 
 
 def test_v2_bytes_inputs_are_length_prefixed():
-    from gateway.v2.protocol import _bytes_elements
+    from gateway.v2.decode import _bytes_elements
 
     raw = b"".join(struct.pack("<I", len(s)) + s for s in (b"ab", b"", b"xyz"))
     assert _bytes_elements(raw, 3, []).tolist() == ["ab", "", "xyz"]

@@ -1,6 +1,9 @@
 """The V2 service on plain values, with FakeRuntime behind a real registry: no sockets.
 What both transports share is checked here once; tests/serve/test_v2_transports.py checks
-that each transport says the same over its bytes."""
+that each transport says the same over its bytes.
+
+Covers the V2 codec the service runs: `gateway/v2/messages.py`, `gateway/v2/parse.py`,
+`gateway/v2/data.py`, `gateway/v2/decode.py`, `gateway/v2/encode.py`."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from gateway.lifecycle.registry import ModelRegistry
 from gateway.observability.telemetry import Telemetry
 from gateway.settings import build_settings
 from gateway.testing import FakeRuntime
-from gateway.v2 import protocol
+from gateway.v2 import decode, messages, parse
 from gateway.v2.service import V2Service, authorize, sorted_versions
 from tests.security.models import float_identity, publish
 
@@ -54,8 +57,8 @@ async def service(tmp_path):
     await registry.close()
 
 
-def _request(body: dict) -> protocol.InferRequest:
-    request, _ = protocol.parse_request(msgspec.json.encode(body), None)
+def _request(body: dict) -> messages.InferRequest:
+    request, _ = parse.parse_request(msgspec.json.encode(body), None)
     return request
 
 
@@ -146,7 +149,7 @@ async def test_timeout_zero_is_no_timeout(service):
     settings = service.settings
     default = deadline_after(settings)
     assert abs(deadline_after(settings, 0) - default) < 0.05
-    protocol.decode_infer(
+    decode.decode_infer(
         service.registry.get("dbl", "3").manifest,
         _request({"parameters": {"timeout": 0}, "inputs": [X]}),
         b"",
@@ -182,11 +185,11 @@ async def test_authorization_needs_exactly_one_bearer_token(service):
 async def test_json_floats_beyond_fp32_are_refused_not_served_as_infinity(service):
     manifest = service.registry.get("dbl", "3").manifest
     for edge in (3.4e38, -3.4e38, 0.0):  # within FP32: served as given
-        feeds, _ = protocol.decode_infer(manifest, _request({"inputs": [{**X, "data": [edge] * 8}]}), b"", 64)
+        feeds, _ = decode.decode_infer(manifest, _request({"inputs": [{**X, "data": [edge] * 8}]}), b"", 64)
         assert np.isfinite(feeds["x"]).all()
     for beyond in (3.5e38, -1e39, 1e300):
         with pytest.raises(Unprocessable) as info:
-            protocol.decode_infer(
+            decode.decode_infer(
                 manifest, _request({"inputs": [{**X, "data": [1.0] * 7 + [beyond]}]}), b"", 64
             )
         assert "float32" in info.value.detail[0]["msg"]
