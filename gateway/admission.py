@@ -51,9 +51,9 @@ class Admission:
 
     def grow(self, ticket: list[int], extra: int) -> bool:
         """Charge an admitted request `extra` bytes more (its body, inflated), or False when
-        that passes the byte bound and others are in flight (nothing is then charged)."""
+        that passes the byte bound and others are in flight (nothing is then charged). Not
+        counted as shed here: the request itself answers 503, and its outcome counts it."""
         if self.requests > 1 and self.bytes + extra > self.max_bytes:
-            self._refused()
             return False
         self.bytes += extra
         ticket[0] += extra

@@ -19,7 +19,9 @@ from gateway.admission import Admission
 from gateway.http.asgi import JSON, header, request_id
 from gateway.types import ASGIApp, Receive, Scope, Send
 
-_INFERENCE_SUFFIXES = ("/predict", "/infer")
+# Every path the hot-path router sends to an inference endpoint ends in one of these:
+# /v1/.../predict and /explain, KServe V1's :predict and :explain, /v2/.../infer.
+_INFERENCE_SUFFIXES = ("/predict", "/infer", "/explain", ":predict", ":explain")
 
 
 _SHED_BODY = orjson.dumps({"error": "the server is at its limit of requests in flight; retry shortly"})
