@@ -20,6 +20,8 @@ import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 
+from gateway.protowire import WireError, read_varint
+
 MAX_DEPTH = 64  # nested subgraphs; deeper is refused as malformed rather than recursed into
 
 # message kind -> {field number: kind of the embedded message}
@@ -43,16 +45,10 @@ class ExternalDataError(ValueError):
 
 
 def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise ExternalDataError("malformed ONNX protobuf (a truncated number)")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return read_varint(data, pos, end)
+    except WireError:
+        raise ExternalDataError("malformed ONNX protobuf (a truncated number)") from None
 
 
 def _walk(data: bytes, pos: int, end: int, kind: int, depth: int, found: list[str]) -> dict[str, str]:

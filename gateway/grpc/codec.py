@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.errors import BadRequest, TooLarge, Unprocessable
 from gateway.proto import grpc_service_pb2 as pb
+from gateway.protowire import WireError, read_varint
 from gateway.v2 import encode as v2_encode
 from gateway.v2 import messages as v2_messages
 from gateway.v2.service import InferAnswer
@@ -142,32 +143,21 @@ def _bytes_entries(contents: bytes, limit: int) -> int:
     pos, count, end = 0, 0, len(contents)
     try:
         while pos < end and count <= limit:
-            tag, pos = _varint(contents, pos)
+            tag, pos = read_varint(contents, pos, end)
             wire = tag & 7
             if wire == 0:
-                _, pos = _varint(contents, pos)
+                _, pos = read_varint(contents, pos, end)
             elif wire == 2:
-                size, pos = _varint(contents, pos)
+                size, pos = read_varint(contents, pos, end)
                 pos += size
                 count += tag == _BYTES_TAG
             elif wire in (1, 5):
                 pos += 8 if wire == 1 else 4
             else:
                 break
-    except IndexError:
+    except (IndexError, WireError):  # malformed: the full parse refuses it
         pass
     return count
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def parameters(entries: Any) -> dict[str, Any]:
