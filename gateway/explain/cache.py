@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.errors import GatewayError, Unprocessable
+from gateway.errors import GatewayError, Unavailable, Unprocessable, public_reason
 from gateway.explain.explainer import Explainer, NotExplainable, background_feeds
+from gateway.lifecycle.loading import LOAD_ERRORS
 
 # Versions whose explainers are kept; the oldest is dropped beyond this.
 KEEP = 16
@@ -37,6 +38,11 @@ class Explainers:
         except GatewayError:
             self._built.pop(key, None)  # a failed read may succeed next time
             raise
+        except LOAD_ERRORS as exc:  # the artifact unreadable now, or ORT refusing a session
+            self._built.pop(key, None)  # not cached: the next request tries again
+            raise Unavailable(
+                f"model {model.name}:{model.version} cannot be explained now: {public_reason(exc)}"
+            ) from None
 
     def _build(self, model: Any) -> Explainer:
         manifest, data = self._repository.load_verified(model.name, model.version)
