@@ -65,8 +65,11 @@ def clip_message(text: str) -> str:
 
 
 def _clip_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """A detail's `msg` is a message (client text in it is clipped where it was quoted, then
+    our own words, such as the allowed values, follow); its other strings are client text."""
     return {
-        k: clip(v) if isinstance(v, str)
+        k: clip_message(v) if k == "msg" and isinstance(v, str)
+        else clip(v) if isinstance(v, str)
         else [clip(x) if isinstance(x, str) else x for x in v[:DETAIL_LIMIT]] if isinstance(v, list)
         else v
         for k, v in detail.items()

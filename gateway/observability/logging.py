@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import clip
+
 # uvicorn attaches an ANSI-coloured copy of each message; neither format wants it.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
@@ -35,8 +37,8 @@ def error_with_fields(message: str, detail: list[dict[str, Any]] | None) -> str:
     places = []
     for entry in detail[:FIELDS_LOGGED]:
         loc = [str(part) for part in entry.get("loc", [])]
-        where = ".".join(loc[1:] if loc[:1] == ["body"] else loc)[:100]
-        reason = str(entry.get("msg", ""))[:100]
+        where = clip(".".join(loc[1:] if loc[:1] == ["body"] else loc))
+        reason = clip(str(entry.get("msg", "")))
         places.append(f"{where}: {reason}" if where else reason)
     more = f"; {len(detail) - FIELDS_LOGGED} more" if len(detail) > FIELDS_LOGGED else ""
     return f"{message} ({'; '.join(places)}{more})"

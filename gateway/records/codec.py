@@ -21,7 +21,7 @@ from gateway.artifacts.tabular import (
     columns_from_feeds,
     feeds_from_columns,
 )
-from gateway.errors import BadRequest, TooLarge, Unprocessable
+from gateway.errors import BadRequest, TooLarge, Unprocessable, clip
 from gateway.records.answers import RecordAnswers
 from gateway.records.checks import NumericChecks, numeric_dtype
 from gateway.records.counts import RowCounts
@@ -32,9 +32,6 @@ from gateway.types import Arrays
 Form = Literal["record", "instances", "inputs"]
 
 
-# The longest invalid value or message echoed back in an error: a client's 10 MiB string
-# is not worth returning.
-MAX_ECHO = 200
 _RECORD_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?:\[(?P<row>\d+)\])?(?:\.(?P<field>.*))?`$", re.DOTALL)
 _COLUMN_PATH = re.compile(r"^(?P<msg>.*) - at `\$\.(?P<field>.*?)(?:\[(?P<row>\d+)\])?`$", re.DOTALL)
 _NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(.*)`$", re.DOTALL)
@@ -365,7 +362,7 @@ def _record_detail(message: str, form: Form, features: dict[str, Feature]) -> li
         loc.append(field if field is not None else named.group(1))  # type: ignore[union-attr]
     if row is not None and form == "inputs":
         loc.append(row)
-    msg = msg if len(msg) <= MAX_ECHO else msg[:MAX_ECHO] + "…"
+    msg = clip(msg)  # it quotes the client's value: the one rule, before our own words follow
     feature = features.get(field) if field is not None else None
     if feature is not None and feature.categories and msg.startswith("Invalid enum value"):
         msg += f"; {allowed_categories(feature)}"

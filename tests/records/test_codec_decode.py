@@ -233,3 +233,22 @@ def test_commas_spelt_as_escapes_in_values_are_not_taken_for_repeats():
     assert len(payload) == 64 and payload[0].f0 == "a,b, c,"
     with pytest.raises(Unprocessable):
         codec.decode(body[:-1] + b', "instances": []}')
+
+
+def test_an_unknown_category_keeps_its_allowed_values_in_the_answer():
+    """The client's value is clipped where it is quoted, then the allowed values follow:
+    the answer's detail is a message, clipped as one, so the list is not cut away."""
+    import orjson
+
+    categories = [f"category-{i:02d}" for i in range(30)]
+    manifest = msgspec.structs.replace(
+        _manifest(1, "FP64", nullable=True),
+        features=[Feature(name="plan", dtype="string", categories=categories)],
+    )
+    codec = RecordCodec(manifest, max_rows=16)
+    with pytest.raises(Unprocessable) as refused:
+        payload, form = codec.decode(msgspec.json.encode({"plan": "x" * 10_000}))
+        codec.to_feeds(payload, form)
+    msg = orjson.loads(refused.value.body())["detail"][0]["msg"]
+    assert msg.startswith("Invalid enum value 'xxx") and "x" * 200 not in msg
+    assert msg.endswith("'category-19' and 10 more")
