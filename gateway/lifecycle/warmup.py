@@ -75,7 +75,7 @@ def warm_up(runtime: Runtime, manifest: Manifest, max_batch_rows: int, inline_bu
             log.warning(
                 "served without warm-up: the graph refused made-up inputs",
                 extra={"event": "warmup_skipped", "model": manifest.name, "version": manifest.version,
-                       "rows": rows, "error": first_line(exc)[:300]},
+                       "rows": rows, "error": first_line(exc, 300)},
             )  # fmt: skip
             return 0  # its costs are unknown: never on the event loop
         within_budget &= took <= inline_budget_s
