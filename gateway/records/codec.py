@@ -141,7 +141,6 @@ class RecordCodec(RecordAnswers):
                     form.title(), [(form, inner)], forbid_unknown_fields=True, gc=False
                 )
                 self._envelopes[form] = (msgspec.json.Decoder(envelope), msgspec.msgpack.Decoder(envelope))
-        self._features = {f.name: f for f in manifest.features}
         # The fewest bytes max_rows rows can take, as records (a map header and, per feature,
         # its name with a length byte or two quotes, and a one-byte value) and as columns (a
         # byte a value): a shorter body cannot hold too many rows and is not counted.
@@ -149,8 +148,7 @@ class RecordCodec(RecordAnswers):
         self._records_beyond = max_rows * (1 + names + 2 * len(manifest.features))
         self._columns_beyond = max_rows * len(manifest.features) + names
         self._counts = RowCounts(manifest, max_rows)
-        self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
-        self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+        self._features = self._counts.features
         self._numeric = [i for i, f in enumerate(manifest.features) if f.dtype != "string" and not f.ignored]
         self._read = [i for i, f in enumerate(manifest.features) if not f.ignored]
         self.all_numeric = len(self._numeric) == len(manifest.features)
@@ -191,7 +189,7 @@ class RecordCodec(RecordAnswers):
             if form == "instances":
                 self._check_instances(payload)
             return payload, form
-        envelope = self._envelope_msgpack if msgpack else self._envelope_json
+        envelope = self._counts.envelope(msgpack)
         try:
             top = envelope.decode(body)
         except msgspec.ValidationError:  # before DecodeError: it is a subclass

@@ -10,13 +10,16 @@ from gateway.artifacts.floats import msgpack_length
 from gateway.artifacts.manifest import Manifest
 from gateway.errors import TooLarge, Unprocessable
 
+# A decoder of an object's members as raw bytes, JSON or msgpack.
+Members = msgspec.json.Decoder[dict[str, msgspec.Raw]] | msgspec.msgpack.Decoder[dict[str, msgspec.Raw]]
+
 
 class RowCounts:
     """413 for a body that holds more rows than `max_rows`, read as raw bytes."""
 
     def __init__(self, manifest: Manifest, max_rows: int) -> None:
         self.max_rows = max_rows
-        self._features = {f.name: f for f in manifest.features}
+        self.features = {f.name: f for f in manifest.features}
         # Braces count the records of a JSON body exactly unless some string could hold a
         # brace: a value, or a feature's name (spelt in every record, it would count each twice).
         self._braces_count = all(
@@ -37,12 +40,16 @@ class RowCounts:
         self._envelope_json = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._envelope_msgpack = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 
+    def envelope(self, msgpack: bool) -> Members:
+        """The decoder of an object's members as raw bytes, shared with the codec."""
+        return self._envelope_msgpack if msgpack else self._envelope_json
+
     def _members(self, text: bytes, msgpack: bool, where: list[str | int]) -> dict[str, msgspec.Raw] | None:
         """An object's members as raw bytes (no values made), or None if `text` is not an
         object. 422 if it names a key twice: a dict keeps the last value, so a count made
         from it would miss what the typed decoder builds for the earlier ones (a first
         "inputs" of 8 M numbers behind a second of one)."""
-        decoder = self._envelope_msgpack if msgpack else self._envelope_json
+        decoder = self.envelope(msgpack)
         try:
             members: dict[str, msgspec.Raw] = decoder.decode(text)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -64,7 +71,7 @@ class RowCounts:
         inputs = top.get("inputs") if top is not None else None
         columns = self._members(bytes(inputs), msgpack, ["body", "inputs"]) if inputs is not None else None
         for name, raw in (columns or {}).items():
-            feature = self._features.get(name)
+            feature = self.features.get(name)
             if feature is None or feature.ignored:  # kept as raw bytes: nothing is built
                 continue
             if msgpack:
