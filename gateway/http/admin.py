@@ -113,13 +113,7 @@ class Admin:
         return version
 
     async def _switch(self, name: str, version: str, persist: Callable[[], object]) -> Response:
-        try:
-            live, previous = await self.registry.switch(name, version, persist=persist, source="admin")
-        except LOAD_ERRORS as exc:
-            raise Unprocessable(
-                f"{name}:{version} was not made live: {public_reason(exc)}; "
-                f"{self.registry.live.get(name)} keeps serving"
-            ) from None
+        live, previous = await self.v2.switch(name, version, "admin", persist)
         return json_response({"model": name, "version": live, "previous": previous})
 
     async def promote(self, request: Request) -> Response:

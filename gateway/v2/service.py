@@ -189,9 +189,15 @@ class V2Service:
     async def repository_load(self, name: str, source: str) -> None:
         if name not in self.registry.repository.models():
             raise unknown_model(name, None)
-        version = self.registry.repository.live_version(name)
+        await self.switch(name, self.registry.repository.live_version(name), source)
+
+    async def switch(
+        self, name: str, version: str, source: str, persist: Callable[[], object] | None = None
+    ) -> tuple[str, str | None]:
+        """Make `version` live (the live one keeps serving if it cannot be): the repository
+        extension's load and the admin API's promote, rollback and load alike."""
         try:
-            await self.registry.switch(name, version, source=source)
+            return await self.registry.switch(name, version, persist=persist, source=source)
         except LOAD_ERRORS as exc:
             raise Unprocessable(
                 f"{name}:{version} was not made live: {public_reason(exc)}; "
