@@ -85,15 +85,9 @@ class NumericChecks:
             for column, f in enumerate(features)
             if f.min is not None and f.max is not None and _policy(f, policy_override) != "allow"
         ]  # "allow" only counts, per batch, in telemetry
-
-    @property
-    def ranges(self) -> bool:
-        """Whether any feature's trained range is enforced (reject or clip)."""
-        return bool(self._ranges)
-
-    @property
-    def clips(self) -> bool:
-        return any(check.policy == "clip" for check in self._ranges)
+        # Read on every request that carries tensors: settled once here.
+        self.ranges = bool(self._ranges)  # any trained range enforced (reject or clip)
+        self.clips = any(check.policy == "clip" for check in self._ranges)
 
     def apply(self, matrix: np.ndarray) -> list[Violation]:
         """Check `matrix` (rows x these features, in `dtype`, null as NaN); clip it in place
