@@ -173,12 +173,3 @@ def two_classifier_versions(
         convert(tmp / f"clf{version}.joblib", name="clf", version=version, repo=tmp / "repo", sample=frame)
     Repository(tmp / "repo").set_live("clf", "1")
     return tmp / "repo", frame
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The container image build (tests/deploy/test_image.py) writes gigabytes of layers and
-    leaves this small machine slower for minutes after: it runs last, so the tests that bound
-    a request's server CPU or a server's memory (tests/security/) measure the gateway, not
-    its aftermath. Measured: those two bounds failed after it in a quiet CI run (110 ms,
-    +58 MB) and pass run alone on the same machine (60-70 ms, within the bound)."""
-    items.sort(key=lambda item: item.nodeid.startswith("tests/deploy/test_image.py"))
