@@ -32,7 +32,6 @@ class RawH2:
     def __init__(self, host: str, port: int, timeout: float = 10) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.authority = f"{host}:{port}".encode()
-        self.sock.sendall(PREFACE + _frame(SETTINGS, 0, 0))
         self.conn_window = 65535
         self.initial_window = 65535
         self.windows: dict[int, int] = {}
@@ -40,6 +39,7 @@ class RawH2:
         self.closed = False  # the server closed the connection (EOF or GOAWAY)
         self.next_stream = 1
         self._buffer = b""
+        self._write(PREFACE + _frame(SETTINGS, 0, 0))
 
     def open(self, path: bytes) -> int:
         stream, self.next_stream = self.next_stream, self.next_stream + 2
@@ -51,8 +51,18 @@ class RawH2:
             )
         )  # fmt: skip
         self.windows[stream] = self.initial_window
-        self.sock.sendall(_frame(HEADERS, END_HEADERS, stream, block))
+        self._write(_frame(HEADERS, END_HEADERS, stream, block))
         return stream
+
+    def _write(self, data: bytes) -> None:
+        """A server that refuses a connection over its cap may close it before our first
+        frame lands: the write then fails with EPIPE or ECONNRESET, which is that closing."""
+        if self.closed:
+            return
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.closed = True
 
     def send(self, stream: int, data: bytes, end: bool = False, timeout: float = 30) -> int:
         """Send what flow control allows within `timeout`; the bytes sent."""
@@ -66,7 +76,7 @@ class RawH2:
                 continue
             chunk = data[sent : sent + room]
             last = end and sent + room == len(data)
-            self.sock.sendall(_frame(DATA, END_STREAM if last else 0, stream, chunk))
+            self._write(_frame(DATA, END_STREAM if last else 0, stream, chunk))
             sent += room
             self.conn_window -= room
             self.windows[stream] -= room
@@ -103,9 +113,9 @@ class RawH2:
                     for s in self.windows:
                         self.windows[s] += value - self.initial_window
                     self.initial_window = value
-            self.sock.sendall(_frame(SETTINGS, ACK, 0))
+            self._write(_frame(SETTINGS, ACK, 0))
         elif kind == PING and not flags & ACK:
-            self.sock.sendall(_frame(PING, ACK, 0, payload))
+            self._write(_frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
             increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
             if stream == 0:
