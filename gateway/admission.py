@@ -6,8 +6,8 @@ HTTP charges a request its declared Content-Length when its headers arrive. A gR
 message declares no length where Python can see it, and grpc core buffers a message as
 it arrives once a read of it is pending (measured: a read pending on a 16 MiB message
 holds 16 MiB; with none pending and the BDP probe off, a stream holds at most its 64 KiB
-window). So a gRPC read that has not completed shortly after it began is charged the
-largest message it may be until it completes: what is buffered stays within the budget.
+window). So a gRPC read is charged the largest message it may be from the moment it is
+pending until it completes: what is buffered stays within the budget.
 """
 
 from __future__ import annotations
@@ -66,11 +66,16 @@ class Admission:
     def hold(self, size: int) -> bool:
         """Bytes held by a message still arriving (no request counted): False, and nothing
         held, when they would pass the byte bound."""
-        if self.bytes + size > self.max_bytes:
+        if not self.fits(size):
             self._refused()
             return False
         self.bytes += size
         return True
+
+    def fits(self, size: int) -> bool:
+        """Whether `size` bytes more stay within the byte bound (always, when none are held:
+        a bound below the largest message still lets one in at a time)."""
+        return not self.bytes or self.bytes + size <= self.max_bytes
 
     def unhold(self, size: int) -> None:
         self.bytes -= size

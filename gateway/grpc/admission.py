@@ -5,8 +5,10 @@ grpc.aio reads a unary call's message before the handler runs, with no timeout a
 any size up to the limit: 40 calls each stopping 1 KiB short of 16 MiB held 640 MB for
 as long as their clients liked. Here each unary handler becomes a streaming-request one
 that reads its single message itself, so the read is ours to time and to charge:
-- a read not done within `HOLD_AFTER_S` (50 ms) is charged the largest message (grpc core then
-  buffers up to that much for it); refused RESOURCE_EXHAUSTED when the budget has no room;
+- a read is charged the largest message from the moment it is pending (grpc core then
+  buffers up to that much for it) until it completes, when the message is charged what
+  it is; a call finding no room within `QUEUE_S` is refused RESOURCE_EXHAUSTED before any
+  of its message beyond the stream's window has come;
 - a read not done within the body timeout ends the call (DEADLINE_EXCEEDED);
 - an inference message is counted in flight, as an HTTP request is, from its arrival to
   its answer. A stream is counted only while one of its messages is being answered, so
@@ -21,6 +23,7 @@ no call is in the gateway's hands.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 import time
@@ -36,11 +39,16 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
-# Long enough for a message already in grpc's buffers (the common case) to be handed over
-# without a charge even on a busy event loop; short enough that little more than the
-# budget can arrive meanwhile (what a link carries in 50 ms).
-HOLD_AFTER_S = 0.05
+# How long a call waits for room in the byte budget before it is refused: reads of small
+# messages already buffered (the common case) give their charge back within a loop turn
+# or two, so a burst of calls queues rather than fails (measured: 512 calls at once, room
+# for two reads, none refused for bytes); a budget held by slow senders refuses after this.
+QUEUE_S = 0.1
 RETRY: tuple[tuple[str, str], ...] = (("retry-after", "1"), ("grpc-retry-pushback-ms", "1000"))
+FULL = (
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "the server is at its limit of message bytes in flight; retry shortly",
+)
 MARKER = "x-gateway-drain-marker"
 QUIET_S = 0.1
 
@@ -54,6 +62,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.draining = False
         self.calls = 0  # calls in the gateway's hands: reading their message or answering
         self.refused_at = 0.0
+        self._freed = asyncio.Event()  # set (and replaced) whenever a read gives its charge back
 
     @functools.cached_property
     def _refuse(self) -> Handler:
@@ -62,8 +71,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         reset (CANCELLED), not the answer."""
 
         async def refuse(_: Any, context: Context) -> None:
-            await self.read(context)
             message = "the server is shutting down; retry (another replica answers)"
+            await self.read(context, (grpc.StatusCode.UNAVAILABLE, message))
             await context.abort(grpc.StatusCode.UNAVAILABLE, message, RETRY)
 
         return grpc.stream_unary_rpc_method_handler(refuse)
@@ -148,30 +157,36 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
         return streaming
 
-    async def read(self, context: Context) -> Any:
-        """The next message (or grpc.aio.EOF), within the arrival timeout and the budget."""
+    async def read(self, context: Context, full: tuple[grpc.StatusCode, str] = FULL) -> Any:
+        """The next message (or grpc.aio.EOF), within the arrival timeout and the budget;
+        the call is refused `full` when the budget has no room for it."""
+        if not await self._reserve():
+            await context.abort(*full, RETRY)
         read = asyncio.ensure_future(context.read())
         try:
-            done, _ = await asyncio.wait((read,), timeout=HOLD_AFTER_S)
-            if done:
-                return read.result()
-            if not self.admission.hold(self.max_message):
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "the server is at its limit of message bytes in flight; retry shortly", RETRY,
-                )  # fmt: skip
-            try:
-                done, _ = await asyncio.wait((read,), timeout=self.arrival_s - HOLD_AFTER_S)
-            finally:
-                self.admission.unhold(self.max_message)
+            done, _ = await asyncio.wait((read,), timeout=self.arrival_s)
             if done:
                 return read.result()
         finally:
             read.cancel()  # a no-op once it is done; the call ends when it is not
+            self.admission.unhold(self.max_message)
+            self._freed.set()
+            self._freed = asyncio.Event()
         await context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"the request message did not arrive within {self.arrival_s:g} s (--body-timeout-s)",
         )
+
+    async def _reserve(self) -> bool:
+        """Charge the largest message before its read is pending (grpc core buffers the
+        message from then on), waiting up to `QUEUE_S` for room; False, nothing charged,
+        when none came. A call waiting has no read pending, so it holds at most its window."""
+        deadline = time.monotonic() + QUEUE_S
+        while not self.admission.fits(self.max_message) and (left := deadline - time.monotonic()) > 0:
+            # Woken when a read gives its charge back; HTTP's releases are seen within 10 ms.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), min(left, 0.01))
+        return self.admission.hold(self.max_message)
 
     async def _admit(self, message: Any, context: Context) -> int:
         size = self.admission.admit(len(message) if isinstance(message, bytes) else message.ByteSize())
