@@ -20,6 +20,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn import Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _CLOSE = b"connection: close\r\ncontent-type: application/json\r\n"
@@ -60,6 +61,10 @@ def _response(status: bytes, message: bytes, extra: bytes = b"") -> bytes:
 TOO_MANY = _response(
     b"503 Service Unavailable", b"too many open connections; retry shortly", b"retry-after: 1\r\n"
 )
+DRAINING = _response(
+    b"503 Service Unavailable", b"the server is shutting down; retry (another replica answers)",
+    b"retry-after: 1\r\n",
+)  # fmt: skip
 HEADERS_TOO_LARGE = _response(b"431 Request Header Fields Too Large", b"request headers are too large")
 HEADERS_TOO_SLOW = _response(b"408 Request Timeout", b"request headers did not arrive in time")
 
@@ -77,6 +82,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._headers_done = 0.0
         self._draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
+        self.turned_away = False  # made during the drain: its request is answered 503
+        self._tail = b""  # the last bytes of a turned-away request's headers seen so far
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -84,6 +91,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             transport.write(TOO_MANY)
             transport.close()
             return
+        self.turned_away = getattr(self.server_state, "gateway_turn_away", False)
         self._header_started = self.loop.time()
         _HeaderDeadlines.watch(self)
 
@@ -120,6 +128,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.turned_away:
+            self._turn_away(data)
+            return
         super().data_received(data)
         # Counted after parsing, and only if the headers are still incomplete: a chunk
         # that completes them (and carries body bytes after them) is never refused.
@@ -127,6 +138,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._header_bytes += len(data)
             if self._header_bytes > self._limits.max_header_bytes and not self.transport.is_closing():
                 self._refuse(HEADERS_TOO_LARGE)
+
+    def _turn_away(self, data: bytes) -> None:
+        """A connection made during the drain: once its request's headers are in (never
+        parsed: nothing of it reaches the app), 503 + Retry-After and close. Its body, if
+        any, is not waited for; small ones came with the headers."""
+        self._header_bytes += len(data)
+        seen = self._tail + data
+        self._tail = seen[-3:]
+        ended = b"\r\n\r\n" in seen or self._header_bytes > self._limits.max_header_bytes
+        if ended and not self.transport.is_closing():
+            self._refuse(DRAINING)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -176,6 +198,41 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if response:
             self.transport.write(response)
         self.transport.close()
+
+
+async def drain(server: Server, sockets: list[socket.socket] | None) -> None:
+    """uvicorn's shutdown, but its listening sockets stay open until the drain ends: a
+    connection made meanwhile is answered 503 + Retry-After + close (a load balancer
+    retries elsewhere) where a closed socket refuses it at TCP level. The drain ends when
+    the connections made before it have answered what they received (or at the graceful
+    timeout: then the requests still running are cancelled), then the sockets close."""
+    state = server.server_state
+    state.gateway_turn_away = True  # type: ignore[attr-defined]
+    for connection in list(state.connections):
+        connection.shutdown()
+    try:
+        await asyncio.wait_for(_drained(server), timeout=server.config.timeout_graceful_shutdown)
+    except TimeoutError:
+        for task in state.tasks:
+            task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+    for listening in server.servers:
+        listening.close()
+    for sock in sockets or []:
+        sock.close()
+    for connection in list(state.connections):
+        connection.shutdown()  # the turned-away ones, that sent no request yet
+    for listening in server.servers:
+        await listening.wait_closed()
+    if not server.force_exit:
+        await server.lifespan.shutdown()
+
+
+async def _drained(server: Server) -> None:
+    state = server.server_state
+    while not server.force_exit and (
+        state.tasks or any(not getattr(c, "turned_away", False) for c in state.connections)
+    ):
+        await asyncio.sleep(0.02)
 
 
 class _HeaderDeadlines:

@@ -234,8 +234,10 @@ def _grpc_infer(port: int, rows: int, timeout: float) -> object:
 @pytest.mark.slow
 def test_g7_one_drain_for_both_doors_and_grpc_refuses_from_sigterm(demo_repo, tmp_path):
     """A call of each door waits 8 s in the batcher when SIGTERM comes, with a 2 s drain:
-    the process exits 2 s later, not 2 s of HTTP drain and then 2 s of gRPC drain; a gRPC
-    call made after SIGTERM is refused UNAVAILABLE, not accepted into the drain."""
+    the process exits 2 s later, not 2 s of HTTP drain and then 2 s of gRPC drain; a call
+    made after SIGTERM on either door is refused with its retryable status (UNAVAILABLE +
+    pushback; 503 + Retry-After + close on a new connection, not a TCP refusal), not
+    accepted into the drain."""
     grpc_port = free_port()
     srv = start_server(
         demo_repo, tmp_path, "--grpc-port", str(grpc_port), "--max-delay-ms", "8000",
@@ -265,7 +267,14 @@ def test_g7_one_drain_for_both_doors_and_grpc_refuses_from_sigterm(demo_repo, tm
         asked = time.monotonic()
         late = _grpc_infer(grpc_port, 1, 5)
         assert getattr(late, "code", lambda: None)() == grpc.StatusCode.UNAVAILABLE, late
+        assert ("grpc-retry-pushback-ms", "1000") in late.trailing_metadata()  # type: ignore[attr-defined]
         assert time.monotonic() - asked < 1, "the late call was taken into the drain, not refused"
+        asked = time.monotonic()
+        late_http = httpx.post(f"{srv.url}/v2/models/breast_cancer/infer", json=body, timeout=5)
+        assert late_http.status_code == 503, late_http.text
+        assert late_http.headers["retry-after"] == "1"
+        assert late_http.headers["connection"] == "close"
+        assert time.monotonic() - asked < 1, "the late request was taken into the drain, not refused"
         srv.process.wait(20)
         took = time.monotonic() - started
         assert took < 2 + 1.5, f"exit {took:.1f} s after SIGTERM with a 2 s drain"
