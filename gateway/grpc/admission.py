@@ -8,7 +8,10 @@ that reads its single message itself, so the read is ours to time and to charge:
 - a read is charged the largest message from the moment it is pending (grpc core then
   buffers up to that much for it) until it completes, when the message is charged what
   it is; a call finding no room within `QUEUE_S` is refused RESOURCE_EXHAUSTED before any
-  of its message beyond the stream's window has come;
+  of its message beyond the stream's window has come. The charge is pessimistic: grpc
+  hands Python a message only once it is whole, never the length its 5-byte prefix
+  declares, so a stream waiting for its next message holds the largest message of the
+  byte budget (not a concurrency slot) until it comes or the body timeout ends it;
 - a read not done within the body timeout ends the call (DEADLINE_EXCEEDED);
 - an inference message is counted in flight, as an HTTP request is, from its arrival to
   its answer. A stream is counted only while one of its messages is being answered, so
