@@ -245,3 +245,46 @@ def test_g4_grpc_connections_are_capped_and_idle_ones_closed(repo, tmp_path):
         for conn in conns:
             conn.close()
         srv.stop()
+
+
+def test_a_budget_below_the_largest_message_still_lets_one_read_in():
+    """With no bytes held, a read is charged even beyond the byte bound (as the first
+    request is): a budget below the body limit serves one read at a time, not none."""
+    from gateway.admission import Admission
+
+    admission = Admission(max_requests=4, max_bytes=MiB, max_body_bytes=4 * MiB)
+    assert admission.hold(4 * MiB)
+    assert not admission.hold(1), "a second read passed the bound"
+    assert admission.shed == 1
+    admission.unhold(4 * MiB)
+    assert admission.bytes == 0 and admission.fits(4 * MiB)
+
+
+def test_a_read_waits_for_room_briefly_then_is_refused():
+    """A read that finds the budget full waits (no read pending: nothing of its message
+    comes) and takes the room another read gives back; with none given back in
+    QUEUE_S it is refused, nothing charged."""
+    import asyncio
+
+    from gateway.admission import Admission
+    from gateway.grpc.admission import QUEUE_S, AdmissionInterceptor
+
+    async def run() -> tuple[bool, bool, float]:
+        admission = Admission(max_requests=4, max_bytes=4 * MiB, max_body_bytes=4 * MiB)
+        interceptor = AdmissionInterceptor(admission, 4 * MiB, arrival_s=5)
+        assert await interceptor._reserve()
+
+        async def give_back() -> None:
+            await asyncio.sleep(0.02)
+            admission.unhold(4 * MiB)
+            interceptor._freed.set()
+
+        waited, _ = await asyncio.gather(interceptor._reserve(), give_back())
+        started = time.monotonic()
+        refused = not await interceptor._reserve()
+        return waited, refused and admission.bytes == 4 * MiB, time.monotonic() - started
+
+    waited, refused, took = asyncio.run(run())
+    assert waited, "a read did not take the room given back"
+    assert refused, "a read beyond the budget was charged"
+    assert QUEUE_S * 0.9 <= took < QUEUE_S + 1, took
