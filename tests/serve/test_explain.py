@@ -1,5 +1,7 @@
 """`/explain` over loopback: contributions per user column against SHAP on the original
-model, additivity on every row, top, class, the KServe V1 form, and its refusals. Covers the
+model, additivity on every row, top, class, the KServe V1 form, and its refusals; the
+same through V2's `explain` parameter over HTTP JSON, HTTP binary and gRPC
+(gateway/explain/outputs.py). Covers the
 serving side end to end: gateway/explain/answer.py (options, row limits, the answer),
 gateway/explain/cache.py (built on first use, sha256-checked), gateway/explain/explainer.py
 (linear and sampling) and gateway/explain/graph.py (the estimator's input exposed)."""
@@ -29,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from converters import convert
-from tests.conftest import start_server
+from tests.conftest import free_port, start_server
 from tests.convert.zoo import churn_frame, churn_preprocessor
 
 shap = pytest.importorskip("shap")
@@ -118,10 +120,19 @@ def _tensor_model(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def url(repo: Path, tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(repo, tmp_path_factory.mktemp("server"), "--log-level", "warning")
-    yield srv.url
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    port = free_port()
+    srv = start_server(
+        repo, tmp_path_factory.mktemp("server"), "--log-level", "warning", "--grpc-port", str(port)
+    )
+    srv.grpc = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def url(server) -> str:
+    return str(server.url)
 
 
 def _rows(frame: pd.DataFrame) -> list[dict[str, object]]:
@@ -323,3 +334,164 @@ def test_docs_page_has_an_explain_form_with_a_chart(url):
     assert page.count('data-kind="explain"') == 10
     assert "function bars(" in page
     assert 'data-path="v1/models/tensor/explain"' not in page
+
+
+# -- the same through V2: `"parameters": {"explain": true}` ----------------------------------
+
+V2_TRANSPORTS = ["http-json", "http-binary", "grpc"]
+_RAW_TYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}
+
+
+def _v2_inputs(url: str, name: str, frame: pd.DataFrame | np.ndarray) -> tuple[str, str, np.ndarray]:
+    """The rows as the model's one matrix input (these models take their columns as one);
+    an array as the tensor model's input."""
+    if isinstance(frame, np.ndarray):
+        return "x", "FP32", frame.astype("<f4")
+    (spec,) = httpx.get(f"{url}/v2/models/{name}").json()["inputs"]
+    return spec["name"], spec["datatype"], frame.to_numpy().astype(_RAW_TYPES[spec["datatype"]])
+
+
+def _from_bytes(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
+    if datatype != "BYTES":
+        return np.frombuffer(raw, dtype=_RAW_TYPES[datatype]).reshape(shape)
+    values, pos = [], 0
+    while pos < len(raw):
+        size = int.from_bytes(raw[pos : pos + 4], "little")
+        values.append(raw[pos + 4 : pos + 4 + size].decode())
+        pos += 4 + size
+    return np.array(values, dtype=object).reshape(shape)
+
+
+def _v2_http(url: str, name: str, frame: pd.DataFrame, parameters: dict, binary: bool) -> tuple[int, dict]:
+    """(status, {output: (array, its parameters)}) or (status, the error body)."""
+    input_name, datatype, array = _v2_inputs(url, name, frame)
+    entry: dict = {"name": input_name, "datatype": datatype, "shape": list(array.shape)}
+    headers = {"content-type": "application/json"}
+    tail = b""
+    if binary:
+        tail = array.tobytes()
+        entry["parameters"] = {"binary_data_size": len(tail)}
+    else:
+        entry["data"] = array.ravel().tolist()
+    head = msgspec.json.encode(
+        {"inputs": [entry], "parameters": {**parameters, "binary_data_output": binary}}
+    )
+    if binary:
+        headers = {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(head)),
+        }
+    r = httpx.post(f"{url}/v2/models/{name}/infer", content=head + tail, headers=headers, timeout=60)
+    if r.status_code != 200:
+        return r.status_code, r.json()
+    length = int(r.headers.get("inference-header-content-length", len(r.content)))
+    body, rest, outputs = msgspec.json.decode(r.content[:length]), r.content[length:], {}
+    for o in body["outputs"]:
+        params = dict(o.get("parameters", {}))
+        if "data" in o:
+            array = np.array(o["data"], dtype=object if o["datatype"] == "BYTES" else np.float64).reshape(
+                o["shape"]
+            )
+        else:
+            size = params.pop("binary_data_size")
+            array, rest = _from_bytes(rest[:size], o["datatype"], o["shape"]), rest[size:]
+        outputs[o["name"]] = (array, params)
+    return 200, outputs
+
+
+_GRPC_STATUS = {"INVALID_ARGUMENT": 400, "RESOURCE_EXHAUSTED": 413, "NOT_FOUND": 404}
+
+
+def _v2_grpc(target: str, url: str, name: str, frame: pd.DataFrame, parameters: dict) -> tuple[int, dict]:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    input_name, datatype, array = _v2_inputs(url, name, frame)
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name=input_name, datatype=datatype, shape=list(array.shape))
+    request.raw_input_contents.append(array.tobytes())
+    for key, value in parameters.items():
+        field = {bool: "bool_param", int: "int64_param", str: "string_param"}[type(value)]
+        setattr(request.parameters[key], field, value)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        except grpc.RpcError as exc:
+            return _GRPC_STATUS.get(exc.code().name, 500), {"error": exc.details()}
+    outputs = {}
+    for o, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in o.parameters.items()}
+        outputs[o.name] = (_from_bytes(raw, o.datatype, list(o.shape)), params)
+    return 200, outputs
+
+
+def _v2(server, transport: str, name: str, frame: pd.DataFrame, parameters: dict) -> tuple[int, dict]:
+    if transport == "grpc":
+        return _v2_grpc(server.grpc, server.url, name, frame, parameters)
+    return _v2_http(server.url, name, frame, parameters, binary=transport == "http-binary")
+
+
+@pytest.mark.parametrize("transport", V2_TRANSPORTS)
+@pytest.mark.parametrize(
+    ("name", "parameters", "query"),
+    [
+        ("gboost", {}, ""),  # tree, each row's predicted class
+        ("xgb", {"explain_class": "0", "explain_top": 3}, "?class=0&top=3"),
+        ("ridge", {}, ""),  # linear, a regressor: no class
+        ("svc", {"explain_samples": 32}, "?samples=32"),  # sampling: its bound too
+    ],
+)
+def test_v2_explain_parameter_answers_what_explain_does(server, models, transport, name, parameters, query):
+    _, frame, _, method = models[name]
+    test = frame.iloc[-TEST_ROWS:]
+    status, outputs = _v2(server, transport, name, test, {"explain": True, **parameters})
+    assert status == 200, outputs
+    want = _explain(server.url, name, {"instances": _rows(frame)}, query)["explanations"]
+    phi, params = outputs["contributions"]
+    assert phi.shape == (TEST_ROWS, parameters.get("explain_top", frame.shape[1]))
+    assert msgspec.json.decode(params["columns"]) == list(frame.columns)
+    assert params["output"] == want[0]["output"] and params["method"] == method
+    assert params.get("class") == parameters.get("explain_class")
+    if "explain_top" in parameters:
+        names = outputs["contribution_columns"][0]
+        assert names.tolist() == [list(w["contributions"]) for w in want]
+    else:
+        names = np.array([list(frame.columns)] * TEST_ROWS)
+    for row, entry in enumerate(want):
+        assert dict(zip(names[row], phi[row], strict=True)) == pytest.approx(
+            entry["contributions"], abs=1e-12
+        )
+    assert outputs["base_value"][0] == pytest.approx([w["base_value"] for w in want], abs=1e-12)
+    if "class" in want[0]:
+        assert outputs["explained_class"][0].tolist() == [str(w["class"]) for w in want]
+    else:
+        assert "explained_class" not in outputs
+    if method == "sampling":
+        bound, bound_params = outputs["error_bound"]
+        assert bound == pytest.approx([w["error_bound"] for w in want], abs=1e-12)
+        assert bound_params == {"samples": 32}
+    served = [o["name"] for o in httpx.get(f"{server.url}/v2/models/{name}").json()["outputs"]]
+    assert set(outputs) - set(served) <= {"contributions", "base_value", "explained_class", "contribution_columns",
+                                          "error_bound"}  # fmt: skip
+    assert set(served) <= set(outputs)
+
+
+@pytest.mark.parametrize("transport", V2_TRANSPORTS)
+def test_v2_explain_refusals(server, models, transport):
+    cancer = models["gboost"][1]
+    cases = [
+        ("gboost", cancer[:257], {"explain": True}, 413, "257 rows to explain"),
+        ("tensor", np.zeros((1, 2, 3)), {"explain": True}, 400, "model 'tensor' cannot be explained"),
+        ("svc", cancer[:17], {"explain": True}, 413, "17 rows to explain"),
+        ("gboost", cancer[:1], {"explain": True, "explain_top": 0}, 400, "explain_top must be an integer"),
+        ("gboost", cancer[:1], {"explain": True, "explain_colour": "red"}, 400, "unknown parameter 'explain_colour'"),
+        ("gboost", cancer[:1], {"explain_top": 2}, 400, "the explain parameter must be true or false"),
+        ("gboost", cancer[:1], {"explain": True, "explain_class": "maybe"}, 422, "class 'maybe' is not one"),
+        ("ridge", models["ridge"][1][:1], {"explain": True, "explain_class": "1"}, 400, "model 'ridge' is a regressor"),
+    ]  # fmt: skip
+    for name, frame, parameters, status, words in cases:
+        got, body = _v2(server, transport, name, frame, parameters)
+        assert got == (400 if transport == "grpc" and status == 422 else status), (name, parameters, body)
+        assert words in body["error"], body
+    plain, outputs = _v2(server, transport, "gboost", cancer[:2], {"explain": False})
+    assert plain == 200 and "contributions" not in outputs
