@@ -40,6 +40,7 @@ class Asked:
     options: Options
     klass: int | None
     binary: bool
+    rows: int
 
 
 def asked(model: Any, parameters: dict[str, Any] | None, rows: int) -> Asked | None:
@@ -62,7 +63,7 @@ def asked(model: Any, parameters: dict[str, Any] | None, rows: int) -> Asked | N
     _check_model(model)
     check_rows(rows, model.manifest.explain.method)
     binary = bool((parameters or {}).get("binary_data_output", False))
-    return Asked(options, class_index(model.manifest, options), binary)
+    return Asked(options, class_index(model.manifest, options), binary, rows)
 
 
 def _check_model(model: Any) -> None:
@@ -86,10 +87,19 @@ async def tensors(
     request: Asked,
 ) -> list[OutputTensor]:  # fmt: skip
     """The explanation outputs for these rows: off the event loop, after the batch."""
-    explainer = await explainers.get(model)
-    attribution = await asyncio.to_thread(explainer.attribute, feeds, request.options.samples)
+    if not request.rows:  # nothing to attribute: empty outputs, no explainer built for them
+        attribution = _nothing(model.manifest)
+    else:
+        explainer = await explainers.get(model)
+        attribution = await asyncio.to_thread(explainer.attribute, feeds, request.options.samples)
     predictions = orjson.loads(model.records.encode(arrays)) if model.manifest.classes is not None else []
     return build(model.manifest, predictions, attribution, request)
+
+
+def _nothing(manifest: Any) -> Attribution:
+    width, targets = len(manifest.features), max(1, len(manifest.explain.targets))
+    error = np.zeros(0) if manifest.explain.method == "sampling" else None
+    return Attribution(np.zeros((0, targets)), np.zeros((0, width, targets)), error)
 
 
 def build(

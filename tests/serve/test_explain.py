@@ -495,3 +495,6 @@ def test_v2_explain_refusals(server, models, transport):
         assert words in body["error"], body
     plain, outputs = _v2(server, transport, "gboost", cancer[:2], {"explain": False})
     assert plain == 200 and "contributions" not in outputs
+    empty, outputs = _v2(server, transport, "gboost", cancer[:0], {"explain": True})
+    assert empty == 200 and outputs["contributions"][0].shape == (0, cancer.shape[1]), outputs
+    assert outputs["base_value"][0].shape == (0,) and outputs["explained_class"][0].shape == (0,)
