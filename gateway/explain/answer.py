@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
 import numpy as np
 
 from gateway.artifacts.manifest import Manifest
@@ -28,13 +29,56 @@ class Options:
     where: tuple[str, ...] = ("query", "class")  # where the class came from, for errors
 
 
-def options(query: bytes) -> Options:
-    """`?top=k&class=c&samples=n`, each checked."""
+def options(query: bytes, body: Mapping[str, Any] | None = None) -> Options:
+    """`?top=k&class=c&samples=n` and the body's `"parameters"`, each checked; a name in
+    both is refused rather than one silently winning."""
     try:
         pairs = parse_qsl(query.decode(), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
         raise BadRequest("the query string is not UTF-8") from None
-    return checked(dict(pairs), ["query"], "query parameter")
+    found = dict(pairs)
+    from_query = checked(found, ["query"], "query parameter")
+    if not body:
+        return from_query
+    twice = sorted(set(found) & set(body))
+    if twice:
+        detail = [{"loc": ["body", "parameters", k], "msg": "also in the query"} for k in twice]
+        raise BadRequest(
+            f"{', '.join(twice)} given in the query and in the body's parameters: give each once", detail
+        )
+    from_body = checked(body, ["body", "parameters"], "body parameter")
+    return Options(
+        from_body.top if "top" in body else from_query.top,
+        from_body.klass if "class" in body else from_query.klass,
+        from_body.samples if "samples" in body else from_query.samples,
+        from_body.where if "class" in body else from_query.where,
+    )
+
+
+_TOP = (msgspec.json.Decoder(dict[str, msgspec.Raw]), msgspec.msgpack.Decoder(dict[str, msgspec.Raw]))
+_ENCODERS = (msgspec.json.Encoder(), msgspec.msgpack.Encoder())
+_SCALARS = dict[str, str | int | float | bool | None]
+
+
+def body_parameters(body: bytes, msgpack: bool, names: list[str]) -> tuple[bytes, dict[str, Any]]:
+    """A body's top-level `"parameters"` object (KServe's place for a request's options),
+    taken out, and the rest of the body for the records codec, in any of its forms. A model
+    with a column named "parameters" reads it as that column."""
+    if b"parameters" not in body or "parameters" in names:
+        return body, {}
+    try:
+        top = _TOP[msgpack].decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return body, {}  # not an object: the records codec says what is wrong with it
+    raw = top.pop("parameters", None)
+    if raw is None:
+        return body, {}
+    try:
+        given = (msgspec.msgpack if msgpack else msgspec.json).decode(raw, type=_SCALARS)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        detail = [{"loc": ["body", "parameters"], "msg": "expected an object of scalars"}]
+        raise BadRequest('"parameters" must be an object of top, class and samples', detail) from None
+    return _ENCODERS[msgpack].encode(top), {k: v for k, v in given.items() if v is not None}
 
 
 def checked(found: Mapping[str, Any], loc: list[str], kind: str, prefix: str = "") -> Options:

@@ -281,6 +281,43 @@ def test_top_class_columns_and_kserve_form(url, models):
     )
 
 
+def test_body_parameters_are_the_query_parameters(url, models):
+    """KServe's place for a request's options: `"parameters"` beside the rows, in any body form."""
+    _, frame, _, _ = models["churn-logreg"]
+    records = _rows(frame)[:3]
+    by_query = _explain(url, "churn-logreg", {"instances": records}, "?top=2&class=0")
+    assert [str(e["class"]) for e in by_query["explanations"]] == ["0"] * 3
+    assert all(len(e["contributions"]) == 2 for e in by_query["explanations"])
+    body = {"instances": records, "parameters": {"top": 2, "class": "0"}}
+    assert _explain(url, "churn-logreg", body) == by_query
+    assert (
+        _explain(url, "churn-logreg", {"instances": records, "parameters": {"class": 0}}, "?top=2")
+        == by_query
+    )
+    columns = {k: [r[k] for r in records] for k in records[0]}
+    assert (
+        _explain(url, "churn-logreg", {"inputs": columns, "parameters": {"top": 2, "class": "0"}}) == by_query
+    )
+    one = _explain(url, "churn-logreg", {**records[0], "parameters": {"top": 2, "class": "0"}})
+    assert one["explanations"] == by_query["explanations"][:1]
+    packed = httpx.post(
+        f"{url}/v1/models/churn-logreg/explain", content=msgspec.msgpack.encode(body),
+        headers={"content-type": "application/msgpack", "accept": "application/msgpack"},
+    )  # fmt: skip
+    assert msgspec.msgpack.decode(packed.content) == by_query
+    refusals = [
+        ({"instances": records, "parameters": {"top": 2}}, "?top=2", 400, ["body", "parameters", "top"]),
+        ({"instances": records, "parameters": {"top": 0}}, "", 400, ["body", "parameters", "top"]),
+        ({"instances": records, "parameters": {"colour": "red"}}, "", 400, ["body", "parameters", "colour"]),
+        ({"instances": records, "parameters": {"class": "maybe"}}, "", 422, ["body", "parameters", "class"]),
+        ({"instances": records, "parameters": [1]}, "", 400, ["body", "parameters"]),
+    ]
+    for body, query, status, loc in refusals:
+        response = httpx.post(f"{url}/v1/models/churn-logreg/explain{query}", json=body, timeout=30)
+        assert response.status_code == status, response.text
+        assert response.json()["detail"][0]["loc"] == loc, response.text
+
+
 def test_refusals(url, models):
     _, frame, _, _ = models["forest"]
     record = _rows(frame)[0]
