@@ -6,7 +6,10 @@ feature merge into one element with a zero fraction (the share of training cover
 takes the path) and a one fraction (1 where the row takes the path, else 0). The EXTEND
 step is a single vector operation per element, the UNWIND recurrence runs for all of a
 path's elements at once, and all paths of the same length, for all rows, go together.
-Only the one fractions depend on the row, so everything else is built once per model.
+Only the one fractions depend on the row, so everything else is built once per model;
+and only through which elements it satisfies: short paths look their weights up in a
+table of every pattern, long ones compute them once per distinct (path, pattern) a
+request holds.
 """
 
 from __future__ import annotations
@@ -132,10 +135,8 @@ class TreeShap:
     def _contributions(self, x: np.ndarray, group: _Paths, part: slice) -> np.ndarray:
         one = self._one_fractions(x, group, part)
         if group.table is None:
-            return _unwound(one.astype(np.float64), group.zero[part], group.length)
-        patterns = np.zeros(one.shape[:2], dtype=np.intp)
-        for e in range(group.length):
-            patterns |= one[:, :, e].astype(np.intp) << e
+            return _distinct_unwound(one, group.zero[part], group.length)
+        patterns = _patterns(one)
         first = np.arange(part.start, min(part.stop, group.feature.shape[0]))
         found: np.ndarray = group.table[(first << group.length)[None, :] + patterns]
         return found
@@ -147,6 +148,30 @@ class TreeShap:
             inside = (values >= lo) & (values < hi) if self.strict else (values > lo) & (values <= hi)
         one: np.ndarray = np.where(np.isnan(values), group.nan_ok[part], inside)
         return one
+
+
+def _patterns(one: np.ndarray) -> np.ndarray:
+    """(rows, paths): which of each path's elements the row satisfies, as bits."""
+    patterns = np.zeros(one.shape[:2], dtype=np.int64)
+    for e in range(one.shape[2]):
+        patterns |= one[:, :, e].astype(np.int64) << e
+    return patterns
+
+
+def _distinct_unwound(one: np.ndarray, zero: np.ndarray, length: int) -> np.ndarray:
+    """`_unwound` once per distinct (path, pattern) among the rows: rows share patterns
+    (those on a path all satisfy it; most others miss it the same way), so a request's
+    rows x paths hold a few times fewer distinct ones."""
+    rows, paths = one.shape[:2]
+    if length + paths.bit_length() > 62:  # the key would not fit an int64
+        return _unwound(one.astype(np.float64), zero, length)
+    keys = (_patterns(one) << paths.bit_length()) | np.arange(paths)
+    distinct, inverse = np.unique(keys.ravel(), return_inverse=True)
+    path, pattern = distinct & ((1 << paths.bit_length()) - 1), distinct >> paths.bit_length()
+    bits = ((pattern[:, None] >> np.arange(length)) & 1).astype(np.float64)
+    weights = _unwound(bits[None], zero[path], length)[0]  # (distinct, length)
+    found: np.ndarray = weights[inverse.ravel()].reshape(rows, paths, length)
+    return found
 
 
 def _unwound(one: np.ndarray, zero: np.ndarray, length: int) -> np.ndarray:

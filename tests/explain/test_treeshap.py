@@ -121,3 +121,17 @@ def test_large_models_take_the_slower_paths_to_the_same_values(monkeypatch):
     slow = TreeShap(_tables(model, False))
     assert all(g.table is None for g in slow.groups)
     assert np.abs(slow.shap_values(rows, np.asarray([0, 1, 1, 2, 2]), 3) - fast).max() < 1e-12
+
+
+def test_long_paths_share_their_distinct_patterns_exactly():
+    """Rows that satisfy the same elements of a long path get its weights from one
+    computation: the same numbers as the per-row recurrence, to the last bit."""
+    from gateway.explain.treeshap import _distinct_unwound, _unwound
+
+    rng = np.random.default_rng(5)
+    for length in (1, 7, 12, 20):
+        one = rng.random((40, 30, length)) < 0.7
+        one[:20] = one[20:]  # half the rows repeat the other half's patterns
+        zero = rng.uniform(0.05, 1.0, (30, length))
+        want = _unwound(one.astype(np.float64), zero, length)
+        assert np.array_equal(_distinct_unwound(one, zero, length), want)
