@@ -30,9 +30,6 @@ CHUNK_ELEMENTS = 1 << 21
 TABLE_ELEMENTS = 1 << 20
 TABLE_LENGTH = 10
 TABLES_TOTAL = 1 << 23
-# The (path element -> user column and target) matrices, in all: ~128 MB of float64.
-MATRIX_ELEMENTS = 1 << 24
-MATRIX_ROWS = 16
 # A child with no training cover: its zero fraction, kept positive so that the UNWIND
 # step (which divides by it) stays finite; its effect on a sum is below 1e-200.
 _TINY = 1e-300
@@ -86,7 +83,6 @@ class TreeShap:
             else:
                 self.groups.append(group)
         self.n_features = 1 + max((int(g.feature.max()) for g in self.groups), default=-1)
-        self._matrices: dict[tuple[bytes, int], list[np.ndarray]] = {}
 
     def shap_values(self, x: np.ndarray, columns: np.ndarray | None = None, width: int = 0) -> np.ndarray:
         """(rows, columns, targets): contributions summed onto `columns[j]` for encoded
@@ -96,41 +92,14 @@ class TreeShap:
         if columns is None:
             width = max(x.shape[1], self.n_features)
             columns = np.arange(width)
-        # A few rows read the whole matrix for little work: bincount is cheaper there.
-        onto = self._onto(columns, width) if rows >= MATRIX_ROWS else None
         phi = np.zeros((rows, width * self.n_targets))
-        for g, group in enumerate(self.groups):
+        for group in self.groups:
             step = max(1, CHUNK_ELEMENTS // max(1, rows * group.length))
             for start in range(0, group.feature.shape[0], step):
                 part = slice(start, start + step)
                 contrib = self._contributions(x, group, part)  # (rows, paths, length)
-                if onto is not None:
-                    phi += (
-                        contrib.reshape(rows, -1) @ onto[g][start * group.length : part.stop * group.length]
-                    )
-                else:
-                    _accumulate(phi, contrib, columns[group.feature[part]], group.value[part])
+                _accumulate(phi, contrib, columns[group.feature[part]], group.value[part])
         return phi.reshape(rows, width, self.n_targets)
-
-    def _onto(self, columns: np.ndarray, width: int) -> list[np.ndarray] | None:
-        """Per group, the matrix from (path, element) to (user column, target): the leaf's
-        value where the element's feature came from that column. A matrix product then
-        sums every path's share onto the user's columns at BLAS speed."""
-        key = (columns.tobytes(), width)
-        size = sum(g.feature.size for g in self.groups) * width * self.n_targets
-        if size > MATRIX_ELEMENTS:
-            return None  # too large to hold: summed by bincount instead, more slowly
-        if key not in self._matrices:
-            self._matrices.clear()  # one column map per model: keep the latest only
-            matrices = []
-            for group in self.groups:
-                paths, length = group.feature.shape
-                matrix = np.zeros((paths, length, width, self.n_targets))
-                p, e = np.indices((paths, length))
-                matrix[p, e, columns[group.feature]] = group.value[:, None, :]
-                matrices.append(matrix.reshape(paths * length, width * self.n_targets))
-            self._matrices[key] = matrices
-        return self._matrices[key]
 
     def _contributions(self, x: np.ndarray, group: _Paths, part: slice) -> np.ndarray:
         one = self._one_fractions(x, group, part)
@@ -214,6 +183,9 @@ def _table(group: _Paths) -> np.ndarray:
 
 
 def _accumulate(phi: np.ndarray, contrib: np.ndarray, columns: np.ndarray, value: np.ndarray) -> None:
+    """Each path element's share, times its leaf's value, summed onto its user column.
+    One pass per target: a dense (element -> column) matrix product does `width` times
+    the work, and BLAS's threads spin on cores the batcher's lanes share."""
     rows = phi.shape[0]
     targets = value.shape[1]
     width = phi.shape[1] // targets

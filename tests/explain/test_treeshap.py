@@ -108,8 +108,7 @@ def test_a_graph_value_becomes_an_output():
 
 
 def test_large_models_take_the_slower_paths_to_the_same_values(monkeypatch):
-    """Past the memory bounds (pattern tables, column matrices) the same numbers come
-    from the per-row recurrence and bincount sums."""
+    """Past the pattern tables' memory bound the same numbers come from the recurrence."""
     from gateway.explain import treeshap
 
     x, y = _data(2)
@@ -117,7 +116,6 @@ def test_large_models_take_the_slower_paths_to_the_same_values(monkeypatch):
     rows = x[:25].astype(np.float32).astype(np.float64)
     fast = TreeShap(_tables(model, False)).shap_values(rows, np.asarray([0, 1, 1, 2, 2]), 3)
     monkeypatch.setattr(treeshap, "TABLE_ELEMENTS", 0)
-    monkeypatch.setattr(treeshap, "MATRIX_ELEMENTS", 0)
     slow = TreeShap(_tables(model, False))
     assert all(g.table is None for g in slow.groups)
     assert np.abs(slow.shap_values(rows, np.asarray([0, 1, 1, 2, 2]), 3) - fast).max() < 1e-12
