@@ -78,11 +78,14 @@ def _shap(explain: Explain, model: Any, framework: str, rows: pd.DataFrame,
         import shap  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ConversionError("explain: the check needs shap: pip install 'onnx-gateway[convert]'") from exc
+    name = "shap.TreeExplainer(feature_perturbation='tree_path_dependent')"
+    if _multiclass_gradient_boosting(final):
+        values, base = _per_class(shap, final, np.asarray(x, dtype=np.float64))
+        return _onto_columns(values, explain), base, name + ", one tree ensemble per class"
     try:
         explainer = shap.TreeExplainer(final, feature_perturbation="tree_path_dependent")
     except Exception as exc:  # shap's InvalidModelError: a model it cannot explain
         raise NoReference(str(exc)) from exc
-    name = "shap.TreeExplainer(feature_perturbation='tree_path_dependent')"
     values = np.asarray(explainer.shap_values(x), dtype=np.float64)
     if values.ndim == 2:
         values = values[:, :, None]
@@ -93,8 +96,49 @@ def _shap(explain: Explain, model: Any, framework: str, rows: pd.DataFrame,
 
 
 class NoReference(ValueError):
-    """SHAP cannot explain this model (multi-class GradientBoosting): nothing to prove the
-    exact method against, so the model is sampled instead."""
+    """SHAP cannot explain this model: nothing to prove the exact method against, so the
+    model is sampled instead."""
+
+
+def _multiclass_gradient_boosting(final: Any) -> bool:
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    return isinstance(final, GradientBoostingClassifier) and final.estimators_.shape[1] > 1
+
+
+def _per_class(shap: Any, final: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """shap.TreeExplainer on each class's trees, given as the tree dictionaries shap reads:
+    shap refuses a multi-class GradientBoostingClassifier whole, but each class's margin is
+    its own sum of regression trees (times the learning rate) on the initial estimate."""
+    init = (
+        final.decision_function(x[:1])[0]
+        - sum(  # the initial estimate, per class
+            final.learning_rate * np.array([e.predict(x[:1])[0] for e in stage])
+            for stage in final.estimators_
+        )
+    )
+    values, bases = [], []
+    for k in range(final.estimators_.shape[1]):
+        trees = [_tree_dict(e.tree_, final.learning_rate) for e in final.estimators_[:, k]]
+        model = {"trees": trees, "base_offset": float(init[k]), "tree_output": "raw_value",
+                 "input_dtype": np.float32, "internal_dtype": np.float64}  # fmt: skip
+        explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
+        values.append(np.asarray(explainer.shap_values(x), dtype=np.float64))
+        bases.append(float(np.ravel(explainer.expected_value)[0]))
+    return np.stack(values, axis=2), np.asarray(bases)
+
+
+def _tree_dict(tree: Any, scale: float) -> dict[str, np.ndarray]:
+    leaf = tree.children_left < 0
+    left_missing = getattr(tree, "missing_go_to_left", np.ones(tree.node_count, dtype=bool)).astype(bool)
+    default = np.where(left_missing, tree.children_left, tree.children_right)
+    return {
+        "children_left": tree.children_left, "children_right": tree.children_right,
+        "children_default": np.where(leaf, -1, default),
+        "features": np.where(leaf, -2, tree.feature), "thresholds": tree.threshold.astype(np.float64),
+        "values": tree.value[:, 0, :1].astype(np.float64) * scale,
+        "node_sample_weight": tree.weighted_n_node_samples.astype(np.float64),
+    }  # fmt: skip
 
 
 def _onto_columns(values: np.ndarray, explain: Explain) -> np.ndarray:

@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.ensemble import (
     ExtraTreesRegressor,
     GradientBoostingClassifier,
@@ -51,6 +51,11 @@ def _cancer(columns: int = 6) -> tuple[pd.DataFrame, np.ndarray]:
     return x.iloc[:, :columns], y.to_numpy()
 
 
+def _wine() -> tuple[pd.DataFrame, np.ndarray]:
+    x, y = load_wine(return_X_y=True, as_frame=True)
+    return x.iloc[:, :8], y.to_numpy()
+
+
 def _diabetes() -> tuple[pd.DataFrame, np.ndarray]:
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     return x, y.to_numpy()
@@ -61,6 +66,7 @@ def _models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
     churn, churn_y = _churn()
     cancer, cancer_y = _cancer()
     diabetes, diabetes_y = _diabetes()
+    wine, wine_y = _wine()
     return {
         "forest": (make_pipeline(churn_preprocessor(), RandomForestClassifier(20, max_depth=6, random_state=0))
                    .fit(churn, churn_y), churn, "sklearn", "tree"),
@@ -68,6 +74,8 @@ def _models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
                         diabetes, "sklearn", "tree"),
         "gboost": (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0)
                    .fit(cancer, cancer_y), cancer, "sklearn", "tree"),
+        "gboost3": (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(wine, wine_y),
+                    wine, "sklearn", "tree"),
         "hgb": (make_pipeline(churn_preprocessor(), HistGradientBoostingClassifier(max_iter=20, random_state=0))
                 .fit(churn, churn_y), churn, "sklearn", "tree"),
         "xgb": (xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(cancer, cancer_y), cancer, "xgboost", "tree"),
@@ -232,6 +240,24 @@ def _margin(model, framework: str, row: pd.DataFrame) -> float:
     return float(np.ravel(model.decision_function(row))[0])
 
 
+def test_multiclass_gradient_boosting_is_exact_per_class(url, models, repo):
+    """shap refuses a multi-class GradientBoostingClassifier whole; convert proves each
+    class's trees against it one ensemble at a time, and the served margins add up."""
+    from gateway.artifacts.repository import Repository
+
+    explain = Repository(repo).manifest("gboost3", "1").explain
+    assert explain is not None and explain.method == "tree" and explain.targets == [0, 1, 2]
+    assert explain.check is not None and "one tree ensemble per class" in explain.check.reference
+    assert explain.check.max_abs_diff < 1e-6
+    model, frame, _, _ = models["gboost3"]
+    margins = model.decision_function(frame.iloc[-TEST_ROWS:])
+    for k in range(3):
+        answer = _explain(url, "gboost3", {"instances": _rows(frame)}, f"?class={k}")["explanations"]
+        assert [e["class"] for e in answer] == [k] * TEST_ROWS and answer[0]["output"] == "margin"
+        totals = [e["base_value"] + sum(e["contributions"].values()) for e in answer]
+        assert np.abs(np.asarray(totals) - margins[:, k]).max() < 1e-5
+
+
 def test_sampling_is_within_its_stated_bound_of_exact_shapley(url, repo):
     """The manifest records the convert-time comparison with exact Shapley values."""
     from gateway.artifacts.repository import Repository
@@ -367,8 +393,8 @@ def test_openapi_describes_explain(url):
 def test_docs_page_has_an_explain_form_with_a_chart(url):
     page = httpx.get(f"{url}/docs").text
     assert 'data-path="v1/models/forest/explain"' in page
-    assert page.count('<div class="chart"></div>') == 10  # every model but the tensor one
-    assert page.count('data-kind="explain"') == 10
+    assert page.count('<div class="chart"></div>') == 11  # every model but the tensor one
+    assert page.count('data-kind="explain"') == 11
     assert "function bars(" in page
     assert 'data-path="v1/models/tensor/explain"' not in page
 
