@@ -48,6 +48,16 @@ class _Paths:
     value: np.ndarray  # (paths, targets) leaf outputs, scaled
     # (paths * 2**length, length): each path's weights for every pattern of its elements
     table: np.ndarray | None = None
+    # Category-set elements: (paths, length) index into `sets` (-1: an interval), and
+    # (sets, CODES) which codes take the path.
+    category: np.ndarray | None = None
+    sets: np.ndarray | None = None
+
+
+# Category codes 0..255 and, last, the one missing and unknown categories read (as the
+# ONNX graph's split columns do: scikit-learn's HistGradientBoosting bins).
+CODES = 257
+_ALL = (1 << CODES) - 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class _Element:
     hi: float = np.inf
     nan_ok: bool = True
     zero: float = 1.0
+    allowed: int | None = None  # a category feature: the codes taking the path, as bits
 
 
 class TreeShap:
@@ -68,8 +79,9 @@ class TreeShap:
         base = np.asarray(tables.base or [0.0] * self.n_targets, dtype=np.float64)
         self.expected = base.copy()
         by_length: dict[int, list[tuple[list[int], list[_Element], np.ndarray]]] = {}
+        splits = {c.column: (c.feature, sum(1 << code for code in c.yes)) for c in tables.categories}
         for root in tables.roots:
-            for features, elements, leaf in _walk(tables, root):
+            for features, elements, leaf in _walk(tables, root, splits):
                 self.expected += values[leaf] * float(np.prod([e.zero for e in elements]))
                 by_length.setdefault(len(features), []).append((features, elements, values[leaf]))
         groups = [_group(length, paths) for length, paths in sorted(by_length.items()) if length]
@@ -116,7 +128,19 @@ class TreeShap:
         with np.errstate(invalid="ignore"):
             inside = (values >= lo) & (values < hi) if self.strict else (values > lo) & (values <= hi)
         one: np.ndarray = np.where(np.isnan(values), group.nan_ok[part], inside)
+        if group.sets is not None and group.category is not None:
+            category = group.category[part]
+            member = group.sets[np.maximum(category, 0)[None], _codes(values)]
+            one = np.where(category[None] >= 0, member, one)
         return one
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Category codes as the graph's split columns read them: truncated to integers, and
+    anything outside 0..255 (NaN included) the missing row."""
+    with np.errstate(invalid="ignore"):
+        outside = ~((values >= 0) & (values < CODES - 1))
+    return np.where(outside, CODES - 1, np.nan_to_num(values)).astype(np.intp)
 
 
 def _patterns(one: np.ndarray) -> np.ndarray:
@@ -196,9 +220,13 @@ def _accumulate(phi: np.ndarray, contrib: np.ndarray, columns: np.ndarray, value
         view[:, :, t] += np.bincount(index, weights, minlength=rows * width).reshape(rows, width)
 
 
-def _walk(tables: TreeTables, root: int) -> list[tuple[list[int], list[_Element], int]]:
+def _walk(
+    tables: TreeTables, root: int, splits: dict[int, tuple[int, int]]
+) -> list[tuple[list[int], list[_Element], int]]:
     """Every leaf under `root`: the distinct features on its path, each with the interval
-    a row's value must lie in, and the leaf's index."""
+    a row's value must lie in (or, for a category feature, the codes it may take), and
+    the leaf's index. A category split's own column counts as its feature's: all splits
+    on one feature are one element, as thresholds on one feature are."""
     found: list[tuple[list[int], list[_Element], int]] = []
     stack: list[tuple[int, dict[int, _Element]]] = [(root, {})]
     while stack:
@@ -210,6 +238,14 @@ def _walk(tables: TreeTables, root: int) -> list[tuple[list[int], list[_Element]
             continue
         no, feature, threshold = tables.no[node], tables.feature[node], tables.threshold[node]
         cover = tables.cover[node] or _TINY
+        if feature in splits:
+            feature, codes = splits[feature]
+            for child, took_yes in ((yes, True), (no, False)):
+                current = conditions.get(feature, _Element(allowed=_ALL))
+                allowed = (current.allowed or 0) & (codes if took_yes else _ALL ^ codes)
+                zero = current.zero * max(tables.cover[child] / cover, _TINY)
+                stack.append((child, {**conditions, feature: replace(current, allowed=allowed, zero=zero)}))
+            continue
         for child, took_yes in ((yes, True), (no, False)):
             current = conditions.get(feature, _Element())
             element = _Element(
@@ -226,8 +262,19 @@ def _group(length: int, paths: list[tuple[list[int], list[_Element], np.ndarray]
     def table(field: str) -> np.ndarray:
         return np.asarray([[getattr(e, field) for e in elements] for _, elements, _ in paths])
 
+    allowed = [[e.allowed for e in elements] for _, elements, _ in paths]
+    distinct = sorted({a for row in allowed for a in row if a is not None})
+    category, sets = None, None
+    if distinct:
+        index = {a: i for i, a in enumerate(distinct)}
+        category = np.asarray(
+            [[index[a] if a is not None else -1 for a in row] for row in allowed], dtype=np.intp
+        )
+        sets = np.asarray([[(a >> code) & 1 for code in range(CODES)] for a in distinct], dtype=bool)
     return _Paths(
         length=length,
+        category=category,
+        sets=sets,
         feature=np.asarray([features for features, _, _ in paths], dtype=np.intp),
         lo=table("lo").astype(np.float64),
         hi=table("hi").astype(np.float64),

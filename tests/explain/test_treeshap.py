@@ -133,3 +133,23 @@ def test_long_paths_share_their_distinct_patterns_exactly():
         zero = rng.uniform(0.05, 1.0, (30, length))
         want = _unwound(one.astype(np.float64), zero, length)
         assert np.array_equal(_distinct_unwound(one, zero, length), want)
+
+
+def test_category_set_splits_match_the_same_tree_as_thresholds():
+    """Codes {0, 1} then {0} on one feature are the thresholds 1.5 then 0.5: the same
+    SHAP values, with the two set splits merged into one element as thresholds are."""
+    from gateway.artifacts.manifest import CategorySplit
+
+    tree = dict(roots=[0], yes=[1, 3, 5, -1, -1, -1, -1], no=[2, 4, 6, -1, -1, -1, -1],
+                missing_yes=[False] * 7, cover=[100.0, 60.0, 40.0, 25.0, 35.0, 10.0, 30.0],
+                values=[0.0, 0.0, 0.0, 1.0, -2.0, 0.5, 3.0], n_targets=1)  # fmt: skip
+    numeric = TreeTables(feature=[0, 0, 1, -1, -1, -1, -1], threshold=[1.5, 0.5, 0.0, 0, 0, 0, 0], **tree)
+    sets = TreeTables(
+        feature=[2, 3, 1, -1, -1, -1, -1], threshold=[0.5, 0.5, 0.0, 0, 0, 0, 0], **tree,
+        categories=[CategorySplit(column=2, feature=0, yes=[0, 1]), CategorySplit(column=3, feature=0, yes=[0])],
+    )  # fmt: skip
+    rows = np.array([[0.0, -1.0], [1.0, 2.0], [2.0, -0.5], [7.0, 1.0], [1.0, -3.0]])
+    want = TreeShap(numeric).shap_values(rows)
+    got = TreeShap(sets).shap_values(rows)
+    assert np.abs(got - want).max() < 1e-14 and np.abs(want).max() > 0.1
+    assert TreeShap(sets).expected == pytest.approx(TreeShap(numeric).expected)

@@ -56,6 +56,17 @@ def _wine() -> tuple[pd.DataFrame, np.ndarray]:
     return x.iloc[:, :8], y.to_numpy()
 
 
+def _categories() -> tuple[pd.DataFrame, np.ndarray]:
+    """Native category columns, which HistGradientBoosting's preprocessor moves first; "b"
+    and "city" are constant (no split reads them: their contributions are 0)."""
+    rng = np.random.default_rng(0)
+    colours = ["red", "green", "blue", "black", "white", "grey"]
+    x = pd.DataFrame({"a": rng.normal(size=500), "colour": pd.Categorical(rng.choice(colours, 500)),
+                      "b": np.zeros(500), "city": pd.Categorical(["paris"] * 500)})  # fmt: skip
+    y = (x["a"] > 0.3) ^ x["colour"].isin(["red", "blue", "white"])
+    return x, y.to_numpy().astype(int)
+
+
 def _diabetes() -> tuple[pd.DataFrame, np.ndarray]:
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     return x, y.to_numpy()
@@ -67,6 +78,7 @@ def _models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
     cancer, cancer_y = _cancer()
     diabetes, diabetes_y = _diabetes()
     wine, wine_y = _wine()
+    categories, categories_y = _categories()
     return {
         "forest": (make_pipeline(churn_preprocessor(), RandomForestClassifier(20, max_depth=6, random_state=0))
                    .fit(churn, churn_y), churn, "sklearn", "tree"),
@@ -76,6 +88,8 @@ def _models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
                    .fit(cancer, cancer_y), cancer, "sklearn", "tree"),
         "gboost3": (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(wine, wine_y),
                     wine, "sklearn", "tree"),
+        "hgb-categories": (HistGradientBoostingClassifier(max_iter=15, random_state=0).fit(categories, categories_y),
+                           categories, "sklearn", "tree"),
         "hgb": (make_pipeline(churn_preprocessor(), HistGradientBoostingClassifier(max_iter=20, random_state=0))
                 .fit(churn, churn_y), churn, "sklearn", "tree"),
         "xgb": (xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(cancer, cancer_y), cancer, "xgboost", "tree"),
@@ -258,6 +272,25 @@ def test_multiclass_gradient_boosting_is_exact_per_class(url, models, repo):
         assert np.abs(np.asarray(totals) - margins[:, k]).max() < 1e-5
 
 
+def test_category_splits_are_exact(url, models, repo):
+    """HistGradientBoosting's native category splits: TreeSHAP on category sets, proven at
+    convert against shap row by row; each contribution lands on its own user column
+    although the trees read the category columns first."""
+    from gateway.artifacts.repository import Repository
+
+    explain = Repository(repo).manifest("hgb-categories", "1").explain
+    assert explain is not None and explain.method == "tree" and explain.trees is not None
+    assert explain.trees.categories and {c.feature for c in explain.trees.categories} == {0}  # colour, first
+    assert explain.check is not None and "category splits" in explain.check.reference
+    assert explain.check.max_abs_diff < 1e-6
+    model, frame, _, _ = models["hgb-categories"]
+    answer = _explain(url, "hgb-categories", {"instances": _rows(frame)}, "?class=1")["explanations"]
+    got = np.asarray([[e["contributions"][c] for c in frame.columns] for e in answer])
+    assert np.all(got[:, [2, 3]] == 0.0) and np.all(got[:, [0, 1]] != 0.0)  # b and city never split
+    totals = [e["base_value"] + sum(e["contributions"].values()) for e in answer]
+    assert np.abs(np.asarray(totals) - model.decision_function(frame.iloc[-TEST_ROWS:])).max() < 1e-5
+
+
 def test_sampling_is_within_its_stated_bound_of_exact_shapley(url, repo):
     """The manifest records the convert-time comparison with exact Shapley values."""
     from gateway.artifacts.repository import Repository
@@ -393,8 +426,8 @@ def test_openapi_describes_explain(url):
 def test_docs_page_has_an_explain_form_with_a_chart(url):
     page = httpx.get(f"{url}/docs").text
     assert 'data-path="v1/models/forest/explain"' in page
-    assert page.count('<div class="chart"></div>') == 11  # every model but the tensor one
-    assert page.count('data-kind="explain"') == 11
+    assert page.count('<div class="chart"></div>') == 12  # every model but the tensor one
+    assert page.count('data-kind="explain"') == 12
     assert "function bars(" in page
     assert 'data-path="v1/models/tensor/explain"' not in page
 
