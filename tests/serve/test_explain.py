@@ -8,6 +8,9 @@ gateway/explain/cache.py (built on first use, sha256-checked), gateway/explain/e
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from converters import convert
-from tests.conftest import free_port, start_server
+from tests.conftest import ROOT, free_port, start_server
 from tests.convert.zoo import churn_frame, churn_preprocessor
 
 shap = pytest.importorskip("shap")
@@ -594,3 +597,52 @@ def test_v2_explain_refusals(server, models, transport):
     empty, outputs = _v2(server, transport, "gboost", cancer[:0], {"explain": True})
     assert empty == 200 and outputs["contributions"][0].shape == (0, cancer.shape[1]), outputs
     assert outputs["base_value"][0].shape == (0,) and outputs["explained_class"][0].shape == (0,)
+
+
+OFFICIAL_CLIENTS = Path(os.environ.get("GATEWAY_CLIENTS_VENV", ROOT / ".venv-clients")) / "bin" / "python"
+
+TRITON_EXPLAIN = r"""
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpc
+import tritonclient.http as http
+
+url, target, x_path, name, datatype = sys.argv[1:6]
+x = np.load(x_path)
+out = {}
+for kind, module, where in (("http", http, url.removeprefix("http://")), ("grpc", grpc, target)):
+    client = module.InferenceServerClient(where)
+    given = module.InferInput(name, list(x.shape), datatype)
+    given.set_data_from_numpy(x)
+    result = client.infer("gboost", [given], parameters={"explain": True, "explain_top": 2, "explain_class": "1"})
+    output = result.get_output("contributions")
+    parameters = output["parameters"] if kind == "http" else {k: v.string_param for k, v in output.parameters.items()}
+    out[kind] = {"contributions": result.as_numpy("contributions").tolist(),
+                 "columns": result.as_numpy("contribution_columns").astype(str).tolist(),
+                 "base": result.as_numpy("base_value").tolist(), "class": parameters["class"],
+                 "names": json.loads(parameters["columns"])}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not OFFICIAL_CLIENTS.exists(), reason="no client environment: `bash .ci/run` builds it")
+def test_official_triton_clients_read_the_explanation_outputs(server, models, tmp_path):
+    """tritonclient's HTTP and gRPC clients send the parameters and read the outputs, and
+    the columns named in the output's parameters, as they read any model's."""
+    _, frame, _, _ = models["gboost"]
+    name, datatype, array = _v2_inputs(server.url, "gboost", frame.iloc[-TEST_ROWS:])
+    np.save(tmp_path / "x.npy", array)
+    done = subprocess.run(
+        [str(OFFICIAL_CLIENTS), "-c", TRITON_EXPLAIN, server.url, server.grpc, str(tmp_path / "x.npy"), name, datatype],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    want = _explain(server.url, "gboost", {"instances": _rows(frame)}, "?class=1&top=2")["explanations"]
+    for kind in ("http", "grpc"):
+        answer = got[kind]
+        assert answer["class"] == "1" and answer["names"] == list(frame.columns)
+        assert answer["columns"] == [list(w["contributions"]) for w in want]
+        expected = np.asarray([list(w["contributions"].values()) for w in want])
+        assert np.abs(np.asarray(answer["contributions"]) - expected).max() < 1e-12
+        assert answer["base"] == pytest.approx([w["base_value"] for w in want], abs=1e-12)
