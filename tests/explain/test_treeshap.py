@@ -148,7 +148,11 @@ def test_category_set_splits_match_the_same_tree_as_thresholds():
         feature=[2, 3, 1, -1, -1, -1, -1], threshold=[0.5, 0.5, 0.0, 0, 0, 0, 0], **tree,
         categories=[CategorySplit(column=2, feature=0, yes=[0, 1]), CategorySplit(column=3, feature=0, yes=[0])],
     )  # fmt: skip
-    rows = np.array([[0.0, -1.0], [1.0, 2.0], [2.0, -0.5], [7.0, 1.0], [1.0, -3.0]])
+    # Missing and out-of-range codes read the missing row (256), which no set holds: the
+    # "no" side, where the thresholds send NaN (missing_yes false) and 300.
+    rows = np.array(
+        [[0.0, -1.0], [1.0, 2.0], [2.0, -0.5], [7.0, 1.0], [1.0, -3.0], [np.nan, 0.5], [300.0, -1.0]]
+    )
     want = TreeShap(numeric).shap_values(rows)
     got = TreeShap(sets).shap_values(rows)
     assert np.abs(got - want).max() < 1e-14 and np.abs(want).max() > 0.1
