@@ -18,7 +18,15 @@ import msgspec
 import numpy as np
 
 from converters.errors import ConversionError
-from gateway.artifacts.manifest import Explain, ExplainCheck, ExplainOutput, Linear, Manifest, TreeTables
+from gateway.artifacts.manifest import (
+    CategorySplit,
+    Explain,
+    ExplainCheck,
+    ExplainOutput,
+    Linear,
+    Manifest,
+    TreeTables,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,16 +137,58 @@ def _tree_explain(
         output = "value" if a.get("post_transform", "NONE") == "NONE" else "margin"
     if not classifier and n_targets > 1:
         return None  # multi-output regression: one value per output, sampled instead
+    categories = _category_splits(final)
+    columns = _through_preprocessor(final, columns)
+    # A category split's own column belongs to the user column its feature came from.
+    columns = [*columns, *(columns[c.feature] for c in categories)]
     tables = TreeTables(
         roots=roots, feature=[int(f) if m != "LEAF" else -1 for f, m in zip(a["nodes_featureids"], modes,
                                                                               strict=True)],
         threshold=[float(v) for v in a["nodes_values"]], yes=yes, no=no, missing_yes=missing,
         cover=cover, values=values.ravel().tolist(), n_targets=n_targets, strict=strict,
         base=[float(b) for b in a.get("base_values", [])] or [0.0] * n_targets, scale=scale,
+        categories=categories,
     )  # fmt: skip
     explained = _targets(classes, n_targets)
     return Explain(method="tree", output=output, targets=explained, encoded=node.input[0],
                    columns=columns, trees=tables)  # fmt: skip
+
+
+def _through_preprocessor(final: Any, columns: list[int]) -> list[int]:
+    """HistGradientBoosting's own preprocessor puts the category columns first: the trees'
+    column j is the model's input column the preprocessor's j-th output reads (in the
+    order our converter concatenates them)."""
+    preprocessor = getattr(final, "_preprocessor", None)
+    if preprocessor is None:
+        return columns
+    order: list[int] = []
+    for kind, _, mask in preprocessor.transformers_:
+        if kind != "remainder":
+            order += (
+                np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.atleast_1d(mask)
+            ).tolist()
+    return [columns[i] for i in order]
+
+
+def _category_splits(final: Any) -> list[CategorySplit]:
+    """Our HistGradientBoosting converter's category splits (see CategoricalSplits): the
+    column each one adds after the model's features, the feature it reads and the codes
+    that go left, the ONNX node's `yes` (the column holds 0 there: `<= 0.5`)."""
+    categorical = getattr(final, "is_categorical_", None)
+    if not hasattr(final, "_predictors") or categorical is None or not categorical.any():
+        return []
+    from converters._hist_gradient_boosting import CategoricalSplits, _tree_attributes
+
+    splits = CategoricalSplits(n_features=int(categorical.size))
+    _tree_attributes(final, splits)
+    found: list[CategorySplit] = []
+    for feature, tables in sorted(splits.tables.items()):
+        for goes_right in tables:
+            column = splits.n_features + len(found)
+            found.append(
+                CategorySplit(column=column, feature=feature, yes=np.flatnonzero(goes_right == 0).tolist())
+            )
+    return found
 
 
 def _targets(classes: list[Any] | None, n_targets: int) -> list[int]:

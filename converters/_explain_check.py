@@ -78,11 +78,17 @@ def _shap(explain: Explain, model: Any, framework: str, rows: pd.DataFrame,
         import shap  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ConversionError("explain: the check needs shap: pip install 'onnx-gateway[convert]'") from exc
+    name = "shap.TreeExplainer(feature_perturbation='tree_path_dependent')"
+    if _category_splits(final):
+        values, base = _per_row(shap, final, rows if not hasattr(model, "steps") else x)
+        return _onto_columns(values, explain), base, name + ", per row, category splits resolved"
+    if _multiclass_gradient_boosting(final):
+        values, base = _per_class(shap, final, np.asarray(x, dtype=np.float64))
+        return _onto_columns(values, explain), base, name + ", one tree ensemble per class"
     try:
         explainer = shap.TreeExplainer(final, feature_perturbation="tree_path_dependent")
     except Exception as exc:  # shap's InvalidModelError: a model it cannot explain
         raise NoReference(str(exc)) from exc
-    name = "shap.TreeExplainer(feature_perturbation='tree_path_dependent')"
     values = np.asarray(explainer.shap_values(x), dtype=np.float64)
     if values.ndim == 2:
         values = values[:, :, None]
@@ -93,12 +99,121 @@ def _shap(explain: Explain, model: Any, framework: str, rows: pd.DataFrame,
 
 
 class NoReference(ValueError):
-    """SHAP cannot explain this model (multi-class GradientBoosting): nothing to prove the
-    exact method against, so the model is sampled instead."""
+    """SHAP cannot explain this model: nothing to prove the exact method against, so the
+    model is sampled instead."""
+
+
+def _multiclass_gradient_boosting(final: Any) -> bool:
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    return isinstance(final, GradientBoostingClassifier) and final.estimators_.shape[1] > 1
+
+
+def _per_class(shap: Any, final: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """shap.TreeExplainer on each class's trees, given as the tree dictionaries shap reads:
+    shap refuses a multi-class GradientBoostingClassifier whole, but each class's margin is
+    its own sum of regression trees (times the learning rate) on the initial estimate."""
+    init = (
+        final.decision_function(x[:1])[0]
+        - sum(  # the initial estimate, per class
+            final.learning_rate * np.array([e.predict(x[:1])[0] for e in stage])
+            for stage in final.estimators_
+        )
+    )
+    values, bases = [], []
+    for k in range(final.estimators_.shape[1]):
+        trees = [_tree_dict(e.tree_, final.learning_rate) for e in final.estimators_[:, k]]
+        model = {"trees": trees, "base_offset": float(init[k]), "tree_output": "raw_value",
+                 "input_dtype": np.float32, "internal_dtype": np.float64}  # fmt: skip
+        explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
+        values.append(np.asarray(explainer.shap_values(x), dtype=np.float64))
+        bases.append(float(np.ravel(explainer.expected_value)[0]))
+    return np.stack(values, axis=2), np.asarray(bases)
+
+
+def _category_splits(final: Any) -> bool:
+    categorical = getattr(final, "is_categorical_", None)
+    return hasattr(final, "_predictors") and categorical is not None and bool(categorical.any())
+
+
+def _per_row(shap: Any, final: Any, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    """shap.TreeExplainer on HistGradientBoosting with category splits, which its own
+    reader takes for thresholds. Path-dependent TreeSHAP reads a split's test only where
+    it follows the row being explained (elsewhere it weighs both sides by cover), so for
+    one row each category split can be given to shap as a threshold that sends that row
+    where scikit-learn's bitsets send it: row by row, the values are shap's, exactly."""
+    preprocessor = getattr(final, "_preprocessor", None)
+    x = np.asarray(preprocessor.transform(rows) if preprocessor is not None else rows, dtype=np.float64)
+    n_targets = int(final.n_trees_per_iteration_)
+    baseline = np.asarray(final._baseline_prediction, dtype=np.float64).ravel()
+    values, bases = np.zeros((len(x), x.shape[1], n_targets)), np.zeros(n_targets)
+    for k in range(n_targets):
+        trees = [_hgb_tree(final, p[k]) for p in final._predictors]
+        for r in range(len(x)):
+            model = {"trees": [_for_row(tree, splits, x[r]) for tree, splits in trees],
+                     "base_offset": float(baseline[k]), "tree_output": "raw_value",
+                     "input_dtype": np.float64, "internal_dtype": np.float64}  # fmt: skip
+            explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
+            values[r, :, k] = np.asarray(explainer.shap_values(x[r : r + 1]), dtype=np.float64).reshape(-1)
+            bases[k] = float(np.ravel(explainer.expected_value)[0])
+    return values, bases
+
+
+def _hgb_tree(final: Any, predictor: Any) -> tuple[dict[str, np.ndarray], list[tuple[int, int, np.ndarray]]]:
+    """A predictor as shap's tree dictionary, and its category splits: (node, feature,
+    goes right per code 0..255 and missing), as our ONNX converter computes them."""
+    from converters._hist_gradient_boosting import _goes_right
+
+    nodes = predictor.nodes
+    leaf = nodes["is_leaf"].astype(bool)
+    left, right = np.where(leaf, -1, nodes["left"]), np.where(leaf, -1, nodes["right"])
+    known, where = final._bin_mapper.make_known_categories_bitsets()
+    splits = [
+        (i, int(node["feature_idx"]),
+         _goes_right(final, node, predictor.raw_left_cat_bitsets, known[where[int(node["feature_idx"])]]))
+        for i, node in enumerate(nodes) if node["is_categorical"] and not node["is_leaf"]
+    ]  # fmt: skip
+    tree = {
+        "children_left": left, "children_right": right,
+        "children_default": np.where(nodes["missing_go_to_left"].astype(bool), left, right),
+        "features": np.where(leaf, -2, nodes["feature_idx"]),
+        "thresholds": nodes["num_threshold"].astype(np.float64),
+        "values": nodes["value"].astype(np.float64)[:, None],
+        "node_sample_weight": nodes["count"].astype(np.float64),
+    }  # fmt: skip
+    return tree, splits
+
+
+def _for_row(
+    tree: dict[str, np.ndarray], splits: list[tuple[int, int, np.ndarray]], row: np.ndarray
+) -> dict[str, np.ndarray]:
+    thresholds, default = tree["thresholds"].copy(), tree["children_default"].copy()
+    for node, feature, goes_right in splits:
+        value = row[feature]
+        code = int(value) if np.isfinite(value) and 0 <= value < 256 else 256
+        right = bool(goes_right[code])
+        thresholds[node] = -1e300 if right else 1e300
+        default[node] = tree["children_right"][node] if right else tree["children_left"][node]
+    return {**tree, "thresholds": thresholds, "children_default": default}
+
+
+def _tree_dict(tree: Any, scale: float) -> dict[str, np.ndarray]:
+    leaf = tree.children_left < 0
+    left_missing = getattr(tree, "missing_go_to_left", np.ones(tree.node_count, dtype=bool)).astype(bool)
+    default = np.where(left_missing, tree.children_left, tree.children_right)
+    return {
+        "children_left": tree.children_left, "children_right": tree.children_right,
+        "children_default": np.where(leaf, -1, default),
+        "features": np.where(leaf, -2, tree.feature), "thresholds": tree.threshold.astype(np.float64),
+        "values": tree.value[:, 0, :1].astype(np.float64) * scale,
+        "node_sample_weight": tree.weighted_n_node_samples.astype(np.float64),
+    }  # fmt: skip
 
 
 def _onto_columns(values: np.ndarray, explain: Explain) -> np.ndarray:
-    columns = np.asarray(explain.columns)
+    # The model's own features: the columns our converter adds after them (a category
+    # split's) are explained as the feature they read.
+    columns = np.asarray(explain.columns[: values.shape[1]])
     onto = np.zeros((len(columns), int(columns.max(initial=-1)) + 1))
     onto[np.arange(len(columns)), columns] = 1.0
     summed: np.ndarray = np.einsum("rjt,ju->rut", values, onto)

@@ -115,6 +115,16 @@ class Reference(_Struct, frozen=True):
     prediction: FeatureReference | None = None
 
 
+class CategorySplit(_Struct, frozen=True):
+    """A split on a set of categories, which the ONNX graph computes as a 0/1 column of its
+    own (`column`, read as `<= 0.5`) from the category code in `feature`: TreeSHAP merges
+    it with the other splits on that feature, as it merges a feature's thresholds."""
+
+    column: int
+    feature: int
+    yes: list[int]  # codes taking the `yes` branch; 256 stands for missing or unknown
+
+
 class TreeTables(_Struct, frozen=True):
     """The explained tree ensemble, one entry per node of every tree (read from the ONNX
     graph's TreeEnsemble attributes), with each node's training cover (recorded from the
@@ -135,6 +145,7 @@ class TreeTables(_Struct, frozen=True):
     strict: bool = False
     base: list[float] = []
     scale: float = 1.0
+    categories: list[CategorySplit] = []
 
 
 class Linear(_Struct, frozen=True):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
 import numpy as np
 
 from gateway.artifacts.manifest import Manifest
@@ -16,6 +18,7 @@ from gateway.explain.explainer import DEFAULT_SAMPLES, MAX_SAMPLES, Attribution
 # sampling: samples x (columns + 1) model rows per row): fewer rows per request.
 MAX_ROWS = 256
 MAX_SAMPLED_ROWS = 16
+NAMES = ("top", "class", "samples")
 
 
 @dataclass(frozen=True)
@@ -23,33 +26,95 @@ class Options:
     top: int | None = None
     klass: str | None = None
     samples: int = DEFAULT_SAMPLES
+    where: tuple[str, ...] = ("query", "class")  # where the class came from, for errors
 
 
-def options(query: bytes) -> Options:
-    """`?top=k&class=c&samples=n`, each checked."""
-    found: dict[str, str] = {}
+def options(query: bytes, body: Mapping[str, Any] | None = None) -> Options:
+    """`?top=k&class=c&samples=n` and the body's `"parameters"`, each checked; a name in
+    both is refused rather than one silently winning."""
     try:
         pairs = parse_qsl(query.decode(), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
         raise BadRequest("the query string is not UTF-8") from None
-    for key, value in pairs:
-        if key not in ("top", "class", "samples"):
-            raise BadRequest(f"unknown query parameter {key!r}; /explain takes top, class and samples",
-                             [{"loc": ["query", key], "msg": "unknown parameter"}])  # fmt: skip
-        found[key] = value
-    return Options(_count(found, "top", None, 1, 1 << 20), found.get("class"),
-                   _count(found, "samples", DEFAULT_SAMPLES, 2, MAX_SAMPLES) or DEFAULT_SAMPLES)  # fmt: skip
+    found = dict(pairs)
+    from_query = checked(found, ["query"], "query parameter")
+    if not body:
+        return from_query
+    twice = sorted(set(found) & set(body))
+    if twice:
+        detail = [{"loc": ["body", "parameters", k], "msg": "also in the query"} for k in twice]
+        raise BadRequest(
+            f"{', '.join(twice)} given in the query and in the body's parameters: give each once", detail
+        )
+    from_body = checked(body, ["body", "parameters"], "body parameter")
+    return Options(
+        from_body.top if "top" in body else from_query.top,
+        from_body.klass if "class" in body else from_query.klass,
+        from_body.samples if "samples" in body else from_query.samples,
+        from_body.where if "class" in body else from_query.where,
+    )
 
 
-def _count(found: dict[str, str], key: str, default: int | None, low: int, high: int) -> int | None:
+_TOP = (msgspec.json.Decoder(dict[str, msgspec.Raw]), msgspec.msgpack.Decoder(dict[str, msgspec.Raw]))
+_ENCODERS = (msgspec.json.Encoder(), msgspec.msgpack.Encoder())
+_SCALARS = dict[str, str | int | float | bool | None]
+
+
+def body_parameters(body: bytes, msgpack: bool, names: list[str]) -> tuple[bytes, dict[str, Any]]:
+    """A body's top-level `"parameters"` object (KServe's place for a request's options),
+    taken out, and the rest of the body for the records codec, in any of its forms. A model
+    with a column named "parameters" reads it as that column."""
+    if b"parameters" not in body or "parameters" in names:
+        return body, {}
+    try:
+        top = _TOP[msgpack].decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return body, {}  # not an object: the records codec says what is wrong with it
+    raw = top.pop("parameters", None)
+    if raw is None:
+        return body, {}
+    try:
+        given = (msgspec.msgpack if msgpack else msgspec.json).decode(raw, type=_SCALARS)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        detail = [{"loc": ["body", "parameters"], "msg": "expected an object of scalars"}]
+        raise BadRequest('"parameters" must be an object of top, class and samples', detail) from None
+    return _ENCODERS[msgpack].encode(top), {k: v for k, v in given.items() if v is not None}
+
+
+def checked(found: Mapping[str, Any], loc: list[str], kind: str, prefix: str = "") -> Options:
+    """The options under their names (`prefix` + top, class, samples), each checked;
+    values are text (a query string) or JSON/protobuf scalars (body parameters)."""
+    for key in found:
+        if key.removeprefix(prefix) not in NAMES or not key.startswith(prefix):
+            allowed = ", ".join(prefix + n for n in NAMES)
+            raise BadRequest(f"unknown {kind} {key!r}; /explain takes {allowed}",
+                             [{"loc": [*loc, key], "msg": "unknown parameter"}])  # fmt: skip
+    klass = found.get(prefix + "class")
+    if klass is not None and (isinstance(klass, (float, dict, list)) or klass == ""):
+        raise BadRequest(f"{prefix}class must name one class",
+                         [{"loc": [*loc, prefix + "class"], "msg": f"got {klass!r}"}])  # fmt: skip
+    top = _count(found, loc, prefix + "top", None, 1, 1 << 20)
+    samples = _count(found, loc, prefix + "samples", DEFAULT_SAMPLES, 2, MAX_SAMPLES)
+    return Options(top, _class_text(klass), samples or DEFAULT_SAMPLES, (*loc, prefix + "class"))
+
+
+def _class_text(klass: Any) -> str | None:
+    """A class as the manifest's classes are compared: a JSON true is the class "True"."""
+    return None if klass is None else str(klass)
+
+
+def _count(
+    found: Mapping[str, Any], loc: list[str], key: str, default: int | None, low: int, high: int
+) -> int | None:
     if key not in found:
         return default
+    given = found[key]
     try:
-        value = int(found[key])
+        value = int(given) if isinstance(given, str) or type(given) is int else low - 1
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        detail = [{"loc": ["query", key], "msg": f"expected {low}..{high}, got {found[key]!r}"}]
+        detail = [{"loc": [*loc, key], "msg": f"expected {low}..{high}, got {given!r}"}]
         raise BadRequest(f"{key} must be an integer from {low} to {high}", detail)
     return value
 
@@ -62,8 +127,9 @@ def check_rows(rows: int, method: str) -> None:
                        [{"loc": ["body"], "msg": f"at most {limit} rows"}])  # fmt: skip
 
 
-def class_index(manifest: Manifest, klass: str | None) -> int | None:
+def class_index(manifest: Manifest, asked: Options) -> int | None:
     """The class the request asks to explain, as an index into the manifest's classes."""
+    klass = asked.klass
     if klass is None or manifest.classes is None:
         if klass is not None:
             raise BadRequest(f"model {manifest.name!r} is a regressor: it has no class to choose")
@@ -71,8 +137,37 @@ def class_index(manifest: Manifest, klass: str | None) -> int | None:
     names = [str(c) for c in manifest.classes]
     if klass not in names:
         raise Unprocessable(f"class {klass!r} is not one of the model's classes {names}",
-                            [{"loc": ["query", "class"], "msg": f"expected one of {names}"}])  # fmt: skip
+                            [{"loc": list(asked.where), "msg": f"expected one of {names}"}])  # fmt: skip
     return names.index(klass)
+
+
+def explained(
+    manifest: Manifest, predictions: list[dict[str, Any]], asked: int | None
+) -> tuple[list[Any] | None, np.ndarray, np.ndarray]:
+    """Per row: the class explained (None for a regressor: its one value), which
+    attribution target holds it, and its sign there."""
+    rows = len(predictions)
+    target, sign = np.zeros(rows, dtype=np.intp), np.ones(rows)
+    if manifest.classes is None:
+        return None, target, sign
+    spec = manifest.explain
+    assert spec is not None
+    names = [str(c) for c in manifest.classes]
+    chosen = []
+    for row, prediction in enumerate(predictions):
+        index = asked if asked is not None else names.index(str(prediction["label"]))
+        chosen.append(manifest.classes[index])
+        target[row], sign[row] = _target(spec.targets, index)
+    return chosen, target, sign
+
+
+def contributions(
+    attribution: Attribution, target: np.ndarray, sign: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) contributions and (rows,) base values of each row's target."""
+    rows = np.arange(len(target))
+    phi = sign[:, None] * attribution.phi[rows, :, target]
+    return phi, sign * attribution.base[rows, target]
 
 
 def explanations(
@@ -82,17 +177,15 @@ def explanations(
     spec = manifest.explain
     assert spec is not None
     names = [f.name for f in manifest.features]
-    classes = [str(c) for c in manifest.classes] if manifest.classes is not None else None
+    classes, target, sign = explained(manifest, predictions, asked)
+    phis, bases = contributions(attribution, target, sign)
     answers = []
     for row, prediction in enumerate(predictions):
         entry: dict[str, Any] = {"prediction": prediction, "output": spec.output}
-        target, sign = 0, 1.0
         if classes is not None:
-            index = asked if asked is not None else classes.index(str(prediction["label"]))
-            entry["class"] = manifest.classes[index] if manifest.classes is not None else index
-            target, sign = _target(spec.targets, index)
-        phi = sign * attribution.phi[row, :, target]
-        entry["base_value"] = float(sign * attribution.base[row, target])
+            entry["class"] = classes[row]
+        phi = phis[row]
+        entry["base_value"] = float(bases[row])
         order = np.argsort(-np.abs(phi), kind="stable")[:top] if top is not None else range(len(names))
         entry["contributions"] = {names[j]: float(phi[j]) for j in order}
         if attribution.error is not None:

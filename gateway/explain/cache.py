@@ -8,6 +8,7 @@ and only for models someone asks to explain; model loading is left as it is.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from gateway.errors import GatewayError, Unavailable, Unprocessable, public_reason
@@ -48,3 +49,15 @@ class Explainers:
         manifest, data = self._repository.load_verified(model.name, model.version)
         background = background_feeds(manifest, model.records) if model.records is not None else None
         return Explainer(manifest, data, background)
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, Explainers] = weakref.WeakKeyDictionary()
+
+
+def shared(repository: Any) -> Explainers:
+    """The one cache of a repository's explainers: `/explain` and V2 over HTTP and gRPC
+    build a model version's explainer (a second session, the model read again) once."""
+    explainers = _SHARED.get(repository)
+    if explainers is None:
+        explainers = _SHARED[repository] = Explainers(repository)
+    return explainers

@@ -6,7 +6,10 @@ feature merge into one element with a zero fraction (the share of training cover
 takes the path) and a one fraction (1 where the row takes the path, else 0). The EXTEND
 step is a single vector operation per element, the UNWIND recurrence runs for all of a
 path's elements at once, and all paths of the same length, for all rows, go together.
-Only the one fractions depend on the row, so everything else is built once per model.
+Only the one fractions depend on the row, so everything else is built once per model;
+and only through which elements it satisfies: short paths look their weights up in a
+table of every pattern, long ones compute them once per distinct (path, pattern) a
+request holds.
 """
 
 from __future__ import annotations
@@ -27,9 +30,6 @@ CHUNK_ELEMENTS = 1 << 21
 TABLE_ELEMENTS = 1 << 20
 TABLE_LENGTH = 10
 TABLES_TOTAL = 1 << 23
-# The (path element -> user column and target) matrices, in all: ~128 MB of float64.
-MATRIX_ELEMENTS = 1 << 24
-MATRIX_ROWS = 16
 # A child with no training cover: its zero fraction, kept positive so that the UNWIND
 # step (which divides by it) stays finite; its effect on a sum is below 1e-200.
 _TINY = 1e-300
@@ -48,6 +48,16 @@ class _Paths:
     value: np.ndarray  # (paths, targets) leaf outputs, scaled
     # (paths * 2**length, length): each path's weights for every pattern of its elements
     table: np.ndarray | None = None
+    # Category-set elements: (paths, length) index into `sets` (-1: an interval), and
+    # (sets, CODES) which codes take the path.
+    category: np.ndarray | None = None
+    sets: np.ndarray | None = None
+
+
+# Category codes 0..255 and, last, the one missing and unknown categories read (as the
+# ONNX graph's split columns do: scikit-learn's HistGradientBoosting bins).
+CODES = 257
+_ALL = (1 << CODES) - 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class _Element:
     hi: float = np.inf
     nan_ok: bool = True
     zero: float = 1.0
+    allowed: int | None = None  # a category feature: the codes taking the path, as bits
 
 
 class TreeShap:
@@ -68,8 +79,9 @@ class TreeShap:
         base = np.asarray(tables.base or [0.0] * self.n_targets, dtype=np.float64)
         self.expected = base.copy()
         by_length: dict[int, list[tuple[list[int], list[_Element], np.ndarray]]] = {}
+        splits = {c.column: (c.feature, sum(1 << code for code in c.yes)) for c in tables.categories}
         for root in tables.roots:
-            for features, elements, leaf in _walk(tables, root):
+            for features, elements, leaf in _walk(tables, root, splits):
                 self.expected += values[leaf] * float(np.prod([e.zero for e in elements]))
                 by_length.setdefault(len(features), []).append((features, elements, values[leaf]))
         groups = [_group(length, paths) for length, paths in sorted(by_length.items()) if length]
@@ -83,7 +95,6 @@ class TreeShap:
             else:
                 self.groups.append(group)
         self.n_features = 1 + max((int(g.feature.max()) for g in self.groups), default=-1)
-        self._matrices: dict[tuple[bytes, int], list[np.ndarray]] = {}
 
     def shap_values(self, x: np.ndarray, columns: np.ndarray | None = None, width: int = 0) -> np.ndarray:
         """(rows, columns, targets): contributions summed onto `columns[j]` for encoded
@@ -93,49 +104,20 @@ class TreeShap:
         if columns is None:
             width = max(x.shape[1], self.n_features)
             columns = np.arange(width)
-        # A few rows read the whole matrix for little work: bincount is cheaper there.
-        onto = self._onto(columns, width) if rows >= MATRIX_ROWS else None
         phi = np.zeros((rows, width * self.n_targets))
-        for g, group in enumerate(self.groups):
+        for group in self.groups:
             step = max(1, CHUNK_ELEMENTS // max(1, rows * group.length))
             for start in range(0, group.feature.shape[0], step):
                 part = slice(start, start + step)
                 contrib = self._contributions(x, group, part)  # (rows, paths, length)
-                if onto is not None:
-                    phi += (
-                        contrib.reshape(rows, -1) @ onto[g][start * group.length : part.stop * group.length]
-                    )
-                else:
-                    _accumulate(phi, contrib, columns[group.feature[part]], group.value[part])
+                _accumulate(phi, contrib, columns[group.feature[part]], group.value[part])
         return phi.reshape(rows, width, self.n_targets)
-
-    def _onto(self, columns: np.ndarray, width: int) -> list[np.ndarray] | None:
-        """Per group, the matrix from (path, element) to (user column, target): the leaf's
-        value where the element's feature came from that column. A matrix product then
-        sums every path's share onto the user's columns at BLAS speed."""
-        key = (columns.tobytes(), width)
-        size = sum(g.feature.size for g in self.groups) * width * self.n_targets
-        if size > MATRIX_ELEMENTS:
-            return None  # too large to hold: summed by bincount instead, more slowly
-        if key not in self._matrices:
-            self._matrices.clear()  # one column map per model: keep the latest only
-            matrices = []
-            for group in self.groups:
-                paths, length = group.feature.shape
-                matrix = np.zeros((paths, length, width, self.n_targets))
-                p, e = np.indices((paths, length))
-                matrix[p, e, columns[group.feature]] = group.value[:, None, :]
-                matrices.append(matrix.reshape(paths * length, width * self.n_targets))
-            self._matrices[key] = matrices
-        return self._matrices[key]
 
     def _contributions(self, x: np.ndarray, group: _Paths, part: slice) -> np.ndarray:
         one = self._one_fractions(x, group, part)
         if group.table is None:
-            return _unwound(one.astype(np.float64), group.zero[part], group.length)
-        patterns = np.zeros(one.shape[:2], dtype=np.intp)
-        for e in range(group.length):
-            patterns |= one[:, :, e].astype(np.intp) << e
+            return _distinct_unwound(one, group.zero[part], group.length)
+        patterns = _patterns(one)
         first = np.arange(part.start, min(part.stop, group.feature.shape[0]))
         found: np.ndarray = group.table[(first << group.length)[None, :] + patterns]
         return found
@@ -146,7 +128,43 @@ class TreeShap:
         with np.errstate(invalid="ignore"):
             inside = (values >= lo) & (values < hi) if self.strict else (values > lo) & (values <= hi)
         one: np.ndarray = np.where(np.isnan(values), group.nan_ok[part], inside)
+        if group.sets is not None and group.category is not None:
+            category = group.category[part]
+            member = group.sets[np.maximum(category, 0)[None], _codes(values)]
+            one = np.where(category[None] >= 0, member, one)
         return one
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Category codes as the graph's split columns read them: truncated to integers, and
+    anything outside 0..255 (NaN included) the missing row."""
+    with np.errstate(invalid="ignore"):
+        outside = ~((values >= 0) & (values < CODES - 1))
+    return np.where(outside, CODES - 1, np.nan_to_num(values)).astype(np.intp)
+
+
+def _patterns(one: np.ndarray) -> np.ndarray:
+    """(rows, paths): which of each path's elements the row satisfies, as bits."""
+    patterns = np.zeros(one.shape[:2], dtype=np.int64)
+    for e in range(one.shape[2]):
+        patterns |= one[:, :, e].astype(np.int64) << e
+    return patterns
+
+
+def _distinct_unwound(one: np.ndarray, zero: np.ndarray, length: int) -> np.ndarray:
+    """`_unwound` once per distinct (path, pattern) among the rows: rows share patterns
+    (those on a path all satisfy it; most others miss it the same way), so a request's
+    rows x paths hold a few times fewer distinct ones."""
+    rows, paths = one.shape[:2]
+    if length + paths.bit_length() > 62:  # the key would not fit an int64
+        return _unwound(one.astype(np.float64), zero, length)
+    keys = (_patterns(one) << paths.bit_length()) | np.arange(paths)
+    distinct, inverse = np.unique(keys.ravel(), return_inverse=True)
+    path, pattern = distinct & ((1 << paths.bit_length()) - 1), distinct >> paths.bit_length()
+    bits = ((pattern[:, None] >> np.arange(length)) & 1).astype(np.float64)
+    weights = _unwound(bits[None], zero[path], length)[0]  # (distinct, length)
+    found: np.ndarray = weights[inverse.ravel()].reshape(rows, paths, length)
+    return found
 
 
 def _unwound(one: np.ndarray, zero: np.ndarray, length: int) -> np.ndarray:
@@ -189,6 +207,9 @@ def _table(group: _Paths) -> np.ndarray:
 
 
 def _accumulate(phi: np.ndarray, contrib: np.ndarray, columns: np.ndarray, value: np.ndarray) -> None:
+    """Each path element's share, times its leaf's value, summed onto its user column.
+    One pass per target: a dense (element -> column) matrix product does `width` times
+    the work, and BLAS's threads spin on cores the batcher's lanes share."""
     rows = phi.shape[0]
     targets = value.shape[1]
     width = phi.shape[1] // targets
@@ -199,9 +220,13 @@ def _accumulate(phi: np.ndarray, contrib: np.ndarray, columns: np.ndarray, value
         view[:, :, t] += np.bincount(index, weights, minlength=rows * width).reshape(rows, width)
 
 
-def _walk(tables: TreeTables, root: int) -> list[tuple[list[int], list[_Element], int]]:
+def _walk(
+    tables: TreeTables, root: int, splits: dict[int, tuple[int, int]]
+) -> list[tuple[list[int], list[_Element], int]]:
     """Every leaf under `root`: the distinct features on its path, each with the interval
-    a row's value must lie in, and the leaf's index."""
+    a row's value must lie in (or, for a category feature, the codes it may take), and
+    the leaf's index. A category split's own column counts as its feature's: all splits
+    on one feature are one element, as thresholds on one feature are."""
     found: list[tuple[list[int], list[_Element], int]] = []
     stack: list[tuple[int, dict[int, _Element]]] = [(root, {})]
     while stack:
@@ -213,6 +238,14 @@ def _walk(tables: TreeTables, root: int) -> list[tuple[list[int], list[_Element]
             continue
         no, feature, threshold = tables.no[node], tables.feature[node], tables.threshold[node]
         cover = tables.cover[node] or _TINY
+        if feature in splits:
+            feature, codes = splits[feature]
+            for child, took_yes in ((yes, True), (no, False)):
+                current = conditions.get(feature, _Element(allowed=_ALL))
+                allowed = (current.allowed or 0) & (codes if took_yes else _ALL ^ codes)
+                zero = current.zero * max(tables.cover[child] / cover, _TINY)
+                stack.append((child, {**conditions, feature: replace(current, allowed=allowed, zero=zero)}))
+            continue
         for child, took_yes in ((yes, True), (no, False)):
             current = conditions.get(feature, _Element())
             element = _Element(
@@ -229,8 +262,19 @@ def _group(length: int, paths: list[tuple[list[int], list[_Element], np.ndarray]
     def table(field: str) -> np.ndarray:
         return np.asarray([[getattr(e, field) for e in elements] for _, elements, _ in paths])
 
+    allowed = [[e.allowed for e in elements] for _, elements, _ in paths]
+    distinct = sorted({a for row in allowed for a in row if a is not None})
+    category, sets = None, None
+    if distinct:
+        index = {a: i for i, a in enumerate(distinct)}
+        category = np.asarray(
+            [[index[a] if a is not None else -1 for a in row] for row in allowed], dtype=np.intp
+        )
+        sets = np.asarray([[(a >> code) & 1 for code in range(CODES)] for a in distinct], dtype=bool)
     return _Paths(
         length=length,
+        category=category,
+        sets=sets,
         feature=np.asarray([features for features, _, _ in paths], dtype=np.intp),
         lo=table("lo").astype(np.float64),
         hi=table("hi").astype(np.float64),

@@ -254,10 +254,24 @@ def infer_response(answer: InferAnswer) -> Any:
         model_name=manifest.name, model_version=manifest.version, id=answer.request.id or ""
     )
     for tensor in answer.outputs:
-        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
+        out = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
+        for key, value in (tensor.parameters or {}).items():
+            _set_parameter(out.parameters[key], value)
         # The binary extension's little-endian layout is the gRPC raw layout.
         response.raw_output_contents.append(v2_encode.tensor_bytes(tensor.array, tensor.datatype))
     return response
+
+
+def _set_parameter(parameter: Any, value: bool | int | float | str) -> None:
+    """An InferParameter from a plain value (bool before int: a bool is an int)."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
 
 
 def model_metadata(metadata: dict[str, Any]) -> Any:

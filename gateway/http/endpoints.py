@@ -28,7 +28,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.explain import answer as explain_answer
-from gateway.explain.cache import Explainers
+from gateway.explain import cache as explain_cache
 from gateway.http import compression
 from gateway.http.asgi import (
     JSON,
@@ -177,18 +177,20 @@ class ExplainEndpoint(PredictEndpoint):
 
     def __init__(self, settings: Settings, registry: ModelRegistry, telemetry: Telemetry) -> None:
         super().__init__(settings, registry, telemetry)
-        self.explainers = Explainers(registry.repository)
+        self.explainers = explain_cache.shared(registry.repository)
 
     def decode(self, model: LoadedModel, scope: Scope, body: bytes) -> Decoded:
-        asked = explain_answer.options(scope.get("query_string", b""))
+        msgpack = media_type(scope) == MSGPACK
+        body, given = explain_answer.body_parameters(body, msgpack, [f.name for f in model.manifest.features])
+        asked = explain_answer.options(scope.get("query_string", b""), given)
         if model.records is None or model.manifest.explain is None:
             raise Unprocessable(
                 f"model {model.name!r} has nothing to explain by: "
                 + ("it takes tensors, not named columns" if model.records is None
                    else "its manifest records no explanation method; convert it again with a sample")
             )  # fmt: skip
-        klass = explain_answer.class_index(model.manifest, asked.klass)
-        payload, form = model.records.decode(body, media_type(scope) == MSGPACK)
+        klass = explain_answer.class_index(model.manifest, asked)
+        payload, form = model.records.decode(body, msgpack)
         feeds, rows = model.records.to_feeds(payload, form)
         explain_answer.check_rows(rows, model.manifest.explain.method)
         return Decoded(feeds, rows, deadline_from(scope, self.settings), (model.records, asked, klass))

@@ -150,9 +150,11 @@ def encode_infer(
     binary: list[bytes] = []
     for t in tensors:
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.array.shape}
+        if t.parameters:
+            entry["parameters"] = t.parameters
         if t.binary:
             raw = tensor_bytes(t.array, t.datatype)
-            entry["parameters"] = {"binary_data_size": len(raw)}
+            entry["parameters"] = {**(t.parameters or {}), "binary_data_size": len(raw)}
             binary.append(raw)
         else:
             entry["data"] = _json_data(from_bf16(t.array) if t.datatype == "BF16" else t.array)

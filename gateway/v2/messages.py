@@ -70,3 +70,4 @@ class OutputTensor(NamedTuple):
     datatype: str
     array: np.ndarray
     binary: bool  # HTTP: in the binary part (gRPC always answers raw bytes)
+    parameters: dict[str, Any] | None = None  # the output's own (explanations name columns)

@@ -26,6 +26,8 @@ from gateway.errors import (
     clip,
     public_reason,
 )
+from gateway.explain import cache as explain_cache
+from gateway.explain import outputs as explain_outputs
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.settings import Settings
@@ -242,10 +244,16 @@ class V2Service:
         model = self.resolve(call, name, version)
         request, tail = read(model)
         decoded = self.decode(model, request, tail, timeout_ms, remaining)
+        explaining = explain_outputs.asked(model, request.parameters, decoded.rows)
         # Zero-element tensors run too, as Triton passes them on: only the graph knows the
         # shape of what it answers to nothing (an output may keep a dimension of its own).
         arrays = await self.core.run(call, model, decoded)
         answer = InferAnswer(model, request, encode.infer_outputs(model.manifest, request, arrays))
+        if explaining is not None:  # `"explain": true`: the attribution, after the batch
+            explainers = explain_cache.shared(self.registry.repository)
+            answer.outputs.extend(
+                await explain_outputs.tensors(explainers, model, decoded.feeds, arrays, explaining)
+            )
         if decoded.rows:
             self.core.record(call, model, decoded, arrays, raw)
         return answer

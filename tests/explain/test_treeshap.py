@@ -108,8 +108,7 @@ def test_a_graph_value_becomes_an_output():
 
 
 def test_large_models_take_the_slower_paths_to_the_same_values(monkeypatch):
-    """Past the memory bounds (pattern tables, column matrices) the same numbers come
-    from the per-row recurrence and bincount sums."""
+    """Past the pattern tables' memory bound the same numbers come from the recurrence."""
     from gateway.explain import treeshap
 
     x, y = _data(2)
@@ -117,7 +116,44 @@ def test_large_models_take_the_slower_paths_to_the_same_values(monkeypatch):
     rows = x[:25].astype(np.float32).astype(np.float64)
     fast = TreeShap(_tables(model, False)).shap_values(rows, np.asarray([0, 1, 1, 2, 2]), 3)
     monkeypatch.setattr(treeshap, "TABLE_ELEMENTS", 0)
-    monkeypatch.setattr(treeshap, "MATRIX_ELEMENTS", 0)
     slow = TreeShap(_tables(model, False))
     assert all(g.table is None for g in slow.groups)
     assert np.abs(slow.shap_values(rows, np.asarray([0, 1, 1, 2, 2]), 3) - fast).max() < 1e-12
+
+
+def test_long_paths_share_their_distinct_patterns_exactly():
+    """Rows that satisfy the same elements of a long path get its weights from one
+    computation: the same numbers as the per-row recurrence, to the last bit."""
+    from gateway.explain.treeshap import _distinct_unwound, _unwound
+
+    rng = np.random.default_rng(5)
+    for length in (1, 7, 12, 20):
+        one = rng.random((40, 30, length)) < 0.7
+        one[:20] = one[20:]  # half the rows repeat the other half's patterns
+        zero = rng.uniform(0.05, 1.0, (30, length))
+        want = _unwound(one.astype(np.float64), zero, length)
+        assert np.array_equal(_distinct_unwound(one, zero, length), want)
+
+
+def test_category_set_splits_match_the_same_tree_as_thresholds():
+    """Codes {0, 1} then {0} on one feature are the thresholds 1.5 then 0.5: the same
+    SHAP values, with the two set splits merged into one element as thresholds are."""
+    from gateway.artifacts.manifest import CategorySplit
+
+    tree = dict(roots=[0], yes=[1, 3, 5, -1, -1, -1, -1], no=[2, 4, 6, -1, -1, -1, -1],
+                missing_yes=[False] * 7, cover=[100.0, 60.0, 40.0, 25.0, 35.0, 10.0, 30.0],
+                values=[0.0, 0.0, 0.0, 1.0, -2.0, 0.5, 3.0], n_targets=1)  # fmt: skip
+    numeric = TreeTables(feature=[0, 0, 1, -1, -1, -1, -1], threshold=[1.5, 0.5, 0.0, 0, 0, 0, 0], **tree)
+    sets = TreeTables(
+        feature=[2, 3, 1, -1, -1, -1, -1], threshold=[0.5, 0.5, 0.0, 0, 0, 0, 0], **tree,
+        categories=[CategorySplit(column=2, feature=0, yes=[0, 1]), CategorySplit(column=3, feature=0, yes=[0])],
+    )  # fmt: skip
+    # Missing and out-of-range codes read the missing row (256), which no set holds: the
+    # "no" side, where the thresholds send NaN (missing_yes false) and 300.
+    rows = np.array(
+        [[0.0, -1.0], [1.0, 2.0], [2.0, -0.5], [7.0, 1.0], [1.0, -3.0], [np.nan, 0.5], [300.0, -1.0]]
+    )
+    want = TreeShap(numeric).shap_values(rows)
+    got = TreeShap(sets).shap_values(rows)
+    assert np.abs(got - want).max() < 1e-14 and np.abs(want).max() > 0.1
+    assert TreeShap(sets).expected == pytest.approx(TreeShap(numeric).expected)

@@ -1,11 +1,16 @@
 """`/explain` over loopback: contributions per user column against SHAP on the original
-model, additivity on every row, top, class, the KServe V1 form, and its refusals. Covers the
+model, additivity on every row, top, class, the KServe V1 form, and its refusals; the
+same through V2's `explain` parameter over HTTP JSON, HTTP binary and gRPC
+(gateway/explain/outputs.py). Covers the
 serving side end to end: gateway/explain/answer.py (options, row limits, the answer),
 gateway/explain/cache.py (built on first use, sha256-checked), gateway/explain/explainer.py
 (linear and sampling) and gateway/explain/graph.py (the estimator's input exposed)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.ensemble import (
     ExtraTreesRegressor,
     GradientBoostingClassifier,
@@ -29,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from converters import convert
-from tests.conftest import start_server
+from tests.conftest import ROOT, free_port, start_server
 from tests.convert.zoo import churn_frame, churn_preprocessor
 
 shap = pytest.importorskip("shap")
@@ -49,6 +54,22 @@ def _cancer(columns: int = 6) -> tuple[pd.DataFrame, np.ndarray]:
     return x.iloc[:, :columns], y.to_numpy()
 
 
+def _wine() -> tuple[pd.DataFrame, np.ndarray]:
+    x, y = load_wine(return_X_y=True, as_frame=True)
+    return x.iloc[:, :8], y.to_numpy()
+
+
+def _categories() -> tuple[pd.DataFrame, np.ndarray]:
+    """Native category columns, which HistGradientBoosting's preprocessor moves first; "b"
+    and "city" are constant (no split reads them: their contributions are 0)."""
+    rng = np.random.default_rng(0)
+    colours = ["red", "green", "blue", "black", "white", "grey"]
+    x = pd.DataFrame({"a": rng.normal(size=500), "colour": pd.Categorical(rng.choice(colours, 500)),
+                      "b": np.zeros(500), "city": pd.Categorical(["paris"] * 500)})  # fmt: skip
+    y = (x["a"] > 0.3) ^ x["colour"].isin(["red", "blue", "white"])
+    return x, y.to_numpy().astype(int)
+
+
 def _diabetes() -> tuple[pd.DataFrame, np.ndarray]:
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     return x, y.to_numpy()
@@ -59,6 +80,8 @@ def _models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
     churn, churn_y = _churn()
     cancer, cancer_y = _cancer()
     diabetes, diabetes_y = _diabetes()
+    wine, wine_y = _wine()
+    categories, categories_y = _categories()
     return {
         "forest": (make_pipeline(churn_preprocessor(), RandomForestClassifier(20, max_depth=6, random_state=0))
                    .fit(churn, churn_y), churn, "sklearn", "tree"),
@@ -66,6 +89,10 @@ def _models() -> dict[str, tuple[object, pd.DataFrame, str, str]]:
                         diabetes, "sklearn", "tree"),
         "gboost": (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0)
                    .fit(cancer, cancer_y), cancer, "sklearn", "tree"),
+        "gboost3": (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(wine, wine_y),
+                    wine, "sklearn", "tree"),
+        "hgb-categories": (HistGradientBoostingClassifier(max_iter=15, random_state=0).fit(categories, categories_y),
+                           categories, "sklearn", "tree"),
         "hgb": (make_pipeline(churn_preprocessor(), HistGradientBoostingClassifier(max_iter=20, random_state=0))
                 .fit(churn, churn_y), churn, "sklearn", "tree"),
         "xgb": (xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(cancer, cancer_y), cancer, "xgboost", "tree"),
@@ -118,10 +145,19 @@ def _tensor_model(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def url(repo: Path, tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(repo, tmp_path_factory.mktemp("server"), "--log-level", "warning")
-    yield srv.url
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    port = free_port()
+    srv = start_server(
+        repo, tmp_path_factory.mktemp("server"), "--log-level", "warning", "--grpc-port", str(port)
+    )
+    srv.grpc = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def url(server) -> str:
+    return str(server.url)
 
 
 def _rows(frame: pd.DataFrame) -> list[dict[str, object]]:
@@ -221,6 +257,43 @@ def _margin(model, framework: str, row: pd.DataFrame) -> float:
     return float(np.ravel(model.decision_function(row))[0])
 
 
+def test_multiclass_gradient_boosting_is_exact_per_class(url, models, repo):
+    """shap refuses a multi-class GradientBoostingClassifier whole; convert proves each
+    class's trees against it one ensemble at a time, and the served margins add up."""
+    from gateway.artifacts.repository import Repository
+
+    explain = Repository(repo).manifest("gboost3", "1").explain
+    assert explain is not None and explain.method == "tree" and explain.targets == [0, 1, 2]
+    assert explain.check is not None and "one tree ensemble per class" in explain.check.reference
+    assert explain.check.max_abs_diff < 1e-6
+    model, frame, _, _ = models["gboost3"]
+    margins = model.decision_function(frame.iloc[-TEST_ROWS:])
+    for k in range(3):
+        answer = _explain(url, "gboost3", {"instances": _rows(frame)}, f"?class={k}")["explanations"]
+        assert [e["class"] for e in answer] == [k] * TEST_ROWS and answer[0]["output"] == "margin"
+        totals = [e["base_value"] + sum(e["contributions"].values()) for e in answer]
+        assert np.abs(np.asarray(totals) - margins[:, k]).max() < 1e-5
+
+
+def test_category_splits_are_exact(url, models, repo):
+    """HistGradientBoosting's native category splits: TreeSHAP on category sets, proven at
+    convert against shap row by row; each contribution lands on its own user column
+    although the trees read the category columns first."""
+    from gateway.artifacts.repository import Repository
+
+    explain = Repository(repo).manifest("hgb-categories", "1").explain
+    assert explain is not None and explain.method == "tree" and explain.trees is not None
+    assert explain.trees.categories and {c.feature for c in explain.trees.categories} == {0}  # colour, first
+    assert explain.check is not None and "category splits" in explain.check.reference
+    assert explain.check.max_abs_diff < 1e-6
+    model, frame, _, _ = models["hgb-categories"]
+    answer = _explain(url, "hgb-categories", {"instances": _rows(frame)}, "?class=1")["explanations"]
+    got = np.asarray([[e["contributions"][c] for c in frame.columns] for e in answer])
+    assert np.all(got[:, [2, 3]] == 0.0) and np.all(got[:, [0, 1]] != 0.0)  # b and city never split
+    totals = [e["base_value"] + sum(e["contributions"].values()) for e in answer]
+    assert np.abs(np.asarray(totals) - model.decision_function(frame.iloc[-TEST_ROWS:])).max() < 1e-5
+
+
 def test_sampling_is_within_its_stated_bound_of_exact_shapley(url, repo):
     """The manifest records the convert-time comparison with exact Shapley values."""
     from gateway.artifacts.repository import Repository
@@ -268,6 +341,43 @@ def test_top_class_columns_and_kserve_form(url, models):
     assert msgspec.msgpack.decode(packed.content)["explanations"][0]["contributions"] == pytest.approx(
         full["contributions"]
     )
+
+
+def test_body_parameters_are_the_query_parameters(url, models):
+    """KServe's place for a request's options: `"parameters"` beside the rows, in any body form."""
+    _, frame, _, _ = models["churn-logreg"]
+    records = _rows(frame)[:3]
+    by_query = _explain(url, "churn-logreg", {"instances": records}, "?top=2&class=0")
+    assert [str(e["class"]) for e in by_query["explanations"]] == ["0"] * 3
+    assert all(len(e["contributions"]) == 2 for e in by_query["explanations"])
+    body = {"instances": records, "parameters": {"top": 2, "class": "0"}}
+    assert _explain(url, "churn-logreg", body) == by_query
+    assert (
+        _explain(url, "churn-logreg", {"instances": records, "parameters": {"class": 0}}, "?top=2")
+        == by_query
+    )
+    columns = {k: [r[k] for r in records] for k in records[0]}
+    assert (
+        _explain(url, "churn-logreg", {"inputs": columns, "parameters": {"top": 2, "class": "0"}}) == by_query
+    )
+    one = _explain(url, "churn-logreg", {**records[0], "parameters": {"top": 2, "class": "0"}})
+    assert one["explanations"] == by_query["explanations"][:1]
+    packed = httpx.post(
+        f"{url}/v1/models/churn-logreg/explain", content=msgspec.msgpack.encode(body),
+        headers={"content-type": "application/msgpack", "accept": "application/msgpack"},
+    )  # fmt: skip
+    assert msgspec.msgpack.decode(packed.content) == by_query
+    refusals = [
+        ({"instances": records, "parameters": {"top": 2}}, "?top=2", 400, ["body", "parameters", "top"]),
+        ({"instances": records, "parameters": {"top": 0}}, "", 400, ["body", "parameters", "top"]),
+        ({"instances": records, "parameters": {"colour": "red"}}, "", 400, ["body", "parameters", "colour"]),
+        ({"instances": records, "parameters": {"class": "maybe"}}, "", 422, ["body", "parameters", "class"]),
+        ({"instances": records, "parameters": [1]}, "", 400, ["body", "parameters"]),
+    ]
+    for body, query, status, loc in refusals:
+        response = httpx.post(f"{url}/v1/models/churn-logreg/explain{query}", json=body, timeout=30)
+        assert response.status_code == status, response.text
+        assert response.json()["detail"][0]["loc"] == loc, response.text
 
 
 def test_refusals(url, models):
@@ -319,7 +429,220 @@ def test_openapi_describes_explain(url):
 def test_docs_page_has_an_explain_form_with_a_chart(url):
     page = httpx.get(f"{url}/docs").text
     assert 'data-path="v1/models/forest/explain"' in page
-    assert page.count('<div class="chart"></div>') == 10  # every model but the tensor one
-    assert page.count('data-kind="explain"') == 10
+    assert page.count('<div class="chart"></div>') == 12  # every model but the tensor one
+    assert page.count('data-kind="explain"') == 12
     assert "function bars(" in page
     assert 'data-path="v1/models/tensor/explain"' not in page
+
+
+# -- the same through V2: `"parameters": {"explain": true}` ----------------------------------
+
+V2_TRANSPORTS = ["http-json", "http-binary", "grpc"]
+_RAW_TYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}
+
+
+def _v2_inputs(url: str, name: str, frame: pd.DataFrame | np.ndarray) -> tuple[str, str, np.ndarray]:
+    """The rows as the model's one matrix input (these models take their columns as one);
+    an array as the tensor model's input."""
+    if isinstance(frame, np.ndarray):
+        return "x", "FP32", frame.astype("<f4")
+    (spec,) = httpx.get(f"{url}/v2/models/{name}").json()["inputs"]
+    return spec["name"], spec["datatype"], frame.to_numpy().astype(_RAW_TYPES[spec["datatype"]])
+
+
+def _from_bytes(raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
+    if datatype != "BYTES":
+        return np.frombuffer(raw, dtype=_RAW_TYPES[datatype]).reshape(shape)
+    values, pos = [], 0
+    while pos < len(raw):
+        size = int.from_bytes(raw[pos : pos + 4], "little")
+        values.append(raw[pos + 4 : pos + 4 + size].decode())
+        pos += 4 + size
+    return np.array(values, dtype=object).reshape(shape)
+
+
+def _v2_http(url: str, name: str, frame: pd.DataFrame, parameters: dict, binary: bool) -> tuple[int, dict]:
+    """(status, {output: (array, its parameters)}) or (status, the error body)."""
+    input_name, datatype, array = _v2_inputs(url, name, frame)
+    entry: dict = {"name": input_name, "datatype": datatype, "shape": list(array.shape)}
+    headers = {"content-type": "application/json"}
+    tail = b""
+    if binary:
+        tail = array.tobytes()
+        entry["parameters"] = {"binary_data_size": len(tail)}
+    else:
+        entry["data"] = array.ravel().tolist()
+    head = msgspec.json.encode(
+        {"inputs": [entry], "parameters": {**parameters, "binary_data_output": binary}}
+    )
+    if binary:
+        headers = {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(head)),
+        }
+    r = httpx.post(f"{url}/v2/models/{name}/infer", content=head + tail, headers=headers, timeout=60)
+    if r.status_code != 200:
+        return r.status_code, r.json()
+    length = int(r.headers.get("inference-header-content-length", len(r.content)))
+    body, rest, outputs = msgspec.json.decode(r.content[:length]), r.content[length:], {}
+    for o in body["outputs"]:
+        params = dict(o.get("parameters", {}))
+        if "data" in o:
+            array = np.array(o["data"], dtype=object if o["datatype"] == "BYTES" else np.float64).reshape(
+                o["shape"]
+            )
+        else:
+            size = params.pop("binary_data_size")
+            array, rest = _from_bytes(rest[:size], o["datatype"], o["shape"]), rest[size:]
+        outputs[o["name"]] = (array, params)
+    return 200, outputs
+
+
+_GRPC_STATUS = {"INVALID_ARGUMENT": 400, "RESOURCE_EXHAUSTED": 413, "NOT_FOUND": 404}
+
+
+def _v2_grpc(target: str, url: str, name: str, frame: pd.DataFrame, parameters: dict) -> tuple[int, dict]:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    input_name, datatype, array = _v2_inputs(url, name, frame)
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name=input_name, datatype=datatype, shape=list(array.shape))
+    request.raw_input_contents.append(array.tobytes())
+    for key, value in parameters.items():
+        field = {bool: "bool_param", int: "int64_param", str: "string_param"}[type(value)]
+        setattr(request.parameters[key], field, value)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        except grpc.RpcError as exc:
+            return _GRPC_STATUS.get(exc.code().name, 500), {"error": exc.details()}
+    outputs = {}
+    for o, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in o.parameters.items()}
+        outputs[o.name] = (_from_bytes(raw, o.datatype, list(o.shape)), params)
+    return 200, outputs
+
+
+def _v2(server, transport: str, name: str, frame: pd.DataFrame, parameters: dict) -> tuple[int, dict]:
+    if transport == "grpc":
+        return _v2_grpc(server.grpc, server.url, name, frame, parameters)
+    return _v2_http(server.url, name, frame, parameters, binary=transport == "http-binary")
+
+
+@pytest.mark.parametrize("transport", V2_TRANSPORTS)
+@pytest.mark.parametrize(
+    ("name", "parameters", "query"),
+    [
+        ("gboost", {}, ""),  # tree, each row's predicted class
+        ("xgb", {"explain_class": "0", "explain_top": 3}, "?class=0&top=3"),
+        ("ridge", {}, ""),  # linear, a regressor: no class
+        ("svc", {"explain_samples": 32}, "?samples=32"),  # sampling: its bound too
+    ],
+)
+def test_v2_explain_parameter_answers_what_explain_does(server, models, transport, name, parameters, query):
+    _, frame, _, method = models[name]
+    test = frame.iloc[-TEST_ROWS:]
+    status, outputs = _v2(server, transport, name, test, {"explain": True, **parameters})
+    assert status == 200, outputs
+    want = _explain(server.url, name, {"instances": _rows(frame)}, query)["explanations"]
+    phi, params = outputs["contributions"]
+    assert phi.shape == (TEST_ROWS, parameters.get("explain_top", frame.shape[1]))
+    assert msgspec.json.decode(params["columns"]) == list(frame.columns)
+    assert params["output"] == want[0]["output"] and params["method"] == method
+    assert params.get("class") == parameters.get("explain_class")
+    if "explain_top" in parameters:
+        names = outputs["contribution_columns"][0]
+        assert names.tolist() == [list(w["contributions"]) for w in want]
+    else:
+        names = np.array([list(frame.columns)] * TEST_ROWS)
+    for row, entry in enumerate(want):
+        assert dict(zip(names[row], phi[row], strict=True)) == pytest.approx(
+            entry["contributions"], abs=1e-12
+        )
+    assert outputs["base_value"][0] == pytest.approx([w["base_value"] for w in want], abs=1e-12)
+    if "class" in want[0]:
+        assert outputs["explained_class"][0].tolist() == [str(w["class"]) for w in want]
+    else:
+        assert "explained_class" not in outputs
+    if method == "sampling":
+        bound, bound_params = outputs["error_bound"]
+        assert bound == pytest.approx([w["error_bound"] for w in want], abs=1e-12)
+        assert bound_params == {"samples": 32}
+    served = [o["name"] for o in httpx.get(f"{server.url}/v2/models/{name}").json()["outputs"]]
+    assert set(outputs) - set(served) <= {"contributions", "base_value", "explained_class", "contribution_columns",
+                                          "error_bound"}  # fmt: skip
+    assert set(served) <= set(outputs)
+
+
+@pytest.mark.parametrize("transport", V2_TRANSPORTS)
+def test_v2_explain_refusals(server, models, transport):
+    cancer = models["gboost"][1]
+    cases = [
+        ("gboost", cancer[:257], {"explain": True}, 413, "257 rows to explain"),
+        ("tensor", np.zeros((1, 2, 3)), {"explain": True}, 400, "model 'tensor' cannot be explained"),
+        ("svc", cancer[:17], {"explain": True}, 413, "17 rows to explain"),
+        ("gboost", cancer[:1], {"explain": True, "explain_top": 0}, 400, "explain_top must be an integer"),
+        ("gboost", cancer[:1], {"explain": True, "explain_colour": "red"}, 400, "unknown parameter 'explain_colour'"),
+        ("gboost", cancer[:1], {"explain_top": 2}, 400, "the explain parameter must be true or false"),
+        ("gboost", cancer[:1], {"explain": True, "explain_class": "maybe"}, 422, "class 'maybe' is not one"),
+        ("ridge", models["ridge"][1][:1], {"explain": True, "explain_class": "1"}, 400, "model 'ridge' is a regressor"),
+    ]  # fmt: skip
+    for name, frame, parameters, status, words in cases:
+        got, body = _v2(server, transport, name, frame, parameters)
+        assert got == (400 if transport == "grpc" and status == 422 else status), (name, parameters, body)
+        assert words in body["error"], body
+    plain, outputs = _v2(server, transport, "gboost", cancer[:2], {"explain": False})
+    assert plain == 200 and "contributions" not in outputs
+    empty, outputs = _v2(server, transport, "gboost", cancer[:0], {"explain": True})
+    assert empty == 200 and outputs["contributions"][0].shape == (0, cancer.shape[1]), outputs
+    assert outputs["base_value"][0].shape == (0,) and outputs["explained_class"][0].shape == (0,)
+
+
+OFFICIAL_CLIENTS = Path(os.environ.get("GATEWAY_CLIENTS_VENV", ROOT / ".venv-clients")) / "bin" / "python"
+
+TRITON_EXPLAIN = r"""
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpc
+import tritonclient.http as http
+
+url, target, x_path, name, datatype = sys.argv[1:6]
+x = np.load(x_path)
+out = {}
+for kind, module, where in (("http", http, url.removeprefix("http://")), ("grpc", grpc, target)):
+    client = module.InferenceServerClient(where)
+    given = module.InferInput(name, list(x.shape), datatype)
+    given.set_data_from_numpy(x)
+    result = client.infer("gboost", [given], parameters={"explain": True, "explain_top": 2, "explain_class": "1"})
+    output = result.get_output("contributions")
+    parameters = output["parameters"] if kind == "http" else {k: v.string_param for k, v in output.parameters.items()}
+    out[kind] = {"contributions": result.as_numpy("contributions").tolist(),
+                 "columns": result.as_numpy("contribution_columns").astype(str).tolist(),
+                 "base": result.as_numpy("base_value").tolist(), "class": parameters["class"],
+                 "names": json.loads(parameters["columns"])}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not OFFICIAL_CLIENTS.exists(), reason="no client environment: `bash .ci/run` builds it")
+def test_official_triton_clients_read_the_explanation_outputs(server, models, tmp_path):
+    """tritonclient's HTTP and gRPC clients send the parameters and read the outputs, and
+    the columns named in the output's parameters, as they read any model's."""
+    _, frame, _, _ = models["gboost"]
+    name, datatype, array = _v2_inputs(server.url, "gboost", frame.iloc[-TEST_ROWS:])
+    np.save(tmp_path / "x.npy", array)
+    done = subprocess.run(
+        [str(OFFICIAL_CLIENTS), "-c", TRITON_EXPLAIN, server.url, server.grpc, str(tmp_path / "x.npy"), name, datatype],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    want = _explain(server.url, "gboost", {"instances": _rows(frame)}, "?class=1&top=2")["explanations"]
+    for kind in ("http", "grpc"):
+        answer = got[kind]
+        assert answer["class"] == "1" and answer["names"] == list(frame.columns)
+        assert answer["columns"] == [list(w["contributions"]) for w in want]
+        expected = np.asarray([list(w["contributions"].values()) for w in want])
+        assert np.abs(np.asarray(answer["contributions"]) - expected).max() < 1e-12
+        assert answer["base"] == pytest.approx([w["base_value"] for w in want], abs=1e-12)
