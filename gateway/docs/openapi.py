@@ -488,6 +488,7 @@ def _explain(model: LoadedModel, predict: dict[str, Any]) -> dict[str, Any]:
         "sampling": "a permutation-sampling Shapley estimate with its error bound",
     }[spec.method]
     op = dict(predict["post"])
+    op["requestBody"] = _with_body_parameters(op["requestBody"], query)
     op |= {
         "summary": f"Explain {model.name}'s predictions per column ({method})",
         "description": f"The predict bodies, at most {rows} rows. Per row: the prediction, `output` "
@@ -498,6 +499,26 @@ def _explain(model: LoadedModel, predict: dict[str, Any]) -> dict[str, Any]:
         "responses": {"200": _ok("explanations", response), **_errors(_INFERENCE_ERRORS)},
     }
     return {"post": op}
+
+
+def _with_body_parameters(request_body: dict[str, Any], query: list[dict[str, Any]]) -> dict[str, Any]:
+    """The predict body forms, the lists of rows also taking a top-level `"parameters"`
+    object (KServe's place for a request's options) with the query's names."""
+    options = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "the query parameters' options, in the body; a name given in both is a 400",
+        "properties": {q["name"]: {**q["schema"], "description": q["description"]} for q in query},
+    }
+    # One record keeps its own schema: its keys are the model's columns (the server reads a
+    # "parameters" key beside them too, unless a column has that name).
+    forms = [
+        form if "$ref" in form else {**form, "properties": {**form["properties"], "parameters": options}}
+        for form in request_body["content"][_JSON]["schema"]["oneOf"]
+    ]
+    body = {"oneOf": forms}
+    content = {kind: {**media, "schema": body} for kind, media in request_body["content"].items()}
+    return {**request_body, "content": content}
 
 
 def build_openapi(models: list[LoadedModel], version: str, max_rows: int = 4096) -> dict[str, Any]:

@@ -421,6 +421,13 @@ def test_openapi_describes_explain(url):
         assert {p["name"] for p in op["parameters"]} == (
             {"top", "samples"} if name == "ridge" else {"top", "class", "samples"}
         )
+        forms = op["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+        with_options = [f for f in forms if "parameters" in f.get("properties", {})]
+        assert len(with_options) >= 1  # instances (and columns where no column is "inputs")
+        for form in with_options:
+            assert set(form["properties"]["parameters"]["properties"]) == {
+                p["name"] for p in op["parameters"]
+            }
         versioned = spec["paths"][f"/v1/models/{name}/versions/{{version}}/explain"]["post"]
         assert "version" in {p["name"] for p in versioned["parameters"]}
     assert "/v1/models/tensor/explain" not in spec["paths"]
