@@ -404,6 +404,23 @@ def _booster_cases() -> list[Case]:
     return cases
 
 
+def _catboost_cases() -> list[Case]:
+    """CatBoost's classifier saved as a .cbm file, its regressor pickled with joblib; a model
+    with categorical features is refused (tests/convert/test_catboost.py)."""
+    try:
+        import catboost
+    except ImportError:
+        return []
+    bc_train, bc_test, bc_y = _sk(load_breast_cancer)
+    d_train, d_test, d_y = _sk(load_diabetes)
+    classifier = catboost.CatBoostClassifier(iterations=40, depth=4, verbose=0, random_seed=0)
+    regressor = catboost.CatBoostRegressor(iterations=40, depth=4, verbose=0, random_seed=0)
+    return [
+        Case("catboost_classifier_cbm", classifier.fit(bc_train, bc_y), bc_train, bc_test, suffix=".cbm"),
+        Case("catboost_regressor", regressor.fit(d_train, d_y), d_train, d_test),
+    ]
+
+
 def _xgb_native(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
     import xgboost
 
@@ -436,7 +453,11 @@ def _torch_case() -> list[Case]:
 
 
 def _anomaly_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
-    return np.asarray(model.predict(x)), None, np.asarray(model.decision_function(x), np.float64).reshape(-1, 1)
+    return (
+        np.asarray(model.predict(x)),
+        None,
+        np.asarray(model.decision_function(x), np.float64).reshape(-1, 1),
+    )
 
 
 def _torch_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
@@ -456,4 +477,4 @@ PREDICTORS: dict[str, Callable[[Any, pd.DataFrame], tuple[np.ndarray | None, ...
 
 
 def all_cases() -> list[Case]:
-    return _sklearn_cases() + _booster_cases() + _torch_case()
+    return _sklearn_cases() + _booster_cases() + _catboost_cases() + _torch_case()
