@@ -32,7 +32,7 @@ from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, OrdinalEncode
 from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
-from converters import _function, _hist_gradient_boosting, _imputer, _svr, _trees
+from converters import _function, _hist_gradient_boosting, _imputer, _quantile, _svr, _trees
 from converters._graph import (
     cast_then,
     drop_unread_inputs,
@@ -55,6 +55,7 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 _function.register()
 _hist_gradient_boosting.register()
 _imputer.register()
+_quantile.register()
 _svr.register()
 _trees.register()
 _HGB = (HistGradientBoostingClassifier, HistGradientBoostingRegressor)

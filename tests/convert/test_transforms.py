@@ -1,5 +1,6 @@
-"""Everyday transforms convert through our own converters (converters/_function.py), proven
-by the parity check; a function ONNX has no operator for is refused in one line naming it."""
+"""Everyday transforms convert through our own converters (converters/_function.py,
+converters/_quantile.py), proven by the parity check; a function ONNX has no operator for
+is refused in one line naming it."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ CASES = {
         regressor=HistGradientBoostingRegressor(max_iter=20, random_state=0), func=np.log, inverse_func=np.exp),
     "target_scaled_pipeline": lambda: TransformedTargetRegressor(
         regressor=make_pipeline(StandardScaler(), Ridge()), transformer=StandardScaler()),
+    "quantile_normal_ridge": lambda: make_pipeline(
+        QuantileTransformer(output_distribution="normal", n_quantiles=100), Ridge()),
+    "quantile_normal_trees": lambda: make_pipeline(
+        QuantileTransformer(output_distribution="normal", n_quantiles=50),
+        HistGradientBoostingRegressor(max_iter=20, random_state=0)),
+    "quantile_uniform_trees": lambda: make_pipeline(
+        QuantileTransformer(n_quantiles=50), HistGradientBoostingRegressor(max_iter=20, random_state=0)),
 }  # fmt: skip
 
 
@@ -52,6 +60,36 @@ def test_everyday_transforms_convert_with_parity(case, data, tmp_path):
     model_bytes = (tmp_path / "repo" / "m" / "1" / "model.onnx").read_bytes()
     got = serve_predict(model_bytes, manifest, x).value
     np.testing.assert_allclose(got.ravel(), model.predict(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_the_quantile_transform_is_scikit_learns_beyond_the_bounds_on_ties_and_nan(distribution):
+    """The graph alone against QuantileTransformer.transform: values below, at and beyond the
+    learnt bounds, repeated training values (repeated quantiles), and NaN passing through."""
+    import onnxruntime as ort
+    from skl2onnx import to_onnx
+
+    import converters.sklearn  # noqa: F401  registers our converter
+
+    rng = np.random.default_rng(0)
+    train = np.column_stack(
+        [rng.normal(0, 1, 400), rng.integers(0, 5, 400).astype(float), rng.gamma(1, 3, 400)]
+    )
+    model = QuantileTransformer(output_distribution=distribution, n_quantiles=60).fit(train)
+    x = np.concatenate([train[:50], train.min(0, keepdims=True), train.max(0, keepdims=True),
+                        train.min(0, keepdims=True) - 1e-8, train.max(0, keepdims=True) * 10,
+                        -train.max(0, keepdims=True) * 10, np.full((1, 3), np.nan)])  # fmt: skip
+    x[3, 1] = np.nan
+    graph = to_onnx(model, x[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    want = model.transform(x)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    # Interpolation is numpy's to the bit; the inverse normal CDF is scipy's up to ONNX
+    # Runtime's log in the tails (an ulp or two).
+    np.testing.assert_allclose(got, want, rtol=4e-15, atol=0)
+    if distribution == "uniform":
+        assert np.array_equal(got, want, equal_nan=True)
 
 
 @pytest.mark.parametrize(

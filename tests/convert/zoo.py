@@ -35,7 +35,13 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, PolynomialFeatures, StandardScaler
+from sklearn.preprocessing import (
+    KBinsDiscretizer,
+    OneHotEncoder,
+    PolynomialFeatures,
+    QuantileTransformer,
+    StandardScaler,
+)
 from sklearn.svm import SVC, SVR, LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
@@ -327,6 +333,15 @@ def _sklearn_cases() -> list[Case]:
                                   OneHotEncoder(handle_unknown="ignore")), CHURN_CAT),
         ]),
         GradientBoostingClassifier(n_estimators=30, random_state=0),
+    ), churn)  # fmt: skip
+    add("churn_quantile_normal", make_pipeline(
+        ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(strategy="median"),
+                                  QuantileTransformer(output_distribution="normal", n_quantiles=200)), CHURN_NUM),
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+             CHURN_CAT),
+        ]),
+        RandomForestClassifier(40, random_state=0),
     ), churn)  # fmt: skip
     add(
         "ints_scaled_forest",
