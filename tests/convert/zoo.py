@@ -36,6 +36,7 @@ from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import (
+    FunctionTransformer,
     KBinsDiscretizer,
     OneHotEncoder,
     PolynomialFeatures,
@@ -333,6 +334,17 @@ def _sklearn_cases() -> list[Case]:
                                   OneHotEncoder(handle_unknown="ignore")), CHURN_CAT),
         ]),
         GradientBoostingClassifier(n_estimators=30, random_state=0),
+    ), churn)  # fmt: skip
+    # log1p on the money columns, NaN passing through it to the imputer after it.
+    add("churn_log1p_columns", make_pipeline(
+        ColumnTransformer([
+            ("money", make_pipeline(FunctionTransformer(np.log1p), SimpleImputer(strategy="median"), StandardScaler()),
+             ["monthly.charges", "total-charges"]),
+            ("tenure", SimpleImputer(strategy="median"), ["tenure (months)"]),
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+             CHURN_CAT),
+        ]),
+        LogisticRegression(max_iter=2000),
     ), churn)  # fmt: skip
     add("churn_quantile_normal", make_pipeline(
         ColumnTransformer([
