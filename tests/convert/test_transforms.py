@@ -113,16 +113,51 @@ def test_a_transform_without_an_onnx_equivalent_is_refused_in_one_line(make, nam
     assert len(message) < 400, message
 
 
-def test_word_ngrams_are_refused_by_option_before_parity_would_fail(tmp_path):
+REVIEWS = ["I love a price, it is fair", "a bad buy, broke at once", "love the price!", "it is bad", "the the love",
+           "délicieux et rapide, café crème", "Ünïcode wörds ça 42 x2 _under_score", "", "déjà vu, déjà vu"]  # fmt: skip
+
+
+@pytest.mark.parametrize("vectorizer", ["CountVectorizer", "TfidfVectorizer"])
+def test_word_ngrams_convert_exactly_with_scikit_learns_tokens(vectorizer, tmp_path):
+    """Words of one letter dropped between two others ("love a price" has the bigram "love
+    price"), and accented words kept whole ("café", not "caf"), as scikit-learn tokenizes."""
+    import pandas as pd
+    from sklearn.feature_extraction import text
+    from sklearn.linear_model import LogisticRegression
+
+    texts = pd.DataFrame({"review": REVIEWS * 4})
+    y = np.array([1, 0, 1, 0, 1, 1, 0, 0, 1] * 4)
+    vectors = getattr(text, vectorizer)(ngram_range=(1, 3))
+    model = make_pipeline(vectors, LogisticRegression(C=100.0)).fit(texts["review"], y)
+    manifest = _convert(tmp_path, model, texts)
+    assert manifest.parity is not None and manifest.parity.label_agreement == 1.0
+    queries = pd.DataFrame({"review": ["love a price", "café crème et déjà", "price love", "", "a"]})
+    got = serve_predict((tmp_path / "repo" / "m" / "1" / "model.onnx").read_bytes(), manifest, queries)
+    np.testing.assert_allclose(got.probabilities, model.predict_proba(queries["review"]), atol=1e-6)
+    assert vectors.transform(["love a price"])[0, vectors.vocabulary_["love price"]] > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ({"stop_words": "english"}, "TfidfVectorizer(ngram_range=(1, 2), stop_words='english') cannot be converted "
+                                    "exactly: scikit-learn forms n-grams after removing stop words"),
+        ({"token_pattern": r"\b\w+\b"}, "TfidfVectorizer(ngram_range=(1, 2), token_pattern='\\\\b\\\\w+\\\\b') "
+                                         "cannot be converted exactly"),
+    ],
+)  # fmt: skip
+def test_word_ngrams_are_refused_by_option_where_onnx_would_differ(option, named, tmp_path):
     import pandas as pd
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     texts = pd.DataFrame({"review": ["I love it", "a bad buy, broke", "love the price", "it is bad"] * 10})
     y = np.array([1, 0, 1, 0] * 10)
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression()).fit(texts["review"], y)
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), **option), LogisticRegression()).fit(
+        texts["review"], y
+    )
     with pytest.raises(ConversionError) as caught:
         _convert(tmp_path, model, texts)
     message = str(caught.value)
-    assert "TfidfVectorizer(ngram_range=(1, 2)) cannot be converted exactly" in message, message
+    assert named in message, message
     assert "ngram_range=(1, 1)" in message and "\n" not in message

@@ -375,6 +375,12 @@ def _sklearn_cases() -> list[Case]:
         ColumnTransformer([("text", TfidfVectorizer(), "review text"), ("num", StandardScaler(), ["stars given"])]),
         LogisticRegression(max_iter=1000),
     ), text)  # fmt: skip
+    # Word bigrams, as scikit-learn tokenizes: one-letter words skipped, accented words whole.
+    add("text_bigrams", make_pipeline(
+        ColumnTransformer([("text", TfidfVectorizer(ngram_range=(1, 2)), "review text"),
+                           ("num", StandardScaler(), ["stars given"])]),
+        LogisticRegression(max_iter=1000),
+    ), text)  # fmt: skip
     add(
         "shop_hgb_categories",
         HistGradientBoostingClassifier(max_iter=40, random_state=0),
