@@ -32,7 +32,7 @@ from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, OrdinalEncode
 from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
-from converters import _function, _hist_gradient_boosting, _imputer, _quantile, _svr, _trees
+from converters import _function, _hist_gradient_boosting, _imputer, _quantile, _svr, _text, _trees
 from converters._graph import (
     cast_then,
     drop_unread_inputs,
@@ -57,6 +57,7 @@ _hist_gradient_boosting.register()
 _imputer.register()
 _quantile.register()
 _svr.register()
+_text.register()
 _trees.register()
 _HGB = (HistGradientBoostingClassifier, HistGradientBoostingRegressor)
 _TEXT = (CountVectorizer, TfidfVectorizer, HashingVectorizer)
@@ -146,42 +147,24 @@ def _text_columns(model: Any) -> set[str]:
     return found
 
 
-DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
-# scikit-learn's default token, runs of two or more Unicode word characters, in RE2's terms:
-# skl2onnx writes [a-zA-Z0-9_]+, which splits "café" into "caf" and joins words across "a".
-WORD_TOKENS = r"[\p{L}\p{N}_]{2,}"
-
-
 def _check_vectorizers(model: Any) -> None:
     """Word n-grams beyond one word are scikit-learn's where ONNX sees its tokens: the default
-    token pattern (written for RE2) and no stop words, which scikit-learn removes before it
-    forms n-grams (so "love the price" has the bigram "love price"), and ONNX's TfIdfVectorizer
-    cannot skip."""
+    token pattern, written for RE2 (converters/_text.py), stop words removed before n-grams."""
     for part in _walk(model):
         if not (isinstance(part, _TEXT) and part.analyzer == "word" and part.ngram_range[1] > 1):
             continue
-        name = f"{type(part).__name__}(ngram_range={part.ngram_range}"
-        if part.stop_words is not None:
+        if not isinstance(part, CountVectorizer):  # HashingVectorizer
             raise ConversionError(
-                f"{name}, stop_words={part.stop_words!r}) cannot be converted exactly: scikit-learn "
-                "forms n-grams after removing stop words, across the gaps, which ONNX's n-grams cannot "
-                "skip; refit with stop_words=None or ngram_range=(1, 1)"
+                f"{type(part).__name__}(ngram_range={part.ngram_range}) cannot be converted exactly; "
+                "refit with ngram_range=(1, 1)"
             )
-        if part.token_pattern != DEFAULT_TOKEN_PATTERN:
+        if not _text.default_words(part):
             raise ConversionError(
-                f"{name}, token_pattern={part.token_pattern!r}) cannot be converted exactly: only the "
-                "default token pattern is known to tokenize as scikit-learn does; refit with the "
-                "default token_pattern or ngram_range=(1, 1)"
+                f"{type(part).__name__}(ngram_range={part.ngram_range}, token_pattern="
+                f"{part.token_pattern!r}) cannot be converted exactly: only the default token pattern "
+                "(no tokenizer or preprocessor) is known to tokenize as scikit-learn does; refit with "
+                "the default token_pattern or ngram_range=(1, 1)"
             )
-
-
-def _default_words(part: Any) -> bool:
-    return (
-        isinstance(part, CountVectorizer)  # TfidfVectorizer too
-        and part.analyzer == "word"
-        and part.tokenizer is None
-        and part.token_pattern == DEFAULT_TOKEN_PATTERN
-    )
 
 
 def _reads_text(model: Any) -> bool:
@@ -310,8 +293,8 @@ def _options(model: Any, classifier: bool) -> dict[int, dict[str, Any]]:
         if isinstance(part, _TEXT):
             # skl2onnx's tokenizer asks for en_US.UTF-8, which slim images do not have.
             options[id(part)] = {"locale": "C.UTF-8"}
-            if _default_words(part):
-                options[id(part)]["tokenexp"] = WORD_TOKENS
+            if _text.default_words(part):
+                options[id(part)]["tokenexp"] = _text.WORD_TOKENS
     return options
 
 
