@@ -4,6 +4,9 @@ features, which that export cannot carry, are refused in one line naming the col
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import joblib
 import numpy as np
 import pandas as pd
@@ -12,6 +15,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from converters import ConversionError, convert
 from converters.parity import serve_predict
+from gateway.artifacts.repository import Repository
+from tests.conftest import ROOT
 
 catboost = pytest.importorskip("catboost")
 
@@ -65,14 +70,17 @@ def test_a_pickled_multiclass_classifier_and_a_pickled_regressor_convert(tmp_pat
     np.testing.assert_allclose(got.ravel(), regressor.predict(d), rtol=1e-5)
 
 
-def test_framework_catboost_reads_a_model_file_of_another_suffix(tmp_path):
+def test_cli_framework_catboost_reads_a_model_file_of_another_suffix(tmp_path):
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     model = catboost.CatBoostRegressor(iterations=10, depth=3, verbose=0).fit(x, y)
     model.save_model(str(tmp_path / "model.bin"))
-    manifest = convert(
-        tmp_path / "model.bin", name="m", version="1", repo=tmp_path / "repo", framework="catboost"
-    )
-    assert manifest.parity is not None and manifest.parity.sample == "synthesised"
+    command = [sys.executable, "-m", "gateway.cli", "convert", str(tmp_path / "model.bin"), "--framework",
+               "catboost", "--name", "m", "--version", "1", "--repo", str(tmp_path / "repo")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    manifest = Repository(tmp_path / "repo").manifest("m", "1")
+    assert manifest.source.framework == "catboost" and manifest.parity is not None
+    assert manifest.parity.sample == "synthesised"
 
 
 def test_a_file_that_is_not_a_catboost_model_is_refused_by_path(tmp_path):
