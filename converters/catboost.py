@@ -20,13 +20,24 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CLASSIFIER_LOSSES = ("Logloss", "CrossEntropy", "MultiClass")
+# Losses whose predict() is exp(raw score), where the ONNX export writes the raw score.
+EXPONENT_LOSSES = ("Poisson", "Tweedie")
+# Several values a row: CatBoost's export writes a classifier with no classes for these.
+MULTI_TARGET_LOSSES = (
+    "MultiRMSE",
+    "RMSEWithUncertainty",
+    "MultiQuantile",
+    "MultiLogloss",
+    "MultiCrossEntropy",
+)
+
+
+def loss_of(model: Any) -> str:
+    return str(model.get_all_params().get("loss_function", "")).split(":", maxsplit=1)[0]
 
 
 def is_classifier(model: Any) -> bool:
-    if isinstance(model, catboost.CatBoostClassifier):
-        return True
-    loss = str(model.get_all_params().get("loss_function", ""))
-    return loss.split(":", maxsplit=1)[0] in CLASSIFIER_LOSSES
+    return isinstance(model, catboost.CatBoostClassifier) or loss_of(model) in CLASSIFIER_LOSSES
 
 
 def load_cbm(path: Path) -> Any:
@@ -57,6 +68,28 @@ def _refuse_non_numeric(model: Any) -> None:
             )
 
 
+def _refuse_multi_target(model: Any) -> None:
+    loss = loss_of(model)
+    if loss in MULTI_TARGET_LOSSES:
+        raise ConversionError(
+            f"{type(model).__name__}(loss_function={loss!r}) predicts several values a row, which "
+            "CatBoost's ONNX export cannot write: refit with a one-value loss such as RMSE "
+            "(a model per target)"
+        )
+
+
+def _exp(onnx_model: Any, name: str) -> None:
+    """exp() of the raw score `name`, as a Poisson or Tweedie model's predict() answers."""
+    from onnx import helper
+
+    raw = f"{name}_log"
+    rename_values(onnx_model, {name: raw})
+    for value in onnx_model.graph.output:
+        if value.name == raw:
+            value.name = name
+    onnx_model.graph.node.append(helper.make_node("Exp", [raw], [name], name=f"{name}_exp"))
+
+
 def _export(model: Any) -> Any:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
@@ -81,6 +114,7 @@ class CatBoostConverter:
         if not model.is_fitted():
             raise ConversionError(f"{type(model).__name__} is not fitted")
         _refuse_non_numeric(model)
+        _refuse_multi_target(model)
         names = [str(n) for n in model.feature_names_] if model.feature_names_ else None
         if names is not None and names == [str(i) for i in range(len(names))]:
             names = None  # trained on an array: CatBoost numbers the columns
@@ -104,6 +138,8 @@ class CatBoostConverter:
         else:
             rename_values(onnx_model, {onnx_model.graph.output[0].name: "value"})
             _rows_of_one(onnx_model, "value")
+            if loss_of(model) in EXPONENT_LOSSES:
+                _exp(onnx_model, "value")
 
         def predict_raw(x: np.ndarray) -> np.ndarray:
             import pandas as pd

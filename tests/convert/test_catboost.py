@@ -102,3 +102,24 @@ def test_categorical_features_are_refused_naming_the_columns_and_nothing_is_writ
     assert "categorical features ['plan'] (cat_features)" in message, message
     assert "numeric features only" in message and "OrdinalEncoder" in message and "\n" not in message
     assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_a_poisson_regressor_serves_exp_of_the_exported_raw_score(tmp_path):
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    model = catboost.CatBoostRegressor(iterations=20, depth=3, verbose=0, loss_function="Poisson").fit(x, y)
+    joblib.dump(model, tmp_path / "counts.joblib")
+    manifest = convert(tmp_path / "counts.joblib", name="p", version="1", repo=tmp_path / "repo", sample=x)
+    got = _served(tmp_path, manifest, x).value
+    np.testing.assert_allclose(got.ravel(), model.predict(x), rtol=1e-5)
+
+
+def test_a_multi_target_loss_is_refused_naming_it(tmp_path):
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    targets = np.column_stack([y, np.log(y)])
+    model = catboost.CatBoostRegressor(iterations=5, verbose=0, loss_function="MultiRMSE").fit(x, targets)
+    joblib.dump(model, tmp_path / "two.joblib")
+    with pytest.raises(ConversionError) as caught:
+        convert(tmp_path / "two.joblib", name="t", version="1", repo=tmp_path / "repo", sample=x)
+    message = str(caught.value)
+    assert "CatBoostRegressor(loss_function='MultiRMSE') predicts several values a row" in message, message
+    assert "\n" not in message
