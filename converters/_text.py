@@ -7,19 +7,27 @@ so "love the price" has the bigram "love price". ONNX's TfIdfVectorizer counts n
 adjacent tokens, so the graph moves each row's stop words behind its other tokens (a stable
 TopK on "is a stop word, then position") and blanks them to the padding token before
 counting. Every other vectorizer goes to skl2onnx's converter unchanged.
+
+`sublinear_tf=True` is scikit-learn's 1 + log(tf) on the counts that are not zero; skl2onnx
+writes log(1 + tf) (0.69 for a word seen once, where scikit-learn has 1). Our TfidfTransformer
+converter (which a TfidfVectorizer's goes through) writes scikit-learn's, then hands the rest
+(idf, norm) to skl2onnx's.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 from onnx import TensorProto
 from skl2onnx import update_registered_converter
 from skl2onnx.common._registration import get_converter, get_shape_calculator
-from sklearn.feature_extraction.text import CountVectorizer
+from skl2onnx.common.data_types import guess_proto_type
+from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 
 ALIAS = "SklearnCountVectorizer"
+TFIDF_ALIAS = "SklearnTfidfTransformer"
 PAD = "#"  # the Tokenizer's padding; scikit-learn's word tokens never hold it
 DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 # scikit-learn's default token, runs of two or more Unicode word characters, in RE2's terms:
@@ -114,7 +122,30 @@ def _convert(scope: Any, operator: Any, container: Any) -> None:
     g.op("Identity", counts, out=operator.outputs[0].full_name)
 
 
+def _tfidf_convert(scope: Any, operator: Any, container: Any) -> None:
+    model = operator.raw_operator
+    if not model.sublinear_tf:
+        ORIGINAL_TFIDF(scope, operator, container)
+        return
+    g = _Nodes(scope, container)
+    counts = operator.inputs[0]
+    proto = guess_proto_type(counts.type)
+    logged = g.op("Add", g.op("Log", counts.full_name), g.const(1.0, proto))
+    tf = scope.declare_local_variable("sublinear_tf", type(counts.type)(counts.type.shape))
+    g.op("Where", g.op("Greater", counts.full_name, g.const(0.0, proto)), logged, g.const(0.0, proto),
+         out=tf.full_name)  # fmt: skip
+    plain = copy.copy(model)
+    plain.sublinear_tf = False
+    inputs, raw = operator.inputs, operator.raw_operator
+    operator.inputs, operator.raw_operator = [tf], plain
+    try:
+        ORIGINAL_TFIDF(scope, operator, container)
+    finally:
+        operator.inputs, operator.raw_operator = inputs, raw
+
+
 ORIGINAL = get_converter(ALIAS)
+ORIGINAL_TFIDF = get_converter(TFIDF_ALIAS)
 
 
 def register() -> None:
@@ -122,4 +153,8 @@ def register() -> None:
         CountVectorizer, ALIAS, get_shape_calculator(ALIAS), _convert, overwrite=True,
         options={"tokenexp": None, "separators": None, "nan": [True, False],
                  "keep_empty_string": [True, False], "locale": None},
+    )  # fmt: skip
+    update_registered_converter(
+        TfidfTransformer, TFIDF_ALIAS, get_shape_calculator(TFIDF_ALIAS), _tfidf_convert, overwrite=True,
+        options={"nan": [True, False]},
     )  # fmt: skip

@@ -44,7 +44,8 @@ def cases() -> list[Case]:
             LogisticRegression(max_iter=1000),
         ), text),
         ("text_bigrams", make_pipeline(
-            ColumnTransformer([("text", TfidfVectorizer(ngram_range=(1, 2), stop_words="english"), "review text"),
+            ColumnTransformer([("text", TfidfVectorizer(ngram_range=(1, 2), stop_words="english", sublinear_tf=True),
+                                "review text"),
                                ("num", StandardScaler(), ["stars given"])]),
             LogisticRegression(max_iter=1000),
         ), text),

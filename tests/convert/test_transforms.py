@@ -117,24 +117,27 @@ REVIEWS = ["I love a price, it is fair", "a bad buy, broke at once", "love the p
            "délicieux et rapide, café crème", "Ünïcode wörds ça 42 x2 _under_score", "", "déjà vu, déjà vu"]  # fmt: skip
 
 
-@pytest.mark.parametrize(("vectorizer", "stop_words"), [("CountVectorizer", None), ("TfidfVectorizer", None),
-                                                      ("CountVectorizer", "english"), ("TfidfVectorizer", ["it", "is"])])  # fmt: skip
-def test_word_ngrams_convert_exactly_with_scikit_learns_tokens(vectorizer, stop_words, tmp_path):
+@pytest.mark.parametrize(("vectorizer", "options"), [
+    ("CountVectorizer", {}), ("TfidfVectorizer", {}), ("CountVectorizer", {"stop_words": "english"}),
+    ("TfidfVectorizer", {"stop_words": ["it", "is"]}), ("TfidfVectorizer", {"sublinear_tf": True}),
+])  # fmt: skip
+def test_word_ngrams_convert_exactly_with_scikit_learns_tokens(vectorizer, options, tmp_path):
     """Words of one letter dropped between two others ("love a price" has the bigram "love
-    price"), accented words kept whole ("café", not "caf"), and stop words removed before
-    n-grams are formed ("love the price" has "love price" too), as scikit-learn does."""
+    price"), accented words kept whole ("café", not "caf"), stop words removed before n-grams
+    are formed ("love the price" has "love price" too), and sublinear_tf's 1 + log(tf), as
+    scikit-learn does."""
     import pandas as pd
     from sklearn.feature_extraction import text
     from sklearn.linear_model import LogisticRegression
 
     texts = pd.DataFrame({"review": REVIEWS * 4})
     y = np.array([1, 0, 1, 0, 1, 1, 0, 0, 1] * 4)
-    vectors = getattr(text, vectorizer)(ngram_range=(1, 3), stop_words=stop_words)
+    vectors = getattr(text, vectorizer)(ngram_range=(1, 3), **options)
     model = make_pipeline(vectors, LogisticRegression(C=100.0)).fit(texts["review"], y)
     manifest = _convert(tmp_path, model, texts)
     assert manifest.parity is not None and manifest.parity.label_agreement == 1.0
     queries = pd.DataFrame({"review": ["love a price", "café crème et déjà", "price love", "", "a",
-                                       "it is love the price", "the the the", "love it is the price it"]})  # fmt: skip
+                                       "it is love the price", "the the the", "love it is the price it", "love love love"]})  # fmt: skip
     got = serve_predict((tmp_path / "repo" / "m" / "1" / "model.onnx").read_bytes(), manifest, queries)
     np.testing.assert_allclose(got.probabilities, model.predict_proba(queries["review"]), atol=1e-6)
     assert vectors.transform(["love a price"])[0, vectors.vocabulary_["love price"]] > 0

@@ -375,9 +375,11 @@ def _sklearn_cases() -> list[Case]:
         ColumnTransformer([("text", TfidfVectorizer(), "review text"), ("num", StandardScaler(), ["stars given"])]),
         LogisticRegression(max_iter=1000),
     ), text)  # fmt: skip
-    # Word bigrams as scikit-learn forms them: one-letter and stop words skipped, accented words whole.
+    # Word bigrams as scikit-learn forms them: one-letter and stop words skipped, accented words
+    # whole; sublinear_tf's 1 + log(tf).
     add("text_bigrams", make_pipeline(
-        ColumnTransformer([("text", TfidfVectorizer(ngram_range=(1, 2), stop_words="english"), "review text"),
+        ColumnTransformer([("text", TfidfVectorizer(ngram_range=(1, 2), stop_words="english", sublinear_tf=True),
+                            "review text"),
                            ("num", StandardScaler(), ["stars given"])]),
         LogisticRegression(max_iter=1000),
     ), text)  # fmt: skip
