@@ -73,7 +73,9 @@ def _catboost(bc: tuple[pd.DataFrame, pd.DataFrame, Any]) -> list[Case]:
     import catboost
 
     train, test, y = bc
-    model = catboost.CatBoostClassifier(iterations=30, depth=4, verbose=0, random_seed=0).fit(train, y)
+    model = catboost.CatBoostClassifier(
+        iterations=30, depth=4, verbose=0, allow_writing_files=False, random_seed=0
+    ).fit(train, y)
     return [Case("catboost_classifier_cbm", model, train, test, suffix=".cbm")]
 
 

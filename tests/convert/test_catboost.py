@@ -36,7 +36,9 @@ def _served(tmp_path, manifest, table):
 
 def test_a_cbm_classifier_with_string_classes_and_missing_values_serves_its_probabilities(cancer, tmp_path):
     x, y = cancer
-    model = catboost.CatBoostClassifier(iterations=30, depth=4, verbose=0).fit(x, y)
+    model = catboost.CatBoostClassifier(iterations=30, depth=4, verbose=0, allow_writing_files=False).fit(
+        x, y
+    )
     model.save_model(str(tmp_path / "model.cbm"))
     manifest = convert(tmp_path / "model.cbm", name="cb", version="1", repo=tmp_path / "repo", sample=x)
     assert manifest.source.framework == "catboost" and manifest.source.estimator == "CatBoostClassifier"
@@ -52,7 +54,9 @@ def test_a_cbm_classifier_with_string_classes_and_missing_values_serves_its_prob
 
 def test_a_pickled_multiclass_classifier_and_a_pickled_regressor_convert(tmp_path):
     x, y = load_iris(return_X_y=True, as_frame=True)
-    classifier = catboost.CatBoostClassifier(iterations=20, depth=3, verbose=0).fit(x, y)
+    classifier = catboost.CatBoostClassifier(
+        iterations=20, depth=3, verbose=0, allow_writing_files=False
+    ).fit(x, y)
     joblib.dump(classifier, tmp_path / "iris.joblib")
     manifest = convert(tmp_path / "iris.joblib", name="iris", version="1", repo=tmp_path / "repo", sample=x)
     assert manifest.classes == [0, 1, 2] and manifest.task == "classification"
@@ -61,7 +65,9 @@ def test_a_pickled_multiclass_classifier_and_a_pickled_regressor_convert(tmp_pat
     )
 
     d, target = load_diabetes(return_X_y=True, as_frame=True)
-    regressor = catboost.CatBoostRegressor(iterations=30, depth=4, verbose=0).fit(d, target)
+    regressor = catboost.CatBoostRegressor(iterations=30, depth=4, verbose=0, allow_writing_files=False).fit(
+        d, target
+    )
     joblib.dump(regressor, tmp_path / "diabetes.pkl")
     manifest = convert(tmp_path / "diabetes.pkl", name="d", version="1", repo=tmp_path / "repo", sample=d)
     assert manifest.task == "regression" and manifest.source.estimator == "CatBoostRegressor"
@@ -72,7 +78,7 @@ def test_a_pickled_multiclass_classifier_and_a_pickled_regressor_convert(tmp_pat
 
 def test_cli_framework_catboost_reads_a_model_file_of_another_suffix(tmp_path):
     x, y = load_diabetes(return_X_y=True, as_frame=True)
-    model = catboost.CatBoostRegressor(iterations=10, depth=3, verbose=0).fit(x, y)
+    model = catboost.CatBoostRegressor(iterations=10, depth=3, verbose=0, allow_writing_files=False).fit(x, y)
     model.save_model(str(tmp_path / "model.bin"))
     command = [sys.executable, "-m", "gateway.cli", "convert", str(tmp_path / "model.bin"), "--framework",
                "catboost", "--name", "m", "--version", "1", "--repo", str(tmp_path / "repo")]  # fmt: skip
@@ -94,7 +100,9 @@ def test_categorical_features_are_refused_naming_the_columns_and_nothing_is_writ
     rng = np.random.default_rng(0)
     x = pd.DataFrame({"charges": rng.normal(70, 20, 300), "plan": rng.choice(["basic", "plus", "pro"], 300)})
     y = ((x["plan"] == "pro") ^ (x["charges"] > 70)).astype(int)
-    model = catboost.CatBoostClassifier(iterations=20, verbose=0, cat_features=["plan"]).fit(x, y)
+    model = catboost.CatBoostClassifier(
+        iterations=20, verbose=0, allow_writing_files=False, cat_features=["plan"]
+    ).fit(x, y)
     model.save_model(str(tmp_path / "model.cbm"))
     with pytest.raises(ConversionError) as caught:
         convert(tmp_path / "model.cbm", name="m", version="1", repo=tmp_path / "repo", sample=x)
@@ -106,7 +114,9 @@ def test_categorical_features_are_refused_naming_the_columns_and_nothing_is_writ
 
 def test_a_poisson_regressor_serves_exp_of_the_exported_raw_score(tmp_path):
     x, y = load_diabetes(return_X_y=True, as_frame=True)
-    model = catboost.CatBoostRegressor(iterations=20, depth=3, verbose=0, loss_function="Poisson").fit(x, y)
+    model = catboost.CatBoostRegressor(
+        iterations=20, depth=3, verbose=0, allow_writing_files=False, loss_function="Poisson"
+    ).fit(x, y)
     joblib.dump(model, tmp_path / "counts.joblib")
     manifest = convert(tmp_path / "counts.joblib", name="p", version="1", repo=tmp_path / "repo", sample=x)
     got = _served(tmp_path, manifest, x).value
@@ -116,7 +126,9 @@ def test_a_poisson_regressor_serves_exp_of_the_exported_raw_score(tmp_path):
 def test_a_multi_target_loss_is_refused_naming_it(tmp_path):
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     targets = np.column_stack([y, np.log(y)])
-    model = catboost.CatBoostRegressor(iterations=5, verbose=0, loss_function="MultiRMSE").fit(x, targets)
+    model = catboost.CatBoostRegressor(
+        iterations=5, verbose=0, allow_writing_files=False, loss_function="MultiRMSE"
+    ).fit(x, targets)
     joblib.dump(model, tmp_path / "two.joblib")
     with pytest.raises(ConversionError) as caught:
         convert(tmp_path / "two.joblib", name="t", version="1", repo=tmp_path / "repo", sample=x)

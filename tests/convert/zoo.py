@@ -448,8 +448,12 @@ def _catboost_cases() -> list[Case]:
         return []
     bc_train, bc_test, bc_y = _sk(load_breast_cancer)
     d_train, d_test, d_y = _sk(load_diabetes)
-    classifier = catboost.CatBoostClassifier(iterations=40, depth=4, verbose=0, random_seed=0)
-    regressor = catboost.CatBoostRegressor(iterations=40, depth=4, verbose=0, random_seed=0)
+    classifier = catboost.CatBoostClassifier(
+        iterations=40, depth=4, verbose=0, allow_writing_files=False, random_seed=0
+    )
+    regressor = catboost.CatBoostRegressor(
+        iterations=40, depth=4, verbose=0, allow_writing_files=False, random_seed=0
+    )
     return [
         Case("catboost_classifier_cbm", classifier.fit(bc_train, bc_y), bc_train, bc_test, suffix=".cbm"),
         Case("catboost_regressor", regressor.fit(d_train, d_y), d_train, d_test),
