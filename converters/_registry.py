@@ -9,13 +9,14 @@ from typing import Literal
 from converters.errors import ConversionError
 from converters.types import FrameworkConverter
 
-Framework = Literal["sklearn", "xgboost", "lightgbm", "torch", "onnx"]
-FRAMEWORKS: tuple[Framework, ...] = ("sklearn", "xgboost", "lightgbm", "torch", "onnx")
+Framework = Literal["sklearn", "xgboost", "lightgbm", "catboost", "torch", "onnx"]
+FRAMEWORKS: tuple[Framework, ...] = ("sklearn", "xgboost", "lightgbm", "catboost", "torch", "onnx")
 
 CONVERTERS: dict[Framework, str] = {
     "sklearn": "converters.sklearn:CONVERTER",
     "xgboost": "converters.xgboost:CONVERTER",
     "lightgbm": "converters.lightgbm:CONVERTER",
+    "catboost": "converters.catboost:CONVERTER",
     "torch": "converters.torch:CONVERTER",
     "onnx": "converters.onnx:CONVERTER",
 }
@@ -25,6 +26,7 @@ _INSTALL_HINT: dict[Framework, str] = {
     "sklearn": "pip install 'onnx-gateway[convert,cpu]'",
     "xgboost": "pip install 'onnx-gateway[convert,cpu]' xgboost",
     "lightgbm": "pip install 'onnx-gateway[convert,cpu]' lightgbm",
+    "catboost": "pip install 'onnx-gateway[convert,cpu]'",
     "torch": "pip install 'onnx-gateway[convert,cpu]' torch onnxscript",
     "onnx": "pip install 'onnx-gateway[convert,cpu]'",
 }

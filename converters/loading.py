@@ -20,9 +20,11 @@ _PICKLE_SUFFIXES = {".joblib", ".pkl", ".pickle", ".sav"}
 _TORCH_SUFFIXES = {".pt", ".pth"}
 _XGBOOST_SUFFIXES = {".ubj", ".json"}
 _LIGHTGBM_SUFFIXES = {".txt", ".lgb"}
+_CATBOOST_SUFFIXES = {".cbm", ".bin"}
 _ROOT_MODULES: dict[str, Framework] = {
     "xgboost": "xgboost",
     "lightgbm": "lightgbm",
+    "catboost": "catboost",
     "torch": "torch",
     "sklearn": "sklearn",
     "onnx": "onnx",
@@ -62,6 +64,8 @@ def load_model(
         return _load_xgboost_booster(path), "xgboost"
     if framework == "lightgbm" and suffix in _LIGHTGBM_SUFFIXES:
         return _load_lightgbm_booster(path), "lightgbm"
+    if (framework is None and suffix == ".cbm") or (framework == "catboost" and suffix in _CATBOOST_SUFFIXES):
+        return _load_catboost(path), "catboost"
     if framework is None and suffix in _XGBOOST_SUFFIXES | _LIGHTGBM_SUFFIXES:
         raise ConversionError(
             f"{path}: a {suffix} file may be an XGBoost or a LightGBM model; "
@@ -245,3 +249,18 @@ def _load_lightgbm_booster(path: Path) -> Any:
         return lightgbm.Booster(model_file=str(path))
     except lightgbm.basic.LightGBMError as exc:
         raise ConversionError(f"{path}: not a LightGBM model: {exc}") from exc
+
+
+def _load_catboost(path: Path) -> Any:
+    try:
+        from converters.catboost import load_cbm
+    except ImportError as exc:
+        raise ConversionError(
+            f"{path}: loading a CatBoost model needs catboost: pip install 'onnx-gateway[convert,cpu]'"
+        ) from exc
+    import catboost
+
+    try:
+        return load_cbm(path)
+    except catboost.CatBoostError as exc:
+        raise ConversionError(f"{path}: not a CatBoost model: {first_line(exc)}") from exc

@@ -32,7 +32,7 @@ from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, OrdinalEncode
 from sklearn.tree import BaseDecisionTree
 from sklearn.utils.validation import check_is_fitted
 
-from converters import _function, _hist_gradient_boosting, _imputer, _svr, _trees
+from converters import _function, _hist_gradient_boosting, _imputer, _quantile, _svr, _text, _trees
 from converters._graph import (
     cast_then,
     drop_unread_inputs,
@@ -55,7 +55,9 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 _function.register()
 _hist_gradient_boosting.register()
 _imputer.register()
+_quantile.register()
 _svr.register()
+_text.register()
 _trees.register()
 _HGB = (HistGradientBoostingClassifier, HistGradientBoostingRegressor)
 _TEXT = (CountVectorizer, TfidfVectorizer, HashingVectorizer)
@@ -146,15 +148,22 @@ def _text_columns(model: Any) -> set[str]:
 
 
 def _check_vectorizers(model: Any) -> None:
-    """Word n-grams beyond one word: ONNX's tokenizer joins words across those the token
-    pattern or stop words removed, which scikit-learn does not (ordinary English reviews: most
-    rows off, by up to 0.09), so such a vectorizer is refused before parity would fail."""
+    """Word n-grams beyond one word are scikit-learn's where ONNX sees its tokens: the default
+    token pattern, written for RE2 (converters/_text.py), stop words removed before n-grams."""
     for part in _walk(model):
-        if isinstance(part, _TEXT) and part.analyzer == "word" and part.ngram_range[1] > 1:
+        if not (isinstance(part, _TEXT) and part.analyzer == "word" and part.ngram_range[1] > 1):
+            continue
+        if not isinstance(part, CountVectorizer):  # HashingVectorizer
             raise ConversionError(
-                f"{type(part).__name__}(ngram_range={part.ngram_range}) cannot be converted exactly: "
-                "ONNX's tokenizer forms n-grams across the words that the token pattern or stop "
-                "words remove; refit with ngram_range=(1, 1)"
+                f"{type(part).__name__}(ngram_range={part.ngram_range}) cannot be converted exactly; "
+                "refit with ngram_range=(1, 1)"
+            )
+        if not _text.default_words(part):
+            raise ConversionError(
+                f"{type(part).__name__}(ngram_range={part.ngram_range}, token_pattern="
+                f"{part.token_pattern!r}) cannot be converted exactly: only the default token pattern "
+                "(no tokenizer or preprocessor) is known to tokenize as scikit-learn does; refit with "
+                "the default token_pattern or ngram_range=(1, 1)"
             )
 
 
@@ -284,6 +293,8 @@ def _options(model: Any, classifier: bool) -> dict[int, dict[str, Any]]:
         if isinstance(part, _TEXT):
             # skl2onnx's tokenizer asks for en_US.UTF-8, which slim images do not have.
             options[id(part)] = {"locale": "C.UTF-8"}
+            if _text.default_words(part):
+                options[id(part)]["tokenexp"] = _text.WORD_TOKENS
     return options
 
 

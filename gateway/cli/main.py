@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--framework",
         default="auto",
-        choices=["auto", "sklearn", "xgboost", "lightgbm", "torch", "onnx"],
+        choices=["auto", "sklearn", "xgboost", "lightgbm", "catboost", "torch", "onnx"],
         help="what the model file is; auto: from its suffix and content",
     )
     p.add_argument(

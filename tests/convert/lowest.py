@@ -20,11 +20,12 @@ from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, QuantileTransformer, StandardScaler
 
-from tests.convert.zoo import Case, _churn, _sk, _text_frame, churn_preprocessor
+from tests.convert.zoo import CHURN_CAT, CHURN_NUM, Case, _churn, _sk, _text_frame, churn_preprocessor
 
 
 def cases() -> list[Case]:
@@ -42,6 +43,21 @@ def cases() -> list[Case]:
             ColumnTransformer([("text", TfidfVectorizer(), "review text"), ("num", StandardScaler(), ["stars given"])]),
             LogisticRegression(max_iter=1000),
         ), text),
+        ("text_bigrams", make_pipeline(
+            ColumnTransformer([("text", TfidfVectorizer(ngram_range=(1, 2), stop_words="english", sublinear_tf=True),
+                                "review text"),
+                               ("num", StandardScaler(), ["stars given"])]),
+            LogisticRegression(max_iter=1000),
+        ), text),
+        ("churn_quantile_normal", make_pipeline(
+            ColumnTransformer([
+                ("num", make_pipeline(SimpleImputer(strategy="median"),
+                                      QuantileTransformer(output_distribution="normal", n_quantiles=200)), CHURN_NUM),
+                ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+                 CHURN_CAT),
+            ]),
+            RandomForestClassifier(40, random_state=0),
+        ), churn),
     ]  # fmt: skip
     found = []
     for name, model, (train, test, y) in chosen:
@@ -49,7 +65,18 @@ def cases() -> list[Case]:
             warnings.simplefilter("ignore")
             model.fit(train, y)
         found.append(Case(name, model, train, test))
-    return found
+    return found + _catboost(bc)
+
+
+def _catboost(bc: tuple[pd.DataFrame, pd.DataFrame, Any]) -> list[Case]:
+    """A .cbm file through the lowest CatBoost's own ONNX export."""
+    import catboost
+
+    train, test, y = bc
+    model = catboost.CatBoostClassifier(
+        iterations=30, depth=4, verbose=0, allow_writing_files=False, random_seed=0
+    ).fit(train, y)
+    return [Case("catboost_classifier_cbm", model, train, test, suffix=".cbm")]
 
 
 def main(out: Path) -> int:

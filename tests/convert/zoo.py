@@ -35,7 +35,14 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder, PolynomialFeatures, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    KBinsDiscretizer,
+    OneHotEncoder,
+    PolynomialFeatures,
+    QuantileTransformer,
+    StandardScaler,
+)
 from sklearn.svm import SVC, SVR, LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
@@ -328,6 +335,26 @@ def _sklearn_cases() -> list[Case]:
         ]),
         GradientBoostingClassifier(n_estimators=30, random_state=0),
     ), churn)  # fmt: skip
+    # log1p on the money columns, NaN passing through it to the imputer after it.
+    add("churn_log1p_columns", make_pipeline(
+        ColumnTransformer([
+            ("money", make_pipeline(FunctionTransformer(np.log1p), SimpleImputer(strategy="median"), StandardScaler()),
+             ["monthly.charges", "total-charges"]),
+            ("tenure", SimpleImputer(strategy="median"), ["tenure (months)"]),
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+             CHURN_CAT),
+        ]),
+        LogisticRegression(max_iter=2000),
+    ), churn)  # fmt: skip
+    add("churn_quantile_normal", make_pipeline(
+        ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(strategy="median"),
+                                  QuantileTransformer(output_distribution="normal", n_quantiles=200)), CHURN_NUM),
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+             CHURN_CAT),
+        ]),
+        RandomForestClassifier(40, random_state=0),
+    ), churn)  # fmt: skip
     add(
         "ints_scaled_forest",
         make_pipeline(StandardScaler(), RandomForestClassifier(50, random_state=0)),
@@ -346,6 +373,14 @@ def _sklearn_cases() -> list[Case]:
         (text[0][["review text"]], text[1][["review text"]], text[2]))  # fmt: skip
     add("text_and_numbers", make_pipeline(
         ColumnTransformer([("text", TfidfVectorizer(), "review text"), ("num", StandardScaler(), ["stars given"])]),
+        LogisticRegression(max_iter=1000),
+    ), text)  # fmt: skip
+    # Word bigrams as scikit-learn forms them: one-letter and stop words skipped, accented words
+    # whole; sublinear_tf's 1 + log(tf).
+    add("text_bigrams", make_pipeline(
+        ColumnTransformer([("text", TfidfVectorizer(ngram_range=(1, 2), stop_words="english", sublinear_tf=True),
+                            "review text"),
+                           ("num", StandardScaler(), ["stars given"])]),
         LogisticRegression(max_iter=1000),
     ), text)  # fmt: skip
     add(
@@ -404,6 +439,27 @@ def _booster_cases() -> list[Case]:
     return cases
 
 
+def _catboost_cases() -> list[Case]:
+    """CatBoost's classifier saved as a .cbm file, its regressor pickled with joblib; a model
+    with categorical features is refused (tests/convert/test_catboost.py)."""
+    try:
+        import catboost
+    except ImportError:
+        return []
+    bc_train, bc_test, bc_y = _sk(load_breast_cancer)
+    d_train, d_test, d_y = _sk(load_diabetes)
+    classifier = catboost.CatBoostClassifier(
+        iterations=40, depth=4, verbose=0, allow_writing_files=False, random_seed=0
+    )
+    regressor = catboost.CatBoostRegressor(
+        iterations=40, depth=4, verbose=0, allow_writing_files=False, random_seed=0
+    )
+    return [
+        Case("catboost_classifier_cbm", classifier.fit(bc_train, bc_y), bc_train, bc_test, suffix=".cbm"),
+        Case("catboost_regressor", regressor.fit(d_train, d_y), d_train, d_test),
+    ]
+
+
 def _xgb_native(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
     import xgboost
 
@@ -436,7 +492,11 @@ def _torch_case() -> list[Case]:
 
 
 def _anomaly_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
-    return np.asarray(model.predict(x)), None, np.asarray(model.decision_function(x), np.float64).reshape(-1, 1)
+    return (
+        np.asarray(model.predict(x)),
+        None,
+        np.asarray(model.decision_function(x), np.float64).reshape(-1, 1),
+    )
 
 
 def _torch_predict(model: Any, x: pd.DataFrame) -> tuple[np.ndarray | None, ...]:
@@ -456,4 +516,4 @@ PREDICTORS: dict[str, Callable[[Any, pd.DataFrame], tuple[np.ndarray | None, ...
 
 
 def all_cases() -> list[Case]:
-    return _sklearn_cases() + _booster_cases() + _torch_case()
+    return _sklearn_cases() + _booster_cases() + _catboost_cases() + _torch_case()
