@@ -42,6 +42,11 @@ def compare(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # shap's notices about its own output formats
         reference, base, name = _shap(explain, model, framework, rows, table)
+    if reference.shape[1] < ours.phi.shape[1]:
+        # Columns after the last one the model reads (a ColumnTransformer dropped them)
+        # have nothing mapped onto them: they contribute nothing.
+        missing = ours.phi.shape[1] - reference.shape[1]
+        reference = np.pad(reference, ((0, 0), (0, missing), (0, 0)))
     if reference.shape[2] > ours.phi.shape[2]:  # shap explains both classes of a binary margin
         reference, base = reference[:, :, explain.targets], base[explain.targets]
     got = ours.phi

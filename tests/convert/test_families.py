@@ -171,6 +171,22 @@ def test_column_transformer_with_categories_and_imputer(tmp_path):
     assert ref.categories == ["east", "north", "south"] and abs(sum(ref.fractions) - 1) < 1e-9
 
 
+@pytest.mark.parametrize("final", [RandomForestClassifier(n_estimators=10, random_state=0),
+                                   LogisticRegression(max_iter=1000)], ids=["tree", "linear"])  # fmt: skip
+def test_columns_a_column_transformer_drops_last_are_explained_as_zero(tmp_path, final):
+    """The last sample columns are dropped by the ColumnTransformer: the explanation check
+    at convert once broadcast 5 user columns against the 4 the model reads, and failed."""
+    x, y = _mixed_frame()
+    pre = ColumnTransformer(
+        [("num", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "bmi"]),
+         ("cat", OneHotEncoder(handle_unknown="ignore"), ["sex"])]
+    )  # fmt: skip
+    model = Pipeline([("pre", pre), ("clf", final)]).fit(x, y)
+    manifest = _convert(tmp_path, model, x.head(64))
+    assert manifest.explain is not None and manifest.explain.check is not None
+    assert manifest.explain.check.max_abs_diff <= manifest.explain.check.tolerance
+
+
 def test_without_sample_rows_are_synthesised(tmp_path):
     x, y = _frame(load_iris)
     model = RandomForestClassifier(n_estimators=10, random_state=0).fit(x.to_numpy(), y)
