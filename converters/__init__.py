@@ -90,11 +90,20 @@ def _with_explain(
     """Record how `/explain` attributes predictions, proven against SHAP on sample rows."""
     from converters import _explain
 
-    explain = _explain.record(model, framework, converted, table)
-    if explain is None:
+    try:
+        explain = _explain.record(model, framework, converted, table)
+        if explain is None:
+            return manifest
+        progress(f"checking {explain.method} explanations against the original model")
+        explain = _explain.finish(explain, model, framework, converted, manifest, model_bytes, table)
+    except ConversionError:
+        raise  # explanations measured and found different from SHAP's: as a parity failure
+    except Exception as exc:
+        # A model whose predictions convert and pass parity is served whatever our
+        # explanation recording could not handle: /explain then says it has nothing to
+        # explain by, and the build says why here.
+        progress(f"explain: left out, predictions are served ({type(exc).__name__}: {first_line(exc)})")
         return manifest
-    progress(f"checking {explain.method} explanations against the original model")
-    explain = _explain.finish(explain, model, framework, converted, manifest, model_bytes, table)
     return manifest if explain is None else msgspec.structs.replace(manifest, explain=explain)
 
 

@@ -187,6 +187,24 @@ def test_columns_a_column_transformer_drops_last_are_explained_as_zero(tmp_path,
     assert manifest.explain.check.max_abs_diff <= manifest.explain.check.tolerance
 
 
+def test_a_failure_inside_explanation_recording_leaves_the_model_served(tmp_path, monkeypatch):
+    """What our explanation recording cannot handle costs the model its /explain, never its
+    conversion; a measured mismatch with SHAP still fails the build (ConversionError)."""
+    from converters import _explain
+
+    def broken(*_: object) -> None:
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(_explain, "record", broken)
+    x, y = _frame(load_iris)
+    said: list[str] = []
+    manifest = _convert(tmp_path, RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y), x,
+                        progress=said.append)  # fmt: skip
+    assert manifest.explain is None
+    assert any(line.startswith("explain: left out") and "broadcast" in line for line in said), said
+    assert Repository(tmp_path / "repo").load_verified("m", "1")
+
+
 def test_without_sample_rows_are_synthesised(tmp_path):
     x, y = _frame(load_iris)
     model = RandomForestClassifier(n_estimators=10, random_state=0).fit(x.to_numpy(), y)
