@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.deadlines import on_loop
 from gateway.errors import BadRequest, RequestTimeout, TooLarge
 from gateway.inference import request_id as rule_request_id
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,17 +39,19 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float =
             raise BadRequest("Content-Length is not an integer") from None
         if length > limit:
             raise TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
-    # A bare timer that cancels this task: asyncio.timeout() does the same with several
-    # times the bookkeeping, and this runs once per request.
+    # No timer of its own: a deadline on the loop's shared timer (gateway.deadlines), which
+    # a request whose body is already here (nearly all of them) adds and removes unseen.
     task = asyncio.current_task()
     assert task is not None  # an ASGI app always runs in a task
+    loop = task.get_loop()
     expired: list[bool] = []
 
     def expire() -> None:
         expired.append(True)
         task.cancel()
 
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    deadlines = on_loop(loop)
+    deadlines.add(task, loop.time() + timeout, expire)
     try:
         return await _receive_all(receive, limit)
     except asyncio.CancelledError:
@@ -56,7 +59,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float =
             raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
         raise
     finally:
-        timer.cancel()
+        deadlines.discard(task)
 
 
 async def _receive_all(receive: Receive, limit: int) -> bytes:
