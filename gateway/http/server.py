@@ -22,6 +22,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.deadlines import on_loop
+
 _CLOSE = b"connection: close\r\ncontent-type: application/json\r\n"
 
 
@@ -77,6 +79,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._headers_done = 0.0
         self._draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._deadlines = on_loop(self.loop)
+        self._keepalive_armed = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -90,6 +94,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._in_headers = False
         self._cancel_body_timer()
+        self._unset_keepalive_if_required()  # uvicorn does only when the peer closed cleanly
         if self._drain_timer is not None:
             self._drain_timer.cancel()
         super().connection_lost(exc)
@@ -140,11 +145,32 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._cancel_body_timer()
+        if self._body_timer is not None:
+            self._cancel_body_timer()
         super().on_message_complete()
 
+    def _unset_keepalive_if_required(self) -> None:
+        if self._keepalive_armed:
+            self._keepalive_armed = False
+            self._deadlines.discard(self)
+
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # uvicorn's, except that its keep-alive timer (a libuv timer armed after every
+        # response and cancelled at the next request's first byte) is an entry in the
+        # loop's shared deadlines (gateway.deadlines): same expiry, no timer per request.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._keepalive_armed = True
+            self._deadlines.add(
+                self, self.loop.time() + self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
         if self._draining and self._idle() and not self.transport.is_closing():
             self._unset_keepalive_if_required()  # closed when quiet, not after keep-alive
             self._close_when_quiet()
