@@ -17,21 +17,27 @@ class ClientDisconnected(Exception):
     """The client went away before its body arrived; there is no one to answer."""
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """A request header by lower-case name; the table is built once per request."""
-    table = scope.get("gateway.headers")
+def headers_of(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name, built once per request: the hot path reads
+    a dozen of them, each a dict lookup rather than a call."""
+    table: dict[bytes, bytes] | None = scope.get("gateway.headers")
     if table is None:
         # The first of repeated headers wins, as in Starlette's Request.headers: one reading
         # of a request everywhere (a second Authorization or Content-Type changes nothing).
         table = scope["gateway.headers"] = dict(reversed(scope["headers"]))
-    value = table.get(name)
+    return table
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header by lower-case name."""
+    value = headers_of(scope).get(name)
     return bytes(value) if value is not None else None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
     """The whole body, refusing (413) before reading past `limit` bytes, and (408) a client
     that takes longer than `timeout` seconds to send it (a trickled body holds a task)."""
-    declared = header(scope, b"content-length")
+    declared = headers_of(scope).get(b"content-length")
     if declared is not None:
         try:
             length = int(declared)
