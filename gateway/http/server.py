@@ -80,10 +80,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
         self._deadlines = on_loop(self.loop)
+        self._writes: _JoinedWrites | None = None
         self._keepalive_armed = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writes = _JoinedWrites(transport, self.loop)
         if len(self.connections) > self._limits.max_connections:
             transport.write(TOO_MANY)
             transport.close()
@@ -143,6 +145,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._headers_done = self.loop.time()
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._writes  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
@@ -202,6 +206,48 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if response:
             self.transport.write(response)
         self.transport.close()
+
+
+class _JoinedWrites:
+    """The transport a response cycle writes to. uvicorn writes a response's head and its
+    body in two writes: two send() calls and two TCP segments for an answer of a few hundred
+    bytes, where one send() over loopback costs more in the kernel than decoding the request.
+    Here a head is held until the body that follows it in the same step of the loop (every
+    whole-body answer does), and both leave in one send(); a head with nothing behind it yet
+    (a stream, a HEAD answer) leaves at the loop's next turn. Order is kept: a write sends
+    what is held before its own bytes, and a close sends it before closing."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1"):  # 100 Continue: now
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class _HeaderDeadlines:
