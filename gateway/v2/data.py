@@ -62,7 +62,8 @@ class _Plan:
 
 
 def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc: list[Any]) -> None:
-    """Refuse `data` whose bytes cannot be `shape`'s numbers, before a value is decoded.
+    """Refuse `data` (of the input at `loc`) whose bytes cannot be `shape`'s numbers, before
+    a value is decoded.
 
     Every number takes at least a byte, and at most MAX_ELEMENT_BYTES as JSON. A JSON
     array of `count` numbers, flat or nested as the shape, holds exactly count - 1 commas
@@ -73,7 +74,7 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
     if size > count * MAX_ELEMENT_BYTES + 4096 or count > size:
         raise Unprocessable(
             f"data is {'larger' if size > count else 'smaller'} than its shape",
-            [{"loc": loc, "msg": f"{size} bytes for {_clip(count)} elements"}],
+            [{"loc": [*loc, "data"], "msg": f"{size} bytes for {_clip(count)} elements"}],
         )
     if msgpack:
         # The outer array's header, read here, bounds a flat decode; a nested one is bounded
@@ -89,7 +90,7 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
     if too_many:
         raise Unprocessable(
             "data does not fit its shape",
-            [{"loc": loc, "msg": f"more values or lists than shape {_clip(shape)} holds"}],
+            [{"loc": [*loc, "data"], "msg": f"more values or lists than shape {_clip(shape)} holds"}],
         )
 
 
