@@ -234,13 +234,13 @@ class InferV2Endpoint(InferenceEndpoint):
         params = scope["path_params"]
         answer = await self.service.infer(
             call, params["name"], params.get("version"), lambda model: self.read(model, scope, raw), raw,
-            header(scope, b"x-request-timeout"),
+            headers_of(scope).get(b"x-request-timeout"),
         )  # fmt: skip
         return v2_encode.encode_infer(answer.model.manifest, answer.request, answer.outputs)
 
     @staticmethod
     def read(model: LoadedModel, scope: Scope, body: bytes) -> tuple[v2_messages.InferRequest, bytes]:
-        binary_length = header(scope, _BINARY_HEADER)
+        binary_length = headers_of(scope).get(_BINARY_HEADER)
         if binary_length is not None and binary_length.strip() == b"0":
             return v2_parse.raw_binary_request(model.manifest, body)
         request, tail = v2_parse.parse_request(

@@ -159,7 +159,7 @@ def _tensor_array(plan: _Plan, tail: bytes, manifest: Manifest) -> np.ndarray:
     array = array.reshape(plan.tensor.shape)
     # NaN is a missing value where the model fills it in (the records API's null); infinity,
     # and NaN anywhere else, never.
-    refused = array.dtype.kind == "f" and not finite and not all_finite(array)
+    refused = not finite and array.dtype.kind == "f" and not all_finite(array)
     missing = missing_allowed(manifest, spec) if refused else False
     if refused and bool((~np.isfinite(array) & ~(np.isnan(array) & missing)).any()):
         raise Unprocessable(
@@ -243,7 +243,7 @@ def decode_infer(
     plans: list[_Plan] = []
     offset = elements = 0
     parsed = isinstance(request, _ParsedRequest)
-    raws = request.raw_data if isinstance(request, _ParsedRequest) else [None] * len(request.inputs)
+    raws = request.raw_data if parsed else [None] * len(request.inputs)  # type: ignore[attr-defined]
     msgpack = parsed and request.msgpack  # type: ignore[attr-defined]
     for index, tensor in enumerate(request.inputs):
         plan = _plan(tensor, specs[tensor.name], index, offset, tail, max_rows, max_bytes_elements,
