@@ -232,10 +232,12 @@ class InferV2Endpoint(InferenceEndpoint):
 
     async def answer(self, call: Call, scope: Scope, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         params = scope["path_params"]
-        answer = await self.service.infer(
-            call, params["name"], params.get("version"), lambda model: self.read(model, scope, raw), raw,
+        # The service's infer, its run awaited here: one coroutine fewer per request.
+        model, decoded = self.service.prepare(
+            call, params["name"], params.get("version"), lambda model: self.read(model, scope, raw),
             headers_of(scope).get(b"x-request-timeout"),
         )  # fmt: skip
+        answer = self.service.conclude(call, model, decoded, await self.core.run(call, model, decoded), raw)
         return v2_encode.encode_infer(answer.model.manifest, answer.request, answer.outputs)
 
     @staticmethod

@@ -29,6 +29,7 @@ from gateway.errors import (
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.settings import Settings
+from gateway.types import Arrays
 from gateway.v2 import decode, encode, messages, triton
 
 EXTENSIONS = (
@@ -239,12 +240,27 @@ class V2Service:
         """Resolve, read, decode, run, classify: no await before the run, so a version
         switch cannot retire the model in between."""
         assert self.core is not None
-        model = self.resolve(call, name, version)
-        request, tail = read(model)
-        decoded = self.decode(model, request, tail, timeout_ms, remaining)
+        model, decoded = self.prepare(call, name, version, read, timeout_ms, remaining)
         # Zero-element tensors run too, as Triton passes them on: only the graph knows the
         # shape of what it answers to nothing (an output may keep a dimension of its own).
-        arrays = await self.core.run(call, model, decoded)
+        return self.conclude(call, model, decoded, await self.core.run(call, model, decoded), raw)
+
+    def prepare(
+        self, call: Call, name: str, version: str | None, read: Reader,
+        timeout_ms: bytes | None = None, remaining: float | None = None,
+    ) -> tuple[LoadedModel, Decoded]:  # fmt: skip
+        """`infer` up to the run: the model that answers and the request, decoded. A door
+        that awaits the run itself calls this and `conclude` (one coroutine fewer a request)."""
+        model = self.resolve(call, name, version)
+        request, tail = read(model)
+        return model, self.decode(model, request, tail, timeout_ms, remaining)
+
+    def conclude(
+        self, call: Call, model: LoadedModel, decoded: Decoded, arrays: Arrays, raw: bytes
+    ) -> InferAnswer:
+        """`infer` after the run: the requested outputs, classified; the shadow's copy."""
+        assert self.core is not None
+        request: messages.InferRequest = decoded.request
         answer = InferAnswer(model, request, encode.infer_outputs(model.manifest, request, arrays))
         if decoded.rows:
             self.core.record(call, model, decoded, arrays, raw)
