@@ -289,7 +289,8 @@ def decode_infer(
         feeds: Arrays = {plans[0].tensor.name: _tensor_array(plans[0], tail, manifest)}
     else:
         feeds = {p.tensor.name: _tensor_array(p, tail, manifest) for p in plans}
-    return DecodedInfer(feeds, rows)
+    # tuple.__new__ straight: a NamedTuple's own __new__ is a Python call (~0.2 us) per request.
+    return tuple.__new__(DecodedInfer, (feeds, rows))
 
 
 def body_bound(manifest: Manifest, max_rows: int) -> int | None:
