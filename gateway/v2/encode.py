@@ -138,6 +138,10 @@ def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) ->
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# Datatypes whose arrays _json_data hands to orjson as they are, flattened.
+_AS_IS = frozenset(
+    {"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL"}
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -158,6 +162,8 @@ def encode_infer(
             raw = tensor_bytes(t.array, t.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
+        elif t.datatype in _AS_IS:  # numbers orjson writes from the array itself: no call
+            entry["data"] = t.array.reshape(-1)
         else:
             entry["data"] = _json_data(from_bf16(t.array) if t.datatype == "BF16" else t.array)
         entries.append(entry)
