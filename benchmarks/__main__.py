@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         if quick is not None:
             command.add_argument("--quick", action="store_true", help=quick)
         command.add_argument("--out", type=Path, default=RESULTS)
-    ab = sub.add_parser("ab", help="this tree against a git revision: single-row records, alternating wrk rounds")
+    ab = sub.add_parser(
+        "ab", help="this tree against a git revision: single-row records, alternating wrk rounds"
+    )
     ab.add_argument("--revision", default="9fc528c")
     ab.add_argument("--rounds", type=int, default=6)
     ab.add_argument("--seconds", type=float, default=8.0)
@@ -281,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         print(shapes.markdown(shapes.run(args.quick)))
         return 0
     if args.command == "v2":
-        print(json.dumps(_v2_command(args.quick), indent=1))
+        v2_results = _v2_command(args.quick)
+        if not args.quick:  # a smoke test's numbers are not worth keeping
+            args.out.mkdir(parents=True, exist_ok=True)
+            path = args.out / f"v2-json-{dt.date.today().isoformat()}.json"
+            path.write_text(json.dumps(v2_results, indent=2))
+        print(json.dumps(v2_results, indent=1))
         return 0
     if args.command == "explain":
         import tempfile

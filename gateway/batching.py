@@ -22,10 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
 
+from gateway.deadlines import on_loop
 from gateway.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -150,14 +152,17 @@ class MicroBatcher:
         self._queue.extend(items)
         self._queued_rows += rows
         self._wakeup.set()
-        # A bare timer is a fraction of asyncio.timeout()'s cost on the hot path.
-        timer = loop.call_at(_loop_deadline(loop, deadline), _expire, items)
+        # No timer of its own: the loop's shared one (gateway.deadlines) stands at the
+        # earliest deadline, so a request that is answered in time arms nothing.
+        deadlines = on_loop(loop)
+        key = items[0].future
+        deadlines.add(key, _loop_deadline(loop, deadline), partial(_expire, items))
         try:
             if len(items) == 1:
                 return await items[0].future
             results = [await item.future for item in items]
         finally:
-            timer.cancel()
+            deadlines.discard(key)
             for item in items:
                 item.future.cancel()  # no-op once done; tells the dispatcher to skip it
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}

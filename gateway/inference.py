@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,10 +110,12 @@ class InferenceCore:
         call.outcome.model, call.outcome.version = model.name, model.version
         return model
 
-    async def run(self, call: Call, model: LoadedModel, decoded: Decoded) -> Arrays:
+    def run(self, call: Call, model: LoadedModel, decoded: Decoded) -> Coroutine[Any, Any, Arrays]:
+        """The batcher's answer, to await: its coroutine as it is, not wrapped in one more
+        (a coroutine made and resumed per request for nothing)."""
         call.outcome.rows = decoded.rows
         context = call.span.get_span_context() if call.span is not None else None
-        return await model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
+        return model.batcher.submit(decoded.feeds, decoded.rows, decoded.deadline, context)
 
     def record(self, call: Call, model: LoadedModel, decoded: Decoded, outputs: Arrays, raw: bytes) -> None:
         """After the answer is encoded: the shadow's copy and the access log's summary."""

@@ -447,3 +447,28 @@ async def test_zero_element_request_the_model_refuses_is_the_requests_fault():
     assert caught.value.status == 422
     assert "Invalid input shape" in str(caught.value.detail)
     await batcher.close()
+
+
+@pytest.mark.asyncio
+async def test_requests_answered_in_time_arm_no_timer_of_their_own(monkeypatch):
+    """Their deadlines stand on the loop's one shared timer (gateway.deadlines): the first
+    arms it, later ones are later and arm nothing; a deadline still fires on time."""
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+    monkeypatch.setattr(
+        loop, "call_at", lambda when, *args, **kw: armed.append(when) or call_at(when, *args, **kw)
+    )
+    batcher = MicroBatcher(FakeRuntime(), max_batch_rows=8, inline_rows=8)
+    batcher.start()
+    for i in range(50):
+        out = await batcher.submit(rows(float(i)), 1, later(5.0 + i / 1000))
+        assert out["y"].ravel().tolist() == [2.0 * i]
+    assert len(armed) == 1
+    slow = FakeRuntime(delay=0.5)
+    late = MicroBatcher(slow, max_batch_rows=8)
+    late.start()
+    with pytest.raises(DeadlineExceeded):
+        await late.submit(rows(1), 1, later(0.05))
+    await batcher.close()
+    await late.close()

@@ -16,7 +16,7 @@ import functools
 import orjson
 
 from gateway.admission import Admission
-from gateway.http.asgi import JSON, header, request_id
+from gateway.http.asgi import JSON, headers_of, request_id
 from gateway.types import ASGIApp, Receive, Scope, Send
 
 # Every path the hot-path router sends to an inference endpoint ends in one of these:
@@ -40,12 +40,13 @@ class AdmissionGate:
         if not inference or not scope["path"].endswith(_INFERENCE_SUFFIXES):
             await self.app(scope, receive, send)
             return
-        charged = self.admission.charge(header(scope, b"content-length"))
+        get = headers_of(scope).get
+        charged = self.admission.charge(get(b"content-length"))
         if charged is None:
             await _shed(scope, send)
             return
         ticket = [charged]
-        if header(scope, b"content-encoding") not in (None, b"identity"):
+        if get(b"content-encoding") not in (None, b"identity"):
             # Held inflated: what it inflates to is charged as soon as it is known, before
             # it is decoded (503 then if that passes the bound).
             scope["gateway.hold"] = functools.partial(self.admission.grow, ticket)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.deadlines import on_loop
 from gateway.errors import BadRequest, RequestTimeout, TooLarge
 from gateway.inference import request_id as rule_request_id
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,21 +17,27 @@ class ClientDisconnected(Exception):
     """The client went away before its body arrived; there is no one to answer."""
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """A request header by lower-case name; the table is built once per request."""
-    table = scope.get("gateway.headers")
+def headers_of(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name, built once per request: the hot path reads
+    a dozen of them, each a dict lookup rather than a call."""
+    table: dict[bytes, bytes] | None = scope.get("gateway.headers")
     if table is None:
         # The first of repeated headers wins, as in Starlette's Request.headers: one reading
         # of a request everywhere (a second Authorization or Content-Type changes nothing).
         table = scope["gateway.headers"] = dict(reversed(scope["headers"]))
-    value = table.get(name)
+    return table
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header by lower-case name."""
+    value = headers_of(scope).get(name)
     return bytes(value) if value is not None else None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
     """The whole body, refusing (413) before reading past `limit` bytes, and (408) a client
     that takes longer than `timeout` seconds to send it (a trickled body holds a task)."""
-    declared = header(scope, b"content-length")
+    declared = headers_of(scope).get(b"content-length")
     if declared is not None:
         try:
             length = int(declared)
@@ -38,17 +45,19 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float =
             raise BadRequest("Content-Length is not an integer") from None
         if length > limit:
             raise TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
-    # A bare timer that cancels this task: asyncio.timeout() does the same with several
-    # times the bookkeeping, and this runs once per request.
+    # No timer of its own: a deadline on the loop's shared timer (gateway.deadlines), which
+    # a request whose body is already here (nearly all of them) adds and removes unseen.
     task = asyncio.current_task()
     assert task is not None  # an ASGI app always runs in a task
+    loop = task.get_loop()
     expired: list[bool] = []
 
     def expire() -> None:
         expired.append(True)
         task.cancel()
 
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    deadlines = on_loop(loop)
+    deadlines.add(task, loop.time() + timeout, expire)
     try:
         return await _receive_all(receive, limit)
     except asyncio.CancelledError:
@@ -56,7 +65,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float =
             raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
         raise
     finally:
-        timer.cancel()
+        deadlines.discard(task)
 
 
 async def _receive_all(receive: Receive, limit: int) -> bytes:

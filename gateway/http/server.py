@@ -23,6 +23,8 @@ from typing import Any
 from uvicorn import Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.deadlines import on_loop
+
 _CLOSE = b"connection: close\r\ncontent-type: application/json\r\n"
 
 
@@ -84,9 +86,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._drain_timer: asyncio.TimerHandle | None = None
         self.turned_away = False  # made during the drain: its request is answered 503
         self._tail = b""  # the last bytes of a turned-away request's headers seen so far
+        self._deadlines = on_loop(self.loop)
+        self._writes: _JoinedWrites | None = None
+        self._keepalive_armed = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writes = _JoinedWrites(transport, self.loop)
         if len(self.connections) > self._limits.max_connections:
             transport.write(TOO_MANY)
             transport.close()
@@ -98,6 +104,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._in_headers = False
         self._cancel_body_timer()
+        self._unset_keepalive_if_required()  # uvicorn does only when the peer closed cleanly
         if self._drain_timer is not None:
             self._drain_timer.cancel()
         super().connection_lost(exc)
@@ -160,13 +167,36 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._headers_done = self.loop.time()
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._writes  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
-        self._cancel_body_timer()
+        if self._body_timer is not None:
+            self._cancel_body_timer()
         super().on_message_complete()
 
+    def _unset_keepalive_if_required(self) -> None:
+        if self._keepalive_armed:
+            self._keepalive_armed = False
+            self._deadlines.discard(self)
+
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # uvicorn's, except that its keep-alive timer (a libuv timer armed after every
+        # response and cancelled at the next request's first byte) is an entry in the
+        # loop's shared deadlines (gateway.deadlines): same expiry, no timer per request.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._keepalive_armed = True
+            self._deadlines.add(
+                self, self.loop.time() + self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
         if self._draining and self._idle() and not self.transport.is_closing():
             self._unset_keepalive_if_required()  # closed when quiet, not after keep-alive
             self._close_when_quiet()
@@ -233,6 +263,48 @@ async def _drained(server: Server) -> None:
         state.tasks or any(not getattr(c, "turned_away", False) for c in state.connections)
     ):
         await asyncio.sleep(0.02)
+
+
+class _JoinedWrites:
+    """The transport a response cycle writes to. uvicorn writes a response's head and its
+    body in two writes: two send() calls and two TCP segments for an answer of a few hundred
+    bytes, where one send() over loopback costs more in the kernel than decoding the request.
+    Here a head is held until the body that follows it in the same step of the loop (every
+    whole-body answer does), and both leave in one send(); a head with nothing behind it yet
+    (a stream, a HEAD answer) leaves at the loop's next turn. Order is kept: a write sends
+    what is held before its own bytes, and a close sends it before closing."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1"):  # 100 Continue: now
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class _HeaderDeadlines:

@@ -62,7 +62,8 @@ class _Plan:
 
 
 def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc: list[Any]) -> None:
-    """Refuse `data` whose bytes cannot be `shape`'s numbers, before a value is decoded.
+    """Refuse `data` (of the input at `loc`) whose bytes cannot be `shape`'s numbers, before
+    a value is decoded.
 
     Every number takes at least a byte, and at most MAX_ELEMENT_BYTES as JSON. A JSON
     array of `count` numbers, flat or nested as the shape, holds exactly count - 1 commas
@@ -73,7 +74,7 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
     if size > count * MAX_ELEMENT_BYTES + 4096 or count > size:
         raise Unprocessable(
             f"data is {'larger' if size > count else 'smaller'} than its shape",
-            [{"loc": loc, "msg": f"{size} bytes for {_clip(count)} elements"}],
+            [{"loc": [*loc, "data"], "msg": f"{size} bytes for {_clip(count)} elements"}],
         )
     if msgpack:
         # The outer array's header, read here, bounds a flat decode; a nested one is bounded
@@ -89,7 +90,7 @@ def _check_raw_data(raw: bytes, shape: list[int], count: int, msgpack: bool, loc
     if too_many:
         raise Unprocessable(
             "data does not fit its shape",
-            [{"loc": loc, "msg": f"more values or lists than shape {_clip(shape)} holds"}],
+            [{"loc": [*loc, "data"], "msg": f"more values or lists than shape {_clip(shape)} holds"}],
         )
 
 
@@ -155,9 +156,30 @@ def _bytes_decoder(shape: tuple[int, ...], msgpack: bool) -> Any:
 _FLOAT_LIMITS = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max)}
 
 
-def _json_array(plan: _Plan) -> tuple[np.ndarray, bool]:
-    """The data as an array, and whether it is known finite without looking again."""
-    tensor, spec, loc = plan.tensor, plan.spec, plan.loc
+@functools.cache
+def _in_range_decoder(datatype: str) -> Any:
+    """Flat JSON data of a narrow float type with every value within its range, checked by
+    msgspec as it decodes: nothing left for Python to compare afterwards."""
+    limit = _FLOAT_LIMITS[datatype if datatype != "BF16" else "FP32"]
+    return msgspec.json.Decoder(list[Annotated[float, msgspec.Meta(ge=-limit, le=limit)]])
+
+
+def _in_range(plan: _Plan) -> list[float] | None:
+    """Flat JSON `data` of FP16, FP32 or BF16 whose every value is within the type's range
+    (the usual request), or None: then the general decode below says what it is."""
+    datatype = plan.spec.datatype
+    if plan.raw is None or plan.msgpack or (datatype not in _FLOAT_LIMITS and datatype != "BF16"):
+        return None
+    try:
+        values: list[float] = _in_range_decoder(datatype).decode(plan.raw)
+    except msgspec.DecodeError:  # ValidationError included: nested, another type, out of range
+        return None
+    return values
+
+
+def _checked_values(plan: _Plan, dtype: np.dtype[Any]) -> tuple[Any, bool, bool]:
+    """`data` as typed Python values, whether nested, and whether known finite."""
+    spec, loc = plan.spec, plan.loc
     try:
         values, nested = _typed_values(plan)
     except msgspec.ValidationError as exc:
@@ -169,8 +191,6 @@ def _json_array(plan: _Plan) -> tuple[np.ndarray, bool]:
         ) from None
     except msgspec.DecodeError:  # after ValidationError, its subclass
         raise BadRequest(f"input {spec.name!r}: malformed data") from None
-    # BF16 arrives as floats and becomes bit patterns once checked (_tensor_array).
-    dtype = np.dtype(np.float32) if spec.datatype == "BF16" else NUMPY_DTYPES[spec.datatype]
     # JSON spells no NaN or infinity (msgspec refuses them and 1e400): flat JSON floats
     # are finite, and within a narrow float's range they stay so. Checked here on the
     # Python floats, not on the array: the common request skips two array passes.
@@ -178,6 +198,19 @@ def _json_array(plan: _Plan) -> tuple[np.ndarray, bool]:
     if finite and values and dtype.itemsize < 8:
         limit = _FLOAT_LIMITS[spec.datatype if spec.datatype != "BF16" else "FP32"]
         finite = -limit <= min(values) and max(values) <= limit
+    return values, nested, finite
+
+
+def _json_array(plan: _Plan) -> tuple[np.ndarray, bool]:
+    """The data as an array, and whether it is known finite without looking again."""
+    tensor, spec, loc = plan.tensor, plan.spec, plan.loc
+    # BF16 arrives as floats and becomes bit patterns once checked (_tensor_array).
+    dtype = np.dtype(np.float32) if spec.datatype == "BF16" else NUMPY_DTYPES[spec.datatype]
+    values: Any = _in_range(plan)
+    if values is not None:  # flat, finite and within range: nothing left to check
+        nested, finite = False, True
+    else:
+        values, nested, finite = _checked_values(plan, dtype)
     try:
         if dtype.kind == "f" and dtype.itemsize < 8 and not finite:
             with np.errstate(over="ignore"):  # beyond a narrow float's range: refused below, with reason

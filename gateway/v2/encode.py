@@ -120,7 +120,11 @@ def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) ->
     """The outputs the request asked for (all, by default), classified where it asked."""
     if not request.outputs:  # every output, as the model declares it
         binary = bool((request.parameters or {}).get("binary_data_output", False))
-        return [OutputTensor(o.name, o.datatype, outputs[o.name], binary) for o in manifest.outputs]
+        # tuple.__new__ straight: a NamedTuple's own __new__ is a Python call (~0.2 us) per output.
+        return [
+            tuple.__new__(OutputTensor, (o.name, o.datatype, outputs[o.name], binary))
+            for o in manifest.outputs
+        ]
     datatypes = {o.name: o.datatype for o in manifest.outputs}
     counts = class_counts(manifest, request)
     tensors: list[OutputTensor] = []
@@ -134,6 +138,10 @@ def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) ->
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# Datatypes whose arrays _json_data hands to orjson as they are, flattened.
+_AS_IS = frozenset(
+    {"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL"}
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -156,6 +164,8 @@ def encode_infer(
             raw = tensor_bytes(t.array, t.datatype)
             entry["parameters"] = {**(t.parameters or {}), "binary_data_size": len(raw)}
             binary.append(raw)
+        elif t.datatype in _AS_IS:  # numbers orjson writes from the array itself: no call
+            entry["data"] = t.array.reshape(-1)
         else:
             entry["data"] = _json_data(from_bf16(t.array) if t.datatype == "BF16" else t.array)
         entries.append(entry)

@@ -31,6 +31,7 @@ from gateway.explain import outputs as explain_outputs
 from gateway.inference import Call, Decoded, InferenceCore, deadline_after
 from gateway.lifecycle.registry import LOAD_ERRORS, LoadedModel, ModelRegistry
 from gateway.settings import Settings
+from gateway.types import Arrays
 from gateway.v2 import decode, encode, messages, triton
 
 EXTENSIONS = (
@@ -241,19 +242,46 @@ class V2Service:
         """Resolve, read, decode, run, classify: no await before the run, so a version
         switch cannot retire the model in between."""
         assert self.core is not None
-        model = self.resolve(call, name, version)
-        request, tail = read(model)
-        decoded = self.decode(model, request, tail, timeout_ms, remaining)
-        explaining = explain_outputs.asked(model, request.parameters, decoded.rows)
+        model, decoded, explaining = self.prepare(call, name, version, read, timeout_ms, remaining)
         # Zero-element tensors run too, as Triton passes them on: only the graph knows the
         # shape of what it answers to nothing (an output may keep a dimension of its own).
         arrays = await self.core.run(call, model, decoded)
+        answer = self.conclude(call, model, decoded, arrays, raw)
+        if explaining is not None:
+            await self.explain(answer, decoded, arrays, explaining)
+        return answer
+
+    def prepare(
+        self, call: Call, name: str, version: str | None, read: Reader,
+        timeout_ms: bytes | None = None, remaining: float | None = None,
+    ) -> tuple[LoadedModel, Decoded, explain_outputs.Asked | None]:  # fmt: skip
+        """`infer` up to the run: the model that answers, the request decoded, and the
+        explanations it asks for (refused here, before the run, when it cannot have them).
+        A door that awaits the run itself calls this, `conclude` and, when asked, `explain`
+        (one coroutine fewer a request)."""
+        model = self.resolve(call, name, version)
+        request, tail = read(model)
+        decoded = self.decode(model, request, tail, timeout_ms, remaining)
+        parameters = request.parameters
+        explaining = explain_outputs.asked(model, parameters, decoded.rows) if parameters else None
+        return model, decoded, explaining
+
+    def conclude(
+        self, call: Call, model: LoadedModel, decoded: Decoded, arrays: Arrays, raw: bytes
+    ) -> InferAnswer:
+        """`infer` after the run: the requested outputs, classified; the shadow's copy."""
+        assert self.core is not None
+        request: messages.InferRequest = decoded.request
         answer = InferAnswer(model, request, encode.infer_outputs(model.manifest, request, arrays))
-        if explaining is not None:  # `"explain": true`: the attribution, after the batch
-            explainers = explain_cache.shared(self.registry.repository)
-            answer.outputs.extend(
-                await explain_outputs.tensors(explainers, model, decoded.feeds, arrays, explaining)
-            )
         if decoded.rows:
             self.core.record(call, model, decoded, arrays, raw)
         return answer
+
+    async def explain(
+        self, answer: InferAnswer, decoded: Decoded, arrays: Arrays, explaining: explain_outputs.Asked
+    ) -> None:
+        """`"explain": true`: the attribution's outputs beside the answer's, after the batch."""
+        explainers = explain_cache.shared(self.registry.repository)
+        answer.outputs.extend(
+            await explain_outputs.tensors(explainers, answer.model, decoded.feeds, arrays, explaining)
+        )
