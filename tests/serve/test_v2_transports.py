@@ -56,16 +56,18 @@ def _classifier(tmp: Path, repo: Path) -> None:
 
 
 def _labelled(tmp: Path, repo: Path) -> None:
-    """A pass-through ONNX of four scores, converted with `--labels y=labels.txt`."""
+    """Pass-through ONNX models of four scores, converted with `--labels y=labels.txt`:
+    `scores` with a batch dimension, `scores1` without one (Triton's max_batch_size 0)."""
     from gateway.cli.main import main
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "scores", [x], [y])
-    (tmp / "scores.onnx").write_bytes(_model(graph))
     (tmp / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
-    args = ["convert", str(tmp / "scores.onnx"), "--name", "scores", "--version", "1", "--repo", str(repo)]
-    assert main([*args, "--labels", "y=" + str(tmp / "labels.txt")]) == 0
+    for name, shape in (("scores", [None, 4]), ("scores1", [4])):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name, [x], [y])
+        (tmp / f"{name}.onnx").write_bytes(_model(graph))
+        args = ["convert", str(tmp / f"{name}.onnx"), "--name", name, "--version", "1", "--repo", str(repo)]
+        assert main([*args, "--labels", "y=" + str(tmp / "labels.txt")]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +277,16 @@ def test_classification_with_a_labels_file_given_at_convert(transport):
     )
     assert result.kind == "ok", result
     assert result.outputs["y"].tolist() == [["0.700000:1:dog", "0.150000:2:bird"]]
+
+
+def test_classification_of_a_model_without_a_batch_dimension(transport):
+    """Triton ranks an unbatched model's whole output: the answer is [k], not [1, k]."""
+    scores = np.array([0.1, 0.7, 0.15, 0.05], np.float32)
+    result = transport.infer(
+        "scores1", [Tensor("x", scores, "FP32")], [{"name": "y", "parameters": {"classification": 3}}]
+    )
+    assert result.kind == "ok", result
+    assert result.outputs["y"].tolist() == ["0.700000:1:dog", "0.150000:2:bird", "0.100000:0:cat"]
 
 
 def test_unknown_model_and_version_in_tritons_words(transport):
