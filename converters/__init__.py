@@ -18,6 +18,7 @@ from converters.loading import load_model
 from converters.onnx_info import onnx_info, signature
 from converters.parity import check_parity
 from converters.schema import align_sample, reference_stats, synthesise
+from converters.triton_config import TritonConfig, check_against_graph, read_triton_config
 from gateway.artifacts.manifest import Manifest, Source
 from gateway.artifacts.onnx_refs import check_external_data
 from gateway.artifacts.remote import open_repository
@@ -113,12 +114,15 @@ def convert(
     origin: dict[str, str] | None = None,
     labels: dict[str, Path] | None = None,
     trust: Sequence[str] = (),
+    triton_config: Path | None = None,
 ) -> Manifest:
     """Convert, verify parity, and publish `<repo>/<name>/<version>`; nothing is written on failure.
-    `labels`: a file of labels (one a line) per output, for the classification extension."""
+    `labels`: a file of labels (one a line) per output, for the classification extension.
+    `triton_config`: a plain ONNX model's config.pbtxt (its batching and label files)."""
     started = time.perf_counter()
     check_name(name)
     check_version(version)
+    config = read_triton_config(triton_config) if triton_config is not None else None
     try:
         repository = open_repository(repo)
     except RepositoryError as exc:
@@ -141,6 +145,8 @@ def convert(
         # A published model is self-contained: the sha256 in its manifest covers all it reads.
         check_external_data(model_bytes)
         inputs, outputs = _output_specs(converted, converted.onnx_model)
+    if config is not None:
+        labels = _triton_labels(config, converted.layout, inputs, outputs, labels)
     manifest = Manifest(
         name=name,
         version=version,
@@ -161,6 +167,7 @@ def convert(
         features=converted.features,
         classes=converted.classes,
         metadata=metadata or {},
+        unbatched=config is not None and config.max_batch_size == 0,
     )
     if labels:
         manifest = _with_labels(manifest, labels)
@@ -194,6 +201,17 @@ def convert(
         raise ConversionError(f"cannot write {name}:{version} to {repo}: {exc}") from exc
     progress(f"done in {time.perf_counter() - started:.1f}s")
     return manifest
+
+
+def _triton_labels(
+    config: TritonConfig, layout: str, inputs: list[Any], outputs: list[Any], labels: dict[str, Path] | None
+) -> dict[str, Path]:
+    """The labels to keep once the configuration is found to fit the graph: its
+    label_filenames, and `--labels`, which win where both name an output."""
+    if layout != "tensors":
+        raise ConversionError("--triton-config is for a plain ONNX model that takes tensors")
+    check_against_graph(config, inputs, outputs)
+    return {**config.labels, **(labels or {})}
 
 
 def _with_labels(manifest: Manifest, files: dict[str, Path]) -> Manifest:

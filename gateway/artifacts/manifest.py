@@ -197,6 +197,9 @@ class Manifest(_Struct, frozen=True, dict=True):  # dict: room for cached proper
     reference: Reference | None = None
     metadata: dict[str, Any] = {}
     explain: Explain | None = None
+    # Triton's max_batch_size 0, given at convert: the graph's first dimension is not a
+    # batch dimension even where it is variable (the graph alone cannot say).
+    unbatched: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def output(self, role: OutputRole) -> TensorSpec | None:
@@ -206,8 +209,10 @@ class Manifest(_Struct, frozen=True, dict=True):  # dict: room for cached proper
     def batched(self) -> bool:
         """Every input and output has a variable first dimension, so requests can be joined
         by rows (Triton's max_batch_size > 0). Otherwise (a fixed first dimension, a scalar,
-        no shape) each request is one whole call of the model."""
-        return all(s.shape and s.shape[0] == -1 and not s.any_shape for s in [*self.inputs, *self.outputs])
+        no shape), or when declared unbatched, each request is one whole call of the model."""
+        return not self.unbatched and all(
+            s.shape and s.shape[0] == -1 and not s.any_shape for s in [*self.inputs, *self.outputs]
+        )
 
 
 _decoder = msgspec.json.Decoder(Manifest)

@@ -70,6 +70,19 @@ def _labelled(tmp: Path, repo: Path) -> None:
         assert main([*args, "--labels", "y=" + str(tmp / "labels.txt")]) == 0
 
 
+def _unbatched(tmp: Path, repo: Path) -> None:
+    """Two 1-D inputs of any length passed through, converted with a Triton configuration
+    of max_batch_size 0: their first dimensions are lengths, not a batch size."""
+    from converters import convert
+
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in "ab")
+    y, z = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in "yz")
+    nodes = [helper.make_node("Identity", ["a"], ["y"]), helper.make_node("Identity", ["b"], ["z"])]
+    (tmp / "pair.onnx").write_bytes(_model(helper.make_graph(nodes, "pair", [a, b], [y, z])))
+    (tmp / "config.pbtxt").write_text("max_batch_size: 0\n")
+    convert(tmp / "pair.onnx", name="pair", version="1", repo=repo, triton_config=tmp / "config.pbtxt")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("transports")
@@ -86,6 +99,7 @@ def server(tmp_path_factory):
     Repository(repo).set_canary("ver", "9", 1.0)
     _classifier(tmp, repo)
     _labelled(tmp, repo)
+    _unbatched(tmp, repo)
     port = free_port()
     srv = start_server(
         repo, tmp, "--grpc-port", str(port), "--log-level", "warning", env={"GATEWAY_ADMIN_TOKEN": TOKEN}
@@ -287,6 +301,13 @@ def test_classification_of_a_model_without_a_batch_dimension(transport):
     )
     assert result.kind == "ok", result
     assert result.outputs["y"].tolist() == ["0.700000:1:dog", "0.150000:2:bird", "0.100000:0:cat"]
+
+
+def test_an_unbatched_models_inputs_may_differ_in_their_first_dimension(transport):
+    a, b = np.array([1.0, 2.0], np.float32), np.array([3.0, 4.0, 5.0], np.float32)
+    result = transport.infer("pair", [Tensor("a", a, "FP32"), Tensor("b", b, "FP32")])
+    assert result.kind == "ok", result
+    assert result.outputs["y"].tolist() == [1.0, 2.0] and result.outputs["z"].tolist() == [3.0, 4.0, 5.0]
 
 
 def test_unknown_model_and_version_in_tritons_words(transport):

@@ -1,0 +1,102 @@
+"""`gateway convert --triton-config`: a plain ONNX model's Triton config.pbtxt, read at
+convert (converters/triton_config.py). max_batch_size 0 makes a graph whose first
+dimension is variable unbatched, label_filename gives an output's labels, and a
+configuration the gateway would serve differently from Triton is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from converters import convert
+from converters.errors import ConversionError
+from gateway.artifacts.repository import Repository
+
+
+def _pair(tmp: Path, first: int | None = None) -> Path:
+    """Two variable-length FP32 inputs a, b passed through to y, z."""
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [first, None]) for n in "ab")
+    y, z = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [first, None]) for n in "yz")
+    nodes = [helper.make_node("Identity", ["a"], ["y"]), helper.make_node("Identity", ["b"], ["z"])]
+    model = helper.make_model(
+        helper.make_graph(nodes, "pair", [a, b], [y, z]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    path = tmp / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _config(tmp: Path, text: str) -> Path:
+    path = tmp / "config.pbtxt"
+    path.write_text(text)
+    return path
+
+
+TENSORS = """
+input [ { name: "a" data_type: TYPE_FP32 dims: [ DIMS ] }, { name: "b" data_type: TYPE_FP32 dims: [ DIMS ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ DIMS ] label_filename: "y_labels.txt" },
+         { name: "z" data_type: TYPE_FP32 dims: [ DIMS ] } ]
+instance_group [ { kind: KIND_CPU count: 2 } ]
+"""
+
+
+def test_max_batch_size_zero_and_label_filename(tmp_path):
+    repo = tmp_path / "repo"
+    (tmp_path / "y_labels.txt").write_text("low\nhigh\n")
+    config = _config(
+        tmp_path, 'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + TENSORS.replace("DIMS", "-1, -1")
+    )
+    manifest = convert(_pair(tmp_path), name="pair", version="1", repo=repo, triton_config=config)
+    assert manifest.unbatched and not manifest.batched
+    assert manifest.labels == {"y": ["low", "high"]}
+    assert Repository(repo).manifest("pair", "1").unbatched  # as published, not only as returned
+    plain = convert(_pair(tmp_path), name="pair", version="2", repo=repo)
+    assert plain.batched and not plain.unbatched  # the graph alone reads as batched
+
+
+def test_a_batched_configuration_keeps_the_batch_dimension(tmp_path):
+    (tmp_path / "y_labels.txt").write_text("low\nhigh\n")
+    config = _config(tmp_path, 'backend: "onnxruntime"\nmax_batch_size: 8\n' + TENSORS.replace("DIMS", "-1"))
+    manifest = convert(_pair(tmp_path), name="pair", version="1", repo=tmp_path / "r", triton_config=config)
+    assert manifest.batched
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('platform: "tensorflow_savedmodel"\nmax_batch_size: 0', "not an ONNX Runtime model"),
+        ('max_batch_size: 0\ninput [ { name: "c" data_type: TYPE_FP32 dims: [ 1 ] } ]', "names ['c']"),
+        ("max_batch_size: 0\nmax_batch_size: [", "is not a Triton model configuration"),
+        ("max_batch_size: -2", "cannot be negative"),
+        ('max_batch_size: 0\ninput [ { name: "a" data_type: TYPE_FP32 dims: [ 4 ] } ]', "'a' has dims [4]"),
+        (
+            'max_batch_size: 0\ninput [ { name: "a" dims: [ -1, -1 ] reshape: { shape: [ -1 ] } } ]',
+            "'a' asks for a reshape",
+        ),
+    ],
+)
+def test_refusals_name_the_cause(tmp_path, text, words):
+    with pytest.raises(ConversionError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        convert(_pair(tmp_path), name="pair", version="1", repo=tmp_path / "r",
+                triton_config=_config(tmp_path, text))  # fmt: skip
+    assert not (tmp_path / "r" / "pair").exists()
+
+
+def test_batching_a_graph_without_a_batch_dimension_is_refused(tmp_path):
+    with pytest.raises(ConversionError, match=r"max_batch_size 8 needs a variable first"):
+        convert(_pair(tmp_path, first=3), name="pair", version="1", repo=tmp_path / "r",
+                triton_config=_config(tmp_path, "max_batch_size: 8"))  # fmt: skip
+
+
+def test_the_cli_flag(tmp_path, capsys):
+    from gateway.cli.main import main
+
+    config = _config(tmp_path, "max_batch_size: 0")
+    args = ["convert", str(_pair(tmp_path)), "--name", "pair", "--repo", str(tmp_path / "r"), "--version"]
+    assert main([*args, "1", "--triton-config", str(config)]) == 0
+    assert Repository(tmp_path / "r").manifest("pair", "1").unbatched
+    assert main([*args, "2", "--triton-config", str(tmp_path / "missing.pbtxt")]) == 2
+    assert "cannot read the Triton configuration" in capsys.readouterr().err
