@@ -337,10 +337,14 @@ def test_zero_element_tensors(transport):
 def test_refusals_triton_answers_400(transport):
     x = np.ones((1, 4), np.float32)
     twice = transport.infer("ident", [Tensor("x", x, "FP32")], [{"name": "y"}, {"name": "y"}])
-    _same_refusal(twice, "invalid", "output 'y' is requested more than once")
+    _same_refusal(twice, "invalid", "output 'y' already exists in request")
     negative = transport.infer("ident", [Tensor("x", x, "FP32", shape=[-1, 4])])
     _same_refusal(negative, "invalid", "input 'x' has a negative dimension")
-    for result in (twice, negative):
+    huge = transport.infer("var", [Tensor("x", x, "FP32", shape=[2**4, 2**60 + 2])])
+    _same_refusal(huge, "invalid", "input 'x' shape [16, 1152921504606846978] causes total element count")
+    wide = transport.infer("var", [Tensor("x", x, "FP32", shape=[2**2, 2**60 + 2])])
+    _same_refusal(wide, "invalid", "byte size overflow for input 'x'")
+    for result in (twice, negative, huge, wide):
         assert result.status in (200, 400)  # HTTP: 400, as Triton; gRPC: INVALID_ARGUMENT
 
 
@@ -522,21 +526,34 @@ def test_grpc_malformed_messages_are_invalid_argument(server, method):
     assert time.perf_counter() - started < 1.0
 
 
+def _raw_request(client: httpx.Client, model: str, body: bytes) -> tuple[dict, bytes]:
+    """A raw binary request; Triton answers it in binary: the JSON header, then the data."""
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": "0"}
+    r = client.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+    if r.status_code != 200:
+        return {"status": r.status_code, "error": r.json()["error"]}, b""
+    length = int(r.headers["inference-header-content-length"])
+    return msgspec.json.decode(r.content[:length]), r.content[length:]
+
+
 def test_raw_binary_request(server):
-    """HTTP only (Triton's): Inference-Header-Content-Length: 0, the body the single input's bytes."""
+    """HTTP only (Triton's): Inference-Header-Content-Length: 0, the body the single input's
+    bytes, its shape deduced by Triton's rule, the outputs answered in binary."""
     _, client, _ = server
     rows = np.arange(8, dtype=np.float32).reshape(2, 4)
-    headers = {"content-type": "application/octet-stream", "inference-header-content-length": "0"}
-    r = client.post("/v2/models/ident/infer", content=rows.tobytes(), headers=headers)
-    assert r.status_code == 200, r.text
-    assert (
-        r.json()["outputs"][0]["shape"] == [2, 4]
-        and r.json()["outputs"][0]["data"] == rows.reshape(-1).tolist()
+    head, data = _raw_request(client, "ident", rows.tobytes())  # fixed row: as many rows as the body holds
+    assert head["outputs"][0]["shape"] == [2, 4] and data == rows.tobytes()
+    ragged, _ = _raw_request(client, "ident", rows.tobytes()[:-4])
+    assert ragged["status"] == 400 and "not whole rows" in ragged["error"]
+    head, data = _raw_request(client, "var", rows.tobytes())  # one variable dimension: a batch of one
+    assert head["outputs"][0]["shape"] == [1, 8] and data == rows.tobytes()
+    head, data = _raw_request(client, "echo", b"abc")  # BYTES of one element per row: the whole body
+    assert head["outputs"][0]["shape"] == [1, 1] and data == struct.pack("<I", 3) + b"abc"
+    two, _ = _raw_request(client, "pair", rows.tobytes())
+    assert two["status"] == 400
+    assert two["error"].startswith(
+        "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs"
     )
-    ragged = client.post("/v2/models/ident/infer", content=rows.tobytes()[:-4], headers=headers)
-    assert ragged.status_code == 400 and "not whole rows" in ragged.json()["error"]
-    strings = client.post("/v2/models/echo/infer", content=b"abc", headers=headers)
-    assert strings.status_code == 400 and "fixed size per row" in strings.json()["error"]
 
 
 def test_config_names_the_labels_file_of_a_labelled_output(server):
