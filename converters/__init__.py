@@ -18,7 +18,7 @@ from converters.loading import load_model
 from converters.onnx_info import onnx_info, signature
 from converters.parity import check_parity
 from converters.schema import align_sample, reference_stats, synthesise
-from converters.triton_config import TritonConfig, check_against_graph, read_triton_config
+from converters.triton_config import TritonConfig, check_against_graph, narrowed, read_triton_config
 from gateway.artifacts.manifest import Manifest, Source
 from gateway.artifacts.onnx_refs import check_external_data
 from gateway.artifacts.remote import open_repository
@@ -147,6 +147,7 @@ def convert(
         inputs, outputs = _output_specs(converted, converted.onnx_model)
     if config is not None:
         labels = _triton_labels(config, converted.layout, inputs, outputs, labels)
+        inputs, outputs = narrowed(config, inputs), narrowed(config, outputs)
     manifest = Manifest(
         name=name,
         version=version,

@@ -3,11 +3,11 @@ gateway honours, read once at convert and kept in the manifest (a served version
 nothing beside its artifact).
 
 Honoured: `max_batch_size` (0: the graph's first dimension is not a batch dimension, even
-where it is variable, which the graph alone cannot tell) and an output's
-`label_filename`. Refused, rather than served differently from Triton: a configuration for
-another backend, inputs or outputs the graph does not have or whose dims disagree with
-it, and `reshape`. Other fields (instance_group, dynamic_batching, ...) have the serve
-flags' equivalents and are not read.
+where it is variable, which the graph alone cannot tell), `dims` that fix what the graph
+leaves variable, and an output's `label_filename`. Refused, rather than served differently
+from Triton: a configuration for another backend, inputs or outputs the graph does not
+have or whose dims disagree with it, and `reshape`. Other fields (instance_group,
+dynamic_batching, ...) have the serve flags' equivalents and are not read.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from converters.errors import ConversionError
 from gateway.artifacts.manifest import TensorSpec
@@ -98,6 +100,21 @@ def check_against_graph(config: TritonConfig, inputs: list[TensorSpec], outputs:
             raise ConversionError(
                 f"{config.path}: {name!r} has dims {dims}; the graph's are {graph} (-1: any size)"
             )
+
+
+def narrowed(config: TritonConfig, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """The specs with the configuration's dims where they fix what the graph leaves
+    variable: Triton checks requests against its configuration, so the gateway does too."""
+    skip = 1 if config.max_batch_size > 0 else 0
+    out = []
+    for spec in specs:
+        dims = config.tensors.get(spec.name, (None, False))[0]
+        if dims is None or spec.any_shape:
+            out.append(spec)
+            continue
+        fixed = [g if c < 0 else c for c, g in zip(dims, spec.shape[skip:], strict=True)]
+        out.append(msgspec.structs.replace(spec, shape=spec.shape[:skip] + fixed))
+    return out
 
 
 def _compatible(dims: list[int], graph: list[int]) -> bool:

@@ -87,7 +87,26 @@ def _check_shape(tensor: Tensor, spec: TensorSpec, loc: list[Any], max_rows: int
         raise TooLarge(f"{_clip(rows)} rows in one request; the limit is {max_rows}")
     # Python integers: a huge declared shape cannot overflow here. Zero elements are a
     # tensor like any other (Triton runs them); `data` of [[],[],...] is bounded by bytes.
-    return math.prod(shape)
+    count = math.prod(shape)
+    if count >= _U64 // 8:  # 8: the widest element; one comparison on the hot path
+        _check_overflow(spec, shape, count, loc)
+    return count
+
+
+_U64 = 2**64
+
+
+def _check_overflow(spec: TensorSpec, shape: list[int], count: int, loc: list[Any]) -> None:
+    """Sizes no 64-bit count can hold: Triton's 400s, in its words."""
+    where = [{"loc": [*loc, "shape"], "msg": "too many elements"}]
+    if count >= _U64:
+        raise BadRequest(
+            f"input {spec.name!r} shape {_clip(shape)} causes total element count to exceed maximum "
+            f"size of {_U64 - 1}",
+            where,
+        )
+    if spec.datatype != "BYTES" and count * NUMPY_DTYPES[spec.datatype].itemsize >= _U64:
+        raise BadRequest(f"byte size overflow for input {spec.name!r} of shape {_clip(shape)}", where)
 
 
 def _plan(tensor: Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
@@ -266,7 +285,7 @@ def decode_infer(
                 )
             if out.name in seen:  # each copy would be encoded again: one answer, many times
                 raise BadRequest(
-                    f"output {out.name!r} is requested more than once",
+                    f"output {out.name!r} already exists in request",  # Triton's words
                     [{"loc": ["body", "outputs", i, "name"], "msg": "repeated output"}],
                 )
             seen.add(out.name)

@@ -100,3 +100,12 @@ def test_the_cli_flag(tmp_path, capsys):
     assert Repository(tmp_path / "r").manifest("pair", "1").unbatched
     assert main([*args, "2", "--triton-config", str(tmp_path / "missing.pbtxt")]) == 2
     assert "cannot read the Triton configuration" in capsys.readouterr().err
+
+
+def test_dims_fix_what_the_graph_leaves_variable(tmp_path):
+    text = 'max_batch_size: 4\ninput [ { name: "a" dims: [ 3 ] } ]\noutput [ { name: "z" dims: [ -1 ] } ]'
+    config = _config(tmp_path, text)
+    manifest = convert(_pair(tmp_path), name="pair", version="1", repo=tmp_path / "r", triton_config=config)
+    assert {s.name: s.shape for s in [*manifest.inputs, *manifest.outputs]} == {
+        "a": [-1, 3], "b": [-1, -1], "y": [-1, -1], "z": [-1, -1]
+    }  # fmt: skip
