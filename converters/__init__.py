@@ -209,8 +209,11 @@ def _triton_labels(
 ) -> dict[str, Path]:
     """The labels to keep once the configuration is found to fit the graph: its
     label_filenames, and `--labels`, which win where both name an output."""
-    if layout != "tensors":
-        raise ConversionError("--triton-config is for a plain ONNX model that takes tensors")
+    if layout != "tensors" and (config.max_batch_size == 0 or config.reshapes):  # a table's rows are fixed
+        raise ConversionError(
+            f"{config.path}: a model of one table of features keeps its batch dimension and shape; "
+            "max_batch_size 0 and reshape are for models that take tensors"
+        )
     check_against_graph(config, inputs, outputs)
     return {**config.labels, **(labels or {})}
 

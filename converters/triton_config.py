@@ -4,14 +4,17 @@ nothing beside its artifact).
 
 Honoured: `max_batch_size` (0: the graph's first dimension is not a batch dimension, even
 where it is variable, which the graph alone cannot tell), `dims` that fix what the graph
-leaves variable, and an output's `label_filename`. Refused, rather than served differently
-from Triton: a configuration for another backend, inputs or outputs the graph does not
-have or whose dims disagree with it, and `reshape`. Other fields (instance_group,
-dynamic_batching, ...) have the serve flags' equivalents and are not read.
+leaves variable, an output's `label_filename`, and `reshape` (clients use the
+configuration's dims, the graph its own). Refused, rather than served differently from
+Triton: a configuration for another backend, inputs or outputs the graph does not have or
+whose dims disagree with it, and a reshape of more than one variable dimension. Other
+fields (instance_group, dynamic_batching, ...) have the serve flags' equivalents and are
+not read.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +34,12 @@ class TritonConfig:
     max_batch_size: int
     labels: dict[str, Path] = field(default_factory=dict)  # output -> its label_filename
     # Every input and output the configuration names: its dims (no batch dimension), and
-    # whether it asks for a reshape.
-    tensors: dict[str, tuple[list[int], bool]] = field(default_factory=dict)
+    # the graph's own dims where it asks for a reshape.
+    tensors: dict[str, tuple[list[int], list[int] | None]] = field(default_factory=dict)
+
+    @property
+    def reshapes(self) -> bool:
+        return any(reshape is not None for _, reshape in self.tensors.values())
 
 
 def _model_config() -> Any:
@@ -69,7 +76,10 @@ def read_triton_config(path: Path) -> TritonConfig:
     if config.max_batch_size < 0:
         raise ConversionError(f"{path}: max_batch_size is {config.max_batch_size}; it cannot be negative")
     labels = {o.name: Path(path).parent / o.label_filename for o in config.output if o.label_filename}
-    tensors = {t.name: (list(t.dims), t.HasField("reshape")) for t in [*config.input, *config.output]}
+    tensors = {
+        t.name: (list(t.dims), list(t.reshape.shape) if t.HasField("reshape") else None)
+        for t in [*config.input, *config.output]
+    }
     return TritonConfig(Path(path), config.max_batch_size, labels, tensors)
 
 
@@ -90,16 +100,29 @@ def check_against_graph(config: TritonConfig, inputs: list[TensorSpec], outputs:
                 f"(batch) dimension on every input and output; {fixed} have none"
             )
     skip = 1 if config.max_batch_size > 0 else 0
-    for name, (dims, reshaped) in config.tensors.items():
-        if reshaped:
-            raise ConversionError(
-                f"{config.path}: {name!r} asks for a reshape, which the gateway does not do"
-            )
+    for name, (dims, reshape) in config.tensors.items():
         graph = specs[name].shape[skip:]
-        if not specs[name].any_shape and not _compatible(dims, graph):
+        runs = dims if reshape is None else reshape  # what the graph is given
+        if not specs[name].any_shape and not _compatible(runs, graph):
+            what = f"dims {dims}" if reshape is None else f"reshape {reshape}"
             raise ConversionError(
-                f"{config.path}: {name!r} has dims {dims}; the graph's are {graph} (-1: any size)"
+                f"{config.path}: {name!r} has {what}; the graph's are {graph} (-1: any size)"
             )
+        if reshape is not None:
+            _check_reshape(config.path, name, dims, reshape)
+
+
+def _check_reshape(path: Path, name: str, dims: list[int], reshape: list[int]) -> None:
+    """A reshape the gateway can do whatever the request: one variable dimension at most on
+    either side (it takes what the fixed ones leave), the same elements where all are fixed."""
+    if sum(d < 0 for d in dims) > 1 or sum(d < 0 for d in reshape) > 1:
+        raise ConversionError(
+            f"{path}: {name!r} reshapes {dims} to {reshape}: one variable dimension at most"
+        )
+    if min([*dims, *reshape], default=0) >= 0 and math.prod(dims) != math.prod(reshape):
+        raise ConversionError(
+            f"{path}: {name!r} reshapes {dims} to {reshape}, which hold other element counts"
+        )
 
 
 def narrowed(config: TritonConfig, specs: list[TensorSpec]) -> list[TensorSpec]:
@@ -108,12 +131,23 @@ def narrowed(config: TritonConfig, specs: list[TensorSpec]) -> list[TensorSpec]:
     skip = 1 if config.max_batch_size > 0 else 0
     out = []
     for spec in specs:
-        dims = config.tensors.get(spec.name, (None, False))[0]
-        if dims is None or spec.any_shape:
+        dims, reshape = config.tensors.get(spec.name, (None, None))
+        if dims is None or (spec.any_shape and reshape is None):
             out.append(spec)
             continue
-        fixed = [g if c < 0 else c for c, g in zip(dims, spec.shape[skip:], strict=True)]
-        out.append(msgspec.structs.replace(spec, shape=spec.shape[:skip] + fixed))
+        lead = [-1] * skip
+        runs = reshape if reshape is not None else dims
+        graph = (
+            runs
+            if spec.any_shape
+            else [g if c < 0 else c for c, g in zip(runs, spec.shape[skip:], strict=True)]
+        )
+        if reshape is None:
+            out.append(msgspec.structs.replace(spec, shape=lead + graph))
+        else:  # clients see the configuration's dims; the graph is given its own
+            out.append(
+                msgspec.structs.replace(spec, shape=lead + dims, reshape=lead + graph, any_shape=False)
+            )
     return out
 
 

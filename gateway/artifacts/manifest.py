@@ -71,6 +71,9 @@ class TensorSpec(_Struct, frozen=True):
     # The graph declares no shape at all (ONNX Runtime then takes any rank): `shape` is []
     # and requests are not checked against it.
     any_shape: bool = False
+    # Triton's reshape, given at convert (config.pbtxt): the graph's own shape, while
+    # `shape` is the one clients send and receive (gateway/v2/reshape.py).
+    reshape: list[int] | None = None
 
 
 class Source(_Struct, frozen=True):
@@ -204,6 +207,11 @@ class Manifest(_Struct, frozen=True, dict=True):  # dict: room for cached proper
 
     def output(self, role: OutputRole) -> TensorSpec | None:
         return next((o for o in self.outputs if o.role == role), None)
+
+    @cached_property  # read per V2 request
+    def reshaped(self) -> bool:
+        """An output the graph shapes otherwise than clients see it (Triton's reshape)."""
+        return any(o.reshape is not None for o in self.outputs)
 
     @cached_property  # read per V2 request
     def batched(self) -> bool:

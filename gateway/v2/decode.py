@@ -35,6 +35,7 @@ from gateway.v2.messages import (
     Tensor,
 )
 from gateway.v2.parse import _clip, _ParsedRequest
+from gateway.v2.reshape import graph_dims, to_dims
 
 _LENGTH = struct.Struct("<I")
 
@@ -168,6 +169,8 @@ def _tensor_array(plan: _Plan, tail: bytes, manifest: Manifest) -> np.ndarray:
             dtype = NUMPY_DTYPES[spec.datatype]
             array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     array = array.reshape(plan.tensor.shape)
+    if spec.reshape is not None:  # Triton's reshape: the graph's own dims
+        array = _to_graph(array, spec, manifest.batched, loc)
     # NaN is a missing value where the model fills it in (the records API's null); infinity,
     # and NaN anywhere else, never.
     refused = array.dtype.kind == "f" and not finite and not all_finite(array)
@@ -291,6 +294,17 @@ def decode_infer(
             seen.add(out.name)
     feeds: Arrays = {p.tensor.name: _tensor_array(p, tail, manifest) for p in plans}
     return DecodedInfer(feeds, rows)
+
+
+def _to_graph(array: np.ndarray, spec: TensorSpec, batched: bool, loc: list[Any]) -> np.ndarray:
+    dims = graph_dims(spec, batched)
+    try:
+        return to_dims(array, dims, batched)
+    except ValueError:
+        raise Unprocessable(
+            f"input {spec.name!r} of shape {list(array.shape)} does not reshape to the model's {dims}",
+            [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
+        ) from None
 
 
 def body_bound(manifest: Manifest, max_rows: int) -> int | None:

@@ -24,6 +24,7 @@ from gateway.v2.messages import (
     InferRequest,
     OutputTensor,
 )
+from gateway.v2.reshape import outputs_as_configured
 
 
 def _wants_binary(request: InferRequest, name: str) -> bool:
@@ -120,6 +121,8 @@ def output_labels(manifest: Manifest, name: str) -> list[bool | int | str] | Non
 
 def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) -> list[OutputTensor]:
     """The outputs the request asked for (all, by default), classified where it asked."""
+    if manifest.reshaped:
+        outputs = outputs_as_configured(manifest, outputs)
     if not request.outputs:  # every output, as the model declares it
         binary = bool((request.parameters or {}).get("binary_data_output", False))
         return [OutputTensor(o.name, o.datatype, outputs[o.name], binary) for o in manifest.outputs]

@@ -73,8 +73,16 @@ def test_a_batched_configuration_keeps_the_batch_dimension(tmp_path):
         ("max_batch_size: -2", "cannot be negative"),
         ('max_batch_size: 0\ninput [ { name: "a" data_type: TYPE_FP32 dims: [ 4 ] } ]', "'a' has dims [4]"),
         (
-            'max_batch_size: 0\ninput [ { name: "a" dims: [ -1, -1 ] reshape: { shape: [ -1 ] } } ]',
-            "'a' asks for a reshape",
+            'max_batch_size: 0\ninput [ { name: "a" dims: [ -1, -1 ] reshape: { shape: [ -1, -1 ] } } ]',
+            "'a' reshapes [-1, -1] to [-1, -1]: one variable dimension at most",
+        ),
+        (
+            'max_batch_size: 0\ninput [ { name: "a" dims: [ 2, 3 ] reshape: { shape: [ 4, 2 ] } } ]',
+            "'a' reshapes [2, 3] to [4, 2], which hold other element counts",
+        ),
+        (
+            'max_batch_size: 0\ninput [ { name: "a" dims: [ 8 ] reshape: { shape: [ 2, 2, 2 ] } } ]',
+            "'a' has reshape [2, 2, 2]; the graph's are [-1, -1]",
         ),
     ],
 )
@@ -109,3 +117,36 @@ def test_dims_fix_what_the_graph_leaves_variable(tmp_path):
     assert {s.name: s.shape for s in [*manifest.inputs, *manifest.outputs]} == {
         "a": [-1, 3], "b": [-1, -1], "y": [-1, -1], "z": [-1, -1]
     }  # fmt: skip
+
+
+def test_reshape_keeps_both_shapes(tmp_path):
+    text = 'max_batch_size: 8\ninput [ { name: "a" dims: [ 2, 2 ] reshape: { shape: [ 4 ] } } ]\n' + (
+        'output [ { name: "y" dims: [ -1, 1 ] reshape: { shape: [ -1 ] } } ]'
+    )
+    manifest = convert(_pair(tmp_path), name="pair", version="1", repo=tmp_path / "r",
+                       triton_config=_config(tmp_path, text))  # fmt: skip
+    specs = {s.name: (s.shape, s.reshape) for s in [*manifest.inputs, *manifest.outputs]}
+    assert specs == {"a": ([-1, 2, 2], [-1, 4]), "b": ([-1, -1], None), "y": ([-1, -1, 1], [-1, -1]),
+                     "z": ([-1, -1], None)}  # fmt: skip
+
+
+def _table(tmp: Path) -> Path:
+    """One FP32 input of 16 columns: converted as a table of features (the records API)."""
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 16]) for n in "xy")
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "table", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(model, str(tmp / "table.onnx"))
+    return tmp / "table.onnx"
+
+
+def test_a_table_keeps_its_batch_dimension_and_shape(tmp_path):
+    batched = _config(tmp_path, 'max_batch_size: 8\ninput [ { name: "x" dims: [ 16 ] } ]')
+    manifest = convert(_table(tmp_path), name="t", version="1", repo=tmp_path / "r", triton_config=batched)
+    assert manifest.layout == "matrix" and manifest.batched
+    with pytest.raises(
+        ConversionError, match="max_batch_size 0 and reshape are for models that take tensors"
+    ):
+        convert(_table(tmp_path), name="t", version="2", repo=tmp_path / "r",
+                triton_config=_config(tmp_path, "max_batch_size: 0"))  # fmt: skip

@@ -83,6 +83,21 @@ def _unbatched(tmp: Path, repo: Path) -> None:
     convert(tmp / "pair.onnx", name="pair", version="1", repo=repo, triton_config=tmp / "config.pbtxt")
 
 
+def _reshaped(tmp: Path, repo: Path) -> None:
+    """A graph of 2 x 8 numbers a row that clients see as 4 x 4: Triton's reshape."""
+    from converters import convert
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 2, 8]) for n in "xy")
+    (tmp / "flat.onnx").write_bytes(
+        _model(helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "flat", [x], [y]))
+    )
+    tensor = '{ name: "%s" dims: [ 4, 4 ] reshape: { shape: [ 2, 8 ] } }'
+    (tmp / "flat.pbtxt").write_text(
+        f"max_batch_size: 8\ninput [ {tensor % 'x'} ]\noutput [ {tensor % 'y'} ]\n"
+    )
+    convert(tmp / "flat.onnx", name="flat", version="1", repo=repo, triton_config=tmp / "flat.pbtxt")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("transports")
@@ -100,6 +115,7 @@ def server(tmp_path_factory):
     _classifier(tmp, repo)
     _labelled(tmp, repo)
     _unbatched(tmp, repo)
+    _reshaped(tmp, repo)
     port = free_port()
     srv = start_server(
         repo, tmp, "--grpc-port", str(port), "--log-level", "warning", env={"GATEWAY_ADMIN_TOKEN": TOKEN}
@@ -308,6 +324,15 @@ def test_an_unbatched_models_inputs_may_differ_in_their_first_dimension(transpor
     result = transport.infer("pair", [Tensor("a", a, "FP32"), Tensor("b", b, "FP32")])
     assert result.kind == "ok", result
     assert result.outputs["y"].tolist() == [1.0, 2.0] and result.outputs["z"].tolist() == [3.0, 4.0, 5.0]
+
+
+def test_a_reshaped_tensor_travels_in_the_configured_dims(transport):
+    x = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+    result = transport.infer("flat", [Tensor("x", x, "FP32")])
+    assert result.kind == "ok", result
+    assert result.outputs["y"].shape == (2, 4, 4) and result.outputs["y"].tolist() == (-x).tolist()
+    flat = transport.infer("flat", [Tensor("x", x.reshape(2, 2, 8), "FP32")])
+    _same_refusal(flat, "invalid", "input 'x' has shape [2, 2, 8]; the model takes [-1, 4, 4]")
 
 
 def test_unknown_model_and_version_in_tritons_words(transport):
