@@ -326,11 +326,16 @@ def test_an_unbatched_models_inputs_may_differ_in_their_first_dimension(transpor
     assert result.outputs["y"].tolist() == [1.0, 2.0] and result.outputs["z"].tolist() == [3.0, 4.0, 5.0]
 
 
-def test_a_reshaped_tensor_travels_in_the_configured_dims(transport):
+def test_a_reshaped_tensor_travels_in_the_configured_dims(transport, server):
     x = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
     result = transport.infer("flat", [Tensor("x", x, "FP32")])
     assert result.kind == "ok", result
     assert result.outputs["y"].shape == (2, 4, 4) and result.outputs["y"].tolist() == (-x).tolist()
+    _, client, stub = server
+    http = client.get("/v2/models/flat/config").json()["input"][0]
+    grpc_config = stub.ModelConfig(service_pb2.ModelConfigRequest(name="flat")).config.input[0]
+    assert http["dims"] == list(grpc_config.dims) == [4, 4]
+    assert http["reshape"] == {"shape": [2, 8]} and list(grpc_config.reshape.shape) == [2, 8]
     flat = transport.infer("flat", [Tensor("x", x.reshape(2, 2, 8), "FP32")])
     _same_refusal(flat, "invalid", "input 'x' has shape [2, 2, 8]; the model takes [-1, 4, 4]")
 
