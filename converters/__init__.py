@@ -18,6 +18,7 @@ from converters.loading import load_model
 from converters.onnx_info import onnx_info, signature
 from converters.parity import check_parity
 from converters.schema import align_sample, reference_stats, synthesise
+from converters.triton_config import TritonConfig, check_against_graph, narrowed, read_triton_config
 from gateway.artifacts.manifest import Manifest, Source
 from gateway.artifacts.onnx_refs import check_external_data
 from gateway.artifacts.remote import open_repository
@@ -122,12 +123,15 @@ def convert(
     origin: dict[str, str] | None = None,
     labels: dict[str, Path] | None = None,
     trust: Sequence[str] = (),
+    triton_config: Path | None = None,
 ) -> Manifest:
     """Convert, verify parity, and publish `<repo>/<name>/<version>`; nothing is written on failure.
-    `labels`: a file of labels (one a line) per output, for the classification extension."""
+    `labels`: a file of labels (one a line) per output, for the classification extension.
+    `triton_config`: a plain ONNX model's config.pbtxt (its batching and label files)."""
     started = time.perf_counter()
     check_name(name)
     check_version(version)
+    config = read_triton_config(triton_config) if triton_config is not None else None
     try:
         repository = open_repository(repo)
     except RepositoryError as exc:
@@ -150,6 +154,9 @@ def convert(
         # A published model is self-contained: the sha256 in its manifest covers all it reads.
         check_external_data(model_bytes)
         inputs, outputs = _output_specs(converted, converted.onnx_model)
+    if config is not None:
+        labels = _triton_labels(config, converted.layout, inputs, outputs, labels)
+        inputs, outputs = narrowed(config, inputs), narrowed(config, outputs)
     manifest = Manifest(
         name=name,
         version=version,
@@ -170,6 +177,7 @@ def convert(
         features=converted.features,
         classes=converted.classes,
         metadata=metadata or {},
+        unbatched=config is not None and config.max_batch_size == 0,
     )
     if labels:
         manifest = _with_labels(manifest, labels)
@@ -203,6 +211,20 @@ def convert(
         raise ConversionError(f"cannot write {name}:{version} to {repo}: {exc}") from exc
     progress(f"done in {time.perf_counter() - started:.1f}s")
     return manifest
+
+
+def _triton_labels(
+    config: TritonConfig, layout: str, inputs: list[Any], outputs: list[Any], labels: dict[str, Path] | None
+) -> dict[str, Path]:
+    """The labels to keep once the configuration is found to fit the graph: its
+    label_filenames, and `--labels`, which win where both name an output."""
+    if layout != "tensors" and (config.max_batch_size == 0 or config.reshapes):  # a table's rows are fixed
+        raise ConversionError(
+            f"{config.path}: a model of one table of features keeps its batch dimension and shape; "
+            "max_batch_size 0 and reshape are for models that take tensors"
+        )
+    check_against_graph(config, inputs, outputs)
+    return {**config.labels, **(labels or {})}
 
 
 def _with_labels(manifest: Manifest, files: dict[str, Path]) -> Manifest:

@@ -71,6 +71,9 @@ class TensorSpec(_Struct, frozen=True):
     # The graph declares no shape at all (ONNX Runtime then takes any rank): `shape` is []
     # and requests are not checked against it.
     any_shape: bool = False
+    # Triton's reshape, given at convert (config.pbtxt): the graph's own shape, while
+    # `shape` is the one clients send and receive (gateway/v2/reshape.py).
+    reshape: list[int] | None = None
 
 
 class Source(_Struct, frozen=True):
@@ -208,17 +211,27 @@ class Manifest(_Struct, frozen=True, dict=True):  # dict: room for cached proper
     reference: Reference | None = None
     metadata: dict[str, Any] = {}
     explain: Explain | None = None
+    # Triton's max_batch_size 0, given at convert: the graph's first dimension is not a
+    # batch dimension even where it is variable (the graph alone cannot say).
+    unbatched: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def output(self, role: OutputRole) -> TensorSpec | None:
         return next((o for o in self.outputs if o.role == role), None)
 
     @cached_property  # read per V2 request
+    def reshaped(self) -> bool:
+        """An output the graph shapes otherwise than clients see it (Triton's reshape)."""
+        return any(o.reshape is not None for o in self.outputs)
+
+    @cached_property  # read per V2 request
     def batched(self) -> bool:
         """Every input and output has a variable first dimension, so requests can be joined
         by rows (Triton's max_batch_size > 0). Otherwise (a fixed first dimension, a scalar,
-        no shape) each request is one whole call of the model."""
-        return all(s.shape and s.shape[0] == -1 and not s.any_shape for s in [*self.inputs, *self.outputs])
+        no shape), or when declared unbatched, each request is one whole call of the model."""
+        return not self.unbatched and all(
+            s.shape and s.shape[0] == -1 and not s.any_shape for s in [*self.inputs, *self.outputs]
+        )
 
 
 _decoder = msgspec.json.Decoder(Manifest)

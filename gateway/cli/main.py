@@ -71,6 +71,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             origin=origin,
             labels=_labels(args.labels),
             trust=args.trust,
+            triton_config=Path(args.triton_config) if args.triton_config else None,
         )
     except (ConversionError, RepositoryError, ValueError) as exc:
         return _fail(str(exc))
@@ -336,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", action="append", metavar="OUTPUT=FILE",
         help="labels for an output's scores, one a line (Triton's label_filename): the classification "
         "extension answers score:index:label; repeat for several outputs",
+    )  # fmt: skip
+    p.add_argument(
+        "--triton-config", metavar="FILE",
+        help="a plain ONNX model's Triton config.pbtxt: max_batch_size 0 (no batch dimension) and each "
+        "output's label_filename are honoured",
     )  # fmt: skip
     p.add_argument(
         "--trust",

@@ -177,7 +177,9 @@ class Loader:
             name=f"{name}-{version}",
             inline_rows=inline_rows,
             batched=manifest.batched,
-            ragged=any(d < 0 for s in manifest.inputs for d in s.shape[1:]),
+            ragged=any(
+                d < 0 for s in manifest.inputs for d in (s.shape if s.reshape is None else s.reshape)[1:]
+            ),
         )
         model = LoadedModel(manifest, runtime, batcher, records)
         model.v2_body_limit = v2_decode.body_bound(manifest, self.settings.request_rows_limit)

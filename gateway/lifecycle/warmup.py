@@ -51,7 +51,7 @@ def warmup_feeds(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
 
 def _made_up(spec: TensorSpec, rows: int | None) -> np.ndarray:
     """Zeros (or "0", which a graph that parses its strings as numbers accepts)."""
-    dims = [max(d, 1) for d in spec.shape]
+    dims = [max(d, 1) for d in (spec.reshape if spec.reshape is not None else spec.shape)]
     shape = dims if rows is None else [rows, *dims[1:]]
     dtype = NUMPY_DTYPES[spec.datatype]
     return np.full(shape, "0", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)

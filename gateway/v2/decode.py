@@ -35,6 +35,7 @@ from gateway.v2.messages import (
     Tensor,
 )
 from gateway.v2.parse import _clip, _ParsedRequest
+from gateway.v2.reshape import graph_dims, to_dims
 
 _LENGTH = struct.Struct("<I")
 
@@ -87,7 +88,30 @@ def _check_shape(tensor: Tensor, spec: TensorSpec, loc: list[Any], max_rows: int
         raise TooLarge(f"{_clip(rows)} rows in one request; the limit is {max_rows}")
     # Python integers: a huge declared shape cannot overflow here. Zero elements are a
     # tensor like any other (Triton runs them); `data` of [[],[],...] is bounded by bytes.
-    return math.prod(shape)
+    count = math.prod(shape)
+    if count >= _U64 // 8:  # 8: the widest element; one comparison on the hot path
+        _check_overflow(spec, shape, count, loc)
+    return count
+
+
+_U64 = 2**64
+
+
+def _check_overflow(spec: TensorSpec, shape: list[int], count: int, loc: list[Any]) -> None:
+    """Dimensions of 64 bits whose product no 64-bit count holds: Triton's 400s, in its
+    words. A dimension beyond 64 bits is no shape Triton parses: it stays the size refusal
+    the data check gives it (413, 422)."""
+    if max(shape) >= _U64 // 2:
+        return
+    where = [{"loc": [*loc, "shape"], "msg": "too many elements"}]
+    if count >= _U64:
+        raise BadRequest(
+            f"input {spec.name!r} shape {_clip(shape)} causes total element count to exceed maximum "
+            f"size of {_U64 - 1}",
+            where,
+        )
+    if spec.datatype != "BYTES" and count * NUMPY_DTYPES[spec.datatype].itemsize >= _U64:
+        raise BadRequest(f"byte size overflow for input {spec.name!r} of shape {_clip(shape)}", where)
 
 
 def _plan(tensor: Tensor, spec: TensorSpec, index: int, offset: int, tail: bytes, max_rows: int,
@@ -157,6 +181,8 @@ def _tensor_array(plan: _Plan, tail: bytes, manifest: Manifest) -> np.ndarray:
             dtype = NUMPY_DTYPES[spec.datatype]
             array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     array = array.reshape(plan.tensor.shape)
+    if spec.reshape is not None:  # Triton's reshape: the graph's own dims
+        array = _to_graph(array, spec, manifest.batched, loc)
     # NaN is a missing value where the model fills it in (the records API's null); infinity,
     # and NaN anywhere else, never.
     refused = not finite and array.dtype.kind == "f" and not all_finite(array)
@@ -279,9 +305,9 @@ def decode_infer(
                     f"model has no output {_clip(out.name)}; it has {sorted(known)}",
                     [{"loc": ["body", "outputs", i, "name"], "msg": "unknown output"}],
                 )
-            if out.name in seen:  # each copy would be encoded again: one answer, many times
+            if out.name in seen:  # each copy would be encoded again; Triton's words first
                 raise BadRequest(
-                    f"output {out.name!r} is requested more than once",
+                    f"output {out.name!r} already exists in request: it is requested more than once",
                     [{"loc": ["body", "outputs", i, "name"], "msg": "repeated output"}],
                 )
             seen.add(out.name)
@@ -291,6 +317,17 @@ def decode_infer(
         feeds = {p.tensor.name: _tensor_array(p, tail, manifest) for p in plans}
     # tuple.__new__ straight: a NamedTuple's own __new__ is a Python call (~0.2 us) per request.
     return tuple.__new__(DecodedInfer, (feeds, rows))
+
+
+def _to_graph(array: np.ndarray, spec: TensorSpec, batched: bool, loc: list[Any]) -> np.ndarray:
+    dims = graph_dims(spec, batched)
+    try:
+        return to_dims(array, dims, batched)
+    except ValueError:
+        raise Unprocessable(
+            f"input {spec.name!r} of shape {list(array.shape)} does not reshape to the model's {dims}",
+            [{"loc": [*loc, "shape"], "msg": f"expected {spec.shape}"}],
+        ) from None
 
 
 def body_bound(manifest: Manifest, max_rows: int) -> int | None:

@@ -24,6 +24,7 @@ from gateway.v2.messages import (
     InferRequest,
     OutputTensor,
 )
+from gateway.v2.reshape import outputs_as_configured
 
 
 def _wants_binary(request: InferRequest, name: str) -> bool:
@@ -61,7 +62,8 @@ def class_counts(manifest: Manifest, request: InferRequest, rows: int = 1) -> di
     inference so that a bad k, or too many strings to write, costs no model time."""
     counts: dict[str, int] = {}
     datatypes = {o.name: o.datatype for o in manifest.outputs}
-    widths = {o.name: math.prod(o.shape[1:]) if all(d >= 0 for d in o.shape[1:]) else None
+    skip = 1 if manifest.batched else 0  # an unbatched model's whole output is one row
+    widths = {o.name: math.prod(o.shape[skip:]) if all(d >= 0 for d in o.shape[skip:]) else None
               for o in manifest.outputs}  # fmt: skip
     for i, out in enumerate(request.outputs or []):
         parameters = out.parameters or {}
@@ -91,10 +93,11 @@ def _check_strings(rows: int, k: int) -> None:
         )
 
 
-def _classify(array: np.ndarray, k: int, labels: list[bool | int | str] | None) -> np.ndarray:
+def _classify(array: np.ndarray, k: int, labels: list[bool | int | str] | None, batched: bool) -> np.ndarray:
     """Each row's top k as Triton writes them: "score:index:label", or "score:index"
-    when the output's width is not its label list's."""
-    scores = array.reshape(array.shape[0] if array.ndim else 1, -1)
+    when the output's width is not its label list's. A model without a batch dimension
+    is one row: its whole output is ranked and the answer's shape is [k], as in Triton."""
+    scores = array.reshape(array.shape[0] if batched and array.ndim else 1, -1)
     k = min(k, scores.shape[1])
     _check_strings(scores.shape[0], k)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -106,7 +109,7 @@ def _classify(array: np.ndarray, k: int, labels: list[bool | int | str] | None) 
         texts = [f"{t}:{labels[i]}" for t, i in zip(texts, indices, strict=True)]
     out = np.empty(top.size, dtype=object)
     out[:] = texts
-    return out.reshape(top.shape)
+    return out.reshape(top.shape if batched else top.shape[1:])
 
 
 def output_labels(manifest: Manifest, name: str) -> list[bool | int | str] | None:
@@ -118,6 +121,8 @@ def output_labels(manifest: Manifest, name: str) -> list[bool | int | str] | Non
 
 def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) -> list[OutputTensor]:
     """The outputs the request asked for (all, by default), classified where it asked."""
+    if manifest.reshaped:
+        outputs = outputs_as_configured(manifest, outputs)
     if not request.outputs:  # every output, as the model declares it
         binary = bool((request.parameters or {}).get("binary_data_output", False))
         # tuple.__new__ straight: a NamedTuple's own __new__ is a Python call (~0.2 us) per
@@ -133,7 +138,8 @@ def infer_outputs(manifest: Manifest, request: InferRequest, outputs: Arrays) ->
         array, datatype = outputs[name], datatypes[name]
         if name in counts:
             scores = from_bf16(array) if datatype == "BF16" else array
-            array, datatype = _classify(scores, counts[name], output_labels(manifest, name)), "BYTES"
+            labels = output_labels(manifest, name)
+            array, datatype = _classify(scores, counts[name], labels, manifest.batched), "BYTES"
         tensors.append(OutputTensor(name, datatype, array, _wants_binary(request, name)))
     return tensors
 

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import math
+import struct
 from typing import Annotated, Any
 
 import msgspec
 
-from gateway.artifacts.manifest import Manifest
+from gateway.artifacts.manifest import Manifest, V2DType
 from gateway.artifacts.tabular import (
     NUMPY_DTYPES,
 )
@@ -115,32 +116,48 @@ def parse_request(
 
 def raw_binary_request(manifest: Manifest, body: bytes) -> tuple[InferRequest, bytes]:
     """Triton's raw binary request (Inference-Header-Content-Length: 0): no JSON header, the
-    body is the model's single input, its shape the signature's with the batch dimension
-    read from the byte length."""
+    body is the model's single input and the answer's outputs are binary, as Triton's are.
+    The input's shape is Triton's: a batch of one where the model batches, then its own
+    dimensions, one of which may be variable and is read from the byte length; a BYTES
+    input holds one element, the whole body. One extension: where every dimension after
+    the batch is fixed, the batch is as many rows as the body holds."""
     if len(manifest.inputs) != 1:
         raise BadRequest(
-            f"a raw binary request ({BINARY_HEADER}: 0) is for a model of one input; "
-            f"{manifest.name!r} has {len(manifest.inputs)}: send a JSON header"
+            f"Raw request must only have 1 input (found 1) to be deduced but got {len(manifest.inputs)} "
+            f"inputs in {manifest.name!r} model configuration: send a JSON header ({BINARY_HEADER} > 0)"
         )
     spec = manifest.inputs[0]
-    rest = spec.shape[1:]
-    if spec.datatype == "BYTES" or any(d < 0 for d in rest):
+    batch, dims = ([-1], spec.shape[1:]) if manifest.batched else ([], list(spec.shape))
+    variable = [i for i, d in enumerate(dims) if d < 0]
+    if spec.any_shape or len(variable) > 1:
         raise BadRequest(
-            f"a raw binary request needs an input of fixed size per row; {spec.name!r} is "
-            f"{spec.datatype} {spec.shape}: send a JSON header"
+            f"The shape of the raw input {spec.name!r} can not be deduced because there are more than "
+            f"one variable-sized dimension ({spec.shape}): send a JSON header"
         )
-    row = NUMPY_DTYPES[spec.datatype].itemsize * math.prod(rest)
-    if not spec.shape or spec.shape[0] >= 0:
-        shape = list(spec.shape)
-    elif row and len(body) % row == 0:
-        shape = [len(body) // row, *rest]
+    if spec.datatype == "BYTES":
+        if variable or math.prod(dims) != 1:
+            raise BadRequest(
+                f"For BYTE datatype raw input {spec.name!r}, the model must have input shape [1] "
+                f"(it has {spec.shape}): send a JSON header"
+            )
+        body = struct.pack("<I", len(body)) + body  # the one element, as the binary extension writes it
+        shape = [1 for _ in batch] + dims
     else:
-        raise BadRequest(
-            f"a raw binary body of {len(body)} bytes is not whole rows of {spec.datatype} {rest} "
-            f"({row} bytes each)"
-        )
+        shape = batch + dims if not variable else [1 for _ in batch] + dims
+        _deduce(shape, shape.index(-1) if -1 in shape else None, spec.datatype, len(body))
     tensor = Tensor(spec.name, shape, spec.datatype, {"binary_data_size": len(body)})
-    return InferRequest(inputs=[tensor]), body
+    return InferRequest(inputs=[tensor], parameters={"binary_data_output": True}), body
+
+
+def _deduce(shape: list[int], axis: int | None, datatype: V2DType, size: int) -> None:
+    """Fill in the variable dimension from the body's byte length: it must be whole."""
+    if axis is None:
+        return
+    step = NUMPY_DTYPES[datatype].itemsize * math.prod(d for d in shape if d >= 0)
+    if not step or size % step:
+        what = f"rows of {datatype} {shape[1:]}" if axis == 0 else f"{datatype} elements in {shape}"
+        raise BadRequest(f"a raw binary body of {size} bytes is not whole {what} ({step} bytes each)")
+    shape[axis] = size // step
 
 
 def _clip(value: object) -> str:

@@ -149,6 +149,8 @@ def _tensor(spec: TensorSpec, output: bool, batched: bool, label_filename: str =
     }
     if not dims:
         entry["reshape"] = {"shape": []}
+    if spec.reshape is not None:  # given at convert: the graph's own dims
+        entry["reshape"] = {"shape": spec.reshape[1:] if batched else spec.reshape}
     if output:
         entry["label_filename"] = label_filename
     else:

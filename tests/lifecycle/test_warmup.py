@@ -49,6 +49,12 @@ def test_made_up_values_follow_the_graphs_types_and_shapes():
     }
 
 
+def test_a_reshaped_input_is_made_up_in_the_graphs_own_shape():
+    """Triton's reshape: clients send 4 x 4, the graph takes 16, and so does warm-up."""
+    feeds = warmup_feeds(manifest([TensorSpec("x", "FP32", [-1, 4, 4], reshape=[-1, 16])]), 2)
+    assert feeds["x"].shape == (2, 16)
+
+
 class Recording(FakeRuntime):
     def __init__(self, fails_at: int | None = None) -> None:
         super().__init__()

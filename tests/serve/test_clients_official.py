@@ -49,7 +49,11 @@ def rows(srv, tmp_path_factory) -> tuple[Path, np.ndarray, dict[str, np.ndarray]
     x = load_breast_cancer(return_X_y=True)[0][:8].astype(np.float32 if datatype == "FP32" else np.float64)
     path = tmp_path_factory.mktemp("rows") / "x.npy"
     np.save(path, x)
-    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype, "data": x.ravel().tolist()}]}
+    body = {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": datatype, "data": x.ravel().tolist()}
+        ]
+    }
     outputs = httpx.post(f"{srv.url}/v2/models/breast_cancer/infer", json=body).json()["outputs"]
     expected = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in outputs}
     return path, x, expected
@@ -116,7 +120,9 @@ def test_tritonclient_http_sync_does_everything_a_triton_user_does(srv, rows):
     path, x, expected = rows
     out = _run(TRITON_SYNC, srv.url, str(path), TOKEN)
     assert out["live"] and out["ready"] and out["model_ready"]
-    assert {"classification", "statistics", "model_repository", "binary_tensor_data"} <= set(out["extensions"])
+    assert {"classification", "statistics", "model_repository", "binary_tensor_data"} <= set(
+        out["extensions"]
+    )
     assert out["config"] == {"max_batch_size": 256, "dims": [30]}
     for kind in ("json", "binary", "versioned", "gzip", "deflate"):
         assert out[kind]["label"] == expected["label"].tolist(), kind
@@ -166,7 +172,9 @@ def test_tritonclient_http_aio_concurrent_with_compression(srv, rows):
     path, x, expected = rows
     out = _run(TRITON_AIO, srv.url, str(path))
     assert out["labels"] == [int(expected["label"][i % len(x)]) for i in range(64)]
-    assert out["platform"] == "onnxruntime_onnx" and out["stats"][0]["inference_stats"]["success"]["count"] >= 64
+    assert (
+        out["platform"] == "onnxruntime_onnx" and out["stats"][0]["inference_stats"]["success"]["count"] >= 64
+    )
 
 
 KSERVE = r"""
@@ -236,10 +244,78 @@ def test_perf_analyzer_sweeps_concurrency_and_reads_server_side_counts(srv, tmp_
     out = done.stdout
     assert "Request concurrency: 1" in out and "Request concurrency: 4" in out
     # "Server:" blocks come from our statistics endpoint; the counts are the server's own.
-    server_counts = [int(line.split(":")[1]) for line in out.splitlines() if "Successful request count" in line]
+    server_counts = [
+        int(line.split(":")[1]) for line in out.splitlines() if "Successful request count" in line
+    ]
     assert len(server_counts) == 2 and all(n > 0 for n in server_counts), out
     after = httpx.get(f"{srv.url}/v2/models/breast_cancer/stats").json()["model_stats"][0]
-    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] >= sum(
-        server_counts
-    )
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"][
+        "count"
+    ] >= sum(server_counts)
     assert "Concurrency" in report.read_text()
+
+
+TRITON_CONFIGURED = r"""
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpc
+import tritonclient.http as http
+
+url, grpc_url = sys.argv[1].removeprefix("http://"), sys.argv[2]
+out = {}
+for name, module, client in (("http", http, http.InferenceServerClient(url)),
+                             ("grpc", grpc, grpc.InferenceServerClient(grpc_url))):
+    scores = module.InferInput("x", [4], "FP32")
+    scores.set_data_from_numpy(np.array([0.1, 0.7, 0.15, 0.05], np.float32))
+    top = client.infer("nobatch", [scores], outputs=[module.InferRequestedOutput("y", class_count=2)])
+    square = module.InferInput("x", [1, 4, 4], "FP32")
+    square.set_data_from_numpy(np.arange(16, dtype=np.float32).reshape(1, 4, 4))
+    flat = client.infer("reshaped", [square]).as_numpy("y")
+    out[name] = {"top": [v.decode() for v in top.as_numpy("y")], "shape": list(flat.shape),
+                 "data": flat.ravel().tolist()}
+print(json.dumps(out))
+"""
+
+
+def _triton_repository(tmp: Path) -> Path:
+    """Two ONNX graphs converted with their Triton configurations: scores without a batch
+    dimension (a label file), and a batched 2 x 8 graph that clients see as 4 x 4."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from converters import convert
+
+    repo = tmp / "repo"
+    for name, shape, config in (
+        ("nobatch", [None], 'max_batch_size: 0\noutput [ { name: "y" dims: [ -1 ] label_filename: "l.txt" } ]'),
+        ("reshaped", [None, 2, 8], "max_batch_size: 8\n" + "\n".join(
+            f'{kind} [ {{ name: "{n}" dims: [ 4, 4 ] reshape: {{ shape: [ 2, 8 ] }} }} ]'
+            for kind, n in (("input", "x"), ("output", "y")))),
+    ):  # fmt: skip
+        x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "xy")
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name, [x], [y])
+        onnx.save(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp / f"{name}.onnx")
+        )
+        (tmp / f"{name}.pbtxt").write_text(config)
+        (tmp / "l.txt").write_text("cat\ndog\nbird\nfish\n")
+        convert(tmp / f"{name}.onnx", name=name, version="1", repo=repo, triton_config=tmp / f"{name}.pbtxt")
+    return repo
+
+
+def test_tritonclient_on_models_converted_with_their_triton_configuration(tmp_path):
+    """Triton's own qa models come with config.pbtxt: tritonclient over HTTP and gRPC gets
+    Triton's answers for an unbatched model's classification and for a reshape."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = start_server(
+        _triton_repository(tmp_path), tmp_path, "--grpc-port", str(port), "--log-level", "warning"
+    )
+    try:
+        out = _run(TRITON_CONFIGURED, server.url, f"127.0.0.1:{port}")
+    finally:
+        server.stop()
+    for transport in ("http", "grpc"):
+        assert out[transport] == {"top": ["0.700000:1:dog", "0.150000:2:bird"], "shape": [1, 4, 4],
+                                  "data": list(range(16))}, transport  # fmt: skip

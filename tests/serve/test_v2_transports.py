@@ -56,16 +56,46 @@ def _classifier(tmp: Path, repo: Path) -> None:
 
 
 def _labelled(tmp: Path, repo: Path) -> None:
-    """A pass-through ONNX of four scores, converted with `--labels y=labels.txt`."""
+    """Pass-through ONNX models of four scores, converted with `--labels y=labels.txt`:
+    `scores` with a batch dimension, `scores1` without one (Triton's max_batch_size 0)."""
     from gateway.cli.main import main
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "scores", [x], [y])
-    (tmp / "scores.onnx").write_bytes(_model(graph))
     (tmp / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
-    args = ["convert", str(tmp / "scores.onnx"), "--name", "scores", "--version", "1", "--repo", str(repo)]
-    assert main([*args, "--labels", "y=" + str(tmp / "labels.txt")]) == 0
+    for name, shape in (("scores", [None, 4]), ("scores1", [4])):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name, [x], [y])
+        (tmp / f"{name}.onnx").write_bytes(_model(graph))
+        args = ["convert", str(tmp / f"{name}.onnx"), "--name", name, "--version", "1", "--repo", str(repo)]
+        assert main([*args, "--labels", "y=" + str(tmp / "labels.txt")]) == 0
+
+
+def _unbatched(tmp: Path, repo: Path) -> None:
+    """Two 1-D inputs of any length passed through, converted with a Triton configuration
+    of max_batch_size 0: their first dimensions are lengths, not a batch size."""
+    from converters import convert
+
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in "ab")
+    y, z = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None]) for n in "yz")
+    nodes = [helper.make_node("Identity", ["a"], ["y"]), helper.make_node("Identity", ["b"], ["z"])]
+    (tmp / "pair.onnx").write_bytes(_model(helper.make_graph(nodes, "pair", [a, b], [y, z])))
+    (tmp / "config.pbtxt").write_text("max_batch_size: 0\n")
+    convert(tmp / "pair.onnx", name="pair", version="1", repo=repo, triton_config=tmp / "config.pbtxt")
+
+
+def _reshaped(tmp: Path, repo: Path) -> None:
+    """A graph of 2 x 8 numbers a row that clients see as 4 x 4: Triton's reshape."""
+    from converters import convert
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 2, 8]) for n in "xy")
+    (tmp / "flat.onnx").write_bytes(
+        _model(helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "flat", [x], [y]))
+    )
+    tensor = '{ name: "%s" dims: [ 4, 4 ] reshape: { shape: [ 2, 8 ] } }'
+    (tmp / "flat.pbtxt").write_text(
+        f"max_batch_size: 8\ninput [ {tensor % 'x'} ]\noutput [ {tensor % 'y'} ]\n"
+    )
+    convert(tmp / "flat.onnx", name="flat", version="1", repo=repo, triton_config=tmp / "flat.pbtxt")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +114,8 @@ def server(tmp_path_factory):
     Repository(repo).set_canary("ver", "9", 1.0)
     _classifier(tmp, repo)
     _labelled(tmp, repo)
+    _unbatched(tmp, repo)
+    _reshaped(tmp, repo)
     port = free_port()
     srv = start_server(
         repo, tmp, "--grpc-port", str(port), "--log-level", "warning", env={"GATEWAY_ADMIN_TOKEN": TOKEN}
@@ -277,6 +309,37 @@ def test_classification_with_a_labels_file_given_at_convert(transport):
     assert result.outputs["y"].tolist() == [["0.700000:1:dog", "0.150000:2:bird"]]
 
 
+def test_classification_of_a_model_without_a_batch_dimension(transport):
+    """Triton ranks an unbatched model's whole output: the answer is [k], not [1, k]."""
+    scores = np.array([0.1, 0.7, 0.15, 0.05], np.float32)
+    result = transport.infer(
+        "scores1", [Tensor("x", scores, "FP32")], [{"name": "y", "parameters": {"classification": 3}}]
+    )
+    assert result.kind == "ok", result
+    assert result.outputs["y"].tolist() == ["0.700000:1:dog", "0.150000:2:bird", "0.100000:0:cat"]
+
+
+def test_an_unbatched_models_inputs_may_differ_in_their_first_dimension(transport):
+    a, b = np.array([1.0, 2.0], np.float32), np.array([3.0, 4.0, 5.0], np.float32)
+    result = transport.infer("pair", [Tensor("a", a, "FP32"), Tensor("b", b, "FP32")])
+    assert result.kind == "ok", result
+    assert result.outputs["y"].tolist() == [1.0, 2.0] and result.outputs["z"].tolist() == [3.0, 4.0, 5.0]
+
+
+def test_a_reshaped_tensor_travels_in_the_configured_dims(transport, server):
+    x = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+    result = transport.infer("flat", [Tensor("x", x, "FP32")])
+    assert result.kind == "ok", result
+    assert result.outputs["y"].shape == (2, 4, 4) and result.outputs["y"].tolist() == (-x).tolist()
+    _, client, stub = server
+    http = client.get("/v2/models/flat/config").json()["input"][0]
+    grpc_config = stub.ModelConfig(service_pb2.ModelConfigRequest(name="flat")).config.input[0]
+    assert http["dims"] == list(grpc_config.dims) == [4, 4]
+    assert http["reshape"] == {"shape": [2, 8]} and list(grpc_config.reshape.shape) == [2, 8]
+    flat = transport.infer("flat", [Tensor("x", x.reshape(2, 2, 8), "FP32")])
+    _same_refusal(flat, "invalid", "input 'x' has shape [2, 2, 8]; the model takes [-1, 4, 4]")
+
+
 def test_unknown_model_and_version_in_tritons_words(transport):
     x = [Tensor("x", np.ones((1, 4), np.float32), "FP32")]
     _same_refusal(transport.infer("nope", x), "not_found", "Request for unknown model: 'nope' is not found")
@@ -304,10 +367,14 @@ def test_zero_element_tensors(transport):
 def test_refusals_triton_answers_400(transport):
     x = np.ones((1, 4), np.float32)
     twice = transport.infer("ident", [Tensor("x", x, "FP32")], [{"name": "y"}, {"name": "y"}])
-    _same_refusal(twice, "invalid", "output 'y' is requested more than once")
+    _same_refusal(twice, "invalid", "output 'y' already exists in request")
     negative = transport.infer("ident", [Tensor("x", x, "FP32", shape=[-1, 4])])
     _same_refusal(negative, "invalid", "input 'x' has a negative dimension")
-    for result in (twice, negative):
+    huge = transport.infer("var", [Tensor("x", x, "FP32", shape=[2**4, 2**60 + 2])])
+    _same_refusal(huge, "invalid", "input 'x' shape [16, 1152921504606846978] causes total element count")
+    wide = transport.infer("var", [Tensor("x", x, "FP32", shape=[2**2, 2**60 + 2])])
+    _same_refusal(wide, "invalid", "byte size overflow for input 'x'")
+    for result in (twice, negative, huge, wide):
         assert result.status in (200, 400)  # HTTP: 400, as Triton; gRPC: INVALID_ARGUMENT
 
 
@@ -489,21 +556,34 @@ def test_grpc_malformed_messages_are_invalid_argument(server, method):
     assert time.perf_counter() - started < 1.0
 
 
+def _raw_request(client: httpx.Client, model: str, body: bytes) -> tuple[dict, bytes]:
+    """A raw binary request; Triton answers it in binary: the JSON header, then the data."""
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": "0"}
+    r = client.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+    if r.status_code != 200:
+        return {"status": r.status_code, "error": r.json()["error"]}, b""
+    length = int(r.headers["inference-header-content-length"])
+    return msgspec.json.decode(r.content[:length]), r.content[length:]
+
+
 def test_raw_binary_request(server):
-    """HTTP only (Triton's): Inference-Header-Content-Length: 0, the body the single input's bytes."""
+    """HTTP only (Triton's): Inference-Header-Content-Length: 0, the body the single input's
+    bytes, its shape deduced by Triton's rule, the outputs answered in binary."""
     _, client, _ = server
     rows = np.arange(8, dtype=np.float32).reshape(2, 4)
-    headers = {"content-type": "application/octet-stream", "inference-header-content-length": "0"}
-    r = client.post("/v2/models/ident/infer", content=rows.tobytes(), headers=headers)
-    assert r.status_code == 200, r.text
-    assert (
-        r.json()["outputs"][0]["shape"] == [2, 4]
-        and r.json()["outputs"][0]["data"] == rows.reshape(-1).tolist()
+    head, data = _raw_request(client, "ident", rows.tobytes())  # fixed row: as many rows as the body holds
+    assert head["outputs"][0]["shape"] == [2, 4] and data == rows.tobytes()
+    ragged, _ = _raw_request(client, "ident", rows.tobytes()[:-4])
+    assert ragged["status"] == 400 and "not whole rows" in ragged["error"]
+    head, data = _raw_request(client, "var", rows.tobytes())  # one variable dimension: a batch of one
+    assert head["outputs"][0]["shape"] == [1, 8] and data == rows.tobytes()
+    head, data = _raw_request(client, "echo", b"abc")  # BYTES of one element per row: the whole body
+    assert head["outputs"][0]["shape"] == [1, 1] and data == struct.pack("<I", 3) + b"abc"
+    two, _ = _raw_request(client, "pair", rows.tobytes())
+    assert two["status"] == 400
+    assert two["error"].startswith(
+        "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs"
     )
-    ragged = client.post("/v2/models/ident/infer", content=rows.tobytes()[:-4], headers=headers)
-    assert ragged.status_code == 400 and "not whole rows" in ragged.json()["error"]
-    strings = client.post("/v2/models/echo/infer", content=b"abc", headers=headers)
-    assert strings.status_code == 400 and "fixed size per row" in strings.json()["error"]
 
 
 def test_config_names_the_labels_file_of_a_labelled_output(server):
