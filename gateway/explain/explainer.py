@@ -10,6 +10,8 @@ Shapley estimate over the user's own columns against rows of the training sample
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,12 @@ DEFAULT_SAMPLES = 64
 MAX_SAMPLES = 1024
 # Hybrid rows per ONNX Runtime call while sampling: bounds memory, not work.
 SAMPLING_CHUNK = 8192
+# TreeSHAP's numpy work releases the GIL: a request of many rows is split over this many
+# threads (as shap's own C++ TreeExplainer runs its rows in parallel); measured 1.7x the
+# rows/s on 2 cores at 256 rows. Parts of fewer rows than PART_ROWS are not worth a thread.
+THREADS = max(1, min(len(os.sched_getaffinity(0)), 4))
+PART_ROWS = 32
+_POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="treeshap") if THREADS > 1 else None
 
 
 class NotExplainable(ValueError):
@@ -69,10 +77,19 @@ class Explainer:
             return self._sampling(feeds, samples, seed)
         encoded = self.encoded(feeds)
         if self._trees is not None:
-            phi = self._trees.shap_values(encoded, self.columns, len(self.names))
+            phi = self._tree_values(self._trees, encoded)
             base = np.broadcast_to(self._trees.expected, (encoded.shape[0], self._trees.n_targets))
             return Attribution(np.array(base), phi)
         return self._linear(encoded)
+
+    def _tree_values(self, trees: TreeShap, encoded: np.ndarray) -> np.ndarray:
+        parts = min(THREADS, encoded.shape[0] // PART_ROWS)
+        if _POOL is None or parts < 2:
+            return trees.shap_values(encoded, self.columns, len(self.names))
+        chunks = np.array_split(encoded, parts)
+        return np.concatenate(
+            list(_POOL.map(lambda rows: trees.shap_values(rows, self.columns, len(self.names)), chunks))
+        )
 
     def encoded(self, feeds: Arrays) -> np.ndarray:
         """The estimator's input for these rows, as the graph computes it."""
