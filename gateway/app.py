@@ -94,6 +94,25 @@ def create_app(
     routes = [
         Route("/v2", endpoints.server_metadata),
         Route("/v2/health/live", endpoints.healthz),
+        *(
+            route
+            for kind in ("systemsharedmemory", "cudasharedmemory")
+            for route in (
+                Route(f"/v2/{kind}/status", endpoints.shared_memory_status),
+                Route(f"/v2/{kind}/region/{{region}}/status", endpoints.shared_memory_status),
+                Route(
+                    f"/v2/{kind}/region/{{region}}/register",
+                    endpoints.shared_memory_register,
+                    methods=["POST"],
+                ),
+                Route(f"/v2/{kind}/unregister", endpoints.shared_memory_unregister, methods=["POST"]),
+                Route(
+                    f"/v2/{kind}/region/{{region}}/unregister",
+                    endpoints.shared_memory_unregister,
+                    methods=["POST"],
+                ),
+            )
+        ),
         Route("/v2/health/ready", endpoints.server_ready),
         # Before /v2/models/{name}: this is every model's statistics, not a model "stats".
         Route("/v2/models/stats", endpoints.model_stats),

@@ -361,6 +361,7 @@ def _shared_paths(names: list[str]) -> dict[str, Any]:
             summary, parameters=[name, version], errors=not_found
         )
     return {
+        **_shared_memory_paths(),
         "/healthz": _get("liveness", _HEALTH),
         "/readyz": _get("readiness: every live model loaded and warm", _HEALTH, errors=_NOT_READY),
         "/v2": _get("V2 server metadata and extensions"),
@@ -374,6 +375,27 @@ def _shared_paths(names: list[str]) -> dict[str, Any]:
         "/": {"get": {"summary": "to the docs page", "responses": {"307": {"description": "to docs"}}}},
         "/favicon.ico": _get("the icon browsers ask for", {"type": "string"}, "image/svg+xml"),
     }
+
+
+def _shared_memory_paths() -> dict[str, Any]:
+    """Triton's shared memory extensions: no region is ever registered, registering is refused."""
+    region = _path_param("region", {"type": "string"})
+    refused = _errors((400,))
+    paths: dict[str, Any] = {}
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        base = f"/v2/{kind}"
+        paths[f"{base}/status"] = _get("shared memory regions: always none", {"type": "array"})
+        # Always refused, so the refusal is its first (documented) answer.
+        unknown = {"summary": "a region's status: unknown, none is registered", "parameters": [region]}
+        paths[f"{base}/region/{{region}}/status"] = {"get": {**unknown, "responses": refused}}
+        register = _get(
+            "refused: send tensors in the request (binary data)", parameters=[region], errors=refused
+        )
+        paths[f"{base}/region/{{region}}/register"] = {"post": register["get"]}
+        paths[f"{base}/unregister"] = {"post": _get("nothing is registered: succeeds")["get"]}
+        unregister = _get("nothing is registered: succeeds", parameters=[region])
+        paths[f"{base}/region/{{region}}/unregister"] = {"post": unregister["get"]}
+    return paths
 
 
 def _admin_paths(names: list[str]) -> dict[str, Any]:

@@ -341,6 +341,18 @@ class Endpoints:
         name, version = request.path_params.get("name"), request.path_params.get("version")
         return json_response({"model_stats": [_stats(m) for m in self.service.statistics(name, version)]})
 
+    async def shared_memory_status(self, request: Request) -> Response:
+        """Triton's shared memory extensions (system and CUDA), answered honestly: no region."""
+        return json_response(self.service.shared_memory_status(request.path_params.get("region")))
+
+    async def shared_memory_register(self, request: Request) -> Response:
+        self.service.shared_memory_register(request.path_params["region"])
+        return json_response({})
+
+    async def shared_memory_unregister(self, request: Request) -> Response:
+        self.service.shared_memory_unregister(request.path_params.get("region"))
+        return json_response({})
+
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return error_response(NotFound(f"no route for {request.method} {request.url.path}"))
 

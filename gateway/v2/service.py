@@ -34,6 +34,8 @@ from gateway.settings import Settings
 from gateway.types import Arrays
 from gateway.v2 import decode, encode, messages, triton
 
+SHARED_MEMORY = "shared memory is not supported by onnx-gateway; send tensors in the request (binary data)"
+
 EXTENSIONS = (
     "binary_tensor_data", "classification", "model_configuration", "parameters", "schedule_policy",
     "statistics",
@@ -188,6 +190,18 @@ class V2Service:
                     entry["reason"] = self.registry.failures[name]
                 entries.append(entry)
         return entries
+
+    def shared_memory_status(self, region: str | None) -> list[dict[str, Any]]:
+        """No region is ever registered: the status is empty, and a named region is unknown."""
+        if region:
+            raise BadRequest(f"Unable to find shared memory region: {_quoted(region)}; {SHARED_MEMORY}")
+        return []
+
+    def shared_memory_register(self, region: str) -> None:
+        raise BadRequest(f"cannot register shared memory region {_quoted(region)}: {SHARED_MEMORY}")
+
+    def shared_memory_unregister(self, region: str | None) -> None:
+        """Unregistering succeeds: whatever was named, nothing of it is registered afterwards."""
 
     async def repository_load(self, name: str, source: str) -> None:
         if name not in self.registry.repository.models():

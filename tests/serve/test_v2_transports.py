@@ -594,3 +594,17 @@ def test_config_names_the_labels_file_of_a_labelled_output(server):
     assert http == {o.name: o.label_filename for o in config.output} == {"y": "labels.txt"}
     plain = client.get("/v2/models/ident/config").json()["output"]
     assert [o["label_filename"] for o in plain] == [""]
+
+
+@pytest.mark.parametrize("kind", ["systemsharedmemory", "cudasharedmemory"])
+def test_shared_memory_is_honestly_absent_over_http(server, kind):
+    _, client, _ = server
+    assert client.get(f"/v2/{kind}/status").json() == []
+    named = client.get(f"/v2/{kind}/region/r0/status")
+    assert named.status_code == 400 and "'r0'" in named.json()["error"]
+    refused = client.post(f"/v2/{kind}/region/r0/register", json={"key": "/r0", "offset": 0, "byte_size": 16})
+    assert refused.status_code == 400
+    assert "shared memory is not supported by onnx-gateway" in refused.json()["error"]
+    assert client.post(f"/v2/{kind}/unregister").status_code == 200
+    assert client.post(f"/v2/{kind}/region/r0/unregister").status_code == 200
+    assert client.get(f"/v2/{kind}/status").json() == []
