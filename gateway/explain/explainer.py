@@ -30,7 +30,10 @@ SAMPLING_CHUNK = 8192
 # TreeSHAP's numpy work releases the GIL: a request of many rows is split over this many
 # threads (as shap's own C++ TreeExplainer runs its rows in parallel); measured 1.7x the
 # rows/s on 2 cores at 256 rows. Parts of fewer rows than PART_ROWS are not worth a thread.
-THREADS = max(1, min(len(os.sched_getaffinity(0)), 4))
+# The CPUs this process may use where the OS says (Linux), else the machine's (macOS, where
+# notebooks convert: `gateway convert` checks explanations through this module).
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+THREADS = max(1, min(_CPUS, 4))
 PART_ROWS = 32
 _POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="treeshap") if THREADS > 1 else None
 
