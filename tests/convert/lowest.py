@@ -20,12 +20,18 @@ from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, QuantileTransformer, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
-from tests.convert.zoo import CHURN_CAT, CHURN_NUM, Case, _churn, _sk, _text_frame, churn_preprocessor
+from tests.convert.zoo import (
+    Case,
+    _churn,
+    _sk,
+    _text_frame,
+    churn_preprocessor,
+    churn_quantile_normal,
+)
 
 
 def cases() -> list[Case]:
@@ -49,15 +55,7 @@ def cases() -> list[Case]:
                                ("num", StandardScaler(), ["stars given"])]),
             LogisticRegression(max_iter=1000),
         ), text),
-        ("churn_quantile_normal", make_pipeline(
-            ColumnTransformer([
-                ("num", make_pipeline(SimpleImputer(strategy="median"),
-                                      QuantileTransformer(output_distribution="normal", n_quantiles=200)), CHURN_NUM),
-                ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
-                 CHURN_CAT),
-            ]),
-            RandomForestClassifier(40, random_state=0),
-        ), churn),
+        ("churn_quantile_normal", churn_quantile_normal(), churn),
     ]  # fmt: skip
     found = []
     for name, model, (train, test, y) in chosen:

@@ -147,6 +147,20 @@ def churn_preprocessor() -> ColumnTransformer:
     )
 
 
+def churn_quantile_normal() -> Any:
+    """Churn's numbers imputed, then quantile-normal (our own converter), into a forest:
+    a zoo case and a lowest-versions case."""
+    return make_pipeline(
+        ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(strategy="median"),
+                                  QuantileTransformer(output_distribution="normal", n_quantiles=200)), CHURN_NUM),
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+             CHURN_CAT),
+        ]),
+        RandomForestClassifier(40, random_state=0),
+    )  # fmt: skip
+
+
 def _churn() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     frame, y = churn_frame()
     return _split(frame, y)
@@ -346,15 +360,7 @@ def _sklearn_cases() -> list[Case]:
         ]),
         LogisticRegression(max_iter=2000),
     ), churn)  # fmt: skip
-    add("churn_quantile_normal", make_pipeline(
-        ColumnTransformer([
-            ("num", make_pipeline(SimpleImputer(strategy="median"),
-                                  QuantileTransformer(output_distribution="normal", n_quantiles=200)), CHURN_NUM),
-            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
-             CHURN_CAT),
-        ]),
-        RandomForestClassifier(40, random_state=0),
-    ), churn)  # fmt: skip
+    add("churn_quantile_normal", churn_quantile_normal(), churn)
     add(
         "ints_scaled_forest",
         make_pipeline(StandardScaler(), RandomForestClassifier(50, random_state=0)),
